@@ -1,0 +1,219 @@
+"""The ctrd daemon: plugins loaded into one process, served on a gRPC and a ttrpc socket.
+
+Lifecycle: :meth:`Daemon.start` (prepare and lock the root and state dirs, discover and load
+plugins, bind the sockets, run the ``ctrd_plugins_loaded`` hook), then serve until
+:meth:`Daemon.stop` (stop accepting, let in-flight calls finish within a grace period, close
+plugins, remove the sockets, run the ``ctrd_shutdown`` hook, release the lock). ``run`` wires
+SIGTERM/SIGINT to ``stop``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from ctrd.config import ServerConfig
+from ctrd.errdefs import FailedPrecondition
+from ctrd.plugins.registry import PluginSet, Registry
+
+log = logging.getLogger("ctrd")
+
+
+def _prepare_dir(path: str) -> None:
+    """Create a top-level dir 0711: others may traverse to what we expose (e.g. a socket's
+    path) but not list or read it (containerd's fix for CVE-2021-41103). Plugin dirs below are
+    0700."""
+    os.makedirs(path, mode=0o711, exist_ok=True)
+    os.chmod(path, 0o711)
+
+
+def _socket_in_use(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _claim_socket_path(path: str) -> None:
+    """Make ``path`` free for a new socket: a stale socket file goes, a live one or any other
+    file is an error (never unlink another daemon's socket)."""
+    os.makedirs(os.path.dirname(path) or ".", mode=0o711, exist_ok=True)
+    if not os.path.lexists(path):
+        return
+    if _socket_in_use(path):
+        raise FailedPrecondition(f"address {path} is in use by another process")
+    import stat
+
+    if not stat.S_ISSOCK(os.lstat(path).st_mode):
+        raise FailedPrecondition(f"address {path} exists and is not a socket")
+    os.unlink(path)
+
+
+class Daemon:
+    def __init__(self, config: ServerConfig, registry: Registry | None = None,
+                 warnings: list[str] | None = None) -> None:
+        self.config = config
+        self.registry = registry
+        self.warnings = warnings if warnings is not None else []
+        self.plugins: PluginSet | None = None
+        self._lock_fd: int | None = None
+        self._grpc: Any = None
+        self._ttrpc: Any = None
+        self._stopped = asyncio.Event()
+        self.started_at: float | None = None
+
+    def _lock_root(self) -> None:
+        path = os.path.join(self.config.root, "ctrd.lock")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise FailedPrecondition(f"root {self.config.root} is in use by another ctrd "
+                                     f"(pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._lock_fd = fd
+
+    async def start(self) -> None:
+        cfg = self.config
+        for d in (cfg.root, cfg.state):
+            _prepare_dir(d)
+        self._lock_root()
+        try:
+            await self._start()
+        except BaseException:
+            await self._teardown()
+            raise
+
+    async def _start(self) -> None:
+        import grpc
+        from grpc import aio
+
+        from ctrd.services.grpcutil import ErrorInterceptor
+        from ctrd.ttrpc.server import Server as TTRPCServer
+
+        cfg = self.config
+        if self.registry is None:
+            self.registry = Registry()
+            for problem in self.registry.discover():
+                log.error("could not load a plugin package", extra={"error": problem})
+        self.plugins = await self.registry.load(
+            cfg, self.warnings, properties={"root": cfg.root, "state": cfg.state})
+        for w in self.warnings:
+            log.warning(w)
+
+        self._grpc = aio.server(
+            interceptors=[ErrorInterceptor()],
+            options=[("grpc.max_receive_message_length", cfg.grpc.max_recv_message_size),
+                     ("grpc.max_send_message_length", cfg.grpc.max_send_message_size)])
+        self._ttrpc = TTRPCServer()
+        for p in self.plugins:
+            if p.error is None:
+                if hasattr(p.instance, "register_grpc"):
+                    p.instance.register_grpc(self._grpc)
+                if hasattr(p.instance, "register_ttrpc"):
+                    p.instance.register_ttrpc(self._ttrpc)
+
+        _claim_socket_path(cfg.ttrpc_address)
+        await self._ttrpc.start(cfg.ttrpc_address, mode=0o660)
+        os.chown(cfg.ttrpc_address, cfg.ttrpc.uid, cfg.ttrpc.gid)
+
+        _claim_socket_path(cfg.grpc.address)
+        old = os.umask(0o117)  # the socket is born 0660, never briefly world-writable
+        try:
+            if self._grpc.add_insecure_port("unix:" + os.path.abspath(cfg.grpc.address)) == 0:
+                raise FailedPrecondition(f"cannot listen on {cfg.grpc.address}")
+            await self._grpc.start()
+        except grpc.RpcError as e:
+            raise FailedPrecondition(f"cannot listen on {cfg.grpc.address}: {e}") from None
+        finally:
+            os.umask(old)
+        os.chmod(cfg.grpc.address, 0o660)
+        os.chown(cfg.grpc.address, cfg.grpc.uid, cfg.grpc.gid)
+
+        for p in self.plugins:
+            if p.error is None and hasattr(p.instance, "set_serving"):
+                await p.instance.set_serving(True)
+        try:
+            self.registry.hooks.hook.ctrd_plugins_loaded(plugins=self.plugins)
+        except Exception:  # noqa: BLE001 - a third party's hook must not stop the daemon
+            log.exception("ctrd_plugins_loaded hook failed")
+        self.started_at = time.monotonic()
+        log.info("ctrd successfully booted", extra={
+            "address": cfg.grpc.address, "plugins": len(self.plugins),
+            "failed": sum(p.error is not None and p.status == "error" for p in self.plugins)})
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Stop accepting, finish in-flight calls (up to ``grace`` seconds), clean up."""
+        if self._stopped.is_set():
+            return
+        log.info("stopping")
+        if self.plugins is not None:
+            for p in self.plugins:
+                if p.error is None and hasattr(p.instance, "set_serving"):
+                    await p.instance.set_serving(False)
+        await self._teardown(grace)
+        if self.registry is not None:
+            try:
+                self.registry.hooks.hook.ctrd_shutdown()
+            except Exception:  # noqa: BLE001
+                log.exception("ctrd_shutdown hook failed")
+        self._stopped.set()
+        log.info("stopped")
+
+    async def _teardown(self, grace: float = 0.0) -> None:
+        cfg = self.config
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+            self._grpc = None
+            _remove_socket(cfg.grpc.address)
+        if self._ttrpc is not None:
+            await self._ttrpc.stop(grace)
+            self._ttrpc = None
+        # Plugins close in reverse order of init (dependents before what they depend on).
+        for p in reversed(list(self.plugins or ())):
+            close = getattr(p.instance, "close", None) if p.error is None else None
+            if close is not None:
+                try:
+                    result = close()
+                    if asyncio.iscoroutine(result):
+                        await result
+                except Exception:  # noqa: BLE001
+                    log.exception("closing plugin failed", extra={"id": p.registration.uri})
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+def _remove_socket(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+async def run(config: ServerConfig, warnings: list[str] | None = None) -> None:
+    """Start a daemon and serve until SIGTERM or SIGINT."""
+    daemon = Daemon(config, warnings=warnings)
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: stopping.append(
+            asyncio.ensure_future(daemon.stop())) if not stopping else None)
+    await daemon.start()
+    await daemon.wait()

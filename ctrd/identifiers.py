@@ -1,0 +1,40 @@
+"""Validation of names that become keys and paths (containerd's ``identifiers`` and ``labels``
+packages): namespaces, container ids, snapshot keys... and label sizes."""
+
+from __future__ import annotations
+
+import re
+
+from ctrd.errdefs import InvalidArgument
+
+MAX_LENGTH = 76
+MAX_LABEL_SIZE = 4096
+_IDENTIFIER = re.compile(r"[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*")
+
+
+def validate(s: str) -> str:
+    """Return ``s`` if it is a valid identifier, else raise InvalidArgument."""
+    if not s:
+        raise InvalidArgument("identifier must not be empty")
+    if len(s) > MAX_LENGTH:
+        raise InvalidArgument(f"identifier {s!r} greater than maximum length "
+                              f"({MAX_LENGTH} characters)")
+    if not _IDENTIFIER.fullmatch(s):
+        raise InvalidArgument(f"identifier {s!r} must match "
+                              r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
+    return s
+
+
+def validate_label(key: str, value: str) -> None:
+    """A label's key and value together fit in 4096 bytes (UTF-8)."""
+    if len(key.encode()) + len(value.encode()) > MAX_LABEL_SIZE:
+        raise InvalidArgument(f"label key and value greater than maximum size "
+                              f"({MAX_LABEL_SIZE} bytes), key: {key[:10]}")
+
+
+def validate_labels(labels: dict[str, str], what: str = "labels") -> None:
+    for k, v in labels.items():
+        try:
+            validate_label(k, v)
+        except InvalidArgument as e:
+            raise InvalidArgument(f"{what}: {e.detail}") from None

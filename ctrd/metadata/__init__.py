@@ -1,0 +1,2 @@
+"""Namespaced metadata in one LMDB environment: namespaces now; content, images, containers,
+snapshots and leases as later capabilities land. Usable without gRPC."""

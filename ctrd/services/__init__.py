@@ -1,0 +1,1 @@
+"""gRPC services: thin adapters from containerd's API to the core packages."""

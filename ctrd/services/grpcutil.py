@@ -1,0 +1,104 @@
+"""The gRPC edge: error mapping (the one place CtrdError becomes a status) and call metadata.
+
+:class:`ErrorInterceptor` wraps every handler of the daemon's server: a :class:`CtrdError`
+becomes its kind's code with containerd's message format; any other exception is logged with
+its traceback and becomes UNKNOWN (the call fails, the daemon keeps serving).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import grpc
+from grpc import aio
+
+from ctrd import errdefs, identifiers
+
+log = logging.getLogger("ctrd.grpc")
+
+NAMESPACE_HEADER = "containerd-namespace"
+LEASE_HEADER = "containerd-lease"
+
+
+def _metadata(context: aio.ServicerContext, key: str) -> str | None:
+    for k, v in context.invocation_metadata() or ():
+        if k == key:
+            return v
+    return None
+
+
+def namespace(context: aio.ServicerContext) -> str:
+    """The call's namespace (``containerd-namespace`` metadata); required and validated."""
+    ns = _metadata(context, NAMESPACE_HEADER)
+    if not ns:
+        raise errdefs.FailedPrecondition("namespace is required")
+    try:
+        return identifiers.validate(ns)
+    except errdefs.InvalidArgument as e:
+        raise errdefs.InvalidArgument(f"namespace validation: {e.detail}") from None
+
+
+def lease(context: aio.ServicerContext) -> str | None:
+    return _metadata(context, LEASE_HEADER)
+
+
+async def _abort(context: aio.ServicerContext, err: BaseException, method: str) -> None:
+    code, message = errdefs.to_status(err)
+    if code == errdefs.UNKNOWN and not isinstance(err, errdefs.CtrdError):
+        log.error("unexpected error in %s", method, exc_info=err)
+    await context.abort(grpc.StatusCode(_CODES[code]), message)
+
+
+_CODES = {c.value[0]: c.value for c in grpc.StatusCode}
+
+
+def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+    if handler.unary_unary:
+        inner = handler.unary_unary
+
+        async def unary_unary(request: Any, context: aio.ServicerContext) -> Any:
+            try:
+                return await inner(request, context)
+            except (aio.AbortError, aio.UsageError):
+                raise
+            except Exception as e:  # noqa: BLE001 - mapped to a status in one place
+                await _abort(context, e, method)
+
+        return grpc.unary_unary_rpc_method_handler(
+            unary_unary, handler.request_deserializer, handler.response_serializer)
+    if handler.unary_stream or handler.stream_stream:
+        inner_s = handler.unary_stream or handler.stream_stream
+
+        async def streaming(request: Any, context: aio.ServicerContext):
+            try:
+                async for item in inner_s(request, context):
+                    yield item
+            except (aio.AbortError, aio.UsageError):
+                raise
+            except Exception as e:  # noqa: BLE001
+                await _abort(context, e, method)
+
+        make = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
+                else grpc.stream_stream_rpc_method_handler)
+        return make(streaming, handler.request_deserializer, handler.response_serializer)
+    inner_su = handler.stream_unary
+
+    async def stream_unary(request_iterator: Any, context: aio.ServicerContext) -> Any:
+        try:
+            return await inner_su(request_iterator, context)
+        except (aio.AbortError, aio.UsageError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            await _abort(context, e, method)
+
+    return grpc.stream_unary_rpc_method_handler(
+        stream_unary, handler.request_deserializer, handler.response_serializer)
+
+
+class ErrorInterceptor(aio.ServerInterceptor):
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return _wrap(handler, handler_call_details.method)

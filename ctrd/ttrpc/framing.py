@@ -1,0 +1,88 @@
+"""ttrpc wire framing (containerd/ttrpc 1.1), sans-IO.
+
+A frame is a 10-byte big-endian header (uint32 payload length, uint32 stream id, uint8 type,
+uint8 flags) and the payload. Requests (type 1) carry a ``ttrpc.Request`` protobuf, responses
+(type 2) a ``ttrpc.Response``. Client-initiated streams have odd ids. Payloads are at most
+4 MiB; a longer frame is skipped (its bytes are consumed) and reported as
+:class:`OversizedFrame` so the receiver can answer that stream with RESOURCE_EXHAUSTED and
+keep the connection.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+HEADER = struct.Struct(">IIBB")
+HEADER_SIZE = HEADER.size
+MAX_PAYLOAD = 4 << 20
+
+TYPE_REQUEST = 1
+TYPE_RESPONSE = 2
+TYPE_DATA = 3  # streaming (ttrpc 1.2); answered with UNIMPLEMENTED here
+
+RESOURCE_EXHAUSTED = 8
+
+
+class ProtocolError(Exception):
+    """The peer sent something that is not ttrpc: the connection must be closed."""
+
+
+@dataclass(frozen=True)
+class Frame:
+    stream_id: int
+    type: int
+    flags: int
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class OversizedFrame:
+    stream_id: int
+    type: int
+    length: int
+
+
+def encode(stream_id: int, type_: int, payload: bytes, flags: int = 0) -> bytes:
+    if len(payload) > MAX_PAYLOAD:
+        raise ValueError(f"ttrpc message of {len(payload)} bytes exceeds the maximum "
+                         f"of {MAX_PAYLOAD}")
+    return HEADER.pack(len(payload), stream_id, type_, flags) + payload
+
+
+class Decoder:
+    """Feed bytes as they arrive; get whole frames back."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+        self._skip = 0  # bytes of an oversized payload still to discard
+
+    def feed(self, data: bytes) -> list[Frame | OversizedFrame]:
+        if self._skip:
+            n = min(self._skip, len(data))
+            self._skip -= n
+            data = data[n:]
+        self._buf += data
+        out: list[Frame | OversizedFrame] = []
+        while len(self._buf) >= HEADER_SIZE:
+            length, sid, type_, flags = HEADER.unpack_from(self._buf)
+            if length > MAX_PAYLOAD:
+                out.append(OversizedFrame(sid, type_, length))
+                available = len(self._buf) - HEADER_SIZE
+                if available >= length:
+                    del self._buf[:HEADER_SIZE + length]
+                else:
+                    self._skip = length - available
+                    self._buf.clear()
+                continue
+            if len(self._buf) < HEADER_SIZE + length:
+                break
+            payload = bytes(self._buf[HEADER_SIZE:HEADER_SIZE + length])
+            del self._buf[:HEADER_SIZE + length]
+            out.append(Frame(sid, type_, flags, payload))
+        return out
+
+    @property
+    def pending(self) -> int:
+        """Bytes of a partial frame held (0 at a frame boundary)."""
+        return len(self._buf) + self._skip
