@@ -112,3 +112,10 @@ def from_status(code: int, message: str) -> CtrdError:
     elif detail.endswith(": " + cls.kind):
         detail = detail[: -len(cls.kind) - 2]
     return cls(detail)
+
+
+def quote(s: str) -> str:
+    """``s`` quoted as Go's ``%q`` does for ordinary text, so messages read as containerd's."""
+    import json
+
+    return json.dumps(s, ensure_ascii=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from ctrd.errdefs import InvalidArgument
+from ctrd.errdefs import InvalidArgument, quote
 
 MAX_LENGTH = 76
 MAX_LABEL_SIZE = 4096
@@ -17,10 +17,10 @@ def validate(s: str) -> str:
     if not s:
         raise InvalidArgument("identifier must not be empty")
     if len(s) > MAX_LENGTH:
-        raise InvalidArgument(f"identifier {s!r} greater than maximum length "
+        raise InvalidArgument(f"identifier {quote(s)} greater than maximum length "
                               f"({MAX_LENGTH} characters)")
     if not _IDENTIFIER.fullmatch(s):
-        raise InvalidArgument(f"identifier {s!r} must match "
+        raise InvalidArgument(f"identifier {quote(s)} must match "
                               r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$")
     return s
 

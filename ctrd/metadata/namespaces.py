@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 
 from ctrd import identifiers
-from ctrd.errdefs import AlreadyExists, FailedPrecondition, NotFound
+from ctrd.errdefs import AlreadyExists, FailedPrecondition, NotFound, quote
 from ctrd.metadata.db import DB, prefix
 
 # Buckets whose keys start with the namespace; a namespace is deletable when all are empty.
@@ -40,7 +40,7 @@ class NamespaceStore:
         identifiers.validate_labels(labels, "namespace.Labels")
         with self.db.update() as txn:
             if self._get(txn, name) is not None:
-                raise AlreadyExists(f"namespace {json.dumps(name)}")
+                raise AlreadyExists(f"namespace {quote(name)}")
             self._put(txn, name, {k: v for k, v in labels.items() if v})
         return Namespace(name, labels)
 
@@ -80,10 +80,10 @@ class NamespaceStore:
     def delete(self, name: str) -> None:
         with self.db.update() as txn:
             if self._get(txn, name) is None:
-                raise NotFound(f"namespace {json.dumps(name)}")
+                raise NotFound(f"namespace {quote(name)}")
             still = [what for bucket, what in NAMESPACED_BUCKETS
                      if self.db.has_prefix(txn, bucket, prefix(name))]
             if still:
-                raise FailedPrecondition(f"namespace {json.dumps(name)} must be empty, "
+                raise FailedPrecondition(f"namespace {quote(name)} must be empty, "
                                          f"but it still has {', '.join(still)}")
             txn.delete(name.encode(), db=self.db.bucket("namespaces"))

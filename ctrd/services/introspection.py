@@ -55,15 +55,14 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
         pb_grpc.add_IntrospectionServicer_to_server(self, server)
 
     async def Plugins(self, request, context):
-        from ctrd import filters
+        selected = list(self.plugins)
+        if request.filters:
+            from ctrd import filters
 
-        match = filters.parse_all(*request.filters) if request.filters else None
-        out = []
-        for p in self.plugins:
-            if match is None or match.match(filters.adaptor_from(
-                    {"type": p.registration.type, "id": p.registration.id})):
-                out.append(plugin_to_pb(p))
-        return pb.PluginsResponse(plugins=out)
+            match = filters.parse_all(*request.filters)
+            selected = [p for p in selected if match.match(filters.adaptor_from(
+                {"type": p.registration.type, "id": p.registration.id}))]
+        return pb.PluginsResponse(plugins=[plugin_to_pb(p) for p in selected])
 
     async def Server(self, request, context):
         if self._uuid is None:

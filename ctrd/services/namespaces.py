@@ -31,11 +31,11 @@ class NamespacesService(pb_grpc.NamespacesServicer):
         return pb.GetNamespaceResponse(namespace=_to_pb(ns))
 
     async def List(self, request, context):
-        from ctrd import filters
-
-        match = filters.parse_all(request.filter) if request.filter else None
         found = await asyncio.to_thread(self.store.list)
-        if match is not None:
+        if request.filter:
+            from ctrd import filters
+
+            match = filters.parse_all(request.filter)
             found = [ns for ns in found
                      if match.match(filters.adaptor_from({"name": ns.name}, ns.labels))]
         return pb.ListNamespacesResponse(namespaces=[_to_pb(ns) for ns in found])
