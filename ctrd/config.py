@@ -116,15 +116,17 @@ def load(path: str | Path | None) -> LoadResult:
         raise ConfigError(f"config {path}: not UTF-8 text at byte {e.start}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config {path}: invalid TOML: {e}") from None
+    except RecursionError:
+        raise ConfigError(f"config {path}: invalid TOML: nested too deeply") from None
     version = data.get("version", 1)
     if version != 2:
         raise ConfigError(f"config {path}: version = {version!r}: only version = 2 "
                           "(containerd 1.5+ format) is supported")
     warnings: list[str] = []
-    cfg = decode(ServerConfig, data, "", warnings)
-    for name, section in cfg.plugins.items():
-        if not isinstance(section, dict):
-            raise ConfigError(f'plugins."{name}": expected a table, got {_tname(section)}')
+    try:
+        cfg = decode(ServerConfig, data, "", warnings)
+    except ConfigError as e:
+        raise ConfigError(f"config {path}: {e.detail}") from None
     return LoadResult(cfg, [f"config {path}: {w}" for w in warnings])
 
 
