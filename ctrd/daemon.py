@@ -69,6 +69,7 @@ class Daemon:
         self._lock_fd: int | None = None
         self._grpc: Any = None
         self._ttrpc: Any = None
+        self._bound: list[str] = []  # socket paths this daemon created (and may remove)
         self._stopped = asyncio.Event()
         self.started_at: float | None = None
 
@@ -128,6 +129,7 @@ class Daemon:
 
         _claim_socket_path(cfg.ttrpc_address)
         await self._ttrpc.start(cfg.ttrpc_address, mode=0o660)
+        self._bound.append(cfg.ttrpc_address)
         os.chown(cfg.ttrpc_address, cfg.ttrpc.uid, cfg.ttrpc.gid)
 
         _claim_socket_path(cfg.grpc.address)
@@ -136,6 +138,7 @@ class Daemon:
             if self._grpc.add_insecure_port("unix:" + os.path.abspath(cfg.grpc.address)) == 0:
                 raise FailedPrecondition(f"cannot listen on {cfg.grpc.address}")
             await self._grpc.start()
+            self._bound.append(cfg.grpc.address)
         except grpc.RpcError as e:
             raise FailedPrecondition(f"cannot listen on {cfg.grpc.address}: {e}") from None
         finally:
@@ -174,14 +177,15 @@ class Daemon:
         log.info("stopped")
 
     async def _teardown(self, grace: float = 0.0) -> None:
-        cfg = self.config
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None
-            _remove_socket(cfg.grpc.address)
         if self._ttrpc is not None:
             await self._ttrpc.stop(grace)
             self._ttrpc = None
+        for path in self._bound:
+            _remove_socket(path)
+        self._bound.clear()
         # Plugins close in reverse order of init (dependents before what they depend on).
         for p in reversed(list(self.plugins or ())):
             close = getattr(p.instance, "close", None) if p.error is None else None

@@ -17,7 +17,7 @@ def validate(s: str) -> str:
     if not s:
         raise InvalidArgument("identifier must not be empty")
     if len(s) > MAX_LENGTH:
-        raise InvalidArgument(f"identifier {quote(s)} greater than maximum length "
+        raise InvalidArgument(f"identifier {quote(s[:MAX_LENGTH] + '...')} greater than maximum length "
                               f"({MAX_LENGTH} characters)")
     if not _IDENTIFIER.fullmatch(s):
         raise InvalidArgument(f"identifier {quote(s)} must match "

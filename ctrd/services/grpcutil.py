@@ -43,8 +43,14 @@ def lease(context: aio.ServicerContext) -> str | None:
     return _metadata(context, LEASE_HEADER)
 
 
+# Status messages travel in HTTP/2 trailers, which clients cap at 8 KiB in all.
+MAX_MESSAGE = 4096
+
+
 async def _abort(context: aio.ServicerContext, err: BaseException, method: str) -> None:
     code, message = errdefs.to_status(err)
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE - 14] + "... (truncated)"
     if code == errdefs.UNKNOWN and not isinstance(err, errdefs.CtrdError):
         log.error("unexpected error in %s", method, exc_info=err)
     await context.abort(grpc.StatusCode(_CODES[code]), message)

@@ -1,7 +1,8 @@
 """An asyncio ttrpc server on a unix socket.
 
 Lifecycle: construct, :meth:`Server.register_service` for each service, :meth:`Server.start`
-(binds the socket, mode 0600 unless told otherwise), then :meth:`Server.stop` (stops accepting,
+(binds the socket, mode 0600 unless told otherwise; the path must be free: clearing a
+stale socket is the caller's decision), then :meth:`Server.stop` (stops accepting,
 waits for in-flight calls up to a grace period, closes connections, removes the socket).
 
 Each request runs as its own task, so a slow call does not block others on the same
@@ -74,8 +75,6 @@ class Server:
                               handler)
 
     async def start(self, path: str, mode: int = 0o600) -> None:
-        if os.path.exists(path):
-            os.unlink(path)  # stale socket of a previous run (the caller holds the lock)
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._serve_conn, path=path)
