@@ -354,6 +354,26 @@ def test_daemon_stopped_under_the_client(tmp_base):
                         "is the daemon running?\n")
 
 
+@pytest.mark.integration
+def test_timeout_when_the_daemon_does_not_answer(tmp_base):
+    daemon = start_daemon(tmp_base, "frozen")
+    try:
+        os.kill(daemon.proc.pid, signal.SIGSTOP)  # the socket accepts, nobody replies
+        try:
+            started = time.monotonic()
+            r = ctl(daemon, "--timeout", "500ms", "ns", "ls")
+            elapsed = time.monotonic() - started
+        finally:
+            os.kill(daemon.proc.pid, signal.SIGCONT)
+        assert r.returncode == 1
+        assert r.stderr == ("ctrctl: no reply from ctrd to namespaces.List within 0.5s "
+                            "(see --timeout): context deadline exceeded\n")
+        assert elapsed < 10
+        ok(ctl(daemon, "ns", "ls"))  # thawed: answers again
+    finally:
+        daemon.stop()
+
+
 # -- in-process, through click ------------------------------------------------------------
 
 @pytest.mark.integration

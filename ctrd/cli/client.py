@@ -217,9 +217,9 @@ class Client:
             return ConnectionFailed(self.address, _connect_reason(details))
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and details == "Deadline Exceeded":
             # grpc's own deadline, not a daemon error: say what timed out
-            what = method.rsplit("/", 1)[-1] or "call"
-            after = f" after {timeout:g}s" if timeout else ""
-            return errdefs.DeadlineExceeded(f"{what} timed out{after} (see --timeout)")
+            within = f" within {timeout:g}s" if timeout else ""
+            return errdefs.DeadlineExceeded(
+                f"no reply from ctrd to {method or 'a call'}{within} (see --timeout)")
         return errdefs.from_status(code.value[0], details)
 
 
@@ -248,7 +248,7 @@ class _Service:
 
     def __getattr__(self, method: str) -> _Method:
         mc = getattr(self._stub, method)  # AttributeError for an unknown method
-        m = _Method(self._client, mc, method)
+        m = _Method(self._client, mc, f"{self._name}.{method}")
         setattr(self, method, m)
         return m
 

@@ -37,6 +37,8 @@ CODE_NAMES = {
     13: "Internal", 14: "Unavailable", 15: "DataLoss", 16: "Unauthenticated",
 }
 
+STATUS_STYLES = {"ok": "green", "skip": "yellow", "error": "bold red"}
+
 
 # -- plumbing -------------------------------------------------------------------------
 
@@ -286,7 +288,7 @@ def plugins_ls(g: Globals, quiet: bool, detailed: bool, fmt: str,
             if with_errors:
                 row.append(r["error"]["message"] if r["error"] else "")
             rows.append(row)
-        print_table(headers, rows)
+        print_table(headers, rows, styles={"STATUS": STATUS_STYLES})
 
 
 # namespaces ------------------------------------------------------------------------

@@ -25,13 +25,18 @@ def is_tty(stream: TextIO) -> bool:
 
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]],
-                stream: TextIO | None = None, tty: bool | None = None) -> None:
-    """Print ``rows`` under ``headers``; ``tty`` forces (or forbids) the rich rendering."""
+                stream: TextIO | None = None, tty: bool | None = None,
+                styles: dict[str, dict[str, str]] | None = None) -> None:
+    """Print ``rows`` under ``headers``; ``tty`` forces (or forbids) the rich rendering.
+
+    ``styles`` colours cells on a terminal: ``{"STATUS": {"error": "red"}}`` styles the
+    STATUS cells that read "error".
+    """
     stream = stream or sys.stdout
     if tty is None:
         tty = is_tty(stream)
     if tty:
-        _rich_table(headers, rows, stream)
+        _rich_table(headers, rows, stream, styles or {})
     else:
         stream.write(plain_table(headers, rows))
     stream.flush()
@@ -47,7 +52,8 @@ def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "".join(out)
 
 
-def _rich_table(headers: Sequence[str], rows: Sequence[Sequence[str]], stream: TextIO) -> None:
+def _rich_table(headers: Sequence[str], rows: Sequence[Sequence[str]], stream: TextIO,
+                styles: dict[str, dict[str, str]]) -> None:
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
@@ -56,8 +62,10 @@ def _rich_table(headers: Sequence[str], rows: Sequence[Sequence[str]], stream: T
                   padding=(0, 3, 0, 0))
     for h in headers:
         table.add_column(Text(h), overflow="fold")
-    for r in rows:
-        table.add_row(*(Text(str(c)) for c in r))  # Text: no markup in names or labels
+    by_column = [styles.get(h, {}) for h in headers]
+    for r in rows:  # Text: no markup in names or labels
+        table.add_row(*(Text(str(c), style=by_column[i].get(str(c), ""))
+                        for i, c in enumerate(r)))
     Console(file=stream, highlight=False, soft_wrap=False, force_terminal=True).print(table)
 
 
