@@ -220,6 +220,10 @@ class Client:
             within = f" within {timeout:g}s" if timeout else ""
             return errdefs.DeadlineExceeded(
                 f"no reply from ctrd to {method or 'a call'}{within} (see --timeout)")
+        if code == grpc.StatusCode.UNIMPLEMENTED and details == "Method not found!":
+            # grpc's own answer for a service that is not registered (e.g. its plugin failed)
+            return errdefs.NotImplemented_(
+                f"the daemon does not serve {method or 'this call'} (see the plugins' status)")
         return errdefs.from_status(code.value[0], details)
 
 
