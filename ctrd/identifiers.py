@@ -17,7 +17,10 @@ def validate(s: str) -> str:
     if not s:
         raise InvalidArgument("identifier must not be empty")
     if len(s) > MAX_LENGTH:
-        raise InvalidArgument(f"identifier {quote(s[:MAX_LENGTH] + '...')} greater than maximum length "
+        # containerd quotes the whole name; a huge one is cut so the error still fits in a
+        # gRPC trailer.
+        shown = s if len(s) <= 1024 else s[:1024] + "..."
+        raise InvalidArgument(f"identifier {quote(shown)} greater than maximum length "
                               f"({MAX_LENGTH} characters)")
     if not _IDENTIFIER.fullmatch(s):
         raise InvalidArgument(f"identifier {quote(s)} must match "
