@@ -8,22 +8,53 @@ small JSON documents. Every mutation is one write transaction (:meth:`DB.update`
 
 from __future__ import annotations
 
+import json
 import os
+import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import lmdb
 
 from ctrd.errdefs import FailedPrecondition
 
 SCHEMA_VERSION = 1
-# Buckets that exist in every schema-1 database. Later capabilities add their own.
-BUCKETS = ("meta", "namespaces")
+# Buckets of schema 1. Keys of namespaced buckets are "<ns>\0<name>" (content: digest,
+# ingests: ref, leases: id, images: name, containers: id, snapshots: snapshotter\0key).
+BUCKETS = ("meta", "namespaces", "content", "ingests", "leases", "images", "containers",
+           "snapshots")
 SEP = b"\0"
 
 
 def key(*parts: str) -> bytes:
-    return SEP.join(p.encode() for p in parts)
+    """A bucket key. Every part but the last must be free of NUL (namespaces and snapshotter
+    names are validated identifiers); the last may be any client text (refs, lease ids)."""
+    return SEP.join(p.encode("utf-8", "surrogatepass") for p in parts)
+
+
+def split(raw: bytes, n: int = 2) -> list[str]:
+    """Inverse of :func:`key` for a key of ``n`` parts."""
+    return [p.decode("utf-8", "surrogatepass") for p in raw.split(SEP, n - 1)]
+
+
+def get_json(txn, db, k: bytes):
+    raw = txn.get(k, db=db)
+    return None if raw is None else json.loads(raw)
+
+
+def put_json(txn, db, k: bytes, value) -> None:
+    txn.put(k, json.dumps(value, separators=(",", ":"), sort_keys=True).encode(), db=db)
+
+
+def scan(txn, db, start: bytes):
+    """(key, value) pairs of ``db`` whose key starts with ``start``, in key order."""
+    cur = txn.cursor(db=db)
+    if not cur.set_range(start):
+        return
+    for k, v in cur:
+        if not k.startswith(start):
+            return
+        yield k, v
 
 
 def prefix(*parts: str) -> bytes:
@@ -40,6 +71,10 @@ class DB:
         self.env = lmdb.open(path, map_size=map_size, max_dbs=max_buckets, subdir=True,
                              mode=0o600)
         self._buckets: dict[str, lmdb._Database] = {}
+        self._mutation_callbacks: list[Callable[[bool], None]] = []
+        # Held shared by content commits/deletes, exclusively by GC's sweep of the backing
+        # store: a blob committed to disk is linked in metadata before GC can judge it.
+        self.content_lock = RWLock()
         with self.env.begin(write=True) as txn:
             for name in BUCKETS:
                 self._buckets[name] = self.env.open_db(name.encode(), txn=txn)
@@ -68,9 +103,56 @@ class DB:
         with self.env.begin(write=True) as txn:
             yield txn
 
+    def on_mutation(self, callback: Callable[[bool], None]) -> None:
+        """Call ``callback(dirty)`` after each committed mutation; ``dirty`` means something
+        was deleted (the GC scheduler counts both)."""
+        self._mutation_callbacks.append(callback)
+
+    def mutated(self, dirty: bool = False) -> None:
+        for cb in self._mutation_callbacks:
+            cb(dirty)
+
     def has_prefix(self, txn: lmdb.Transaction, bucket: str, start: bytes) -> bool:
         cur = txn.cursor(db=self.bucket(bucket, txn))
         return cur.set_range(start) and cur.key().startswith(start)
 
     def close(self) -> None:
         self.env.close()
+
+
+class RWLock:
+    """Many readers or one writer (threads); a waiting writer holds off new readers."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._readers = 0
+        self._writer = False
+        self._writers_waiting = 0
+
+    @contextmanager
+    def shared(self) -> Iterator[None]:
+        with self._cond:
+            while self._writer or self._writers_waiting:
+                self._cond.wait()
+            self._readers += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._readers -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            self._writers_waiting += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._writers_waiting -= 1
+            self._writer = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._writer = False
+                self._cond.notify_all()

@@ -9,9 +9,10 @@ from ctrd import identifiers
 from ctrd.errdefs import AlreadyExists, FailedPrecondition, NotFound, quote
 from ctrd.metadata.db import DB, prefix
 
-# Buckets whose keys start with the namespace; a namespace is deletable when all are empty.
-# Later capabilities append theirs: (bucket, what to call it in the error).
-NAMESPACED_BUCKETS: list[tuple[str, str]] = []
+# Buckets whose keys start with the namespace; a namespace is deletable when all are empty:
+# (bucket, what containerd calls it in the error). Leases do not keep a namespace alive.
+NAMESPACED_BUCKETS: list[tuple[str, str]] = [("images", "images"), ("content", "blobs"),
+                                             ("containers", "containers")]
 
 
 @dataclass
@@ -77,12 +78,25 @@ class NamespaceStore:
             self._put(txn, name, current)
         return Namespace(name, current)
 
+    def _snapshotters(self, txn, name: str) -> list[str]:
+        """Snapshotters holding snapshots of ``name`` (keys ``<ns>\\0<snapshotter>\\0<key>``)."""
+        from ctrd.metadata.db import scan, split
+
+        found: list[str] = []
+        for k, _ in scan(txn, self.db.bucket("snapshots"), prefix(name)):
+            s = split(k, 3)[1]
+            if s not in found:
+                found.append(s)
+        return found
+
     def delete(self, name: str) -> None:
         with self.db.update() as txn:
             if self._get(txn, name) is None:
                 raise NotFound(f"namespace {quote(name)}")
             still = [what for bucket, what in NAMESPACED_BUCKETS
                      if self.db.has_prefix(txn, bucket, prefix(name))]
+            still += [f"snapshots on {quote(s)} snapshotter"
+                      for s in self._snapshotters(txn, name)]
             if still:
                 raise FailedPrecondition(f"namespace {quote(name)} must be empty, "
                                          f"but it still has {', '.join(still)}")

@@ -1,0 +1,1 @@
+"""Garbage collection scheduling (the collection itself is ctrd.metadata.gc)."""

@@ -1,0 +1,182 @@
+"""When to collect: containerd's GC scheduler, on asyncio.
+
+Collection runs after deletions (``deletion_threshold`` 0 means: soon after any deletion),
+after ``mutation_threshold`` mutations, or on demand (:meth:`Scheduler.schedule_and_wait`,
+what a synchronous delete uses). ``pause_threshold`` bounds the share of time spent
+collecting: after a collection that took ``d`` on average, the next periodic one waits
+``d / pause_threshold - d``. ``schedule_delay`` postpones a triggered collection (to batch
+deletions); ``startup_delay`` schedules the first one after start.
+
+Lifecycle: ``start()`` once the event loop runs, ``close()`` at shutdown. Collections run in
+a worker thread; ``mutation`` callbacks may come from any thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from ctrd.config import setting
+from ctrd.metadata.gc import Stats
+
+log = logging.getLogger("ctrd.gc")
+
+
+def _duration_check(value: str) -> str | None:
+    try:
+        parse_duration(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
+def parse_duration(value: str) -> float:
+    """Go duration text ("100ms", "1.5s", "1m30s", "0") in seconds."""
+    import re
+
+    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    if value in ("0", ""):
+        return 0.0
+    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", value)
+    if not parts or "".join(n + u for n, u in parts) != value.lstrip("+"):
+        raise ValueError(f"invalid duration {value!r} (e.g. 100ms, 1s, 1m30s)")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _threshold(v: float) -> str | None:
+    return None if 0.0 <= v <= 0.5 else "must be between 0 and 0.5"
+
+
+def _non_negative(v: int) -> str | None:
+    return None if v >= 0 else "must not be negative"
+
+
+@dataclass
+class SchedulerConfig:
+    pause_threshold: float = setting(0.02, check=_threshold,
+                                     doc="max share of time spent collecting")
+    deletion_threshold: int = setting(0, check=_non_negative,
+                                      doc="deletions that trigger a collection (0: any)")
+    mutation_threshold: int = setting(100, check=_non_negative,
+                                      doc="mutations that trigger a collection")
+    schedule_delay: str = setting("0s", check=_duration_check)
+    startup_delay: str = setting("100ms", check=_duration_check)
+
+
+class Scheduler:
+    def __init__(self, collect: Callable[[], Stats], config: SchedulerConfig) -> None:
+        self._collect = collect
+        self.config = config
+        self._schedule_delay = parse_duration(config.schedule_delay)
+        self._startup_delay = parse_duration(config.startup_delay)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake = asyncio.Event()
+        self._waiters: list[asyncio.Future] = []
+        self._deletions = 0
+        self._mutations = 0
+        self._triggered = False
+        self._next: float | None = None  # monotonic time of the next collection
+        self._interval = 1.0
+        self._gc_time = 0.0
+        self._collections = 0
+        self._last: float | None = None
+        self._task: asyncio.Task | None = None
+        self.last_stats: Stats | None = None
+
+    def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        if self._startup_delay > 0:
+            self._next = time.monotonic() + self._startup_delay
+        self._task = asyncio.create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        for w in self._waiters:
+            if not w.done():
+                w.set_exception(RuntimeError("gc scheduler stopped"))
+
+    def mutation(self, dirty: bool) -> None:
+        """Called after each metadata mutation (from any thread)."""
+        if self._loop is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._on_mutation, dirty)
+        except RuntimeError:  # loop closed during shutdown
+            pass
+
+    def _on_mutation(self, dirty: bool) -> None:
+        c = self.config
+        if dirty:
+            self._deletions += 1
+        self._mutations += 1
+        if ((c.deletion_threshold > 0 and self._deletions >= c.deletion_threshold)
+                or (self._next is None and (
+                    (c.deletion_threshold == 0 and self._deletions > 0)
+                    or (c.mutation_threshold > 0
+                        and self._mutations >= c.mutation_threshold)))):
+            self._schedule(self._schedule_delay)
+
+    def _schedule(self, delay: float) -> None:
+        at = time.monotonic() + delay
+        if self._next is None or self._next > at:
+            self._next = at
+            self._wake.set()
+
+    async def schedule_and_wait(self) -> Stats:
+        """Collect now (after ``schedule_delay``) and return that collection's stats."""
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        self._triggered = True
+        self._schedule(self._schedule_delay)
+        return await fut
+
+    async def _run(self) -> None:
+        c = self.config
+        while True:
+            self._wake.clear()
+            if self._next is None:
+                await self._wake.wait()
+                continue
+            delay = self._next - time.monotonic()
+            if delay > 0:
+                try:
+                    await asyncio.wait_for(self._wake.wait(), delay)
+                    continue  # rescheduled: recompute
+                except TimeoutError:
+                    pass
+            if (not self._triggered and self._last is not None and self._deletions == 0
+                    and (c.mutation_threshold == 0
+                         or self._mutations < c.mutation_threshold)):
+                self._next = time.monotonic() + self._interval  # nothing to do yet
+                continue
+            waiters, self._waiters = self._waiters, []
+            self._triggered = False
+            self._deletions = self._mutations = 0
+            try:
+                stats = await asyncio.to_thread(self._collect)
+            except Exception as e:  # noqa: BLE001 - keep scheduling; tell the waiters
+                log.exception("garbage collection failed")
+                self._next = time.monotonic() + self._interval + 1.0
+                for w in waiters:
+                    if not w.done():
+                        w.set_exception(e)
+                continue
+            self.last_stats = stats
+            self._gc_time += stats.elapsed
+            self._collections += 1
+            if c.pause_threshold > 0:
+                avg = self._gc_time / self._collections
+                self._interval = avg / c.pause_threshold - avg
+            self._last = time.monotonic()
+            self._next = self._last + self._interval
+            for w in waiters:
+                if not w.done():
+                    w.set_result(stats)
