@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import uuid
 from pathlib import Path
 
 from google.protobuf import empty_pb2
@@ -31,6 +30,8 @@ def plugin_to_pb(p: Plugin) -> pb.Plugin:
 
 def server_uuid(root: Path) -> str:
     """The daemon's UUID, made once and kept in ``<root>/uuid`` (a damaged file is replaced)."""
+    import uuid  # only here: it drags in `platform`, a few ms of every start-up
+
     path = root / "uuid"
     try:
         return str(uuid.UUID(path.read_text().strip()))
