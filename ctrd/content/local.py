@@ -373,7 +373,10 @@ class LocalStore:
                 offset, started, updated = 0, now, now
             else:
                 offset = _hash_file(data, h)
-                started, updated = meta.started, meta.updated
+                # updatedat is written lazily (a killed writer left it stale): data's mtime
+                # may be newer.
+                started = meta.started
+                updated = max(meta.updated, os.fstat(fd).st_mtime_ns)
                 if not total:
                     total = meta.total
                 elif not meta.total:
