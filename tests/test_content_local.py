@@ -3,12 +3,12 @@ input, and the cost of a write."""
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import os
 import random
 import re
-import shutil
 import signal
 import stat
 import subprocess
@@ -564,3 +564,38 @@ def test_bench_write_1gib(store, capsys):
         print(f"\n1 GiB: write+hash {1024 / (t1 - t0):.0f} MB/s, commit {t2 - t1:.2f} s, "
               f"overall {1024 / (t2 - t0):.0f} MiB/s")
     store.delete(d)
+
+
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A 1 MiB tmpfs (root only), unmounted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "tiny"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+@pytest.mark.parametrize("chunk", [100 << 10, 1 << 20], ids=["inline", "parallel"])
+def test_a_full_disk_keeps_offset_and_digest_true(tiny_fs, chunk):
+    """A write cut short by ENOSPC counts and hashes exactly what reached the file, on both
+    write paths; the ingest then truncates and completes."""
+    s = LocalStore(tiny_fs / "content")
+    w = s.writer("full")
+    data = os.urandom(chunk)
+    with pytest.raises(OSError) as e:
+        for _ in range(20):
+            w.write(data)
+    assert e.value.errno == errno.ENOSPC
+    on_disk = (s.ingest_path("full") / "data").read_bytes()
+    assert 0 < len(on_disk) < 20 * chunk and len(on_disk) % chunk  # a short write happened
+    assert w.status().offset == len(on_disk)
+    assert w.digest() == digest_of(on_disk)
+    w.truncate(0)
+    w.write(b"small")
+    assert w.commit(5, digest_of(b"small")) == digest_of(b"small")
+    w.close()

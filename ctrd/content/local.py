@@ -280,6 +280,8 @@ class LocalStore:
 
     Labels are not kept here (the metadata layer keeps them per namespace): ``Info.labels`` is
     always empty and ``commit``'s labels are ignored. Safe to use from many threads.
+    ``lock_timeout``: how long ``writer`` waits for another writer of the same ref to let go
+    before it gives up with Unavailable (containerd retries for up to about a second).
     """
 
     def __init__(self, root: str | os.PathLike, *, lock_timeout: float = 0.5) -> None:
@@ -438,7 +440,7 @@ class LocalStore:
         path = self.ingest_path(ref)
         try:
             return _status(str(path), _ref_bytes(ref))
-        except (OSError, ValueError):
+        except (FileNotFoundError, NotADirectoryError, ValueError):
             raise NotFound(f"ingest ref {quote(ref)}") from None
 
     def list_statuses(self, match: Callable[[Status], bool] | None = None) -> list[Status]:
