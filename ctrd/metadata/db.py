@@ -26,15 +26,32 @@ BUCKETS = ("meta", "namespaces", "content", "ingests", "leases", "images", "cont
 SEP = b"\0"
 
 
+# LMDB keys are at most 511 bytes. A last part longer than this is stored as 0xff + its
+# sha256 (0xff never occurs in UTF-8, so it cannot collide with a real name); records under
+# such keys carry their full name in a "name" field (see :func:`name_of`).
+MAX_KEY_PART = 400
+
+
 def key(*parts: str) -> bytes:
     """A bucket key. Every part but the last must be free of NUL (namespaces and snapshotter
     names are validated identifiers); the last may be any client text (refs, lease ids)."""
-    return SEP.join(p.encode("utf-8", "surrogatepass") for p in parts)
+    enc = [p.encode("utf-8", "surrogatepass") for p in parts]
+    if len(enc[-1]) > MAX_KEY_PART:
+        import hashlib
+
+        enc[-1] = b"\xff" + hashlib.sha256(enc[-1]).hexdigest().encode()
+    return SEP.join(enc)
 
 
 def split(raw: bytes, n: int = 2) -> list[str]:
-    """Inverse of :func:`key` for a key of ``n`` parts."""
-    return [p.decode("utf-8", "surrogatepass") for p in raw.split(SEP, n - 1)]
+    """Inverse of :func:`key` for a key of ``n`` parts (a hashed last part comes back as
+    "\ufffd<hex>": use :func:`name_of` where names may be long)."""
+    return [p.decode("utf-8", "replace") for p in raw.split(SEP, n - 1)]
+
+
+def name_of(raw_key: bytes, record: dict, n: int = 2) -> str:
+    """The last part of a key, from the record's "name" when the key holds a hash."""
+    return record.get("name") or split(raw_key, n)[-1]
 
 
 def get_json(txn, db, k: bytes):

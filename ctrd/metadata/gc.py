@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from ctrd.errdefs import NotFound
-from ctrd.metadata.db import DB, key, scan, split
+from ctrd.metadata.db import DB, key, name_of, scan, split
 from ctrd.metadata.leases import GC_EXPIRE, GC_FLAT
 
 log = logging.getLogger("ctrd.gc")
@@ -85,9 +85,12 @@ class _Graph:
         self.db, self.txn, self.now = db, txn, now
 
     def items(self, bucket: str) -> Iterator[tuple[list[str], dict]]:
+        n = 3 if bucket == "snapshots" else 2
         for k, v in scan(self.txn, self.db.bucket(bucket), b""):
-            parts = split(k, 3 if bucket == "snapshots" else 2)
-            yield parts, json.loads(v)
+            rec = json.loads(v)
+            parts = split(k, n)
+            parts[-1] = name_of(k, rec, n)
+            yield parts, rec
 
     def record(self, node: Node) -> dict | None:
         type_, ns, k = node

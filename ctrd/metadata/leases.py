@@ -18,7 +18,7 @@ from typing import Callable
 from ctrd import identifiers
 from ctrd.content.store import validate_digest
 from ctrd.errdefs import AlreadyExists, InvalidArgument, NotFound, NotImplemented_, quote
-from ctrd.metadata.db import DB, get_json, key, prefix, put_json, scan, split
+from ctrd.metadata.db import DB, get_json, key, name_of, prefix, put_json, scan
 
 GC_EXPIRE = "containerd.io/gc.expire"
 GC_FLAT = "containerd.io/gc.flat"
@@ -134,7 +134,8 @@ class LeaseManager:
             k = key(ns, lease_id)
             if txn.get(k, db=self._bucket) is not None:
                 raise AlreadyExists(f"lease {quote(lease_id)}")
-            put_json(txn, self._bucket, k, {"created_at": lease.created_at, "labels": labels})
+            put_json(txn, self._bucket, k, {"name": lease_id, "created_at": lease.created_at,
+                                            "labels": labels})
         return lease
 
     def delete(self, ns: str, lease_id: str) -> None:
@@ -157,7 +158,7 @@ class LeaseManager:
         with self.db.view() as txn:
             for k, v in scan(txn, self._bucket, prefix(ns)):
                 rec = json.loads(v)
-                lease = Lease(split(k)[1], rec["created_at"], rec.get("labels", {}))
+                lease = Lease(name_of(k, rec), rec["created_at"], rec.get("labels", {}))
                 if match is None or match(lease):
                     out.append(lease)
         return out
