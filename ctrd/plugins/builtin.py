@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ctrd.config import setting
+from ctrd.gc.scheduler import SchedulerConfig
 from ctrd.plugins.hookspec import hookimpl
-from ctrd.plugins.registration import (EVENT, GRPC, METADATA, SERVICE, InitContext,
-                                       Registration)
+from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, SERVICE,
+                                       InitContext, Registration)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -21,6 +22,14 @@ def _init_exchange(ic: InitContext):
     from ctrd.events.exchange import Exchange
 
     return Exchange()
+
+
+# --- content --------------------------------------------------------------------------------
+
+def _init_content(ic: InitContext):
+    from ctrd.content.local import LocalStore
+
+    return LocalStore(ic.root)
 
 
 # --- metadata -----------------------------------------------------------------------------
@@ -37,22 +46,57 @@ class MetadataConfig:
 
 
 def _init_metadata(ic: InitContext):
-    from ctrd.metadata.db import DB
+    from ctrd.metadata.store import Metadata
 
-    return DB(str(ic.root / "meta.lmdb"), map_size=ic.config.map_size)
+    return Metadata(str(ic.root / "meta.lmdb"), ic.get(CONTENT), map_size=ic.config.map_size)
+
+
+# --- garbage collection -------------------------------------------------------------------
+
+async def _init_gc(ic: InitContext):
+    from ctrd.gc.scheduler import Scheduler
+
+    md = ic.get(METADATA)
+    scheduler = Scheduler(md.collect, ic.config)
+    md.db.on_mutation(scheduler.mutation)
+    for k, v in vars(ic.config).items():
+        ic.meta.exports[k] = str(v)
+    scheduler.start()
+    return scheduler
+
+
+def _optional(ic: InitContext, type_: str):
+    try:
+        return ic.get(type_)
+    except Exception:  # noqa: BLE001 - absent or failed: run without it
+        return None
 
 
 # --- namespaces ---------------------------------------------------------------------------
 
 def _init_namespaces_service(ic: InitContext):
-    from ctrd.metadata.namespaces import NamespaceStore
     from ctrd.services.namespaces import NamespacesService
 
-    return NamespacesService(NamespaceStore(ic.get(METADATA)), ic.get(EVENT))
+    return NamespacesService(ic.get(METADATA).namespaces, ic.get(EVENT))
 
 
-def _init_namespaces_grpc(ic: InitContext):
-    return ic.get_by_id(SERVICE, "namespaces-service")
+# --- content and leases services -------------------------------------------------------
+
+def _init_content_service(ic: InitContext):
+    from ctrd.services.content import ContentService
+
+    return ContentService(ic.get(METADATA).content, ic.get(EVENT))
+
+
+def _init_leases_service(ic: InitContext):
+    from ctrd.services.leases import LeasesService
+
+    return LeasesService(ic.get(METADATA).leases, _optional(ic, GC))
+
+
+def _service(id_: str):
+    """The init of a gRPC plugin that serves the service plugin ``id_``."""
+    return lambda ic: ic.get_by_id(SERVICE, id_)
 
 
 # --- introspection, version, health -------------------------------------------------------
@@ -76,11 +120,18 @@ def _init_health(ic: InitContext):
 
 
 REGISTRATIONS = [
+    Registration(CONTENT, "content", _init_content),
     Registration(EVENT, "exchange", _init_exchange),
-    Registration(METADATA, "lmdb", _init_metadata, config=MetadataConfig),
+    Registration(METADATA, "lmdb", _init_metadata, requires=(CONTENT,), config=MetadataConfig),
+    Registration(GC, "scheduler", _init_gc, requires=(METADATA,), config=SchedulerConfig),
     Registration(SERVICE, "namespaces-service", _init_namespaces_service,
                  requires=(METADATA, EVENT)),
-    Registration(GRPC, "namespaces", _init_namespaces_grpc, requires=(SERVICE,)),
+    Registration(SERVICE, "content-service", _init_content_service,
+                 requires=(METADATA, EVENT)),
+    Registration(SERVICE, "leases-service", _init_leases_service, requires=(METADATA, GC)),
+    Registration(GRPC, "namespaces", _service("namespaces-service"), requires=(SERVICE,)),
+    Registration(GRPC, "content", _service("content-service"), requires=(SERVICE,)),
+    Registration(GRPC, "leases", _service("leases-service"), requires=(SERVICE,)),
     Registration(GRPC, "introspection", _init_introspection),
     Registration(GRPC, "version", _init_version),
     Registration(GRPC, "healthcheck", _init_health),
