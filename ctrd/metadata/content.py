@@ -177,6 +177,7 @@ class ContentStore:
                 pass
         ingests = self.db.bucket("ingests")
         with self.db.update() as txn:
+            self.db.ensure_namespace(txn, ns)
             if expected and self._blob(txn, ns, expected) is not None:
                 lease_add(self.db, txn, ns, lease, "content", expected)
                 exists = True
@@ -277,6 +278,10 @@ class NamespacedWriter:
                     raise FailedPrecondition(f"{quote(self.ref)} unexpected digest")
                 size, actual = self._total, self._expected
             else:
+                offset = self._w.status().offset
+                if size and size != offset:  # containerd's metadata check and message
+                    raise FailedPrecondition(f"{quote(self.ref)} failed size validation: "
+                                             f"{offset} != {size}")
                 # The backing writer checks size and digest against what was asked at open
                 # too (a commit naming neither still checks those).
                 try:

@@ -120,6 +120,13 @@ class DB:
         with self.env.begin(write=True) as txn:
             yield txn
 
+    def ensure_namespace(self, txn, ns: str) -> None:
+        """Inside a write txn: objects created in a namespace create it (as in containerd,
+        where the namespace is the bucket that holds them)."""
+        bucket = self.bucket("namespaces")
+        if txn.get(ns.encode(), db=bucket) is None:
+            txn.put(ns.encode(), b"{}", db=bucket)
+
     def on_mutation(self, callback: Callable[[bool], None]) -> None:
         """Call ``callback(dirty)`` after each committed mutation; ``dirty`` means something
         was deleted (the GC scheduler counts both)."""

@@ -131,6 +131,7 @@ class LeaseManager:
         identifiers.validate_labels(labels, "lease.Labels")
         lease = Lease(lease_id, time.time(), labels)
         with self.db.update() as txn:
+            self.db.ensure_namespace(txn, ns)
             k = key(ns, lease_id)
             if txn.get(k, db=self._bucket) is not None:
                 raise AlreadyExists(f"lease {quote(lease_id)}")

@@ -56,8 +56,7 @@ class NamespaceStore:
         containerd)."""
         identifiers.validate(name)
         with self.db.update() as txn:
-            if self._get(txn, name) is None:
-                self._put(txn, name, {})
+            self.db.ensure_namespace(txn, name)
 
     def list(self) -> list[Namespace]:
         with self.db.view() as txn:
