@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 
-SCENARIOS = ("start", "idle-rss", "ctr-version", "profile")
+SCENARIOS = ("start", "idle-rss", "ctr-version", "ingest", "profile")
 KNOWN_DAEMONS = ("ctrd", "containerd", "containerd-nocri", "ctrd-alt")
 TARGETS = {  # figure -> max ratio ctrd / containerd the team reports against
     "exec_to_ctr_version_ok": 2.0,
@@ -394,6 +394,8 @@ def fmt(v: float, unit: str) -> str:
         return f"{v:.1f}"
     if unit == "KiB":
         return f"{v / 1024:.1f}"  # printed as MiB
+    if unit == "MiB/s":
+        return f"{v:.0f}"
     return f"{v:g}"
 
 
@@ -512,6 +514,50 @@ def scenario_ctr_version(tools: Tools, res: Results, daemons: list[str], repeats
         for d in running:
             d.stop()
     return ["ctr_version_roundtrip"]
+
+
+def scenario_ingest(tools: Tools, res: Results, daemons: list[str], repeats: int,
+                    warmup: int, size_mib: int, workdir: str) -> list[str]:
+    """``ctr content ingest`` of one random blob from a file (stdin redirected), each sample
+    on a fresh daemon; MiB/s of the whole client command (commit included)."""
+    import hashlib
+
+    blob = os.path.join(workdir, "ingest.blob")
+    h = hashlib.sha256()
+    with open(blob, "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for i in range(size_mib):
+            block = chunk[:-8] + i.to_bytes(8, "big")
+            h.update(block)
+            f.write(block)
+    digest = "sha256:" + h.hexdigest()
+    try:
+        for r in range(-warmup, repeats):
+            for kind in daemons:
+                d = tools.daemon(kind)
+                try:
+                    d.start()
+                    with open(blob, "rb") as f:
+                        t = now()
+                        p = subprocess.run([tools.ctr, "--address", d.sock, "content", "ingest",
+                                            "--expected-digest", digest, f"bench-{r}"],
+                                           stdin=f, stdout=subprocess.DEVNULL,
+                                           stderr=subprocess.PIPE, timeout=900)
+                        took = now() - t
+                    if p.returncode != 0:
+                        raise BenchError(f"ingest into {kind} failed: {p.stderr.decode()}")
+                finally:
+                    d.stop()
+                if r >= 0:
+                    res.add(f"ingest_{size_mib}MiB_MiBps", kind, size_mib / took, "MiB/s")
+                    res.add(f"ingest_{size_mib}MiB_time", kind, took * 1e3, "ms")
+            if r >= 0:
+                log(f"ingest: round {r + 1}/{repeats}: " + ", ".join(
+                    f"{k} {res.samples[f'ingest_{size_mib}MiB_MiBps'][k][-1]:.0f} MiB/s"
+                    for k in daemons))
+    finally:
+        os.unlink(blob)
+    return [f"ingest_{size_mib}MiB_MiBps", f"ingest_{size_mib}MiB_time"]
 
 
 # --------------------------------------------------------------------------------- profile
@@ -950,6 +996,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra environment for ctrd (and the profile's python), repeatable; "
                     "e.g. MALLOC_ARENA_MAX=2 to try an idea")
     ap.add_argument("--json", help="write samples, summary and profile to this file")
+    ap.add_argument("--ingest-mib", type=int, default=1024,
+                    help="blob size of the ingest scenario in MiB (default 1024)")
+    ap.add_argument("--ingest-repeats", type=int, default=3,
+                    help="samples per daemon of the ingest scenario (default 3)")
     args = ap.parse_args(argv)
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -1029,6 +1079,9 @@ def main(argv: list[str] | None = None) -> int:
             elif sc == "ctr-version":
                 figs_by_scenario[sc] = scenario_ctr_version(tools, res, daemons, args.repeats,
                                                             args.warmup)
+            elif sc == "ingest":
+                figs_by_scenario[sc] = scenario_ingest(tools, res, daemons, args.ingest_repeats,
+                                                       0, args.ingest_mib, workdir)
             elif sc == "profile":
                 prof = scenario_profile(tools, res, args.profile_repeats, args.warmup)
             meta[f"loadavg_{sc}"] = f"{la} -> {loadavg()}"
