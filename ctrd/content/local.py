@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import calendar
 import ctypes
-import ctypes.util
 import errno
 import fcntl
 import hashlib
@@ -201,7 +200,9 @@ def _hash_file(path: str, h, limit: int | None = None) -> int:
 # renameat2(RENAME_NOREPLACE): publish a blob without ever replacing one (glibc >= 2.28, Linux
 # >= 3.15 on ext4/xfs/btrfs/tmpfs). Where it is missing, check-then-rename: the window only
 # lets an identical, verified blob replace another.
-_libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# dlopen(NULL): the process's own libc symbols. (ctypes.util.find_library would run
+# ldconfig in a subprocess at import: ~15 ms of every daemon start.)
+_libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
