@@ -24,6 +24,12 @@ def _init_exchange(ic: InitContext):
     return Exchange()
 
 
+def _init_events_service(ic: InitContext):
+    from ctrd.services.events import EventsService
+
+    return EventsService(ic.get_by_id(EVENT, "exchange"))
+
+
 # --- content --------------------------------------------------------------------------------
 
 def _init_content(ic: InitContext):
@@ -122,6 +128,7 @@ def _init_health(ic: InitContext):
 REGISTRATIONS = [
     Registration(CONTENT, "content", _init_content),
     Registration(EVENT, "exchange", _init_exchange),
+    Registration(GRPC, "events", _init_events_service, requires=(EVENT,)),
     Registration(METADATA, "lmdb", _init_metadata, requires=(CONTENT,), config=MetadataConfig),
     Registration(GC, "scheduler", _init_gc, requires=(METADATA,), config=SchedulerConfig),
     Registration(SERVICE, "namespaces-service", _init_namespaces_service,
