@@ -50,10 +50,10 @@ further behind is dropped: it stops receiving new events, gets the events alread
 then its iterator raises :class:`SubscriberOverflow` (Unavailable: the client may
 resubscribe; the events in between are lost, and it is told so).
 
-Unsubscribing: leave an ``async with`` block, call :meth:`Subscription.close`, or just drop
-the subscription (the exchange holds subscribers weakly, so an abandoned iterator
-unsubscribes when it is garbage collected); a gRPC stream cancelled by its client ends its
-subscription in the handler's ``finally``.
+Unsubscribing: leave an ``async with`` block or call :meth:`Subscription.close` (a gRPC
+stream cancelled by its client ends its subscription that way, in the handler's
+``finally``). As a backstop the exchange holds subscribers weakly: an abandoned subscription
+unsubscribes when it is garbage collected (late, if a traceback still refers to it).
 """
 
 from __future__ import annotations

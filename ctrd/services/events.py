@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-import logging
-
 from google.protobuf import empty_pb2
 
 from ctrd import errdefs
@@ -25,8 +23,6 @@ from ctrd.api.containerd.services.events.v1 import events_pb2_grpc as pb_grpc
 from ctrd.api.containerd.services.ttrpc.events.v1 import events_pb2 as ttrpc_pb
 from ctrd.events.exchange import Envelope, Exchange, Subscription
 from ctrd.services import grpcutil
-
-log = logging.getLogger("ctrd.events")
 
 
 def _prefixed(prefix: str, err: errdefs.CtrdError) -> errdefs.CtrdError:
