@@ -415,8 +415,6 @@ class Subscription:
         raises it (instead of ending). Idempotent; call on the subscription's loop."""
         if error is not None and self._error is None:
             self._error = error
-        if self._done and error is None:
-            return
         self._done = True
         self._buf.clear()
         self._bytes = 0
