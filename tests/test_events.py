@@ -801,10 +801,6 @@ def test_namespace_event_topics_and_types_match_containerd(ctrd, containerd, wat
 
 @pytest.mark.integration
 @needs_ctr
-@pytest.mark.xfail(strict=True, reason=(
-    "ctrd/services/namespaces.py publishes create/update in the namespace being changed "
-    "(containerd: the caller's namespace) and update's labels after the change (containerd: "
-    "the request's labels)"))
 def test_namespace_event_lines_match_containerd(ctrd, containerd, watch):
     theirs = _namespace_events(containerd.address, watch)
     ours = _namespace_events(ctrd.address, watch)

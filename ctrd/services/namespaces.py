@@ -12,6 +12,16 @@ from ctrd.api.containerd.services.namespaces.v1 import namespace_pb2_grpc as pb_
 from ctrd.errdefs import InvalidArgument
 from ctrd.events.exchange import Exchange
 from ctrd.metadata.namespaces import Namespace, NamespaceStore
+from ctrd.services import grpcutil
+
+
+def _caller_namespace(context, fallback: str) -> str:
+    """containerd publishes create/update events in the caller's namespace (ctr sends
+    "default"); a caller without one gets the event in the namespace it changed."""
+    try:
+        return grpcutil.namespace(context)
+    except Exception:  # noqa: BLE001 - absent or invalid: not this call's problem
+        return fallback
 
 
 def _to_pb(ns: Namespace) -> pb.Namespace:
@@ -43,7 +53,7 @@ class NamespacesService(pb_grpc.NamespacesServicer):
     async def Create(self, request, context):
         ns = await asyncio.to_thread(self.store.create, request.namespace.name,
                                      dict(request.namespace.labels))
-        self.events.publish(ns.name, "/namespaces/create",
+        self.events.publish(_caller_namespace(context, ns.name), "/namespaces/create",
                             events_pb.NamespaceCreate(name=ns.name, labels=ns.labels))
         return pb.CreateNamespaceResponse(namespace=_to_pb(ns))
 
@@ -60,8 +70,9 @@ class NamespacesService(pb_grpc.NamespacesServicer):
             ns = await asyncio.to_thread(self.store.set_labels, name, changes, False)
         else:
             ns = await asyncio.to_thread(self.store.set_labels, name, labels, True)
-        self.events.publish(ns.name, "/namespaces/update",
-                            events_pb.NamespaceUpdate(name=ns.name, labels=ns.labels))
+        # As containerd: the event carries the request's labels, not the result.
+        self.events.publish(_caller_namespace(context, name), "/namespaces/update",
+                            events_pb.NamespaceUpdate(name=name, labels=labels))
         return pb.UpdateNamespaceResponse(namespace=_to_pb(ns))
 
     async def Delete(self, request, context):
