@@ -53,7 +53,7 @@ NAMESPACE_HEADER = "containerd-namespace"
 LEASE_HEADER = "containerd-lease"
 MAX_MESSAGE_SIZE = 16 << 20  # containerd's defaults.DefaultMaxRecvMsgSize / SendMsgSize
 WRITE_CHUNK = 1 << 20  # bytes per Content.Write message, as ctr (containerd's copy buffer)
-WRITE_WINDOW = 8  # WRITE messages in flight before waiting for their answers
+WRITE_WINDOW = 4  # WRITE messages in flight before waiting for their answers (bounds memory)
 GC_EXPIRE_LABEL = "containerd.io/gc.expire"
 
 # service property -> (stub module under ctrd.api.containerd.services, stub class)

@@ -515,6 +515,8 @@ def content_ingest(g: Globals, ref: str, path: str | None, expected_digest: str,
     from ctrd.cli.client import WRITE_CHUNK
     from ctrd.cli.output import iter_chunks
 
+    if not ref:
+        raise click.BadParameter("must not be empty", param_hint="REF")
     blob_labels = parse_labels(labels)
     try:
         f, seekable, size = _input(path)
