@@ -404,9 +404,10 @@ RM_ALIASES = {"remove": "rm", "del": "rm", "delete": "rm"}
 
 @cli.group(cls=AliasedGroup, aliases={"list": "ls", **RM_ALIASES})
 def content() -> None:
-    """Manage the content store: blobs by digest, and ingests in progress.
+    """Manage the content store (blobs and ingests).
 
-    Content no lease holds and nothing references is removed by the next garbage
+    Blobs are named by digest; ingests are transfers in progress, named by a ref. Content no
+    lease holds and nothing references is removed by the next garbage
     collection, as with containerd: ingest under a lease (--lease) to keep it.
     """
 
@@ -508,9 +509,9 @@ def content_ingest(g: Globals, ref: str, path: str | None, expected_digest: str,
     session in 1 MiB messages, with a progress bar on a terminal. An interrupted ingest
     resumes: run the same command again with the same REF; from a file the data already
     sent is checked against what the daemon holds and not sent again (from a pipe the
-    ingest starts over). If --expected-digest is already in the store, nothing is sent.
-    A blob that fails --expected-digest/--expected-size is dropped, not left as an ingest.
-    `ctrctl content active` lists unfinished ingests.
+    ingest starts over). If --expected-digest is already in the store, nothing is sent
+    (but the --labels are still set). A blob that fails --expected-digest/--expected-size
+    is dropped, not left as an ingest. `ctrctl content active` lists unfinished ingests.
     """
     from ctrd.cli.client import WRITE_CHUNK
     from ctrd.cli.output import iter_chunks
@@ -612,7 +613,11 @@ def _abort_ingest(c: Client, ref: str) -> bool:
 @click.argument("labels", nargs=-1, required=True, metavar="KEY=VALUE...")
 @pass_globals
 def content_label(g: Globals, digest: str, labels: tuple[str, ...]) -> None:
-    """Set labels on a blob (KEY= removes KEY); prints the blob's labels after the change."""
+    """Set or remove labels on a blob.
+
+    KEY=VALUE sets KEY, KEY= removes it, all in one update. Prints the blob's labels after
+    the change.
+    """
     from google.protobuf import field_mask_pb2
 
     from ctrd.api.containerd.services.content.v1 import content_pb2 as pb
@@ -629,10 +634,11 @@ def content_label(g: Globals, digest: str, labels: tuple[str, ...]) -> None:
 @click.argument("digests", nargs=-1, required=True, metavar="DIGEST...")
 @pass_globals
 def content_rm(g: Globals, digests: tuple[str, ...]) -> None:
-    """Remove blobs from the namespace; prints each one removed.
+    """Remove blobs from the namespace.
 
-    As with ctr, a digest that is not there is skipped silently. The file itself goes at
-    the next garbage collection once no namespace uses it (see `ctrctl gc`).
+    Prints each one removed. As with ctr, a digest that is not there is skipped silently.
+    The file itself goes at the next garbage collection once no namespace uses it (see
+    `ctrctl gc`).
     """
     from ctrd.api.containerd.services.content.v1 import content_pb2 as pb
 
@@ -688,7 +694,10 @@ def content_active(g: Globals, fmt: str, filters: tuple[str, ...]) -> None:
 
 @cli.group(cls=AliasedGroup, aliases={"list": "ls", "c": "create", **RM_ALIASES})
 def leases() -> None:
-    """Manage leases: while a lease lives, what it holds is safe from garbage collection."""
+    """Manage leases (what a lease holds is safe from GC).
+
+    While a lease lives, the content and ingests it holds are not garbage collected.
+    """
 
 
 def lease_record(lease: Any) -> dict[str, Any]:
@@ -867,10 +876,11 @@ def decode_event(any_: Any) -> tuple[str, dict[str, Any] | None]:
 @click.argument("filters", nargs=-1, metavar="[FILTER...]")
 @pass_globals
 def events(g: Globals, fmt: str, filters: tuple[str, ...]) -> None:
-    """Print the daemon's events as they happen, until Ctrl-C (or SIGTERM).
+    """Print the daemon's events as they happen.
 
-    One line per event: time (UTC), namespace, topic, the event as JSON (or, for a type
-    ctrctl does not know, its type URL). --format json prints one JSON object per line.
+    Runs until Ctrl-C (or SIGTERM), then exits 0. One line per event: time (UTC),
+    namespace, topic, the event as JSON (or, for a type ctrctl does not know, its type
+    URL). --format json prints one JSON object per line.
     FILTERs are containerd filters on namespace, topic and event fields, e.g.
     'topic~=^/namespaces/' or 'namespace==default'; an event is shown if any matches.
     """
