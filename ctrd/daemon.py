@@ -120,8 +120,10 @@ class Daemon:
             options=[("grpc.max_receive_message_length", cfg.grpc.max_recv_message_size),
                      ("grpc.max_send_message_length", cfg.grpc.max_send_message_size)])
         self._ttrpc = TTRPCServer()
+        served: set[int] = set()  # a service plugin and its gRPC plugin share an instance
         for p in self.plugins:
-            if p.error is None:
+            if p.error is None and id(p.instance) not in served:
+                served.add(id(p.instance))
                 if hasattr(p.instance, "register_grpc"):
                     p.instance.register_grpc(self._grpc)
                 if hasattr(p.instance, "register_ttrpc"):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ctrd.config import setting
-from ctrd.gc.scheduler import SchedulerConfig
+from ctrd.gc.config import SchedulerConfig
 from ctrd.plugins.hookspec import hookimpl
 from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, SERVICE,
                                        InitContext, Registration)
@@ -19,15 +19,30 @@ from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, SERVI
 # --- events -------------------------------------------------------------------------------
 
 def _init_exchange(ic: InitContext):
-    from ctrd.events.exchange import Exchange
+    from ctrd.services.lazy import LazyObject
 
-    return Exchange()
+    def build():
+        from ctrd.events.exchange import Exchange
+
+        return Exchange()
+
+    # Built when first published to or subscribed: its imports (protobuf, filters) are
+    # ~50 ms that a daemon start does not need.
+    return LazyObject(build)
 
 
 def _init_events_service(ic: InitContext):
-    from ctrd.services.events import EventsService
+    from ctrd.services.lazy import LazyService
 
-    return EventsService(ic.get_by_id(EVENT, "exchange"))
+    exchange = ic.get_by_id(EVENT, "exchange")
+
+    def build():
+        from ctrd.services.events import EventsService
+
+        return EventsService(exchange)
+
+    return LazyService(build, ("containerd.services.events.v1.Events",),
+                       ("containerd.services.events.ttrpc.v1.Events",))
 
 
 # --- content --------------------------------------------------------------------------------
@@ -80,24 +95,45 @@ def _optional(ic: InitContext, type_: str):
 
 # --- namespaces ---------------------------------------------------------------------------
 
-def _init_namespaces_service(ic: InitContext):
-    from ctrd.services.namespaces import NamespacesService
+def _lazy(service: str, build):
+    from ctrd.services.lazy import LazyService
 
-    return NamespacesService(ic.get(METADATA).namespaces, ic.get(EVENT))
+    return LazyService(build, (service,))
+
+
+def _init_namespaces_service(ic: InitContext):
+    md, events = ic.get(METADATA), ic.get(EVENT)
+
+    def build():
+        from ctrd.services.namespaces import NamespacesService
+
+        return NamespacesService(md.namespaces, events)
+
+    return _lazy("containerd.services.namespaces.v1.Namespaces", build)
 
 
 # --- content and leases services -------------------------------------------------------
 
 def _init_content_service(ic: InitContext):
-    from ctrd.services.content import ContentService
+    md, events = ic.get(METADATA), ic.get(EVENT)
 
-    return ContentService(ic.get(METADATA).content, ic.get(EVENT))
+    def build():
+        from ctrd.services.content import ContentService
+
+        return ContentService(md.content, events)
+
+    return _lazy("containerd.services.content.v1.Content", build)
 
 
 def _init_leases_service(ic: InitContext):
-    from ctrd.services.leases import LeasesService
+    md, gc = ic.get(METADATA), _optional(ic, GC)
 
-    return LeasesService(ic.get(METADATA).leases, _optional(ic, GC))
+    def build():
+        from ctrd.services.leases import LeasesService
+
+        return LeasesService(md.leases, gc)
+
+    return _lazy("containerd.services.leases.v1.Leases", build)
 
 
 def _service(id_: str):
@@ -108,21 +144,32 @@ def _service(id_: str):
 # --- introspection, version, health -------------------------------------------------------
 
 def _init_introspection(ic: InitContext):
-    from ctrd.services.introspection import IntrospectionService
+    plugins, root = ic.plugins, ic.root
 
-    return IntrospectionService(ic.plugins, ic.root)
+    def build():
+        from ctrd.services.introspection import IntrospectionService
+
+        return IntrospectionService(plugins, root)
+
+    return _lazy("containerd.services.introspection.v1.Introspection", build)
 
 
 def _init_version(ic: InitContext):
-    from ctrd.services.version import VersionService
+    def build():
+        from ctrd.services.version import VersionService
 
-    return VersionService()
+        return VersionService()
+
+    return _lazy("containerd.services.version.v1.Version", build)
 
 
 def _init_health(ic: InitContext):
-    from ctrd.services.health import HealthService
+    def build():
+        from ctrd.services.health import HealthService
 
-    return HealthService()
+        return HealthService()
+
+    return _lazy("grpc.health.v1.Health", build)
 
 
 REGISTRATIONS = [

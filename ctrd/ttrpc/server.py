@@ -20,11 +20,16 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
-from google.protobuf.message_factory import GetMessageClass
-
 from ctrd import errdefs
-from ctrd.api.ttrpc import ttrpc_pb2
 from ctrd.ttrpc import framing
+
+
+def _pb():
+    """The ttrpc framing messages, imported on the first call: a daemon that no shim talks
+    to yet does not pay for the protobuf runtime at start-up."""
+    from ctrd.api.ttrpc import ttrpc_pb2
+
+    return ttrpc_pb2
 
 log = logging.getLogger("ctrd.ttrpc")
 
@@ -57,6 +62,7 @@ def peer_uid(sock: socket.socket) -> int:
 class Server:
     def __init__(self) -> None:
         self._methods: dict[tuple[str, str], tuple[type, Handler]] = {}
+        self._lazy: dict[str, Callable[["Server"], None]] = {}
         self._server: asyncio.AbstractServer | None = None
         self._path: str | None = None
         self._conns: set[asyncio.StreamWriter] = set()
@@ -65,9 +71,16 @@ class Server:
     def register(self, service: str, method: str, request_type: type, handler: Handler) -> None:
         self._methods[(service, method)] = (request_type, handler)
 
+    def register_lazy(self, service: str, register: Callable[["Server"], None]) -> None:
+        """Call ``register(self)`` (which registers ``service``'s methods) when a request for
+        ``service`` first arrives."""
+        self._lazy[service] = register
+
     def register_service(self, descriptor, impl: object) -> None:
         """Serve every method of a protobuf service ``descriptor`` that ``impl`` has as an
         ``async def Method(request, ctx)``; the others answer UNIMPLEMENTED."""
+        from google.protobuf.message_factory import GetMessageClass
+
         for m in descriptor.methods:
             handler = getattr(impl, m.name, None)
             if handler is not None:
@@ -130,7 +143,7 @@ class Server:
             writer.close()
 
     async def _call(self, writer: asyncio.StreamWriter, frame: framing.Frame) -> None:
-        req = ttrpc_pb2.Request()
+        req = _pb().Request()
         try:
             req.ParseFromString(frame.payload)
         except Exception:  # noqa: BLE001 - protobuf raises DecodeError and others
@@ -138,6 +151,9 @@ class Server:
                           "ttrpc: malformed request")
             return
         entry = self._methods.get((req.service, req.method))
+        if entry is None and req.service in self._lazy:
+            self._lazy.pop(req.service)(self)
+            entry = self._methods.get((req.service, req.method))
         if entry is None:
             self._respond(writer, frame.stream_id, errdefs.UNIMPLEMENTED,
                           f"{req.service}/{req.method}: method not implemented")
@@ -170,7 +186,7 @@ class Server:
 
     def _respond(self, writer: asyncio.StreamWriter, stream_id: int, code: int, message: str,
                  payload: bytes = b"") -> None:
-        resp = ttrpc_pb2.Response(payload=payload)
+        resp = _pb().Response(payload=payload)
         resp.status.code = code
         resp.status.message = message
         if writer.is_closing():
