@@ -40,7 +40,10 @@ def _normalise(text: str) -> str:
     # ctr logs errors with a timestamp, lists ages and creation times: keep the rest.
     text = re.sub(r'time="[^"]*" ', "", text)
     text = re.sub(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z", "<time>", text)
-    return re.sub(r"Less than a second|About a minute|\d+ seconds", "<age>", text)
+    text = re.sub(r"Less than a second|About a minute|\d+ seconds", "<age>", text)
+    # ctr prints label maps in Go's random map order: sort "a=b,c=d" lists.
+    return re.sub(r"[^\s,=]+=[^\s,]*(?:,[^\s,=]+=[^\s,]*)+",
+                  lambda m: ",".join(sorted(m.group(0).split(","))), text)
 
 
 def _run_script(address: str, script: list[str], stdin: dict | None = None
