@@ -156,15 +156,36 @@ class Daemon:
         except Exception:  # noqa: BLE001 - a third party's hook must not stop the daemon
             log.exception("ctrd_plugins_loaded hook failed")
         self.started_at = time.monotonic()
+        self._warm_task = asyncio.ensure_future(self._warm_up())
         log.info("ctrd successfully booted", extra={
             "address": cfg.grpc.address, "plugins": len(self.plugins),
             "failed": sum(p.error is not None and p.status == "error" for p in self.plugins)})
+
+    async def _warm_up(self) -> None:
+        """Build lazily loaded services one at a time while the loop is idle, in the order
+        clients usually need them (``ctr version`` first). Each build is a few ms of imports
+        on the loop thread; a call that arrives meanwhile waits at most for one of them."""
+        order = ["io.containerd.grpc.v1.version", "io.containerd.grpc.v1.introspection"]
+        plugins = sorted(self.plugins or (), key=lambda p: (
+            order.index(p.registration.uri) if p.registration.uri in order else len(order)))
+        for p in plugins:
+            warm = getattr(p.instance, "warm", None) if p.error is None else None
+            if warm is None:
+                continue
+            await asyncio.sleep(0)
+            try:
+                warm()
+            except Exception:  # noqa: BLE001 - the first real call will report it
+                log.exception("warming up a service failed",
+                              extra={"id": p.registration.uri})
 
     async def stop(self, grace: float = 10.0) -> None:
         """Stop accepting, finish in-flight calls (up to ``grace`` seconds), clean up."""
         if self._stopped.is_set():
             return
         log.info("stopping")
+        if getattr(self, "_warm_task", None) is not None:
+            self._warm_task.cancel()
         if self.plugins is not None:
             for p in self.plugins:
                 if p.error is None and hasattr(p.instance, "set_serving"):

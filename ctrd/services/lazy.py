@@ -96,6 +96,11 @@ class LazyService(LazyObject):
             object.__setattr__(self, "_handlers", handlers)
         return handlers.get(method)
 
+    def warm(self) -> None:
+        """Build now (the daemon does this for every lazy service once it is serving and
+        idle, so only calls that arrive before then pay for the imports)."""
+        self._handler("")
+
     def owns(self, method: str) -> bool:
         service = method[1:].rpartition("/")[0]
         return service in object.__getattribute__(self, "_grpc_services")
