@@ -52,7 +52,7 @@ class Proc:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: nothing survives
                 self.proc.wait()
         return self.proc.returncode
 
@@ -89,6 +89,35 @@ def tmp_root():
     shutil.rmtree(d, ignore_errors=True)
 
 
+def launch_ctrd(base: Path, config_text: str | None = None, env: dict | None = None,
+                wait: bool = True, extra_args: list[str] | None = None,
+                root: Path | None = None, log_name: str = "log") -> Proc:
+    """Start ctrd with its root, state and socket under ``base`` (in its own session, so a
+    SIGKILL of the group leaves nothing); wait until ``ctr version`` answers. The caller
+    stops it (:meth:`Proc.stop`), also when the test fails."""
+    base.mkdir(parents=True, exist_ok=True)
+    root_dir = root or base / "root"
+    p_env = dict(os.environ, **(env or {}))
+    args = ctrd_command() + ["--root", str(root_dir), "--state", str(base / "state"),
+                             "--address", str(base / "ctrd.sock"), "--log-level", "debug"]
+    if config_text is not None:
+        (base / "config.toml").write_text(config_text)
+        args += ["--config", str(base / "config.toml")]
+    args += extra_args or []
+    log = base / log_name
+    with open(log, "w") as out:
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=p_env,
+                                start_new_session=True)
+    p = Proc(proc, str(base / "ctrd.sock"), root_dir, base / "state", log, p_env)
+    if wait:
+        try:
+            wait_for_socket(p)
+        except BaseException:
+            p.stop()
+            raise
+    return p
+
+
 @pytest.fixture
 def start_ctrd(tmp_root):
     """Factory: start a ctrd daemon; ``start_ctrd(config_text=..., env=..., wait=True)``."""
@@ -97,21 +126,8 @@ def start_ctrd(tmp_root):
     def start(config_text: str | None = None, env: dict | None = None, wait: bool = True,
               name: str = "ctrd", extra_args: list[str] | None = None,
               root: Path | None = None) -> Proc:
-        base = tmp_root / name
-        base.mkdir(exist_ok=True)
-        root_dir = root or base / "root"
-        p_env = dict(os.environ, **(env or {}))
-        args = ctrd_command() + ["--root", str(root_dir), "--state", str(base / "state"),
-                                 "--address", str(base / "ctrd.sock"), "--log-level", "debug"]
-        if config_text is not None:
-            (base / "config.toml").write_text(config_text)
-            args += ["--config", str(base / "config.toml")]
-        args += extra_args or []
-        log = base / f"log.{len(started)}"
-        with open(log, "w") as out:
-            proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=p_env,
-                                    start_new_session=True)
-        p = Proc(proc, str(base / "ctrd.sock"), root_dir, base / "state", log, p_env)
+        p = launch_ctrd(tmp_root / name, config_text, env, wait=False, extra_args=extra_args,
+                        root=root, log_name=f"log.{len(started)}")
         started.append(p)
         if wait:
             wait_for_socket(p)

@@ -19,14 +19,13 @@ import sys
 import tempfile
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from conftest import Proc, launch_ctrd
+
 BIN = Path(sys.executable).parent
-CTRD = [str(BIN / "ctrd")] if (BIN / "ctrd").exists() else [sys.executable, "-m",
-                                                               "ctrd.cli.daemon"]
 CTRCTL = [str(BIN / "ctrctl")] if (BIN / "ctrctl").exists() else [sys.executable, "-m",
                                                                    "ctrd.cli.ctrctl"]
 IDENTIFIER_RE = r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$"
@@ -34,52 +33,12 @@ IDENTIFIER_RE = r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$"
 
 # -- a daemon of our own ------------------------------------------------------------------
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen
-    base: Path
-    address: str
-    root: Path
-    log: Path
-
-    def read_log(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)  # its own session: nothing survives
-                self.proc.wait()
+Daemon = Proc
 
 
 def start_daemon(base: Path, name: str = "d") -> Daemon:
     """Start ctrd under ``base/name`` and wait until its socket answers."""
-    d = base / name
-    d.mkdir(parents=True, exist_ok=True)
-    root, state, address, log = d / "root", d / "state", str(d / "ctrd.sock"), d / "log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(CTRD + ["--root", str(root), "--state", str(state),
-                                        "--address", address],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    daemon = Daemon(proc, d, address, root, log)
-    try:
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise AssertionError(f"ctrd exited with {proc.returncode}:\n{daemon.read_log()}")
-            if os.path.exists(address) and run("-a", address, "version").returncode == 0:
-                return daemon
-            time.sleep(0.05)
-        raise AssertionError(f"ctrd did not come up in 20s:\n{daemon.read_log()}")
-    except BaseException:
-        daemon.stop()
-        raise
+    return launch_ctrd(base / name)
 
 
 @pytest.fixture(scope="module")
@@ -194,10 +153,6 @@ def test_plugins_ls_json(ctrd_daemon):
 
 @pytest.mark.integration
 def test_plugins_ls_filters(ctrd_daemon):
-    try:
-        import ctrd.filters  # noqa: F401
-    except ImportError:
-        pytest.skip("the daemon has no ctrd.filters yet: Introspection filters fail")
     names, rows = parse_plain_table(ok(ctl(ctrd_daemon, "plugins", "ls",
                                            "type==io.containerd.grpc.v1")))
     assert rows and {r[0] for r in rows} == {"io.containerd.grpc.v1"}

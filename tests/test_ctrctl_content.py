@@ -27,15 +27,14 @@ import tempfile
 import threading
 import time
 import uuid as uuidlib
-from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
+from conftest import Proc, launch_ctrd
+
 BIN = Path(sys.executable).parent
-CTRD = [str(BIN / "ctrd")] if (BIN / "ctrd").exists() else [sys.executable, "-m",
-                                                               "ctrd.cli.daemon"]
 CTRCTL = [str(BIN / "ctrctl")] if (BIN / "ctrctl").exists() else [sys.executable, "-m",
                                                                    "ctrd.cli.ctrctl"]
 CTR = shutil.which("ctr")
@@ -51,27 +50,7 @@ startup_delay = "1h"
 
 # -- the daemon and how to drive it ---------------------------------------------------------
 
-@dataclass
-class Daemon:
-    proc: subprocess.Popen
-    address: str
-    root: Path
-    log: Path
-
-    def read_log(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
+Daemon = Proc
 
 
 @pytest.fixture(scope="module")
@@ -83,30 +62,12 @@ def base():
 
 @pytest.fixture(scope="module")
 def daemon(base):
-    d = base / "d"
-    d.mkdir()
-    (d / "config.toml").write_text(MANUAL_GC)
-    address, log = str(d / "ctrd.sock"), d / "log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(CTRD + ["--root", str(d / "root"), "--state", str(d / "state"),
-                                        "--address", address, "--config",
-                                        str(d / "config.toml")],
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    daemon = Daemon(proc, address, d / "root", log)
+    d = launch_ctrd(base / "d", config_text=MANUAL_GC)
     try:
-        deadline = time.monotonic() + 20
-        while True:
-            if proc.poll() is not None:
-                raise AssertionError(f"ctrd exited with {proc.returncode}:\n{daemon.read_log()}")
-            if os.path.exists(address) and run("-a", address, "version").returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise AssertionError(f"ctrd did not come up in 20s:\n{daemon.read_log()}")
-            time.sleep(0.05)
-        yield daemon
+        yield d
     finally:
-        daemon.stop()
-    assert daemon.proc.returncode == 0, daemon.read_log()
+        d.stop()
+    assert d.proc.returncode == 0, d.read_log()
 
 
 def blob_path(daemon, digest: str) -> Path:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from google.protobuf import empty_pb2
-
 from ctrd import errdefs
 from ctrd.api.containerd.services.introspection.v1 import introspection_pb2 as pb
 from ctrd.api.containerd.services.introspection.v1 import introspection_pb2_grpc as pb_grpc
