@@ -162,13 +162,14 @@ def test_scheduler_collects_after_a_deletion_and_on_demand(md):
         await asyncio.sleep(0.05)
         assert runs == []  # mutations below the threshold do not collect
         md.content.delete("ns", d)  # a deletion: collect soon
-        for _ in range(200):
-            if runs:
+        for _ in range(1000):  # generous: the machine may be busy
+            if runs and not on_disk(md, d):
                 break
             await asyncio.sleep(0.01)
-        assert len(runs) == 1 and not on_disk(md, d)
+        assert runs and not on_disk(md, d)
+        before = len(runs)
         stats = await s.schedule_and_wait()
-        assert len(runs) == 2 and stats.removed == {}
+        assert len(runs) > before and stats.removed == {}
         await s.close()
 
     asyncio.run(main())

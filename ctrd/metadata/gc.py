@@ -44,6 +44,8 @@ Node = tuple[str, str, str]  # (type, namespace, key); snapshot keys are "<snaps
 @dataclass
 class Stats:
     removed: dict[str, int] = field(default_factory=dict)
+    snapshotters: set[str] = field(default_factory=set)  # whose snapshot records were swept
+    snapshots_deleted: int = 0
     blobs_deleted: int = 0
     metadata_seconds: float = 0.0
     content_seconds: float = 0.0
@@ -195,6 +197,7 @@ def collect(db: DB, backing=None, now: float | None = None) -> Stats:
         for (ns, snapshotter, name), _ in graph.items("snapshots"):
             if (SNAPSHOT, ns, f"{snapshotter}/{name}") not in marked:
                 doomed.append(("snapshots", key(ns, snapshotter, name)))
+                stats.snapshotters.add(snapshotter)
         for bucket, k in doomed:
             txn.delete(k, db=db.bucket(bucket))
             stats.removed[bucket] = stats.removed.get(bucket, 0) + 1

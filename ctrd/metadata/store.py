@@ -8,6 +8,7 @@ from ctrd.metadata.db import DB
 from ctrd.metadata.gc import Stats, collect
 from ctrd.metadata.leases import LeaseManager
 from ctrd.metadata.namespaces import NamespaceStore
+from ctrd.metadata.snapshots import NamespacedSnapshotter
 
 
 class Metadata:
@@ -19,9 +20,21 @@ class Metadata:
         self.namespaces = NamespaceStore(self.db)
         self.content = ContentStore(self.db, content)
         self.leases = LeaseManager(self.db)
+        self.snapshotters: dict[str, NamespacedSnapshotter] = {}
+
+    def add_snapshotter(self, name: str, backing) -> NamespacedSnapshotter:
+        """Put a snapshotter plugin's instance under namespaced metadata."""
+        s = self.snapshotters[name] = NamespacedSnapshotter(self.db, name, backing)
+        return s
 
     def collect(self) -> Stats:
-        return collect(self.db, self.content.backing)
+        """Mark and sweep metadata and content, then remove the backing snapshots that no
+        namespace refers to any more (only for snapshotters where something went)."""
+        stats = collect(self.db, self.content.backing)
+        for name, s in self.snapshotters.items():
+            if s.dirty or name in stats.snapshotters:
+                stats.snapshots_deleted += s.cleanup_backing()
+        return stats
 
     def close(self) -> None:
         self.db.close()

@@ -13,7 +13,7 @@ from ctrd.config import setting
 from ctrd.gc.config import SchedulerConfig
 from ctrd.plugins.hookspec import hookimpl
 from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, SERVICE,
-                                       InitContext, Registration)
+                                       SNAPSHOTTER, InitContext, Registration)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -69,7 +69,10 @@ class MetadataConfig:
 def _init_metadata(ic: InitContext):
     from ctrd.metadata.store import Metadata
 
-    return Metadata(str(ic.root / "meta.lmdb"), ic.get(CONTENT), map_size=ic.config.map_size)
+    md = Metadata(str(ic.root / "meta.lmdb"), ic.get(CONTENT), map_size=ic.config.map_size)
+    for name, snapshotter in ic.get_all(SNAPSHOTTER).items():
+        md.add_snapshotter(name, snapshotter)
+    return md
 
 
 # --- garbage collection -------------------------------------------------------------------
@@ -125,6 +128,17 @@ def _init_content_service(ic: InitContext):
     return _lazy("containerd.services.content.v1.Content", build)
 
 
+def _init_snapshots_service(ic: InitContext):
+    md, events = ic.get(METADATA), ic.get(EVENT)
+
+    def build():
+        from ctrd.services.snapshots import SnapshotsService
+
+        return SnapshotsService(md.snapshotters, events)
+
+    return _lazy("containerd.services.snapshots.v1.Snapshots", build)
+
+
 def _init_leases_service(ic: InitContext):
     md, gc = ic.get(METADATA), _optional(ic, GC)
 
@@ -176,16 +190,20 @@ REGISTRATIONS = [
     Registration(CONTENT, "content", _init_content),
     Registration(EVENT, "exchange", _init_exchange),
     Registration(GRPC, "events", _init_events_service, requires=(EVENT,)),
-    Registration(METADATA, "lmdb", _init_metadata, requires=(CONTENT,), config=MetadataConfig),
+    Registration(METADATA, "lmdb", _init_metadata, requires=(CONTENT, SNAPSHOTTER),
+                 config=MetadataConfig),
     Registration(GC, "scheduler", _init_gc, requires=(METADATA,), config=SchedulerConfig),
     Registration(SERVICE, "namespaces-service", _init_namespaces_service,
                  requires=(METADATA, EVENT)),
     Registration(SERVICE, "content-service", _init_content_service,
                  requires=(METADATA, EVENT)),
+    Registration(SERVICE, "snapshots-service", _init_snapshots_service,
+                 requires=(METADATA, EVENT)),
     Registration(SERVICE, "leases-service", _init_leases_service, requires=(METADATA, GC)),
     Registration(GRPC, "namespaces", _service("namespaces-service"), requires=(SERVICE,)),
     Registration(GRPC, "content", _service("content-service"), requires=(SERVICE,)),
     Registration(GRPC, "leases", _service("leases-service"), requires=(SERVICE,)),
+    Registration(GRPC, "snapshots", _service("snapshots-service"), requires=(SERVICE,)),
     Registration(GRPC, "introspection", _init_introspection),
     Registration(GRPC, "version", _init_version),
     Registration(GRPC, "healthcheck", _init_health),
