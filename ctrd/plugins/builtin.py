@@ -53,6 +53,26 @@ def _init_content(ic: InitContext):
     return LocalStore(ic.root)
 
 
+# --- snapshotters --------------------------------------------------------------------------
+
+def _init_overlayfs(ic: InitContext):
+    from ctrd.errdefs import SkipPlugin
+    from ctrd.snapshots.overlay import OverlaySnapshotter, supported
+
+    ic.meta.platforms.append(("linux", "amd64", ""))
+    reason = supported(str(ic.root))
+    if reason:
+        raise SkipPlugin(f"overlayfs is not usable at {ic.root}: {reason}")
+    return OverlaySnapshotter(str(ic.root))
+
+
+def _init_native(ic: InitContext):
+    from ctrd.snapshots.native import NativeSnapshotter
+
+    ic.meta.platforms.append(("linux", "amd64", ""))
+    return NativeSnapshotter(str(ic.root))
+
+
 # --- metadata -----------------------------------------------------------------------------
 
 def _positive(v: int) -> str | None:
@@ -188,6 +208,8 @@ def _init_health(ic: InitContext):
 
 REGISTRATIONS = [
     Registration(CONTENT, "content", _init_content),
+    Registration(SNAPSHOTTER, "native", _init_native),
+    Registration(SNAPSHOTTER, "overlayfs", _init_overlayfs),
     Registration(EVENT, "exchange", _init_exchange),
     Registration(GRPC, "events", _init_events_service, requires=(EVENT,)),
     Registration(METADATA, "lmdb", _init_metadata, requires=(CONTENT, SNAPSHOTTER),
