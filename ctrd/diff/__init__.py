@@ -1,0 +1,6 @@
+"""Applying OCI image layers to directories: decompression, tar streams, whiteouts.
+
+``open_decompressed`` (compression.py) turns a layer blob into its tar stream;
+``apply_layer`` (apply.py) writes that tar into a snapshot directory, safely (no entry ever
+lands outside the target) and returns the layer's diff ID.
+"""
