@@ -278,3 +278,292 @@ def test_media_types():
         compression_of("application/x-nope")
     with pytest.raises(InvalidArgument, match="encrypted"):
         compression_of(MEDIA_TYPE_OCI_LAYER_GZIP + "+encrypted")
+
+
+# -- hostile corpus: containerd's TestBreakouts, plus escapes aimed at the sentinel -------------
+
+def _same(a, b):
+    def check(root):
+        # follow links inside the root only: the entries are checked by their real paths
+        assert os.path.samefile(_inside(root, a), _inside(root, b))
+    return check
+
+
+def _not_same(a, b):
+    def check(root):
+        assert not os.path.samefile(_inside(root, a), _inside(root, b))
+    return check
+
+
+def _inside(root, p):
+    from ctrd.diff.apply import _root_path
+    return _root_path(str(root), p.strip("/"))
+
+
+def _value(p, content):
+    def check(root):
+        assert (root / p).read_bytes() == content
+    return check
+
+
+def _absent(p):
+    def check(root):
+        assert not os.path.lexists(root / p)
+    return check
+
+
+def _is_symlink(p):
+    def check(root):
+        assert os.path.islink(root / p)
+    return check
+
+
+def _all(*checks):
+    def check(root):
+        for c in checks:
+            c(root)
+    return check
+
+
+def _pre(*ops):
+    def setup(root):
+        for op, *args in ops:
+            if op == "dir":
+                (root / args[0]).mkdir(parents=True, exist_ok=True)
+            elif op == "file":
+                (root / args[0]).write_bytes(args[1])
+            elif op == "symlink":
+                os.symlink(args[0], root / args[1])
+            elif op == "link":
+                os.link(_inside(root, args[0]), _inside(root, args[1]))
+    return setup
+
+
+UNBROKEN = _value("etc/unbroken", b"unbroken")
+BREAKOUTS = [
+    ("SymlinkAbsolute", None,
+     [d("etc"), sym("/etc", "localetc"), f("/localetc/unbroken", b"unbroken")], UNBROKEN),
+    ("SymlinkUpAndOut", None,
+     [d("etc"), d("dummy"), sym("/dummy/../etc", "localetc"),
+      f("/localetc/unbroken", b"unbroken")], UNBROKEN),
+    ("SymlinkMultipleAbsolute", None,
+     [d("etc"), d("dummy"), sym("/etc", "/dummy/etc"), sym("/dummy/etc", "localetc"),
+      f("/dummy/etc/unbroken", b"unbroken")], UNBROKEN),
+    ("SymlinkMultipleRelative", None,
+     [d("etc"), d("dummy"), sym("/etc", "/dummy/etc"), sym("./dummy/etc", "localetc"),
+      f("/dummy/etc/unbroken", b"unbroken")], UNBROKEN),
+    ("SymlinkEmptyFile", None,
+     [d("etc"), f("etc/emptied", b"notempty"), sym("/etc", "localetc"),
+      f("/localetc/emptied", b"")], _value("etc/emptied", b"")),
+    ("HardlinkRelative", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), d("breakouts"),
+      sym("../../etc", "breakouts/d1"), link("/breakouts/d1/passwd", "breakouts/mypasswd")],
+     _same("/breakouts/mypasswd", "/etc/passwd")),
+    ("HardlinkDownAndOut", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), d("breakouts"), d("downandout"),
+      sym("../downandout/../../etc", "breakouts/d1"),
+      link("/breakouts/d1/passwd", "breakouts/mypasswd")],
+     _same("/breakouts/mypasswd", "/etc/passwd")),
+    ("HardlinkAbsolute", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), sym("/etc", "localetc"),
+      link("/localetc/passwd", "localpasswd")], _same("localpasswd", "/etc/passwd")),
+    ("HardlinkRelativeLong", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), sym("../../../../../../../etc", "localetc"),
+      link("/localetc/passwd", "localpasswd")], _same("localpasswd", "/etc/passwd")),
+    ("HardlinkRelativeUpAndOut", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), sym("upandout/../../../etc", "localetc"),
+      link("/localetc/passwd", "localpasswd")], _same("localpasswd", "/etc/passwd")),
+    ("HardlinkDirectRelative", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), link("../../../../../etc/passwd", "localpasswd")],
+     _same("localpasswd", "/etc/passwd")),
+    ("HardlinkDirectAbsolute", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), link("/etc/passwd", "localpasswd")],
+     _same("localpasswd", "/etc/passwd")),
+    ("HardlinkSymlinkBeforeCreateTarget", None,
+     [d("etc", 0o770), sym("/etc/passwd", "localpasswd"), link("localpasswd", "localpasswd-dup"),
+      f("/etc/passwd", b"after")], _same("localpasswd-dup", "/etc/passwd")),
+    ("HardlinkSymlinkRelative", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), sym("../../../../../etc/passwd", "passwdlink"),
+      link("/passwdlink", "localpasswd")],
+     _all(_is_symlink("localpasswd"), _same("/localpasswd", "/etc/passwd"))),
+    ("HardlinkSymlinkAbsolute", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), sym("/etc/passwd", "passwdlink"),
+      link("/passwdlink", "localpasswd")],
+     _all(_is_symlink("localpasswd"), _same("/localpasswd", "/etc/passwd"))),
+    ("SymlinkParentDirectory", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), sym("/etc/", ".."),
+      link("/etc/passwd", "localpasswd")], _same("/localpasswd", "/etc/passwd")),
+    ("SymlinkEmptyFilename", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), sym("/etc/", ""),
+      link("/etc/passwd", "localpasswd")], _same("/localpasswd", "/etc/passwd")),
+    ("SymlinkParentRelative", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), sym("/etc/", "localetc/sub/.."),
+      link("/etc/passwd", "/localetc/localpasswd")],
+     _same("/localetc/localpasswd", "/etc/passwd")),
+    ("SymlinkSlashEnded", None,
+     [d("etc", 0o770), f("/etc/passwd", b"inside"), d("localetc/", 0o770),
+      link("/etc/passwd", "/localetc/localpasswd")],
+     _same("/localetc/localpasswd", "/etc/passwd")),
+    ("SymlinkOverrideDirectory",
+     _pre(("dir", "etc"), ("file", "etc/passwd", b"inside"), ("dir", "localetc")),
+     [sym("/etc", "localetc"), link("/etc/passwd", "/localetc/localpasswd")],
+     _same("/localetc/localpasswd", "/etc/passwd")),
+    ("SymlinkOverrideDirectoryRelative",
+     _pre(("dir", "etc"), ("file", "etc/passwd", b"inside"), ("dir", "localetc")),
+     [sym("../../etc", "localetc"), link("/etc/passwd", "/localetc/localpasswd")],
+     _same("/localetc/localpasswd", "/etc/passwd")),
+    ("DirectoryOverrideSymlink",
+     _pre(("dir", "etc"), ("file", "etc/passwd", b"inside"), ("symlink", "/etc", "localetc")),
+     [d("/localetc/"), link("/etc/passwd", "/localetc/localpasswd")],
+     _same("/localetc/localpasswd", "/etc/passwd")),
+    ("DirectoryOverrideSymlinkAndHardlink",
+     _pre(("dir", "etc"), ("file", "etc/passwd", b"inside"), ("symlink", "etc", "localetc"),
+          ("link", "/etc/passwd", "/localetc/localpasswd")),
+     [d("/localetc/"), f("/localetc/localpasswd", b"different")],
+     _not_same("/localetc/localpasswd", "/etc/passwd")),
+    ("WhiteoutRootParent", _pre(("dir", "etc"), ("file", "etc/passwd", b"inside")),
+     [f(".wh...")], InvalidArgument),
+    ("WhiteoutParent", _pre(("dir", "etc"), ("file", "etc/passwd", b"inside")),
+     [f("etc/.wh...")], InvalidArgument),
+    ("WhiteoutRoot", _pre(("dir", "etc"), ("file", "etc/passwd", b"inside")),
+     [f(".wh..")], InvalidArgument),
+    ("WhiteoutCurrentDirectory", _pre(("dir", "etc"), ("file", "etc/passwd", b"inside")),
+     [f("etc/.wh..")], InvalidArgument),
+    ("WhiteoutSymlink",
+     _pre(("dir", "etc"), ("file", "etc/passwd", b"all users"), ("symlink", "/etc", "localetc")),
+     [f(".wh.localetc")], _all(_value("etc/passwd", b"all users"), _absent("localetc"))),
+    ("WhiteoutSymlinkPath",
+     _pre(("dir", "etc"), ("file", "etc/passwd", b"all users"),
+          ("file", "etc/whitedout", b"ahhhh whiteout"), ("symlink", "/etc", "localetc")),
+     [f("localetc/.wh.whitedout")],
+     _all(_value("etc/passwd", b"all users"), _absent("etc/whitedout"))),
+    ("WhiteoutDirectoryName",
+     _pre(("dir", "etc"), ("file", "etc/passwd", b"all users"), ("symlink", "/etc", "localetc")),
+     [f(".wh.etc/somefile", b"non-empty")],
+     _all(_value("etc/passwd", b"all users"), _value(".wh.etc/somefile", b"non-empty"))),
+    ("WhiteoutDeadSymlinkParent",
+     _pre(("dir", "etc"), ("file", "etc/passwd", b"all users"), ("symlink", "/dne", "localetc")),
+     [f("localetc/.wh.etc")], _value("etc/passwd", b"all users")),
+    ("WhiteoutRelativePath",
+     _pre(("dir", "etc"), ("file", "etc/passwd", b"all users"), ("symlink", "/dne", "localetc")),
+     [f("dne/../.wh.etc")], _absent("etc/passwd")),
+    # ours: aimed at the sentinel beside the target (tmp/outside/etc)
+    ("DotDotName", None, [f("../outside/etc/passwd", b"pwned")],
+     _value("outside/etc/passwd", b"pwned")),
+    ("AbsoluteName", None, [f("/outside/etc/unbroken", b"pwned")],
+     _value("outside/etc/unbroken", b"pwned")),
+    ("SymlinkDotDotParent", None,
+     [sym("../outside/etc", "esc"), f("esc/passwd", b"pwned")],
+     _value("outside/etc/passwd", b"pwned")),
+    ("SymlinkReplacesDirMidLayer", None,
+     [d("a"), f("a/x", b"1"), sym("../../outside", "a"), f("a/etc/passwd", b"pwned")],
+     _value("outside/etc/passwd", b"pwned")),
+    ("HardlinkOutsideDotDot", None, [link("../outside/etc/passwd", "pw")], InvalidArgument),
+    ("HardlinkToRoot", None, [link("..", "pw")], InvalidArgument),
+    ("WhiteoutDotDotName", None, [f("../.wh.outside")], None),
+    ("SymlinkLoop", None, [sym("b", "a"), sym("a", "b"), f("a/x", b"x")], InvalidArgument),
+    ("FileUnderFile", None, [f("a", b"x"), f("a/b", b"y")], InvalidArgument),
+]
+
+
+@pytest.mark.parametrize("name,setup,entries,expect", BREAKOUTS, ids=[b[0] for b in BREAKOUTS])
+def test_breakouts(sandbox, name, setup, entries, expect):
+    target, check = sandbox
+    if setup:
+        setup(target)
+    data = make_tar(*entries)
+    if expect is InvalidArgument:
+        with pytest.raises(InvalidArgument, match="layer entry"):
+            apply_bytes(target, data)
+    else:
+        apply_bytes(target, data)
+        if expect:
+            expect(target)
+    check()
+
+
+def test_hardlink_symlink_chmod(sandbox):
+    """containerd's HardlinkSymlinkChmod: metadata of a link to a symlink that points outside
+    must not reach the outside file."""
+    target, check = sandbox
+    outside = target.parent / "outside"
+    p = str(outside / "etc" / "passwd")  # 0600
+    ep = str(outside / "also-exists-outside-root")
+    data = make_tar(sym(p, ep), link(ep, "sketchylink", 0o777))
+    apply_bytes(target, data)
+    assert stat.S_IMODE(os.lstat(p).st_mode) == 0o600
+    assert os.path.islink(target / ep.lstrip("/"))
+    check()
+
+
+@needs_root
+def test_overlay_whiteout_escapes(sandbox):
+    target, check = sandbox
+    for entries in ([sym("../outside", "esc"), f("esc/.wh.etc")],
+                    [sym("/", "esc"), f("esc/.wh..wh..opq")]):
+        apply_bytes(target, make_tar(*entries), whiteouts="overlay")
+    assert "trusted.overlay.opaque" not in os.listxattr(target.parent / "outside")
+    check()
+
+
+# -- broken streams -------------------------------------------------------------------------------
+
+def _layer():
+    return make_tar(d("x"), f("x/a", os.urandom(200_000)), f("x/b", b"b" * 100_000))
+
+
+@pytest.mark.parametrize("kind", ["tar", "gzip", "zstd"])
+@pytest.mark.parametrize("cut", [100, 700, 60_000, -200])
+def test_truncated_streams_refused(sandbox, kind, cut):
+    target, check = sandbox
+    data = _layer()
+    if kind == "tar":
+        blob, mt = data, MEDIA_TYPE_OCI_LAYER
+        data_cut = blob[:cut] if cut > 0 else blob[: blob.index(b"b" * 1000) + 5000]  # in a file
+    elif kind == "gzip":
+        blob, mt = gzip.compress(data), MEDIA_TYPE_OCI_LAYER_GZIP
+        data_cut = blob[:cut]
+    else:
+        blob, mt = zstandard.ZstdCompressor().compress(data), MEDIA_TYPE_OCI_LAYER_ZSTD
+        data_cut = blob[:cut]
+    with pytest.raises(InvalidArgument, match="truncated|unexpected end"):
+        apply_layer_blob(target, io.BytesIO(data_cut), mt)
+    check()
+
+
+@pytest.mark.parametrize("blob,mt", [
+    (os.urandom(4096), MEDIA_TYPE_OCI_LAYER),
+    (b"\x1f\x8b\x08" + os.urandom(4096), MEDIA_TYPE_OCI_LAYER_GZIP),
+    (b"\x28\xb5\x2f\xfd" + os.urandom(4096), MEDIA_TYPE_OCI_LAYER_ZSTD),
+    (b"hello world, not a tar" * 30, MEDIA_TYPE_DOCKER_LAYER),
+], ids=["tar", "gzip", "zstd", "text"])
+def test_garbage_refused(sandbox, blob, mt):
+    target, check = sandbox
+    with pytest.raises(InvalidArgument):
+        apply_layer_blob(target, io.BytesIO(blob), mt)
+    check()
+
+
+@pytest.mark.parametrize("kind", ["gzip", "zstd"])
+def test_decompression_bomb_capped(sandbox, kind):
+    target, check = sandbox
+    data = make_tar(f("zeros", bytes(64 << 20)))
+    if kind == "gzip":
+        blob, mt = gzip.compress(data, compresslevel=9), MEDIA_TYPE_OCI_LAYER_GZIP
+    else:
+        blob, mt = zstandard.ZstdCompressor(level=19).compress(data), MEDIA_TYPE_OCI_LAYER_ZSTD
+    assert len(blob) < (1 << 20)
+    with pytest.raises(InvalidArgument, match="size limit"):
+        apply_layer_blob(target, io.BytesIO(blob), mt, max_size=16 << 20)
+    check()
+    s = open_decompressed(io.BytesIO(blob), mt, max_ratio=100)
+    with pytest.raises(InvalidArgument, match="100x"):
+        while s.read(1 << 20):
+            pass
+
+
+def test_bad_checksum_refused(tmp_path):
+    data = bytearray(make_tar(f("a", b"a")))
+    data[0] ^= 1
+    with pytest.raises(InvalidArgument, match="checksum"):
+        apply_bytes(tmp_path, bytes(data))
