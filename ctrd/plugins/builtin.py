@@ -159,6 +159,17 @@ def _init_snapshots_service(ic: InitContext):
     return _lazy("containerd.services.snapshots.v1.Snapshots", build)
 
 
+def _init_diff_service(ic: InitContext):
+    md = ic.get(METADATA)
+
+    def build():
+        from ctrd.services.diff import DiffService
+
+        return DiffService(md.content)
+
+    return _lazy("containerd.services.diff.v1.Diff", build)
+
+
 def _init_leases_service(ic: InitContext):
     md, gc = ic.get(METADATA), _optional(ic, GC)
 
@@ -222,10 +233,12 @@ REGISTRATIONS = [
     Registration(SERVICE, "snapshots-service", _init_snapshots_service,
                  requires=(METADATA, EVENT)),
     Registration(SERVICE, "leases-service", _init_leases_service, requires=(METADATA, GC)),
+    Registration(SERVICE, "diff-service", _init_diff_service, requires=(METADATA,)),
     Registration(GRPC, "namespaces", _service("namespaces-service"), requires=(SERVICE,)),
     Registration(GRPC, "content", _service("content-service"), requires=(SERVICE,)),
     Registration(GRPC, "leases", _service("leases-service"), requires=(SERVICE,)),
     Registration(GRPC, "snapshots", _service("snapshots-service"), requires=(SERVICE,)),
+    Registration(GRPC, "diff", _service("diff-service"), requires=(SERVICE,)),
     Registration(GRPC, "introspection", _init_introspection),
     Registration(GRPC, "version", _init_version),
     Registration(GRPC, "healthcheck", _init_health),
