@@ -279,8 +279,8 @@ class _TarReader:
             mtime_ns=mtime_ns,
             atime_ns=mtime_ns if atime_ns is None or atime_ns < mtime_ns else atime_ns,
             linkname=link_b.decode("utf-8", "surrogateescape"),
-            devmajor=_num(hdr[329:337], "devmajor"),
-            devminor=_num(hdr[337:345], "devminor"),
+            devmajor=_num(hdr[329:337], "devmajor") if t in (b"3", b"4") else 0,
+            devminor=_num(hdr[337:345], "devminor") if t in (b"3", b"4") else 0,
             xattrs=xattrs,
         )
 
