@@ -33,7 +33,20 @@ def no_leftover_mounts(tmp_path):
     assert not left, f"mounts left behind: {left}"
 
 
-_OVERLAY_UNSUPPORTED = supported("/tmp/ctrd-overlay-check") if os.geteuid() == 0 else "not root"
+def _overlay_unsupported() -> str | None:
+    if os.geteuid() != 0:
+        return "not root"
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp(prefix="ctrd-overlay-check-")
+    try:
+        return supported(d)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+_OVERLAY_UNSUPPORTED = _overlay_unsupported()
 
 
 class TestOverlay(SnapshotSuite):
