@@ -63,7 +63,7 @@ def _init_overlayfs(ic: InitContext):
     reason = supported(str(ic.root))
     if reason:
         raise SkipPlugin(f"overlayfs is not usable at {ic.root}: {reason}")
-    return OverlaySnapshotter(str(ic.root))
+    return OverlaySnapshotter(str(ic.root), async_remove=True)  # as containerd: GC reclaims
 
 
 def _init_native(ic: InitContext):

@@ -39,7 +39,7 @@ from typing import Callable, Iterator
 
 import lmdb
 
-from ctrd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ctrd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, quote
 from ctrd.snapshots.snapshotter import Info, Kind, Usage
 
 SCHEMA_VERSION = 1
@@ -274,9 +274,9 @@ def commit_active(t: Txn, key: str, name: str, usage: Usage,
         raise AlreadyExists(f"committed snapshot {name}")
     rec = t.get(key) if key else None
     if rec is None:
-        raise NotFound(f"failed to get active snapshot {key!r}")
+        raise NotFound(f"failed to get active snapshot {quote(key)}")
     if rec["kind"] != Kind.ACTIVE:
-        raise FailedPrecondition(f"snapshot {key!r} is not active")
+        raise FailedPrecondition(f"snapshot {quote(key)} is not active")
     now = time.time()
     rec.update(kind=int(Kind.COMMITTED), created=now, updated=now, labels=dict(labels or {}),
                size=usage.size, inodes=usage.inodes)
@@ -407,7 +407,9 @@ class DirSnapshotter:
         with self.ms.update() as t:
             sid, info, _ = get_info(t, key)
             if info.kind != Kind.ACTIVE:
-                raise FailedPrecondition(f"snapshot {key!r} is not active")
+                # containerd's overlay and native snapshotters wrap storage's message so.
+                raise FailedPrecondition(f"failed to commit snapshot: snapshot {quote(key)} "
+                                         "is not active")
             commit_active(t, key, name, disk_usage(self._usage_path(sid)), labels)
 
     def remove(self, key: str) -> None:
