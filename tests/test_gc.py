@@ -173,3 +173,29 @@ def test_scheduler_collects_after_a_deletion_and_on_demand(md):
         await s.close()
 
     asyncio.run(main())
+
+
+def test_snapshots_follow_gc_roots_and_backing_dirs_go(md, tmp_path):
+    from ctrd.snapshots.native import NativeSnapshotter
+
+    backing = NativeSnapshotter(str(tmp_path / "native"))
+    s = md.add_snapshotter("native", backing)
+    s.prepare("ns", "a")
+    s.commit("ns", "layer1", "a")
+    s.prepare("ns", "b", "layer1")
+    s.commit("ns", "layer2", "b")
+    s.prepare("ns", "orphan")
+    # The image config references the top layer, as ctr pull labels it.
+    cfg = put(md, "ns", b"config", labels={"containerd.io/gc.ref.snapshot.native": "layer2",
+                                           "containerd.io/gc.root": "1"})
+    assert md.content.info("ns", cfg)
+    stats = md.collect()
+    names = sorted(i.name for i in s.walk("ns"))
+    assert names == ["layer1", "layer2"]  # layer1 kept as layer2's parent
+    assert stats.snapshots_deleted == 1
+    assert len(list(backing.walk())) == 2
+    md.content.delete("ns", cfg)
+    md.collect()
+    assert s.walk("ns") == [] and list(backing.walk()) == []
+    assert list((tmp_path / "native" / "snapshots").iterdir()) == []
+    backing.close()
