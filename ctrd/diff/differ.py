@@ -80,3 +80,43 @@ def apply(content, ns: str, desc: Descriptor, mounts: list[Mount]) -> Descriptor
     finally:
         reader.close()
     return Descriptor(LAYER_TAR, result.diff_id, result.size)
+
+
+def diff(content, ns: str, lower: list[Mount], upper: list[Mount], media_type: str = "",
+         ref: str = "", labels: dict[str, str] | None = None,
+         lease: str | None = None) -> Descriptor:
+    """Diff.Diff: write the changes from ``lower`` to ``upper`` as a layer into ``ns``'s
+    content (under ``ref``, or a fresh one) and return its descriptor. Both sides are
+    mounted on temporary directories for the walk."""
+    import time
+
+    from ctrd.diff.create import GZIP, diff_to_content
+    from ctrd.errdefs import AlreadyExists
+    from ctrd.snapshots.mount import mounted
+
+    media_type = media_type or GZIP
+    ref = ref or f"diff-{time.time_ns()}"
+    with mounted(lower) if lower else _empty_dir() as low, mounted(upper) as up:
+        writer = content.writer(ns, ref, lease=lease)
+        try:
+            created = diff_to_content(low, up, writer, media_type, labels)
+        except AlreadyExists:
+            # Same layer as one already there: containerd answers with the existing blob.
+            info = content.info(ns, writer.digest())
+            return Descriptor(media_type, info.digest, info.size)
+        finally:
+            writer.close()
+    return Descriptor(created.media_type, created.digest, created.size)
+
+
+class _empty_dir:
+    """A temporary empty directory (the lower side of a first layer)."""
+
+    def __enter__(self) -> str:
+        import tempfile
+
+        self._d = tempfile.mkdtemp(prefix="ctrd-diff-empty-")
+        return self._d
+
+    def __exit__(self, *exc) -> None:
+        os.rmdir(self._d)

@@ -1,4 +1,5 @@
-"""containerd.services.diff.v1.Diff: Apply (a layer onto mounts) and Diff (not yet)."""
+"""containerd.services.diff.v1.Diff: Apply (a layer onto mounts) and Diff (the changes between
+two mount sets, written as a layer into content)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,8 @@ from ctrd.api.containerd.services.diff.v1 import diff_pb2 as pb
 from ctrd.api.containerd.services.diff.v1 import diff_pb2_grpc as pb_grpc
 from ctrd.api.containerd.types import descriptor_pb2
 from ctrd.diff import differ
-from ctrd.errdefs import NotImplemented_
 from ctrd.metadata.content import ContentStore
-from ctrd.services.grpcutil import namespace
+from ctrd.services.grpcutil import lease, namespace
 from ctrd.snapshots.snapshotter import Mount
 
 
@@ -30,4 +30,13 @@ class DiffService(pb_grpc.DiffServicer):
             media_type=applied.media_type, digest=applied.digest, size=applied.size))
 
     async def Diff(self, request, context):
-        raise NotImplemented_("Diff.Diff (creating a layer from two mount sets)")
+        ns = namespace(context)
+
+        def mounts(ms):
+            return [Mount(m.type, m.source, list(m.options), m.target) for m in ms]
+
+        created = await asyncio.to_thread(
+            differ.diff, self.content, ns, mounts(request.left), mounts(request.right),
+            request.media_type, request.ref, dict(request.labels), lease(context))
+        return pb.DiffResponse(diff=descriptor_pb2.Descriptor(
+            media_type=created.media_type, digest=created.digest, size=created.size))
