@@ -19,6 +19,18 @@
     ctrctl leases rm [--sync] ID...
     ctrctl leases resources ID [--format table|json]
     ctrctl events [--format table|json] [FILTER...]
+    ctrctl snapshots [--snapshotter NAME] ls [-q] [--format table|json] [FILTER...]
+    ctrctl snapshots tree
+    ctrctl snapshots prepare KEY [PARENT] [--label KEY=VALUE]... [--target DIR] [--mounts]
+    ctrctl snapshots view KEY PARENT [--label KEY=VALUE]... [--target DIR] [--mounts]
+    ctrctl snapshots commit NAME KEY [--label KEY=VALUE]...
+    ctrctl snapshots mounts TARGET KEY              # mount commands, for `| sh`
+    ctrctl snapshots mount KEY DIR                  # mounts it (root)
+    ctrctl snapshots unmount DIR
+    ctrctl snapshots rm KEY...
+    ctrctl snapshots usage [-b] [--format table|json] [KEY...]
+    ctrctl snapshots info KEY
+    ctrctl snapshots label KEY KEY=VALUE...        # an empty value removes the label
     ctrctl gc
 
 Aliases as in ctr: ``ns``/``namespace``, ``plugin``, ``lease``, ``event``, ``list`` for
@@ -141,6 +153,7 @@ class Globals:
     address: str
     namespace: str
     timeout: float
+    snapshotter: str = "overlayfs"
     _client: Client | None = field(default=None, repr=False)
 
     def client(self) -> Client:
@@ -180,7 +193,7 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 @click.group(cls=AliasedGroup, context_settings=CONTEXT,
              aliases={"ns": "namespaces", "namespace": "namespaces", "plugin": "plugins",
-                      "lease": "leases", "event": "events"})
+                      "lease": "leases", "event": "events", "snapshot": "snapshots"})
 @click.option("-a", "--address", envvar="CTRD_ADDRESS", default=DEFAULT_ADDRESS,
               show_default=True, metavar="PATH", help="the daemon's socket [env CTRD_ADDRESS]")
 @click.option("-n", "--namespace", envvar="CONTAINERD_NAMESPACE", default=DEFAULT_NAMESPACE,
@@ -906,6 +919,393 @@ def events(g: Globals, fmt: str, filters: tuple[str, ...]) -> None:
                 click.echo(f"{ts} {env.namespace} {env.topic} {shown}")
     except KeyboardInterrupt:
         return
+
+
+# snapshots -------------------------------------------------------------------------
+
+DEFAULT_SNAPSHOTTER = "overlayfs"
+GC_ROOT_LABEL = "containerd.io/gc.root"
+KIND_NAMES = {0: "Unknown", 1: "View", 2: "Active", 3: "Committed"}  # Go's Kind.String()
+
+
+@cli.group(cls=AliasedGroup, aliases={"list": "ls", "m": "mounts", **RM_ALIASES})
+@click.option("--snapshotter", envvar="CONTAINERD_SNAPSHOTTER", default=DEFAULT_SNAPSHOTTER,
+              show_default=True,
+              help="the snapshotter to use (overlayfs, native...) [env CONTAINERD_SNAPSHOTTER]")
+@pass_globals
+def snapshots(g: Globals, snapshotter: str) -> None:
+    """Manage snapshots (the file systems containers run on).
+
+    An active snapshot (prepare) is writable; committing it makes a read-only, named
+    snapshot that others can be prepared or viewed (read-only) from. prepare, view and
+    commit give the snapshot a containerd.io/gc.root label, as ctr does, so garbage
+    collection leaves it alone until it is removed.
+    """
+    g.snapshotter = snapshotter or DEFAULT_SNAPSHOTTER  # as ctr: empty means the default
+
+
+def _snapshots_pb() -> Any:
+    from ctrd.api.containerd.services.snapshots.v1 import snapshots_pb2 as pb
+
+    return pb
+
+
+def _gc_root() -> str:
+    """The gc.root value ctr writes: now, UTC, RFC 3339 to the second."""
+    import time
+
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def go_time(ts: Any) -> str:
+    """A protobuf Timestamp as Go's time.Time marshals to JSON in UTC (RFC 3339 with the
+    nanoseconds, trailing zeros dropped)."""
+    from datetime import datetime, timezone
+
+    text = datetime.fromtimestamp(ts.seconds, timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
+    if ts.nanos:
+        text += f".{ts.nanos:09d}".rstrip("0")
+    return text + "Z"
+
+
+def snapshot_record(info: Any) -> dict[str, Any]:
+    """A snapshot as ctrctl's JSON shows it (ls --format json)."""
+    return {"key": info.name, "parent": info.parent, "kind": KIND_NAMES.get(info.kind, "Unknown"),
+            "labels": dict(sorted(info.labels.items())), "created_at": rfc3339(info.created_at),
+            "updated_at": rfc3339(info.updated_at)}
+
+
+def ctr_info(info: Any) -> dict[str, Any]:
+    """A snapshot as ctr's `snapshots info` prints it (Go's snapshots.Info in JSON: field
+    order, omitempty parent and labels)."""
+    out: dict[str, Any] = {"Kind": KIND_NAMES.get(info.kind, "Unknown"), "Name": info.name}
+    if info.parent:
+        out["Parent"] = info.parent
+    if info.labels:
+        out["Labels"] = dict(sorted(info.labels.items()))
+    out["Created"] = go_time(info.created_at)
+    out["Updated"] = go_time(info.updated_at)
+    return out
+
+
+def mount_commands(target: str, mounts: Any) -> str:
+    """ctr's printMounts: one ``mount -t TYPE SOURCE TARGET -o OPTIONS`` line per mount."""
+    return "".join(f"mount -t {m.type} {m.source} {target} -o {','.join(m.options)}\n"
+                   for m in mounts)
+
+
+def _mounts_json(mounts: Any) -> None:
+    """ctr's --mounts: the mounts as Go's mount.Mount in JSON (4-space indent, field order)."""
+    import json
+
+    click.echo(json.dumps([{"Type": m.type, "Source": m.source, "Options": list(m.options)}
+                           for m in mounts], indent=4))
+
+
+def _walk(g: Globals, filters: tuple[str, ...] = ()) -> list[Any]:
+    pb = _snapshots_pb()
+    return [info for resp in g.client().snapshots.List(
+        pb.ListSnapshotsRequest(snapshotter=g.snapshotter, filters=list(filters)))
+        for info in resp.info]
+
+
+@snapshots.command("ls")
+@quiet_option("keys")
+@format_option
+@click.argument("filters", nargs=-1, metavar="[FILTER...]")
+@pass_globals
+def snapshots_ls(g: Globals, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
+    """List the snapshots of the namespace (KEY, PARENT, KIND).
+
+    FILTERs are containerd filters on name, parent, kind and labels (e.g. 'parent==base',
+    'labels."app"==web'); a snapshot is listed if it matches any of them.
+    """
+    infos = sorted(_walk(g, filters), key=lambda i: i.name)
+    if quiet:
+        for info in infos:
+            click.echo(info.name)
+    elif fmt == "json":
+        print_json([snapshot_record(i) for i in infos])
+    else:
+        print_table(["KEY", "PARENT", "KIND"],
+                    [[i.name, i.parent, KIND_NAMES.get(i.kind, "Unknown")] for i in infos])
+
+
+def tree_lines(infos: list[Any]) -> list[str]:
+    """ctr's tree: roots (no parent) in walk order, each followed by its children indented
+    two spaces a level behind ``\\_``. A parent missing from the list shows as a root, as
+    ctr's placeholder node does."""
+    order: list[str] = []
+    parents: dict[str, str] = {}
+    children: dict[str, list[str]] = {}
+
+    def node(name: str) -> None:
+        if name not in parents:
+            parents[name] = ""
+            order.append(name)
+            children.setdefault(name, [])
+
+    for info in infos:
+        node(info.name)
+        parents[info.name] = info.parent
+        if info.parent:
+            node(info.parent)
+            children[info.parent].append(info.name)
+    lines: list[str] = []
+
+    def show(name: str, level: int, seen: frozenset[str]) -> None:
+        prefix = "  " * level + ("\\_" if level else "")
+        lines.append(f"{prefix} {name}")
+        for child in children.get(name, []):
+            if child not in seen:  # a cycle cannot happen, but never loop
+                show(child, level + 1, seen | {child})
+
+    for name in order:
+        if not parents[name]:
+            show(name, 0, frozenset([name]))
+    return lines
+
+
+@snapshots.command("tree")
+@pass_globals
+def snapshots_tree(g: Globals) -> None:
+    """Show the snapshots as a tree, each parent above its children (as ctr)."""
+    for line in tree_lines(sorted(_walk(g), key=lambda i: i.name)):
+        click.echo(line)
+
+
+def _target_option(f: Any) -> Any:
+    f = click.option("--mounts", "as_json", is_flag=True,
+                     help="print the mounts as JSON (as ctr)")(f)
+    return click.option("-t", "--target", metavar="DIR",
+                        help="print the mount command(s) for mounting it at DIR")(f)
+
+
+def _label_option(f: Any) -> Any:
+    return click.option("-l", "--label", "labels", multiple=True, metavar="KEY=VALUE",
+                        help="a label for the snapshot (repeatable)")(f)
+
+
+def _print_mounts(mounts: Any, target: str | None, as_json: bool) -> None:
+    if target:
+        click.echo(mount_commands(target, mounts), nl=False)
+    if as_json:
+        _mounts_json(mounts)
+
+
+@snapshots.command("prepare")
+@_label_option
+@_target_option
+@click.argument("key")
+@click.argument("parent", required=False, default="")
+@pass_globals
+def snapshots_prepare(g: Globals, labels: tuple[str, ...], target: str | None, as_json: bool,
+                      key: str, parent: str) -> None:
+    """Create the active (writable) snapshot KEY, on top of the committed PARENT if given.
+
+    With --target, prints the commands that mount it there (see `mounts`).
+    """
+    pb = _snapshots_pb()
+    resp = g.client().snapshots.Prepare(pb.PrepareSnapshotRequest(
+        snapshotter=g.snapshotter, key=key, parent=parent,
+        labels={GC_ROOT_LABEL: _gc_root(), **parse_labels(labels)}))
+    _print_mounts(resp.mounts, target, as_json)
+
+
+@snapshots.command("view")
+@_label_option
+@_target_option
+@click.argument("key")
+@click.argument("parent")
+@pass_globals
+def snapshots_view(g: Globals, labels: tuple[str, ...], target: str | None, as_json: bool,
+                   key: str, parent: str) -> None:
+    """Create the read-only view KEY of the committed snapshot PARENT.
+
+    With --target, prints the commands that mount it there (see `mounts`).
+    """
+    pb = _snapshots_pb()
+    resp = g.client().snapshots.View(pb.ViewSnapshotRequest(
+        snapshotter=g.snapshotter, key=key, parent=parent,
+        labels={GC_ROOT_LABEL: _gc_root(), **parse_labels(labels)}))
+    _print_mounts(resp.mounts, target, as_json)
+
+
+@snapshots.command("commit")
+@_label_option
+@click.argument("name")
+@click.argument("key")
+@pass_globals
+def snapshots_commit(g: Globals, labels: tuple[str, ...], name: str, key: str) -> None:
+    """Commit the active snapshot KEY as the read-only snapshot NAME (KEY is gone after).
+
+    Unmount KEY first: its changes are then NAME's.
+    """
+    pb = _snapshots_pb()
+    g.client().snapshots.Commit(pb.CommitSnapshotRequest(
+        snapshotter=g.snapshotter, name=name, key=key,
+        labels={GC_ROOT_LABEL: _gc_root(), **parse_labels(labels)}))
+
+
+@snapshots.command("mounts")
+@click.argument("target")
+@click.argument("key")
+@pass_globals
+def snapshots_mounts(g: Globals, target: str, key: str) -> None:
+    """Print the commands that mount snapshot KEY at TARGET, exactly as ctr does:
+
+        ctrctl snapshots mounts /mnt KEY | sh
+    """
+    pb = _snapshots_pb()
+    resp = g.client().snapshots.Mounts(pb.MountsRequest(snapshotter=g.snapshotter, key=key))
+    click.echo(mount_commands(target, resp.mounts), nl=False)
+
+
+def _size_text(n: int) -> str:
+    return human_size(n)
+
+
+@snapshots.command("usage")
+@click.option("-b", "in_bytes", is_flag=True, help="sizes in bytes")
+@format_option
+@click.argument("keys", nargs=-1, metavar="[KEY...]")
+@pass_globals
+def snapshots_usage(g: Globals, in_bytes: bool, fmt: str, keys: tuple[str, ...]) -> None:
+    """Disk usage of snapshots (KEY, SIZE, INODES): the given ones, or all.
+
+    The size of a snapshot is what it adds on top of its parent.
+    """
+    pb = _snapshots_pb()
+    c = g.client()
+    names = list(keys) or sorted(i.name for i in _walk(g))
+    records = []
+    for name in names:
+        try:
+            u = c.snapshots.Usage(pb.UsageRequest(snapshotter=g.snapshotter, key=name))
+        except errdefs.NotFound:
+            if keys:
+                raise
+            continue  # removed while we looked
+        records.append({"key": name, "size": u.size, "inodes": u.inodes})
+    if fmt == "json":
+        print_json(records)
+    else:
+        print_table(["KEY", "SIZE", "INODES"],
+                    [[r["key"], str(r["size"]) if in_bytes else _size_text(r["size"]),
+                      str(r["inodes"])] for r in records])
+
+
+@snapshots.command("info")
+@click.argument("key")
+@pass_globals
+def snapshots_info(g: Globals, key: str) -> None:
+    """Print everything about snapshot KEY as JSON, in ctr's shape (Kind, Name, Parent,
+    Labels, Created, Updated)."""
+    import json
+
+    pb = _snapshots_pb()
+    info = g.client().snapshots.Stat(pb.StatSnapshotRequest(snapshotter=g.snapshotter,
+                                                            key=key)).info
+    click.echo(json.dumps(ctr_info(info), indent=4))
+
+
+@snapshots.command("label")
+@click.argument("key")
+@click.argument("labels", nargs=-1, required=True, metavar="KEY=VALUE...")
+@pass_globals
+def snapshots_label(g: Globals, key: str, labels: tuple[str, ...]) -> None:
+    """Set or remove labels on a snapshot.
+
+    KEY=VALUE sets KEY, KEY= removes it, all in one update. Prints the snapshot's labels
+    after the change.
+    """
+    from google.protobuf import field_mask_pb2
+
+    pb = _snapshots_pb()
+    changes = parse_labels(labels)
+    req = pb.UpdateSnapshotRequest(
+        snapshotter=g.snapshotter,
+        info=pb.Info(name=key, labels={k: v for k, v in changes.items() if v}),
+        update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in changes]))
+    info = g.client().snapshots.Update(req).info
+    click.echo(_labels_text(dict(info.labels)))
+
+
+@snapshots.command("rm")
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...")
+@pass_globals
+def snapshots_rm(g: Globals, keys: tuple[str, ...]) -> None:
+    """Remove snapshots; prints each one removed.
+
+    A committed snapshot with children cannot be removed: remove the children first.
+    Unmount an active snapshot before removing it.
+    """
+    pb = _snapshots_pb()
+    c = g.client()
+    failed = False
+    for key in keys:
+        try:
+            c.snapshots.Remove(pb.RemoveSnapshotRequest(snapshotter=g.snapshotter, key=key))
+        except errdefs.Unavailable:
+            raise
+        except errdefs.FailedPrecondition as e:
+            if "child" in str(e):
+                msg = (f"cannot remove snapshot {key}: other snapshots are based on it "
+                       f"(see `ctrctl snapshots tree`); remove them first")
+            else:
+                msg = f"cannot remove snapshot {key}: {e}"
+            click.echo(f"{PROG}: {msg}", err=True)
+            failed = True
+            continue
+        except errdefs.CtrdError as e:
+            click.echo(f"{PROG}: cannot remove snapshot {key}: {e}", err=True)
+            failed = True
+            continue
+        click.echo(key)
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@snapshots.command("mount")
+@click.argument("key")
+@click.argument("directory", metavar="DIR", type=click.Path(file_okay=False))
+@pass_globals
+def snapshots_mount(g: Globals, key: str, directory: str) -> None:
+    """Mount snapshot KEY at DIR (created if missing); needs root on the daemon's host.
+
+    Undo with `ctrctl snapshots unmount DIR`.
+    """
+    from ctrd.snapshots.mount import MountError, mount_all
+    from ctrd.snapshots.snapshotter import Mount
+
+    pb = _snapshots_pb()
+    resp = g.client().snapshots.Mounts(pb.MountsRequest(snapshotter=g.snapshotter, key=key))
+    try:
+        os.makedirs(directory, exist_ok=True)
+        mount_all([Mount(type=m.type, source=m.source, options=list(m.options))
+                   for m in resp.mounts], directory)
+    except MountError as e:
+        raise CommandError(f"cannot mount snapshot {key} at {directory}: "
+                           f"{e.strerror or e}") from None
+    except OSError as e:
+        raise CommandError(f"cannot mount snapshot {key} at {directory}: "
+                           f"{e.strerror or e}") from None
+
+
+@snapshots.command("unmount")
+@click.argument("directory", metavar="DIR")
+def snapshots_unmount(directory: str) -> None:
+    """Unmount what `snapshots mount` mounted at DIR (every mount stacked there)."""
+    from ctrd.snapshots.mount import MountError, is_mountpoint, unmount_all
+
+    if not os.path.isdir(directory):
+        raise CommandError(f"cannot unmount {directory}: no such directory")
+    if not is_mountpoint(directory):
+        raise CommandError(f"cannot unmount {directory}: nothing is mounted there")
+    try:
+        unmount_all(directory)
+    except MountError as e:
+        raise CommandError(f"cannot unmount {directory}: {e.strerror or e}") from None
 
 
 # gc --------------------------------------------------------------------------------
