@@ -1161,10 +1161,6 @@ def snapshots_mounts(g: Globals, target: str, key: str) -> None:
     click.echo(mount_commands(target, resp.mounts), nl=False)
 
 
-def _size_text(n: int) -> str:
-    return human_size(n)
-
-
 @snapshots.command("usage")
 @click.option("-b", "in_bytes", is_flag=True, help="sizes in bytes")
 @format_option
@@ -1191,7 +1187,7 @@ def snapshots_usage(g: Globals, in_bytes: bool, fmt: str, keys: tuple[str, ...])
         print_json(records)
     else:
         print_table(["KEY", "SIZE", "INODES"],
-                    [[r["key"], str(r["size"]) if in_bytes else _size_text(r["size"]),
+                    [[r["key"], str(r["size"]) if in_bytes else human_size(r["size"]),
                       str(r["inodes"])] for r in records])
 
 
