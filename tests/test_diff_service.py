@@ -69,14 +69,14 @@ LAYERS = [
 ]
 
 
-def ingest(content, blob: bytes) -> str:
+def ingest(content, blob: bytes, md=None) -> str:
     d = "sha256:" + hashlib.sha256(blob).hexdigest()
     reqs = [cpb.WriteContentRequest(action=cpb.WRITE, ref=f"layer-{d}", total=len(blob),
                                     expected=d, data=blob),
             cpb.WriteContentRequest(action=cpb.COMMIT, ref=f"layer-{d}", total=len(blob),
                                     expected=d, offset=len(blob))]
     try:
-        list(content.Write(iter(reqs), metadata=NS))
+        list(content.Write(iter(reqs), metadata=md or NS))
     except grpc.RpcError as e:
         if e.code() != grpc.StatusCode.ALREADY_EXISTS:
             raise
@@ -84,24 +84,30 @@ def ingest(content, blob: bytes) -> str:
 
 
 def unpack(address: str, snapshotter: str, layers) -> tuple[list[str], str]:
-    """Unpack as ctr does; returns the diff IDs the daemon computed and the top chain key."""
+    """Unpack as ctr does (everything under a lease, so a collection running meanwhile keeps
+    it); returns the diff IDs the daemon computed and the top chain key."""
+    from ctrd.api.containerd.services.leases.v1 import leases_pb2, leases_pb2_grpc
+
     ch = grpc.insecure_channel("unix:" + address)
     content, snaps = cpb_grpc.ContentStub(ch), spb_grpc.SnapshotsStub(ch)
     diff = dpb_grpc.DiffStub(ch)
+    lease_id = f"unpack-{os.urandom(4).hex()}"
+    leases_pb2_grpc.LeasesStub(ch).Create(leases_pb2.CreateRequest(id=lease_id), metadata=NS)
+    md = NS + (("containerd-lease", lease_id),)
     parent, ids = "", []
     for i, entries in enumerate(layers):
         blob, _ = layer(entries)
-        d = ingest(content, blob)
+        d = ingest(content, blob, md)
         key = f"extract-{i}"
         mounts = snaps.Prepare(spb.PrepareSnapshotRequest(snapshotter=snapshotter, key=key,
-                                                          parent=parent), metadata=NS).mounts
+                                                          parent=parent), metadata=md).mounts
         applied = diff.Apply(dpb.ApplyRequest(
             diff=descriptor_pb2.Descriptor(media_type=GZIP, digest=d, size=len(blob)),
-            mounts=mounts), metadata=NS).applied
+            mounts=mounts), metadata=md).applied
         ids.append(applied.digest)
         name = f"layer-{i}"
         snaps.Commit(spb.CommitSnapshotRequest(snapshotter=snapshotter, name=name, key=key,
-                                               labels=ROOT), metadata=NS)
+                                               labels=ROOT), metadata=md)
         parent = name
     ch.close()
     return ids, parent
@@ -112,7 +118,7 @@ def tree(address: str, snapshotter: str, top: str) -> dict[str, tuple]:
     ch = grpc.insecure_channel("unix:" + address)
     snaps = spb_grpc.SnapshotsStub(ch)
     mounts = snaps.View(spb.ViewSnapshotRequest(snapshotter=snapshotter, key="check",
-                                                parent=top), metadata=NS).mounts
+                                                parent=top, labels=ROOT), metadata=NS).mounts
     from ctrd.snapshots.mount import mounted
     from ctrd.snapshots.snapshotter import Mount
 
@@ -188,7 +194,8 @@ def test_diff_then_apply_round_trips(ctrd, snapshotter):
         return [Mount(m.type, m.source, list(m.options), m.target) for m in ms]
 
     work = snaps.Prepare(spb.PrepareSnapshotRequest(snapshotter=snapshotter, key="work",
-                                                    parent=top), metadata=NS).mounts
+                                                    parent=top, labels=ROOT),
+                         metadata=NS).mounts
     with mounted(conv(work)) as root:
         os.makedirs(os.path.join(root, "new/dir"))
         with open(os.path.join(root, "new/dir/file"), "w") as f:
@@ -202,14 +209,17 @@ def test_diff_then_apply_round_trips(ctrd, snapshotter):
     snaps.Commit(spb.CommitSnapshotRequest(snapshotter=snapshotter, name="committed",
                                            key="work", labels=ROOT), metadata=NS)
     lower = snaps.View(spb.ViewSnapshotRequest(snapshotter=snapshotter, key="lower-view",
-                                               parent=top), metadata=NS).mounts
+                                               parent=top, labels=ROOT), metadata=NS).mounts
     upper = snaps.View(spb.ViewSnapshotRequest(snapshotter=snapshotter, key="upper-view",
-                                               parent="committed"), metadata=NS).mounts
-    layer_desc = diff.Diff(dpb.DiffRequest(left=lower, right=upper, ref="commit-1"),
+                                               parent="committed", labels=ROOT),
+                       metadata=NS).mounts
+    layer_desc = diff.Diff(dpb.DiffRequest(left=lower, right=upper, ref="commit-1",
+                                           labels=ROOT),
                            metadata=NS).diff
     assert layer_desc.media_type == GZIP and layer_desc.size > 0
     again = snaps.Prepare(spb.PrepareSnapshotRequest(snapshotter=snapshotter, key="again",
-                                                     parent=top), metadata=NS).mounts
+                                                     parent=top, labels=ROOT),
+                          metadata=NS).mounts
     diff.Apply(dpb.ApplyRequest(diff=layer_desc, mounts=again), metadata=NS)
     snaps.Commit(spb.CommitSnapshotRequest(snapshotter=snapshotter, name="replayed",
                                            key="again", labels=ROOT), metadata=NS)
