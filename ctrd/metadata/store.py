@@ -6,6 +6,7 @@ from ctrd.content.store import Store
 from ctrd.metadata.content import ContentStore
 from ctrd.metadata.db import DB
 from ctrd.metadata.gc import Stats, collect
+from ctrd.metadata.images import ImageStore
 from ctrd.metadata.leases import LeaseManager
 from ctrd.metadata.namespaces import NamespaceStore
 from ctrd.metadata.snapshots import NamespacedSnapshotter
@@ -20,6 +21,7 @@ class Metadata:
         self.namespaces = NamespaceStore(self.db)
         self.content = ContentStore(self.db, content)
         self.leases = LeaseManager(self.db)
+        self.images = ImageStore(self.db)
         self.snapshotters: dict[str, NamespacedSnapshotter] = {}
 
     def add_snapshotter(self, name: str, backing) -> NamespacedSnapshotter:

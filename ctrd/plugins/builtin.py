@@ -159,6 +159,17 @@ def _init_snapshots_service(ic: InitContext):
     return _lazy("containerd.services.snapshots.v1.Snapshots", build)
 
 
+def _init_images_service(ic: InitContext):
+    md, events, gc = ic.get(METADATA), ic.get(EVENT), _optional(ic, GC)
+
+    def build():
+        from ctrd.services.images import ImagesService
+
+        return ImagesService(md.images, events, gc)
+
+    return _lazy("containerd.services.images.v1.Images", build)
+
+
 def _init_diff_service(ic: InitContext):
     md = ic.get(METADATA)
 
@@ -234,11 +245,14 @@ REGISTRATIONS = [
                  requires=(METADATA, EVENT)),
     Registration(SERVICE, "leases-service", _init_leases_service, requires=(METADATA, GC)),
     Registration(SERVICE, "diff-service", _init_diff_service, requires=(METADATA,)),
+    Registration(SERVICE, "images-service", _init_images_service,
+                 requires=(METADATA, EVENT, GC)),
     Registration(GRPC, "namespaces", _service("namespaces-service"), requires=(SERVICE,)),
     Registration(GRPC, "content", _service("content-service"), requires=(SERVICE,)),
     Registration(GRPC, "leases", _service("leases-service"), requires=(SERVICE,)),
     Registration(GRPC, "snapshots", _service("snapshots-service"), requires=(SERVICE,)),
     Registration(GRPC, "diff", _service("diff-service"), requires=(SERVICE,)),
+    Registration(GRPC, "images", _service("images-service"), requires=(SERVICE,)),
     Registration(GRPC, "introspection", _init_introspection),
     Registration(GRPC, "version", _init_version),
     Registration(GRPC, "healthcheck", _init_health),
