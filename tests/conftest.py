@@ -164,3 +164,28 @@ def containerd(tmp_root):
         yield p
     finally:
         p.stop()
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """A local plain-HTTP registry (Debian's docker-registry on 127.0.0.1:<free port>) holding
+    the test images of :mod:`images` (built offline, deterministic digests):
+    ``registry.address``, ``registry.ref("busybox")`` -> "127.0.0.1:PORT/test/busybox:latest",
+    ``registry.digest(name)``, ``registry.pushed[name]`` (the :class:`images.Image`).
+    Stopped and its temp dir removed at the end of the session, also on failure."""
+    import images
+
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry is not installed (apt-get install docker-registry)")
+    base = Path(tempfile.mkdtemp(prefix="ctrd-registry-", dir="/tmp"))
+    reg = None
+    try:
+        built = images.build_images(base / "layouts")
+        reg = images.Registry.start(base / "registry")
+        for image in built.values():
+            reg.push(image)
+        yield reg
+    finally:
+        if reg is not None:
+            reg.stop()
+        shutil.rmtree(base, ignore_errors=True)
