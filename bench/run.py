@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 
-SCENARIOS = ("start", "idle-rss", "ctr-version", "ingest", "profile")
+SCENARIOS = ("start", "idle-rss", "ctr-version", "ingest", "pull", "profile")
 KNOWN_DAEMONS = ("ctrd", "containerd", "containerd-nocri", "ctrd-alt")
 TARGETS = {  # figure -> max ratio ctrd / containerd the team reports against
     "exec_to_ctr_version_ok": 2.0,
@@ -560,6 +560,50 @@ def scenario_ingest(tools: Tools, res: Results, daemons: list[str], repeats: int
     return [f"ingest_{size_mib}MiB_MiBps", f"ingest_{size_mib}MiB_time"]
 
 
+def scenario_pull(tools: Tools, res: Results, daemons: list[str], repeats: int,
+                  ref: str) -> list[str]:
+    """``ctr images pull --plain-http REF`` (fetch + unpack) on a fresh daemon per sample;
+    the daemon's peak RSS (VmHWM) over the pull next to its RSS just before it."""
+    for r in range(repeats):
+        for kind in daemons:
+            d = tools.daemon(kind)
+            try:
+                d.start()
+                time.sleep(0.5)
+                before = proc_status(d.pid)["VmRSS"]
+                t = now()
+                p = subprocess.run([tools.ctr, "--address", d.sock, "images", "pull",
+                                    "--plain-http", ref], stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, timeout=900)
+                took = now() - t
+                peak = proc_status(d.pid)["VmHWM"]
+                if p.returncode != 0:
+                    raise BenchError(f"pull into {kind} failed: {p.stdout.decode()[-500:]}")
+                unpack = None
+                for line in p.stdout.decode(errors="replace").splitlines():
+                    if line.startswith("done:"):
+                        unpack = parse_go_duration(line.split()[1])
+            finally:
+                d.stop()
+            res.add("pull_time", kind, took * 1e3, "ms")
+            if unpack is not None:
+                res.add("pull_unpack_step", kind, unpack * 1e3, "ms")
+            res.add("pull_rss_before", kind, before, "KiB")
+            res.add("pull_peak_rss", kind, peak, "KiB")
+        log(f"pull: round {r + 1}/{repeats}: " + ", ".join(
+            f"{k} {res.samples['pull_time'][k][-1]:.0f} ms" for k in daemons))
+    return ["pull_time", "pull_unpack_step", "pull_rss_before", "pull_peak_rss"]
+
+
+def parse_go_duration(text: str) -> float:
+    """Seconds of a Go duration as ctr prints it (``7.86s``, ``49.5ms``, ``1m2.5s``)."""
+    import re
+
+    units = {"h": 3600, "m": 60, "s": 1, "ms": 1e-3, "µs": 1e-6, "us": 1e-6, "ns": 1e-9}
+    return sum(float(n) * units[u] for n, u in re.findall(r"([\d.]+)(ms|µs|us|ns|h|m|s)",
+                                                              text))
+
+
 # --------------------------------------------------------------------------------- profile
 # Runs inside ctrd's python, in place of the ``ctrd`` console script: stamps phases of the
 # start-up (monotonic clock, comparable with the harness's), counts the time spent in imports
@@ -996,6 +1040,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="extra environment for ctrd (and the profile's python), repeatable; "
                     "e.g. MALLOC_ARENA_MAX=2 to try an idea")
     ap.add_argument("--json", help="write samples, summary and profile to this file")
+    ap.add_argument("--pull-ref", default="127.0.0.1:5000/bench/fat:latest",
+                    help="image of the pull scenario (serve it first: "
+                    "../shared/bench-anchor/make-images.sh)")
+    ap.add_argument("--pull-repeats", type=int, default=3)
     ap.add_argument("--ingest-mib", type=int, default=1024,
                     help="blob size of the ingest scenario in MiB (default 1024)")
     ap.add_argument("--ingest-repeats", type=int, default=3,
@@ -1082,6 +1130,9 @@ def main(argv: list[str] | None = None) -> int:
             elif sc == "ingest":
                 figs_by_scenario[sc] = scenario_ingest(tools, res, daemons, args.ingest_repeats,
                                                        0, args.ingest_mib, workdir)
+            elif sc == "pull":
+                figs_by_scenario[sc] = scenario_pull(tools, res, daemons, args.pull_repeats,
+                                                     args.pull_ref)
             elif sc == "profile":
                 prof = scenario_profile(tools, res, args.profile_repeats, args.warmup)
             meta[f"loadavg_{sc}"] = f"{la} -> {loadavg()}"
