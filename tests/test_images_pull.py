@@ -77,3 +77,104 @@ def test_pull(daemon, registry, name):
         assert len(missing) == 3, missing
     else:
         assert not missing
+
+
+# ---------------------------------------------------------------------------- mount + compare
+
+def tree(root: Path) -> tuple[dict, list]:
+    """path -> (type, mode, uid, gid, mtime_ns, size, sha256 | link target), and the hardlink
+    groups (sorted lists of paths sharing an inode, for files with several names). The root's
+    own mtime is left out: no layer carries "./", the snapshotter makes that directory."""
+    entries, inodes = {}, {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root)
+            st = os.lstat(full)
+            fmt = stat.S_IFMT(st.st_mode)
+            if stat.S_ISREG(st.st_mode):
+                with open(full, "rb") as f:
+                    extra = hashlib.file_digest(f, "sha256").hexdigest()
+                if st.st_nlink > 1:
+                    inodes.setdefault(st.st_ino, []).append(rel)
+            elif stat.S_ISLNK(st.st_mode):
+                extra = os.readlink(full)
+            else:
+                extra = None
+            size = st.st_size if not stat.S_ISDIR(st.st_mode) else 0
+            entries[rel] = (fmt, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                            st.st_mtime_ns, size, extra)
+    groups = sorted(sorted(g) for g in inodes.values() if len(g) > 1)
+    return entries, groups
+
+
+def check_fat_tree(entries: dict, groups: list) -> None:
+    """What the fat image must look like, whatever unpacked it."""
+    E = images.EPOCH
+    assert "etc/fat/deleteme.conf" not in entries                       # file whiteout
+    assert "etc/fat/keep.conf" in entries
+    assert sorted(p for p in entries if p.startswith("var/lib/fat/opaque/")) == \
+        ["var/lib/fat/opaque/new"]                                        # opaque dir
+    assert not any(".wh." in p for p in entries)
+    assert "usr/lib/fat/hl/link4" not in entries                        # whiteout of a link
+    assert ["usr/lib/fat/hl-other-dir", "usr/lib/fat/hl/link0", "usr/lib/fat/hl/link1",
+            "usr/lib/fat/hl/link2", "usr/lib/fat/hl/link3", "usr/lib/fat/hl/original"] in groups
+    assert entries["usr/libexec/fat/setuid-tool"][1] == 0o4755
+    assert entries["usr/libexec/fat/setgid-tool"][1] == 0o2755
+    assert entries["usr/libexec/fat/private"][1] == 0o600
+    assert entries["tmp"][:2] == (stat.S_IFDIR, 0o1777)
+    assert entries["home/user/owned"][1:4] == (0o640, 1000, 1000)
+    assert entries["home/user"][1:4] == (0o750, 1000, 1000)
+    assert entries["usr/share/fat/latest"][0] == stat.S_IFLNK
+    assert entries["usr/share/fat/latest"][-1] == "l1"
+    assert entries["usr/bin/fat-abs"][-1] == "/opt/big/blob1.bin"
+    assert entries["usr/bin/fat-dangling"][-1] == "/does/not/exist"
+    assert entries["usr/share/fat/chain1"][-1] == "chain2"
+    assert images.LONG_PATH in entries and len(images.LONG_PATH) > 255
+    assert images.UNICODE_PATH in entries
+    assert entries["etc/fat/replaced.conf"][-1] == hashlib.sha256(b"version 5\n").hexdigest()
+    assert entries["etc/fat/replaced.conf"][4] == (E + 5000) * 10**9
+    assert entries["opt/big/blob3.bin"][4] == (E + 3000) * 10**9
+    assert entries["opt/big/blob3.bin"][5] == 6 * images.MiB
+    assert entries["usr/share/fat/l1/d000/f00000.txt"][-1] == \
+        hashlib.sha256(b"modified in layer 2\n").hexdigest()
+    assert entries["bin/sh"][-1] == "busybox"
+    assert sum(1 for e in entries.values() if e[0] == stat.S_IFREG) > 3500
+
+
+@pytest.fixture
+def mounts():
+    """mount(daemon, ref, target): ``ctr images mount``; every mount is undone
+    (``ctr images unmount --rm``) in teardown, also when the test failed."""
+    done = []
+
+    def mount(daemon, ref: str, target: Path) -> Path:
+        target.mkdir(parents=True, exist_ok=True)
+        done.append((daemon, target))
+        ok(ctr(daemon.address, "images", "mount", ref, str(target), timeout=300))
+        return target
+
+    yield mount
+    errors = []
+    for daemon, target in reversed(done):
+        r = ctr(daemon.address, "images", "unmount", "--rm", str(target))
+        if r.returncode != 0 and os.path.ismount(target):
+            subprocess.run(["umount", "-l", str(target)], check=False)
+            errors.append(r.stderr)
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("name", ["fat", "fat-zstd"])
+def test_mount_trees_equal(containerd, ctrd, registry, tmp_root, mounts, name):
+    ref = registry.ref(name)
+    pull(containerd, registry, name)
+    want, want_groups = tree(mounts(containerd, ref, tmp_root / "mnt-containerd"))
+    check_fat_tree(want, want_groups)
+
+    require_images_service(ctrd)
+    pull(ctrd, registry, name)
+    got, got_groups = tree(mounts(ctrd, ref, tmp_root / "mnt-ctrd"))
+    assert sorted(got) == sorted(want)
+    diff = {p: (want[p], got[p]) for p in want if want[p] != got[p]}
+    assert not diff, dict(list(diff.items())[:20])
+    assert got_groups == want_groups
