@@ -67,3 +67,122 @@ def test_reference_forms():
     assert str(reference.parse("busybox")) == "docker.io/library/busybox:latest"
     assert reference.familiar(reference.parse("busybox")) == "busybox:latest"
     assert reference.familiar(reference.parse("user/app:x")) == "user/app:x"
+
+
+# --- auth -----------------------------------------------------------------------------------
+
+from ctrd.remotes import auth  # noqa: E402
+from ctrd.remotes.auth import Challenge, Credentials, Unauthorized  # noqa: E402
+
+
+@pytest.mark.parametrize("values, want", [
+    (['Bearer realm="https://auth.docker.io/token",service="registry.docker.io",'
+      'scope="repository:library/busybox:pull"'],
+     [Challenge("bearer", {"realm": "https://auth.docker.io/token",
+                           "service": "registry.docker.io",
+                           "scope": "repository:library/busybox:pull"})]),
+    (['Basic realm="Registry Realm"'], [Challenge("basic", {"realm": "Registry Realm"})]),
+    (['basic'], [Challenge("basic", {})]),
+    (['Basic realm="a", Bearer realm="https://t/x", service=reg'],
+     [Challenge("basic", {"realm": "a"}), Challenge("bearer", {"realm": "https://t/x",
+                                                               "service": "reg"})]),
+    (['Basic realm="a"', 'BEARER Realm="r\\"q"'],
+     [Challenge("basic", {"realm": "a"}), Challenge("bearer", {"realm": 'r"q'})]),
+    (['Bearer realm="https://t",error="insufficient_scope"'],
+     [Challenge("bearer", {"realm": "https://t", "error": "insufficient_scope"})]),
+    (['Negotiate abc123=='], [Challenge("negotiate", {"": "abc123=="})]),
+])
+def test_parse_challenges(values, want):
+    assert auth.parse_challenges(values) == want
+
+
+@pytest.mark.parametrize("value", ['Bearer realm="unterminated', 'Bearer realm=<x>', '"x"'])
+def test_parse_challenges_garbage(value):
+    with pytest.raises(InvalidArgument, match="WWW-Authenticate"):
+        auth.parse_challenges([value])
+
+
+def test_docker_config(tmp_path):
+    import base64
+    import json
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps({"auths": {
+        "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw:with:colons").decode()},
+        "r.example:5000": {"username": "u", "password": "p"},
+        "https://other.example/v2/": {"identitytoken": "idt"},
+        "empty.example": {},
+    }, "credsStore": "desktop"}))
+    got = auth.load_docker_config(cfg)
+    assert got == {"docker.io": Credentials("hub", "pw:with:colons"),
+                   "r.example:5000": Credentials("u", "p"),
+                   "other.example": Credentials("", "", "idt")}
+    assert "pw" not in repr(got["docker.io"])
+    assert auth.load_docker_config(tmp_path / "missing.json") == {}
+
+
+@pytest.mark.parametrize("text, why", [
+    ("{", "config.json"),
+    ("[]", "JSON object"),
+    ('{"auths": []}', "'auths' must be an object"),
+    ('{"auths": {"h": {"auth": "***"}}}', "not valid base64"),
+    ('{"auths": {"h": {"auth": "dXNlcg=="}}}', "username:password"),
+    ('{"auths": {"h": {"username": 1}}}', "must be strings"),
+])
+def test_docker_config_hostile(tmp_path, text, why):
+    cfg = tmp_path / "config.json"
+    cfg.write_text(text)
+    with pytest.raises(InvalidArgument, match="docker config") as e:
+        auth.load_docker_config(cfg)
+    assert why in str(e.value) and str(cfg) in str(e.value)
+
+
+def test_token_request_and_credential_policy():
+    c = Challenge("bearer", {"realm": "https://auth.example/token", "service": "reg"})
+    creds = Credentials("u", "p")
+    r = auth.token_request(c, ["repository:a/b:pull"], "reg.example", creds)
+    assert r.method == "GET"
+    assert r.url == ("https://auth.example/token?service=reg&scope=repository%3Aa%2Fb%3Apull")
+    assert r.headers == {"Authorization": creds.basic()}
+    # A plain-http realm on another host never gets the credentials...
+    c2 = Challenge("bearer", {"realm": "http://auth.example/token"})
+    assert auth.token_request(c2, [], "reg.example", creds).headers == {}
+    # ...the registry's own host does, even over http.
+    c3 = Challenge("bearer", {"realm": "http://reg.example:5000/token"})
+    assert auth.token_request(c3, [], "reg.example:5000", creds).headers["Authorization"]
+    r = auth.token_request(c, [], "reg.example", Credentials("", "", "idt"))
+    assert r.method == "POST" and b"refresh_token=idt" in r.body
+    with pytest.raises(InvalidArgument, match="realm"):
+        auth.token_request(Challenge("bearer", {"realm": "file:///etc/passwd"}), [], "h", None)
+
+
+def test_parse_token_response():
+    assert auth.parse_token_response(b'{"token": "t", "expires_in": 300}', now=10) == \
+        auth.Token("t", 310)
+    assert auth.parse_token_response(b'{"access_token": "a"}', now=0) == auth.Token("a", 60)
+    for bad in (b"nope", b"[]", b'{"token": ""}'):
+        with pytest.raises(Unauthorized):
+            auth.parse_token_response(bad)
+
+
+def test_authorizer_caches_tokens_per_scope():
+    calls = []
+
+    def fetch(req):
+        calls.append(req)
+        return 200, b'{"token": "tok%d"}' % len(calls)
+
+    a = auth.Authorizer({"reg": Credentials("u", "p")}, fetch)
+    assert a.authorize("reg", ["s1"]) is None
+    a.challenged("reg", ['Bearer realm="https://auth/t",service="reg"'])
+    assert a.authorize("reg", ["s1"]) == "Bearer tok1"
+    assert a.authorize("reg", ["s1"]) == "Bearer tok1"
+    assert a.authorize("reg", ["s2"]) == "Bearer tok2"
+    assert len(calls) == 2
+    with pytest.raises(Unauthorized, match="no credentials"):
+        a.challenged("other", ['Basic realm="x"'])
+    with pytest.raises(Unauthorized, match="no supported"):
+        a.challenged("other", ['Negotiate'])
+    a2 = auth.Authorizer({}, lambda req: (401, b"denied"))
+    a2.challenged("reg", ['Bearer realm="https://auth/t"'])
+    with pytest.raises(Unauthorized, match="HTTP 401: denied"):
+        a2.authorize("reg", [])
