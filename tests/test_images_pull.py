@@ -178,3 +178,59 @@ def test_mount_trees_equal(containerd, ctrd, registry, tmp_root, mounts, name):
     diff = {p: (want[p], got[p]) for p in want if want[p] != got[p]}
     assert not diff, dict(list(diff.items())[:20])
     assert got_groups == want_groups
+
+
+# ---------------------------------------------------------------------------- export/import, rm
+
+def snapshot_keys(daemon) -> list[str]:
+    out = ok(ctr(daemon.address, "snapshots", "ls"))
+    return [line.split()[0] for line in out.splitlines()[1:] if line.strip()]
+
+
+def host_blobs(image: images.Image) -> set[str]:
+    """The blobs of the host-platform image (for an index: the index itself too)."""
+    if image.name != "busybox-multi":
+        return set(image.blobs)
+    import json
+    index = json.loads(image.read_blob(image.digest))
+    (desc,) = [d for d in index["manifests"]
+               if d["platform"]["architecture"] == images.HOST_ARCH]
+    manifest = json.loads(image.read_blob(desc["digest"]))
+    return ({image.digest, desc["digest"], manifest["config"]["digest"]}
+            | {l["digest"] for l in manifest["layers"]})
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_export_rm_import_round_trip(daemon, registry, tmp_root, name):
+    ref = registry.ref(name)
+    image = registry.pushed[name]
+    pull(daemon, registry, name)
+    archive = tmp_root / f"{name}.tar"
+    ok(ctr(daemon.address, "images", "export", str(archive), ref, timeout=300))
+    assert archive.stat().st_size > 0
+
+    ok(ctr(daemon.address, "images", "rm", "--sync", ref))
+    assert image_digests(daemon) == {}
+    assert content_digests(daemon) == set()
+    assert snapshot_keys(daemon) == []
+
+    ok(ctr(daemon.address, "images", "import", str(archive), timeout=300))
+    assert image_digests(daemon) == {ref: image.digest}
+    assert host_blobs(image) <= content_digests(daemon)
+    ok(ctr(daemon.address, "images", "check"))
+
+    ok(ctr(daemon.address, "images", "rm", "--sync", ref))
+    assert content_digests(daemon) == set()
+    assert snapshot_keys(daemon) == []
+
+
+def test_rm_sync_of_every_image_leaves_no_content(daemon, registry):
+    for name in ALL:
+        pull(daemon, registry, name)
+    assert set(image_digests(daemon)) == {registry.ref(n) for n in ALL}
+    assert content_digests(daemon)
+    assert snapshot_keys(daemon)
+    ok(ctr(daemon.address, "images", "rm", "--sync", *[registry.ref(n) for n in ALL]))
+    assert image_digests(daemon) == {}
+    assert content_digests(daemon) == set()
+    assert snapshot_keys(daemon) == []
