@@ -186,3 +186,107 @@ def test_authorizer_caches_tokens_per_scope():
     a2.challenged("reg", ['Bearer realm="https://auth/t"'])
     with pytest.raises(Unauthorized, match="HTTP 401: denied"):
         a2.authorize("reg", [])
+
+
+# --- hosts.toml -----------------------------------------------------------------------------
+
+from ctrd.remotes import hosts  # noqa: E402
+from ctrd.remotes.hosts import Endpoint  # noqa: E402
+
+
+def test_default_hosts():
+    assert hosts.registry_hosts("docker.io") == [Endpoint("https", "registry-1.docker.io")]
+    assert hosts.registry_hosts("r.example") == [Endpoint("https", "r.example")]
+    assert hosts.registry_hosts("r.example", default_scheme="http") == [
+        Endpoint("http", "r.example")]
+    assert hosts.registry_hosts("127.0.0.1:5000") == [
+        Endpoint("http", "127.0.0.1:5000", skip_verify=True)]
+    assert hosts.registry_hosts("localhost")[0].plain_http
+    assert hosts.registry_hosts("[::1]:5000")[0].plain_http
+    assert hosts.registry_hosts("r.example")[0].base_url == "https://r.example/v2"
+
+
+def write_hosts(root, dirname, text):
+    d = root / dirname
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "hosts.toml").write_text(text)
+    return d
+
+
+def test_hosts_toml_mirrors_in_file_order(tmp_path):
+    d = write_hosts(tmp_path, "docker.io", '''
+server = "https://registry-1.docker.io"
+[host."https://mirror-b.example"]
+  capabilities = ["pull", "resolve"]
+  ca = "ca.crt"
+[host."http://mirror-a.example:5000/prefix"]
+  capabilities = ["pull"]
+  skip_verify = true
+  header = {X-A = "1", X-B = ["2", "3"]}
+  client = [["c.crt", "/abs/c.key"]]
+[host."https://mirror-c.example/custom"]
+  override_path = true
+''')
+    eps = hosts.registry_hosts("docker.io", str(tmp_path))
+    assert [e.base_url for e in eps] == [
+        "https://mirror-b.example/v2", "http://mirror-a.example:5000/prefix/v2",
+        "https://mirror-c.example/custom", "https://registry-1.docker.io/v2"]
+    b, a, c, server = eps
+    assert b.capabilities == {"pull", "resolve"} and b.ca == (str(d / "ca.crt"),)
+    assert a.capabilities == {"pull"} and a.skip_verify and a.plain_http
+    assert a.header == (("X-A", ("1",)), ("X-B", ("2", "3")))
+    assert a.client == ((str(d / "c.crt"), "/abs/c.key"),)
+    assert server.capabilities == {"pull", "resolve", "push"}
+
+
+def test_hosts_dir_lookup_and_default(tmp_path):
+    write_hosts(tmp_path, "r.example_5000_", '[host."https://m.example"]\n')
+    write_hosts(tmp_path, "_default", 'server = "https://fallback.example"\n')
+    assert [e.base_url for e in hosts.registry_hosts("r.example:5000", str(tmp_path))] == [
+        "https://m.example/v2", "https://r.example:5000/v2"]
+    assert [e.base_url for e in hosts.registry_hosts("other.example", str(tmp_path))] == [
+        "https://fallback.example/v2"]
+    # A directory without hosts.toml is the default endpoint.
+    (tmp_path / "plain.example").mkdir()
+    assert hosts.registry_hosts("plain.example", str(tmp_path)) == [
+        Endpoint("https", "plain.example")]
+    # server without a scheme is https.
+    write_hosts(tmp_path, "s.example", 'server = "s2.example"\ncapabilities = ["pull"]\n')
+    assert hosts.registry_hosts("s.example", str(tmp_path)) == [
+        Endpoint("https", "s2.example", capabilities=frozenset({"pull"}))]
+
+
+@pytest.mark.parametrize("text, key", [
+    ("server = [", "invalid TOML"),
+    ("server = 5", "server: expected a string"),
+    ('server = "ftp://x"', "unsupported scheme"),
+    ('server = "https://u:p@x"', "invalid server URL"),
+    ('server = "https://"', "invalid server URL"),
+    ("host = 1", "host: expected a table"),
+    ('[host."https://m"]\ncapabilities = ["pull", "delete"]', "unknown capability 'delete'"),
+    ('[host."https://m"]\ncapabilities = "pull"\nskip_verify = "yes"',
+     'host."https://m".skip_verify: expected a boolean'),
+    ('[host."https://m"]\nca = 3', 'host."https://m".ca: expected a string'),
+    ('[host."https://m"]\nclient = [["a"]]', "client: expected a path"),
+    ('[host."https://m"]\nheader = "x"', "header: expected a table"),
+    ('[host."https://m"]\nheader = {a = 1}', "header.a: expected a string"),
+    ('override_path = 1', "override_path: expected a boolean"),
+    ('[host.""]', "empty host URL"),
+])
+def test_hosts_toml_hostile(tmp_path, text, key):
+    d = write_hosts(tmp_path, "h.example", text)
+    with pytest.raises(InvalidArgument) as e:
+        hosts.registry_hosts("h.example", str(tmp_path))
+    assert str(d / "hosts.toml") in str(e.value) and key in str(e.value)
+
+
+def test_hosts_toml_not_utf8_or_too_big(tmp_path):
+    d = tmp_path / "h.example"
+    d.mkdir()
+    (d / "hosts.toml").write_bytes(b'server = "\xff"')
+    with pytest.raises(InvalidArgument, match="not UTF-8"):
+        hosts.registry_hosts("h.example", str(tmp_path))
+    (d / "hosts.toml").write_bytes(b"#" * (hosts.MAX_HOSTS_FILE + 1))
+    with pytest.raises(InvalidArgument, match="larger than"):
+        hosts.registry_hosts("h.example", str(tmp_path))
+    assert hosts.host_dir(str(tmp_path), "../etc") is None
