@@ -1,0 +1,1 @@
+"""Images: manifests, indexes, configs, platform matching, pull and unpack."""
