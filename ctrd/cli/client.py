@@ -69,6 +69,8 @@ _SERVICES: dict[str, tuple[str, str]] = {
     "snapshots": ("snapshots.v1.snapshots_pb2_grpc", "SnapshotsStub"),
     "tasks": ("tasks.v1.tasks_pb2_grpc", "TasksStub"),
     "version": ("version.v1.version_pb2_grpc", "VersionStub"),
+    # ctrd's own services (full module paths)
+    "transfer": ("ctrd.api.ctrd.v1.images_pb2_grpc", "TransferStub"),
 }
 
 _UNSET: Any = object()
@@ -161,7 +163,8 @@ class Client:
             import importlib
 
             module, cls = _SERVICES[name]
-            mod = importlib.import_module(f"ctrd.api.containerd.services.{module}")
+            mod = importlib.import_module(
+                module if module.startswith("ctrd.") else f"ctrd.api.containerd.services.{module}")
             svc = self._stubs[name] = _Service(self, name, getattr(mod, cls)(self.channel))
         return svc
 
@@ -180,6 +183,11 @@ class Client:
     @property
     def events(self) -> EventsStub:
         return self._service("events")
+
+    @property
+    def transfer(self) -> Any:
+        """ctrd.v1.Transfer (daemon-side pull with progress)."""
+        return self._service("transfer")
 
     @property
     def images(self) -> ImagesStub:

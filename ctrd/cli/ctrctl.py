@@ -51,7 +51,7 @@ import click
 
 from ctrd import __version__, errdefs
 from ctrd.cli.client import DEFAULT_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, Client
-from ctrd.cli.output import (FORMATS, age, human_size, print_json, print_json_line,
+from ctrd.cli.output import (FORMATS, age, human_size, is_tty, print_json, print_json_line,
                              print_table, progress, rfc3339)
 
 PROG = "ctrctl"
@@ -1323,6 +1323,62 @@ def gc(g: Globals) -> None:
     lease_id, seconds = g.client().collect_garbage()
     click.echo(f"garbage collection done in {seconds * 1000:.0f} ms "
                f"(through lease {lease_id}, created and deleted with sync)")
+
+
+# -- pull -----------------------------------------------------------------------------------
+
+@cli.command("pull")
+@click.argument("ref")
+@click.option("--plain-http", is_flag=True, help="talk HTTP, not HTTPS, to the registry")
+@click.option("--platform", default="", metavar="OS/ARCH[/VARIANT]",
+              help="the platform to pull (default: the daemon's)")
+@click.option("--snapshotter", envvar="CONTAINERD_SNAPSHOTTER", default="overlayfs",
+              show_default=True)
+@click.option("--skip-unpack", is_flag=True, help="fetch only")
+@click.option("-u", "--user", default="", metavar="USER[:PASSWORD]",
+              help="registry credentials")
+@pass_globals
+def pull_cmd(g: Globals, ref: str, plain_http: bool, platform: str, snapshotter: str,
+             skip_unpack: bool, user: str) -> None:
+    """Pull an image from a registry and unpack it, in the daemon (progress per layer)."""
+    from ctrd.api.ctrd.v1 import images_pb2
+
+    username, _, secret = user.partition(":")
+    req = images_pb2.PullRequest(ref=ref, plain_http=plain_http, platform=platform,
+                                 snapshotter=snapshotter, skip_unpack=skip_unpack,
+                                 username=username, secret=secret)
+    stream = g.client().transfer.Pull(req)
+    last = None
+    if is_tty(sys.stderr):
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
+                                   TimeRemainingColumn, TransferSpeedColumn)
+
+        with Progress(TextColumn("{task.description}"), BarColumn(),
+                      DownloadColumn(binary_units=True), TransferSpeedColumn(),
+                      TimeRemainingColumn(),
+                      console=Console(file=sys.stderr, highlight=False)) as bar:
+            tasks: dict[str, Any] = {}
+            for msg in stream:
+                for b in msg.blobs:
+                    desc = f"{b.digest[7:19]} {b.status:<11}"
+                    if b.digest not in tasks:
+                        tasks[b.digest] = bar.add_task(desc, total=b.total or None)
+                    bar.update(tasks[b.digest], completed=b.done, description=desc)
+                last = msg
+    else:
+        seen: dict[str, str] = {}
+        for msg in stream:
+            for b in msg.blobs:
+                if seen.get(b.digest) != b.status:
+                    seen[b.digest] = b.status
+                    click.echo(f"{b.digest}: {b.status} "
+                               f"({human_size(b.done)}/{human_size(b.total)})",
+                               err=True)
+            last = msg
+    if last is None or not last.image:
+        raise CommandError("pull ended without a result")
+    click.echo(f"{last.image} {last.target.digest} pulled in {last.seconds:.2f} s")
 
 
 # -- entry point ----------------------------------------------------------------------

@@ -170,6 +170,23 @@ def _init_images_service(ic: InitContext):
     return _lazy("containerd.services.images.v1.Images", build)
 
 
+@dataclass
+class TransferConfig:
+    config_path: str = setting("", doc="registry hosts directory in containerd's certs.d "
+                                        "layout (<dir>/<host>/hosts.toml); empty: none")
+
+
+def _init_transfer(ic: InitContext):
+    md, cfg = ic.get(METADATA), ic.config
+
+    def build():
+        from ctrd.services.transfer import TransferService
+
+        return TransferService(md, cfg.config_path)
+
+    return _lazy("ctrd.v1.Transfer", build)
+
+
 def _init_diff_service(ic: InitContext):
     md = ic.get(METADATA)
 
@@ -253,6 +270,8 @@ REGISTRATIONS = [
     Registration(GRPC, "snapshots", _service("snapshots-service"), requires=(SERVICE,)),
     Registration(GRPC, "diff", _service("diff-service"), requires=(SERVICE,)),
     Registration(GRPC, "images", _service("images-service"), requires=(SERVICE,)),
+    Registration(GRPC, "transfer", _init_transfer, requires=(METADATA,),
+                 config=TransferConfig),
     Registration(GRPC, "introspection", _init_introspection),
     Registration(GRPC, "version", _init_version),
     Registration(GRPC, "healthcheck", _init_health),
