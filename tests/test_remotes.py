@@ -290,3 +290,285 @@ def test_hosts_toml_not_utf8_or_too_big(tmp_path):
     with pytest.raises(InvalidArgument, match="larger than"):
         hosts.registry_hosts("h.example", str(tmp_path))
     assert hosts.host_dir(str(tmp_path), "../etc") is None
+
+
+# --- the client against a real docker-registry and fake servers -----------------------------
+
+import hashlib  # noqa: E402
+import http.client  # noqa: E402
+import json as _json  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import threading  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from ctrd.errdefs import DeadlineExceeded, FailedPrecondition, NotFound  # noqa: E402
+from ctrd.metadata.images import Descriptor  # noqa: E402
+from ctrd.remotes.registry import MEDIA_OCI_MANIFEST, Registry  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def sha(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def docker_registry():
+    """Debian's docker-registry on 127.0.0.1:<free port>, holding test/app:v1 (a config, one
+    1 MiB layer, an OCI manifest) pushed with raw HTTP. Yields (address, blobs dict, manifest
+    bytes)."""
+    if shutil.which("docker-registry") is None:
+        pytest.skip("docker-registry is not installed")
+    base = Path(tempfile.mkdtemp(prefix="ctrd-remotes-", dir="/tmp"))
+    port = free_port()
+    addr = f"127.0.0.1:{port}"
+    (base / "config.yml").write_text(f"""version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {base}/storage
+  delete:
+    enabled: true
+http:
+  addr: {addr}
+""")
+    log = open(base / "registry.log", "wb")
+    proc = subprocess.Popen(["docker-registry", "serve", str(base / "config.yml")],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                c = http.client.HTTPConnection(addr, timeout=1)
+                c.request("GET", "/v2/")
+                if c.getresponse().status == 200:
+                    break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            pytest.fail("registry did not start: " + (base / "registry.log").read_text())
+        layer = bytes(range(256)) * 4096
+        config = b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers",' \
+                 b'"diff_ids":[]}}'
+        blobs = {sha(layer): layer, sha(config): config}
+        for d, data in blobs.items():
+            c = http.client.HTTPConnection(addr)
+            c.request("POST", "/v2/test/app/blobs/uploads/")
+            r = c.getresponse()
+            r.read()
+            loc = r.getheader("Location")
+            c.request("PUT", f"{loc}&digest={d}", body=data,
+                      headers={"Content-Type": "application/octet-stream"})
+            assert c.getresponse().status == 201
+        manifest = _json.dumps({
+            "schemaVersion": 2, "mediaType": MEDIA_OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": sha(config), "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": sha(layer), "size": len(layer)}]}).encode()
+        c = http.client.HTTPConnection(addr)
+        c.request("PUT", "/v2/test/app/manifests/v1", body=manifest,
+                  headers={"Content-Type": MEDIA_OCI_MANIFEST})
+        assert c.getresponse().status == 201
+        yield addr, blobs, manifest, layer
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def test_resolve_and_fetch(docker_registry):
+    addr, blobs, manifest, layer = docker_registry
+    reg = Registry()  # 127.0.0.1 is plain http by default, as containerd
+    name, desc = reg.resolve(f"{addr}/test/app:v1")
+    assert name == f"{addr}/test/app:v1"
+    assert desc == Descriptor(MEDIA_OCI_MANIFEST, sha(manifest), len(manifest))
+    name2, desc2 = reg.resolve(f"{addr}/test/app@{desc.digest}")
+    assert desc2 == desc and name2 == f"{addr}/test/app@{desc.digest}"
+    repo = reg.repository(name)
+    assert repo.fetch_manifest(desc) == manifest
+    ldesc = Descriptor("application/vnd.oci.image.layer.v1.tar", sha(layer), len(layer))
+    with repo.fetch(ldesc) as r:
+        got = b"".join(iter(lambda: r.read(65536), b""))
+    assert got == layer
+    with repo.fetch(ldesc, offset=1000) as r:
+        assert r.read() == layer[1000:]
+    with pytest.raises(NotFound):
+        reg.resolve(f"{addr}/test/app:missing")
+    with pytest.raises(NotFound):
+        reg.resolve(f"{addr}/test/nothing:v1")
+    with pytest.raises(FailedPrecondition, match="more than the expected"):
+        repo.fetch(Descriptor(MEDIA_OCI_MANIFEST, desc.digest, len(manifest) - 1)).read()
+
+
+def test_fetch_detects_wrong_digest_and_size(docker_registry):
+    addr, blobs, manifest, layer = docker_registry
+    repo = Registry().repository(f"{addr}/test/app:v1")
+    d = sha(layer)
+    with pytest.raises(FailedPrecondition, match="more than the expected"):
+        repo.fetch(Descriptor("x", d, len(layer) - 10)).read()
+    with pytest.raises(FailedPrecondition, match="body ended after"):
+        repo.fetch(Descriptor("x", d, len(layer) + 10)).read()
+    with pytest.raises(NotFound):
+        repo.fetch(Descriptor("x", sha(b"absent"), 6)).read()
+    with pytest.raises(FailedPrecondition, match="exceeds"):
+        repo.fetch_manifest(Descriptor(MEDIA_OCI_MANIFEST, d, 5 << 20))
+
+
+class FakeServer:
+    """A tiny threaded HTTP server: ``handler(method, path, headers) -> (status, headers,
+    body)`` or a callable taking the socket; records every request."""
+
+    def __init__(self, handler):
+        self.handler, self.requests = handler, []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.addr = "127.0.0.1:%d" % self.sock.getsockname()[1]
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn):
+        with conn:
+            f = conn.makefile("rb")
+            line = f.readline().decode()
+            if not line:
+                return
+            method, path, _ = line.split(" ", 2)
+            headers = {}
+            while (h := f.readline().decode().strip()):
+                k, v = h.split(":", 1)
+                headers[k.strip().lower()] = v.strip()
+            if int(headers.get("content-length", 0)):
+                f.read(int(headers["content-length"]))
+            self.requests.append((method, path, headers))
+            out = self.handler(method, path, headers)
+            if callable(out):
+                out(conn)
+                return
+            status, hdrs, body = out
+            head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+            head += "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+            conn.sendall(head.encode() + b"\r\n" + body)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def fake_server():
+    servers = []
+
+    def make(handler):
+        s = FakeServer(handler)
+        servers.append(s)
+        return s
+    yield make
+    for s in servers:
+        s.close()
+
+
+def test_stalled_transfer_fails_clearly(fake_server):
+    release = threading.Event()
+
+    def stall(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n0123456789")
+        release.wait(10)
+
+    srv = fake_server(lambda m, p, h: stall)
+    reg = Registry(progress_timeout=0.5, retries=0)
+    d = Descriptor("x", sha(b"x" * 100), 100)
+    t0 = time.monotonic()
+    with pytest.raises(DeadlineExceeded, match="no data for 0.5s .transfer stalled."):
+        reg.repository(f"{srv.addr}/a/b:c").fetch(d).read()
+    assert time.monotonic() - t0 < 5
+    release.set()
+
+
+def test_trickle_below_min_bytes_fails(fake_server):
+    def trickle(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(40):
+            conn.sendall(b"x")
+            time.sleep(0.1)
+
+    srv = fake_server(lambda m, p, h: trickle)
+    reg = Registry(progress_timeout=1.0, min_bytes=50, retries=0)
+    with pytest.raises(DeadlineExceeded, match="below 50 bytes per 1s"):
+        reg.repository(f"{srv.addr}/a/b:c").fetch(Descriptor("x", sha(b"x" * 100), 100)).read()
+
+
+def test_401_loop_is_an_error(fake_server):
+    srv = fake_server(lambda m, p, h: (401, {"WWW-Authenticate": 'Basic realm="r"'},
+                                       b'{"errors":[{"code":"UNAUTHORIZED","message":"no"}]}'))
+    reg = Registry(credentials={srv.addr: Credentials("u", "p")}, retries=0)
+    with pytest.raises(Unauthorized, match="401 again after authenticating"):
+        reg.resolve(f"{srv.addr}/a/b:c")
+    assert len(srv.requests) == 2
+    assert "authorization" not in srv.requests[0][2]
+    assert srv.requests[1][2]["authorization"] == Credentials("u", "p").basic()
+
+
+def test_bearer_token_flow_and_credentials_stay_home(fake_server):
+    body = b'{"schemaVersion":2,"mediaType":"%s"}' % MEDIA_OCI_MANIFEST.encode()
+    blob = b"blob data" * 1000
+    other = fake_server(lambda m, p, h: (200, {}, blob) if p.startswith("/blob") else
+                        (200, {}, b'{"token":"tok-from-other","expires_in":300}'))
+
+    def registry_handler(m, p, h):
+        if h.get("authorization") not in ("Bearer tok", "Bearer tok-from-other"):
+            realm = f"http://{srv.addr}/token" if "/a/" in p else f"http://{other.addr}/token"
+            return 401, {"WWW-Authenticate":
+                         f'Bearer realm="{realm}",service="reg"'}, b""
+        if "/blobs/" in p:
+            return 307, {"Location": f"http://{other.addr}/blob"}, b""
+        return 200, {"Content-Type": MEDIA_OCI_MANIFEST, "Docker-Content-Digest": sha(body)}, \
+            body if m == "GET" else b""
+
+    def srv_handler(m, p, h):
+        if p.startswith("/token"):
+            assert h.get("authorization") == Credentials("u", "p").basic()
+            return 200, {}, b'{"access_token":"tok"}'
+        return registry_handler(m, p, h)
+
+    srv = fake_server(srv_handler)
+    reg = Registry(credentials={srv.addr: Credentials("u", "p")}, retries=0)
+    name, desc = reg.resolve(f"{srv.addr}/a/b:c")
+    assert desc.digest == sha(body)
+    token_req = [r for r in srv.requests if r[1].startswith("/token")][0]
+    assert token_req[1] == "/token?service=reg&scope=repository%3Aa%2Fb%3Apull"
+    # The blob redirects to another host: it gets neither credentials nor the token.
+    with reg.repository(name).fetch(Descriptor("x", sha(blob), len(blob))) as r:
+        assert r.read() == blob
+    # A realm on another plain-http host gets the token request without credentials.
+    reg.resolve(f"{srv.addr}/x/y:c")
+    assert other.requests, "the other host saw no request"
+    for _, _, h in other.requests:
+        assert "authorization" not in h
