@@ -572,3 +572,26 @@ def test_bearer_token_flow_and_credentials_stay_home(fake_server):
     assert other.requests, "the other host saw no request"
     for _, _, h in other.requests:
         assert "authorization" not in h
+
+
+def test_push_blob_mount_and_manifest(docker_registry):
+    import io
+    addr, blobs, manifest, layer = docker_registry
+    reg = Registry()
+    repo = reg.repository(f"{addr}/test/pushed:v1")
+    data = b"chunky" * 5000
+    d = Descriptor("application/octet-stream", sha(data), len(data))
+    assert repo.push_blob(d, io.BytesIO(data), chunk_size=7000) is True
+    assert repo.push_blob(d, data) is False  # already there
+    mono = b"monolithic" * 100
+    assert repo.push_blob(Descriptor("x", sha(mono), len(mono)), io.BytesIO(mono))
+    ldesc = Descriptor("x", sha(layer), len(layer))
+    assert repo.push_blob(ldesc, b"", mount_from="test/app") is False
+    assert repo.blob_exists(ldesc)
+    for dg, b in blobs.items():
+        repo.push_blob(Descriptor("x", dg, len(b)), b"", mount_from="test/app")
+    mdesc = Descriptor(MEDIA_OCI_MANIFEST, sha(manifest), len(manifest))
+    repo.push_manifest(mdesc, manifest, tag="v1")
+    assert reg.resolve(f"{addr}/test/pushed:v1")[1] == mdesc
+    with repo.fetch(d) as r:
+        assert r.read() == data
