@@ -9,6 +9,7 @@ ctrd runs are skipped, with the reason, while ctrd has no Images service."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import stat
 import subprocess
@@ -191,7 +192,6 @@ def host_blobs(image: images.Image) -> set[str]:
     """The blobs of the host-platform image (for an index: the index itself too)."""
     if image.name != "busybox-multi":
         return set(image.blobs)
-    import json
     index = json.loads(image.read_blob(image.digest))
     (desc,) = [d for d in index["manifests"]
                if d["platform"]["architecture"] == images.HOST_ARCH]
