@@ -234,3 +234,45 @@ def test_rm_sync_of_every_image_leaves_no_content(daemon, registry):
     assert image_digests(daemon) == {}
     assert content_digests(daemon) == set()
     assert snapshot_keys(daemon) == []
+
+
+# ---------------------------------------------------------------------- daemon-side pull
+
+
+def ctrctl_pull(daemon, ref: str, *args: str) -> subprocess.CompletedProcess:
+    import sys
+
+    ctrctl = Path(sys.executable).parent / "ctrctl"
+    return subprocess.run([str(ctrctl), "--address", daemon.address, "pull", "--plain-http",
+                           ref, *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("name", ["busybox", "busybox-v2s2", "busybox-multi", "fat",
+                                  "fat-zstd"])
+def test_ctrctl_pull_gives_containerds_tree(containerd, ctrd, registry, tmp_root, mounts,
+                                            name):
+    """ctrd's own (daemon-side) pull, through ctrctl, unpacks the same tree that ctr's pull
+    into containerd does, and the image is usable by the real ctr."""
+    ref = registry.ref(name)
+    pull(containerd, registry, name)
+    want, want_groups = tree(mounts(containerd, ref, tmp_root / "mnt-containerd"))
+    r = ctrctl_pull(ctrd, ref)
+    assert r.returncode == 0, r.stderr
+    assert ref in r.stdout and registry.digest(name) in r.stdout
+    assert image_digests(ctrd) == {ref: registry.digest(name)}
+    ok(ctr(ctrd.address, "images", "check"))
+    got, got_groups = tree(mounts(ctrd, ref, tmp_root / "mnt-ctrd"))
+    assert sorted(got) == sorted(want)
+    diff = {p: (want[p], got[p]) for p in want if want[p] != got[p]}
+    assert not diff, dict(list(diff.items())[:20])
+    assert got_groups == want_groups
+
+
+def test_ctrctl_pull_errors_leave_nothing(ctrd, registry):
+    r = ctrctl_pull(ctrd, registry.ref("busybox").rsplit(":", 1)[0] + ":nope")
+    assert r.returncode == 1 and "not found" in r.stderr
+    r = ctrctl_pull(ctrd, "127.0.0.1:1/nothing/here:latest")
+    assert r.returncode == 1 and r.stderr.startswith("ctrctl: ")
+    assert image_digests(ctrd) == {}
+    ok(ctr(ctrd.address, "leases", "ls"))
+    assert ctr(ctrd.address, "leases", "ls", "-q").stdout.strip() == ""
