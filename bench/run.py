@@ -590,9 +590,30 @@ def scenario_pull(tools: Tools, res: Results, daemons: list[str], repeats: int,
                 res.add("pull_unpack_step", kind, unpack * 1e3, "ms")
             res.add("pull_rss_before", kind, before, "KiB")
             res.add("pull_peak_rss", kind, peak, "KiB")
+            if kind == "ctrd":  # ctrd's own daemon-side pull, through ctrctl
+                ctrctl = os.path.join(os.path.dirname(tools.ctrd), "ctrctl")
+                d = tools.daemon(kind)
+                try:
+                    d.start()
+                    time.sleep(0.5)
+                    before = proc_status(d.pid)["VmRSS"]
+                    t = now()
+                    p = subprocess.run([ctrctl, "--address", d.sock, "pull", "--plain-http",
+                                        ref], stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, timeout=900)
+                    took = now() - t
+                    peak = proc_status(d.pid)["VmHWM"]
+                    if p.returncode != 0:
+                        raise BenchError(f"ctrctl pull failed: {p.stdout.decode()[-500:]}")
+                finally:
+                    d.stop()
+                res.add("ctrctl_pull_time", kind, took * 1e3, "ms")
+                res.add("ctrctl_pull_peak_rss", kind, peak, "KiB")
+                res.add("ctrctl_pull_rss_before", kind, before, "KiB")
         log(f"pull: round {r + 1}/{repeats}: " + ", ".join(
             f"{k} {res.samples['pull_time'][k][-1]:.0f} ms" for k in daemons))
-    return ["pull_time", "pull_unpack_step", "pull_rss_before", "pull_peak_rss"]
+    return ["pull_time", "pull_unpack_step", "pull_rss_before", "pull_peak_rss",
+            "ctrctl_pull_time", "ctrctl_pull_rss_before", "ctrctl_pull_peak_rss"]
 
 
 def parse_go_duration(text: str) -> float:
