@@ -32,6 +32,10 @@
     ctrctl snapshots info KEY
     ctrctl snapshots label KEY KEY=VALUE...        # an empty value removes the label
     ctrctl gc
+    ctrctl images ls [-q] [--format table|json] [FILTER...]
+    ctrctl images rm [--sync] REF...
+    ctrctl images tag SRC DST [--force]
+    ctrctl images inspect REF                     # record, manifest and config as JSON
 
 Aliases as in ctr: ``ns``/``namespace``, ``plugin``, ``lease``, ``event``, ``list`` for
 ``ls``, ``remove``/``del``/``delete`` for ``rm``, ``c`` for ``create``. Errors print
@@ -193,7 +197,8 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 @click.group(cls=AliasedGroup, context_settings=CONTEXT,
              aliases={"ns": "namespaces", "namespace": "namespaces", "plugin": "plugins",
-                      "lease": "leases", "event": "events", "snapshot": "snapshots"})
+                      "lease": "leases", "event": "events", "snapshot": "snapshots",
+                      "image": "images", "i": "images"})
 @click.option("-a", "--address", envvar="CTRD_ADDRESS", default=DEFAULT_ADDRESS,
               show_default=True, metavar="PATH", help="the daemon's socket [env CTRD_ADDRESS]")
 @click.option("-n", "--namespace", envvar="CONTAINERD_NAMESPACE", default=DEFAULT_NAMESPACE,
@@ -1323,6 +1328,190 @@ def gc(g: Globals) -> None:
     lease_id, seconds = g.client().collect_garbage()
     click.echo(f"garbage collection done in {seconds * 1000:.0f} ms "
                f"(through lease {lease_id}, created and deleted with sync)")
+
+
+# images ----------------------------------------------------------------------------
+
+@cli.group(cls=AliasedGroup, aliases={"list": "ls", **RM_ALIASES})
+def images() -> None:
+    """Manage images (named references to a manifest or index in the content store).
+
+    An image record keeps what it references from garbage collection; content stays in the
+    daemon, ctrctl reads it through the Content API (sizes, platforms, inspect, push,
+    export).
+    """
+
+
+def _images_pb() -> Any:
+    from ctrd.api.containerd.services.images.v1 import images_pb2
+
+    return images_pb2
+
+
+def _reader(c: Client) -> Any:
+    return lambda digest: c.read_content(digest)
+
+
+def _desc(target: Any) -> Any:
+    from ctrd.images.manifest import Descriptor
+
+    return Descriptor(target.media_type, target.digest, target.size,
+                      annotations=dict(target.annotations))
+
+
+def image_size(c: Client, target: Any) -> int | None:
+    """What ``ctr images ls`` shows as SIZE: the root, and for the host platform the
+    manifest, config and layers (None if some of that content is missing)."""
+    from ctrd.images.manifest import host_platform
+    from ctrd.images.push import walk
+
+    try:
+        nodes = walk(_reader(c), _desc(target), host_platform(), strict=False)
+    except (errdefs.NotFound, errdefs.InvalidArgument):
+        return None
+    return sum(n.desc.size for n in nodes)
+
+
+def image_platforms(c: Client, target: Any) -> list[str]:
+    from ctrd.images.push import platforms
+
+    try:
+        return platforms(_reader(c), _desc(target))
+    except (errdefs.NotFound, errdefs.InvalidArgument, ValueError):
+        return []
+
+
+def image_record(img: Any) -> dict[str, Any]:
+    t = img.target
+    return {"name": img.name,
+            "target": {"mediaType": t.media_type, "digest": t.digest, "size": t.size,
+                       **({"annotations": dict(sorted(t.annotations.items()))}
+                          if t.annotations else {})},
+            "labels": dict(sorted(img.labels.items())),
+            "created_at": rfc3339(img.created_at), "updated_at": rfc3339(img.updated_at)}
+
+
+@images.command("ls")
+@quiet_option("image names")
+@format_option
+@click.argument("filters", nargs=-1, metavar="[FILTER...]")
+@pass_globals
+def images_ls(g: Globals, quiet: bool, fmt: str, filters: tuple[str, ...]) -> None:
+    """List images (REF, TYPE, DIGEST, SIZE, PLATFORMS, LABELS).
+
+    SIZE adds up the index (if any) and the host platform's manifest, config and layers, as
+    read from content ("-" if some is missing). FILTERs are containerd filters on name,
+    target.digest, target.mediatype and labels (e.g. 'name~=busybox', labels.app==web).
+    """
+    pb = _images_pb()
+    c = g.client()
+    found = sorted(c.images.List(pb.ListImagesRequest(filters=list(filters))).images,
+                   key=lambda i: i.name)
+    if quiet:
+        for img in found:
+            click.echo(img.name)
+        return
+    records = []
+    for img in found:
+        r = image_record(img)
+        r["size"] = image_size(c, img.target)
+        r["platforms"] = image_platforms(c, img.target)
+        records.append(r)
+    if fmt == "json":
+        print_json(records)
+        return
+    print_table(["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS", "LABELS"],
+                [[r["name"], r["target"]["mediaType"], r["target"]["digest"],
+                  "-" if r["size"] is None else human_size(r["size"]),
+                  ",".join(r["platforms"]) or "-", _labels_text(r["labels"]) or "-"]
+                 for r in records])
+
+
+@images.command("rm")
+@click.option("--sync", is_flag=True,
+              help="wait for the garbage collection that frees the images' content")
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@pass_globals
+def images_rm(g: Globals, sync: bool, refs: tuple[str, ...]) -> None:
+    """Remove images; prints each one removed (one not found: a warning, as with ctr).
+
+    Their content and snapshots become collectable; with --sync the command returns only
+    after a garbage collection has removed them.
+    """
+    pb = _images_pb()
+    c = g.client()
+    failed, removed, synced = False, False, False
+    for i, ref in enumerate(refs):
+        last = i == len(refs) - 1
+        try:
+            c.images.Delete(pb.DeleteImageRequest(name=ref, sync=sync and last))
+        except errdefs.NotFound:
+            click.echo(f"{PROG}: warning: {ref}: image not found", err=True)
+            continue
+        except errdefs.Unavailable:
+            raise
+        except errdefs.CtrdError as e:
+            click.echo(f"{PROG}: unable to delete {ref}: {e}", err=True)
+            failed = True
+            continue
+        removed, synced = True, sync and last
+        click.echo(ref)
+    if sync and removed and not synced:
+        c.collect_garbage()  # the last delete did not collect: collect for the others
+    if failed:
+        raise click.exceptions.Exit(1)
+
+
+@images.command("tag")
+@click.option("--force", is_flag=True, help="replace DST if it exists")
+@click.argument("src")
+@click.argument("dst")
+@pass_globals
+def images_tag(g: Globals, force: bool, src: str, dst: str) -> None:
+    """Create image DST pointing at SRC's target (with SRC's labels); prints DST."""
+    pb = _images_pb()
+    c = g.client()
+    img = c.images.Get(pb.GetImageRequest(name=src)).image
+    new = pb.Image(name=dst, labels=dict(img.labels), target=img.target)
+    try:
+        c.images.Create(pb.CreateImageRequest(image=new))
+    except errdefs.AlreadyExists:
+        if not force:
+            raise CommandError(f"image {dst!r} already exists (use --force to replace "
+                               "it)") from None
+        c.images.Update(pb.UpdateImageRequest(image=new))
+    click.echo(dst)
+
+
+@images.command("inspect")
+@click.argument("ref")
+@pass_globals
+def images_inspect(g: Globals, ref: str) -> None:
+    """Print an image as JSON: its record, and its index (if any), the host platform's
+    manifest and its config, as documents read from content."""
+    import json
+
+    from ctrd.images import manifest as m
+    from ctrd.images.push import read_all
+
+    pb = _images_pb()
+    c = g.client()
+    read = _reader(c)
+    img = c.images.Get(pb.GetImageRequest(name=ref)).image
+    out: dict[str, Any] = {"image": image_record(img)}
+    desc = _desc(img.target)
+    for _ in range(8):
+        if desc.media_type not in m.INDEXES:
+            break
+        data = read_all(read, desc)
+        out.setdefault("index", json.loads(data))
+        desc = m.select(m.parse_index(data, desc.media_type), m.host_platform())
+    if desc.media_type in m.MANIFESTS:
+        data = read_all(read, desc)
+        out["manifest"] = json.loads(data)
+        man = m.parse_manifest(data, desc.media_type)
+        out["config"] = json.loads(read_all(read, man.config, m.MAX_CONFIG))
+    print_json(out)
 
 
 # -- pull -----------------------------------------------------------------------------------

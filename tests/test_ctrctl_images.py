@@ -1,0 +1,114 @@
+"""ctrctl images (ls, rm, tag, inspect), push, export and import against a real ctrd, with
+the test registry of :mod:`images` and the real ``ctr`` as the reference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import images
+from conftest import CTR, ctr
+
+pytestmark = [pytest.mark.integration,
+              pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")]
+
+CTRCTL = Path(sys.executable).parent / "ctrctl"
+
+
+def ctl(daemon, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    cmd = [str(CTRCTL)] if CTRCTL.exists() else [sys.executable, "-m", "ctrd.cli.ctrctl"]
+    return subprocess.run(cmd + ["--address", daemon.address, *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return r.stdout
+
+
+def pull(daemon, ref: str) -> None:
+    ok(ctl(daemon, "pull", "--plain-http", ref))
+
+
+def names(daemon) -> list[str]:
+    return ok(ctl(daemon, "images", "ls", "-q")).split()
+
+
+def content_digests(daemon) -> set[str]:
+    return set(ok(ctr(daemon.address, "content", "ls", "-q")).split())
+
+
+# -- images ls / rm / tag / inspect -----------------------------------------------------------
+
+def test_images_ls_matches_ctr(ctrd, registry):
+    for name in ("busybox", "busybox-multi"):
+        pull(ctrd, registry.ref(name))
+    records = {r["name"]: r for r in json.loads(ok(ctl(ctrd, "images", "ls", "--format",
+                                                       "json")))}
+    assert set(records) == {registry.ref("busybox"), registry.ref("busybox-multi")}
+    ctr_rows = {line.split()[0]: line.split()
+                for line in ok(ctr(ctrd.address, "images", "ls")).splitlines()[1:]}
+    for ref, r in records.items():
+        assert r["target"]["digest"] == registry.digest(
+            "busybox" if ref.endswith(":latest") else "busybox-multi")
+        assert ctr_rows[ref][1] == r["target"]["mediaType"]
+        assert ctr_rows[ref][2] == r["target"]["digest"]
+        assert r["size"] and r["size"] > 0
+    single = records[registry.ref("busybox")]
+    multi = records[registry.ref("busybox-multi")]
+    host = f"linux/{images.HOST_ARCH}"
+    assert single["platforms"] == [host]
+    assert host in multi["platforms"] and len(multi["platforms"]) == 2
+    # the index adds its own size to the same manifest + config + layer
+    assert multi["size"] > single["size"]
+    # the table, the aliases, and filters
+    table = ok(ctl(ctrd, "i", "list"))
+    assert table.splitlines()[0].split() == ["REF", "TYPE", "DIGEST", "SIZE", "PLATFORMS",
+                                             "LABELS"]
+    assert ok(ctl(ctrd, "image", "ls", "-q", "name~=multi")).split() == [
+        registry.ref("busybox-multi")]
+
+
+def test_images_tag_inspect_rm(ctrd, registry):
+    ref = registry.ref("busybox")
+    pull(ctrd, ref)
+    assert ok(ctl(ctrd, "images", "tag", ref, "example.com/copy:1")).strip() == \
+        "example.com/copy:1"
+    r = ctl(ctrd, "images", "tag", ref, "example.com/copy:1")
+    assert r.returncode == 1 and "already exists" in r.stderr
+    ok(ctl(ctrd, "images", "tag", "--force", ref, "example.com/copy:1"))
+    assert sorted(names(ctrd)) == sorted([ref, "example.com/copy:1"])
+    # ctr sees the tag too
+    assert "example.com/copy:1" in ok(ctr(ctrd.address, "images", "ls", "-q")).split()
+
+    doc = json.loads(ok(ctl(ctrd, "images", "inspect", "example.com/copy:1")))
+    assert doc["image"]["name"] == "example.com/copy:1"
+    assert doc["image"]["target"]["digest"] == registry.digest("busybox")
+    assert len(doc["manifest"]["layers"]) == 1
+    assert doc["config"]["rootfs"]["diff_ids"] == registry.pushed["busybox"].diff_ids
+
+    r = ctl(ctrd, "images", "inspect", "nope:1")
+    assert r.returncode == 1 and r.stderr.startswith("ctrctl: ")
+
+    before = content_digests(ctrd)
+    assert before
+    # a missing ref is a warning, the others are removed; --sync collects the content
+    r = ctl(ctrd, "images", "rm", "--sync", ref, "example.com/copy:1", "nope:1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [ref, "example.com/copy:1"]
+    assert "nope:1" in r.stderr
+    assert names(ctrd) == []
+    assert content_digests(ctrd) == set()
+
+
+def test_images_inspect_index(ctrd, registry):
+    ref = registry.ref("busybox-multi")
+    pull(ctrd, ref)
+    doc = json.loads(ok(ctl(ctrd, "i", "inspect", ref)))
+    assert doc["image"]["target"]["digest"] == registry.digest("busybox-multi")
+    assert len(doc["index"]["manifests"]) == 2
+    assert doc["config"]["architecture"] == images.HOST_ARCH
