@@ -112,3 +112,44 @@ def test_images_inspect_index(ctrd, registry):
     assert doc["image"]["target"]["digest"] == registry.digest("busybox-multi")
     assert len(doc["index"]["manifests"]) == 2
     assert doc["config"]["architecture"] == images.HOST_ARCH
+
+
+# -- push -------------------------------------------------------------------------------------
+
+def test_push_then_pull_back_into_a_fresh_daemon(start_ctrd, registry):
+    first = start_ctrd(name="first")
+    src = registry.ref("busybox")
+    pull(first, src)
+    dst = f"{registry.address}/pushed/busybox:copy"
+    r = ctl(first, "push", "--plain-http", dst, src)
+    out = ok(r)
+    assert registry.digest("busybox") in out
+    # again: every blob is there already, only the manifest is put
+    assert "0 blobs uploaded" in ok(ctl(first, "push", "--plain-http", dst, src))
+
+    second = start_ctrd(name="second")
+    by_digest = f"{registry.address}/pushed/busybox@{registry.digest('busybox')}"
+    pull(second, by_digest)
+    check = ok(ctr(second.address, "images", "check"))
+    assert "complete" in check and "incomplete" not in check
+    # the tag resolves too, to the same digest
+    pull(second, dst)
+    records = json.loads(ok(ctl(second, "images", "ls", "--format", "json")))
+    assert {r["target"]["digest"] for r in records} == {registry.digest("busybox")}
+
+
+def test_push_missing_image_and_digest_mismatch(ctrd, registry):
+    r = ctl(ctrd, "push", "--plain-http", f"{registry.address}/pushed/none:1")
+    assert r.returncode == 1 and r.stderr.startswith("ctrctl: ") and "not found" in r.stderr
+    pull(ctrd, registry.ref("busybox"))
+    wrong = "sha256:" + "0" * 64
+    r = ctl(ctrd, "push", "--plain-http", f"{registry.address}/pushed/x@{wrong}",
+            registry.ref("busybox"))
+    assert r.returncode == 1 and "names digest" in r.stderr
+
+
+def test_push_index_with_unpulled_platform_fails_clearly(ctrd, registry):
+    pull(ctrd, registry.ref("busybox-multi"))
+    r = ctl(ctrd, "push", "--plain-http", f"{registry.address}/pushed/multi:1",
+            registry.ref("busybox-multi"))
+    assert r.returncode == 1 and "must be in the content store" in r.stderr, r.stderr

@@ -36,6 +36,8 @@
     ctrctl images rm [--sync] REF...
     ctrctl images tag SRC DST [--force]
     ctrctl images inspect REF                     # record, manifest and config as JSON
+    ctrctl pull [--plain-http] [-u USER[:PASS]] REF
+    ctrctl push [--plain-http] [-u USER[:PASS]] REF [LOCAL_REF]
 
 Aliases as in ctr: ``ns``/``namespace``, ``plugin``, ``lease``, ``event``, ``list`` for
 ``ls``, ``remove``/``del``/``delete`` for ``rm``, ``c`` for ``create``. Errors print
@@ -1568,6 +1570,55 @@ def pull_cmd(g: Globals, ref: str, plain_http: bool, platform: str, snapshotter:
     if last is None or not last.image:
         raise CommandError("pull ended without a result")
     click.echo(f"{last.image} {last.target.digest} pulled in {last.seconds:.2f} s")
+
+
+# -- push -----------------------------------------------------------------------------------
+
+@cli.command("push")
+@click.argument("ref")
+@click.argument("local_ref", required=False, default="")
+@click.option("--plain-http", is_flag=True, help="talk HTTP, not HTTPS, to the registry")
+@click.option("--hosts-dir", default="", metavar="DIR",
+              help="containerd's certs.d directory of per-registry host settings")
+@click.option("-u", "--user", default="", metavar="USER[:PASSWORD]",
+              help="registry credentials")
+@pass_globals
+def push_cmd(g: Globals, ref: str, local_ref: str, plain_http: bool, hosts_dir: str,
+             user: str) -> None:
+    """Push image LOCAL_REF (default: REF) to the registry as REF.
+
+    The push runs in ctrctl: it reads the image's content from the daemon (Content.Read)
+    and uploads the blobs the registry lacks, then the manifests (children first), then the
+    tag. An index is pushed with all its manifests, so each must be in the content store.
+    """
+    from ctrd.images.push import push
+    from ctrd.remotes.auth import Credentials
+    from ctrd.remotes.reference import parse
+    from ctrd.remotes.registry import Registry
+
+    pb = _images_pb()
+    c = g.client()
+    img = c.images.Get(pb.GetImageRequest(name=local_ref or ref)).image
+    target = _desc(img.target)
+    remote = parse(ref)
+    if remote.digest and remote.digest != target.digest:
+        raise CommandError(f"{ref} names digest {remote.digest}, but the image is "
+                           f"{target.digest}")
+    username, _, secret = user.partition(":")
+    creds = {remote.host: Credentials(username, secret)} if username else None
+    registry = Registry(hosts_dir=hosts_dir or None, plain_http=plain_http, credentials=creds)
+
+    def report(digest: str, status: str) -> None:
+        click.echo(f"{digest}: {status}", err=True)
+
+    try:
+        result = push(_reader(c), registry.repository(remote), target, tag=remote.tag,
+                      progress=report)
+    except errdefs.NotFound as e:
+        raise CommandError(f"cannot push {local_ref or ref}: {e} (every blob of the image "
+                           "must be in the content store)") from None
+    click.echo(f"{remote} {target.digest} pushed ({len(result.pushed)} blobs uploaded, "
+               f"{len(result.skipped)} already there, {len(result.manifests)} manifests)")
 
 
 # -- entry point ----------------------------------------------------------------------
