@@ -153,3 +153,136 @@ def test_push_index_with_unpulled_platform_fails_clearly(ctrd, registry):
     r = ctl(ctrd, "push", "--plain-http", f"{registry.address}/pushed/multi:1",
             registry.ref("busybox-multi"))
     assert r.returncode == 1 and "must be in the content store" in r.stderr, r.stderr
+
+
+# -- export / import --------------------------------------------------------------------------
+
+def check_complete(daemon) -> str:
+    out = ok(ctr(daemon.address, "images", "check"))
+    rows = [line for line in out.splitlines()[1:] if line.strip()]
+    assert rows and all("complete" in r and "incomplete" not in r for r in rows), out
+    return out
+
+
+@pytest.mark.parametrize("name", ["busybox", "busybox-multi", "fat"])
+def test_export_rm_import_round_trip(ctrd, registry, tmp_root, name):
+    ref = registry.ref(name)
+    pull(ctrd, ref)
+    before = content_digests(ctrd)
+    archive = tmp_root / "image.tar"
+    ok(ctl(ctrd, "export", str(archive), ref))
+    ok(ctl(ctrd, "images", "rm", "--sync", ref))
+    assert content_digests(ctrd) == set()
+    out = ok(ctl(ctrd, "import", str(archive)))
+    assert out.split() == [ref, registry.digest(name)]
+    assert content_digests(ctrd) == before
+    check_complete(ctrd)
+    # the image keeps its content: a GC removes nothing (the GC labels were set)
+    ok(ctl(ctrd, "gc"))
+    assert content_digests(ctrd) == before
+    # importing again updates the record in place
+    ok(ctl(ctrd, "import", str(archive)))
+    assert names(ctrd) == [ref]
+
+
+def test_import_of_containerd_export(containerd, ctrd, registry, tmp_root):
+    refs = [registry.ref("busybox"), registry.ref("busybox-v2s2")]
+    for ref in refs:
+        ok(ctr(containerd.address, "images", "pull", "--plain-http", ref, timeout=300))
+    archive = tmp_root / "from-containerd.tar"
+    ok(ctr(containerd.address, "images", "export", str(archive), *refs))
+    out = ok(ctl(ctrd, "import", str(archive)))
+    assert sorted(out.splitlines()) == sorted(
+        f"{registry.ref(n)} {registry.digest(n)}" for n in ("busybox", "busybox-v2s2"))
+    check_complete(ctrd)
+    # and the other way round: ctr imports what ctrctl exports
+    mine = tmp_root / "from-ctrd.tar"
+    ok(ctl(ctrd, "export", str(mine), *refs))
+    ok(ctr(containerd.address, "images", "rm", "--sync", *refs))
+    ok(ctr(containerd.address, "images", "import", str(mine), timeout=300))
+    assert set(refs) <= set(ok(ctr(containerd.address, "images", "ls", "-q")).split())
+
+
+def _tar(path: Path, entries: list[tuple[str, bytes]], kind: bytes = b"0") -> Path:
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tar:
+        for name, data in entries:
+            ti = tarfile.TarInfo(name)
+            ti.size = len(data)
+            if kind == b"2":
+                ti.type, ti.linkname, ti.size = tarfile.SYMTYPE, "/etc/passwd", 0
+            tar.addfile(ti, io.BytesIO(data))
+    return path
+
+
+def _sha(data: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
+def _layout(blobs: list[bytes], index: dict) -> list[tuple[str, bytes]]:
+    return ([("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')]
+            + [(f"blobs/sha256/{_sha(b)}", b) for b in blobs]
+            + [("index.json", json.dumps(index).encode())])
+
+
+def _minimal_image(tag: str = "example.com/evil:1"):
+    config = json.dumps({"architecture": images.HOST_ARCH, "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
+    man = json.dumps({"schemaVersion": 2, "mediaType": images.MT_OCI_MANIFEST,
+                      "config": {"mediaType": images.MT_OCI_CONFIG,
+                                 "digest": f"sha256:{_sha(config)}", "size": len(config)},
+                      "layers": []}).encode()
+    index = {"schemaVersion": 2, "manifests": [
+        {"mediaType": images.MT_OCI_MANIFEST, "digest": f"sha256:{_sha(man)}",
+         "size": len(man), "annotations": {"io.containerd.image.name": tag}}]}
+    return config, man, index
+
+
+HOSTILE = {
+    "traversal": lambda: [("../../etc/evil", b"x")],
+    "absolute": lambda: [("/etc/evil", b"x")],
+    "symlink": "symlink",
+    "unexpected": lambda: [("hello.txt", b"x")],
+    "big-index": lambda: [("index.json", b" " * ((4 << 20) + 1))],
+    "no-index": lambda: [("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')],
+    "wrong-digest": "wrong-digest",
+    "missing-blob": "missing-blob",
+    "bomb": "bomb",
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_archives_create_no_image(ctrd, tmp_root, case):
+    path = tmp_root / f"{case}.tar"
+    config, man, index = _minimal_image()
+    if case == "symlink":
+        _tar(path, [("blobs/sha256/" + "a" * 64, b"")], kind=b"2")
+    elif case == "wrong-digest":
+        entries = _layout([config, man], index)
+        entries[1] = (entries[1][0], config + b" ")  # the config's bytes do not match
+        _tar(path, entries)
+    elif case == "missing-blob":
+        _tar(path, _layout([man], index))  # no config
+    elif case == "bomb":
+        _tar(path, [(f"blobs/sha256/{_sha(str(i).encode())}", b"") for i in range(10_001)])
+    else:
+        _tar(path, HOSTILE[case]())
+    r = ctl(ctrd, "import", str(path))
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stderr.startswith("ctrctl: cannot import"), r.stderr
+    expected = {"traversal": "traversal", "absolute": "not a relative path",
+                "symlink": "no links", "unexpected": "not part of an OCI image layout",
+                "big-index": "limit", "no-index": "no index.json",
+                "wrong-digest": "digest", "missing-blob": "missing",
+                "bomb": "tar bomb"}[case]
+    assert expected in r.stderr, r.stderr
+    assert names(ctrd) == []
+    assert content_digests(ctrd) == set()
+    # the well-formed version of the same image imports fine
+    if case == "wrong-digest":
+        _tar(path, _layout([config, man], index))
+        assert ok(ctl(ctrd, "import", str(path))).split()[0] == "example.com/evil:1"

@@ -38,6 +38,8 @@
     ctrctl images inspect REF                     # record, manifest and config as JSON
     ctrctl pull [--plain-http] [-u USER[:PASS]] REF
     ctrctl push [--plain-http] [-u USER[:PASS]] REF [LOCAL_REF]
+    ctrctl export FILE REF...                     # OCI layout tar; FILE - is stdout
+    ctrctl import FILE                            # creates content and images, no unpack
 
 Aliases as in ctr: ``ns``/``namespace``, ``plugin``, ``lease``, ``event``, ``list`` for
 ``ls``, ``remove``/``del``/``delete`` for ``rm``, ``c`` for ``create``. Errors print
@@ -1619,6 +1621,142 @@ def push_cmd(g: Globals, ref: str, local_ref: str, plain_http: bool, hosts_dir: 
                            "must be in the content store)") from None
     click.echo(f"{remote} {target.digest} pushed ({len(result.pushed)} blobs uploaded, "
                f"{len(result.skipped)} already there, {len(result.manifests)} manifests)")
+
+
+# -- export / import -------------------------------------------------------------------------
+
+@cli.command("export")
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@pass_globals
+def export_cmd(g: Globals, file: str, refs: tuple[str, ...]) -> None:
+    """Write images to FILE ('-': stdout) as an OCI image layout tar, as `ctr images export`.
+
+    Content is read from the daemon (Content.Read), streamed and verified. Of an index,
+    the manifests of platforms that were never pulled are left out.
+    """
+    from ctrd.images.archive import export
+
+    pb = _images_pb()
+    c = g.client()
+    chosen = []
+    for ref in refs:
+        img = c.images.Get(pb.GetImageRequest(name=ref)).image
+        chosen.append((ref, _desc(img.target)))
+    if file == "-":
+        export(_reader(c), sys.stdout.buffer, chosen)
+        sys.stdout.buffer.flush()
+        return
+    tmp = f"{file}.ctrctl-{os.getpid()}.tmp"
+    try:
+        with open(tmp, "wb") as out:
+            blobs = export(_reader(c), out, chosen)
+        os.replace(tmp, file)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    click.echo(f"exported {len(chosen)} image(s), {len(blobs)} blobs, to {file}", err=True)
+
+
+class _DaemonStore:
+    """:class:`ctrd.images.archive.Store` over the Content API (writes under ``c``'s lease)."""
+
+    def __init__(self, c: Client) -> None:
+        self.c = c
+
+    def write(self, desc: Any, chunks: Any) -> None:
+        ref = f"ctrctl-import-{desc.digest}"
+        try:
+            w = self.c.writer(ref, total=desc.size, expected=desc.digest)
+        except errdefs.AlreadyExists:
+            return
+        try:
+            with w:
+                w.offset = 0
+                for chunk in chunks:
+                    w.write(chunk)
+                w.commit(total=desc.size, expected=desc.digest)
+        except errdefs.AlreadyExists:
+            return
+        except BaseException:
+            from ctrd.api.containerd.services.content.v1 import content_pb2 as cpb
+
+            try:
+                self.c.content.Abort(cpb.AbortRequest(ref=ref))
+            except errdefs.CtrdError:
+                pass
+            raise
+
+    def read(self, digest: str) -> Any:
+        return self.c.read_content(digest)
+
+    def exists(self, desc: Any) -> bool:
+        from ctrd.api.containerd.services.content.v1 import content_pb2 as cpb
+
+        try:
+            self.c.content.Info(cpb.InfoRequest(digest=desc.digest))
+            return True
+        except errdefs.NotFound:
+            return False
+
+    def label(self, digest: str, labels: dict[str, str]) -> None:
+        from google.protobuf import field_mask_pb2
+
+        from ctrd.api.containerd.services.content.v1 import content_pb2 as cpb
+
+        if labels:
+            self.c.content.Update(cpb.UpdateRequest(
+                info=cpb.Info(digest=digest, labels=labels),
+                update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels])))
+
+
+@cli.command("import")
+@click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@pass_globals
+def import_cmd(g: Globals, file: str) -> None:
+    """Import the images of an OCI image layout tar (`ctr images export`, `ctrctl export`).
+
+    The archive is streamed (twice: headers first, then data) and treated as hostile: only
+    the layout's files, no links or traversal, capped index.json, at most 10000 entries;
+    every blob's digest is verified as it is written. Blobs are written under a temporary
+    lease; image records are created (or updated) only when every image is complete, so a
+    bad archive creates no image. Images are not unpacked: `ctr run` unpacks on use.
+    """
+    from ctrd.api.containerd.services.leases.v1 import leases_pb2 as lpb
+    from ctrd.cli.client import GC_EXPIRE_LABEL
+    from ctrd.images.archive import import_archive
+
+    pb = _images_pb()
+    c = g.client()
+    lease_id = f"ctrctl-import-{os.urandom(6).hex()}"
+    c.leases.Create(lpb.CreateRequest(id=lease_id, labels={GC_EXPIRE_LABEL: gc_expire(3600)}))
+    leased = c.with_namespace(c.namespace, lease=lease_id)
+    done = False
+    try:
+        result = import_archive(lambda: open(file, "rb"), _DaemonStore(leased))
+        for name, root in result.images:
+            target = pb.Image(name=name, target=_target_pb(root))
+            try:
+                c.images.Create(pb.CreateImageRequest(image=target))
+            except errdefs.AlreadyExists:
+                c.images.Update(pb.UpdateImageRequest(image=target))
+            click.echo(f"{name} {root.digest}")
+        done = True
+    except errdefs.InvalidArgument as e:
+        raise CommandError(f"cannot import {file}: {e.detail}") from None
+    finally:
+        try:
+            c.leases.Delete(lpb.DeleteRequest(id=lease_id, sync=not done))
+        except errdefs.CtrdError:
+            pass
+
+
+def _target_pb(desc: Any) -> Any:
+    from ctrd.api.containerd.types import descriptor_pb2
+
+    return descriptor_pb2.Descriptor(media_type=desc.media_type, digest=desc.digest,
+                                     size=desc.size, annotations=dict(desc.annotations))
 
 
 # -- entry point ----------------------------------------------------------------------
