@@ -41,3 +41,30 @@ def validate_labels(labels: dict[str, str], what: str = "labels") -> None:
             validate_label(k, v)
         except InvalidArgument as e:
             raise InvalidArgument(f"{what}: {e.detail}") from None
+
+
+def updated_labels(current: dict[str, str], labels: dict[str, str],
+                   fieldpaths: list[str] | None, what: str, field: str) -> dict[str, str]:
+    """containerd's label update by field mask, for any object with labels.
+
+    No paths (or the path ``labels``) replaces all labels; ``labels.<key>`` sets one key
+    from ``labels`` (an empty or missing value removes it); any other path is
+    InvalidArgument ``cannot update "<path>" field on <what>``. The result has no empty
+    values and is size-checked (``<field>: label key and value greater than ...``).
+    """
+    from ctrd.errdefs import quote
+
+    result = dict(current)
+    if not fieldpaths:
+        result = dict(labels)
+    for path in fieldpaths or ():
+        if path.startswith("labels."):
+            k = path[len("labels."):]
+            result[k] = labels.get(k, "")
+        elif path == "labels":
+            result = dict(labels)
+        else:
+            raise InvalidArgument(f"cannot update {quote(path)} field on {what}")
+    result = {k: v for k, v in result.items() if v}
+    validate_labels(result, field)
+    return result

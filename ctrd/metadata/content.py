@@ -62,21 +62,9 @@ class ContentStore:
             rec = self._blob(txn, ns, digest)
             if rec is None:
                 raise NotFound(f"content digest {digest}")
-            current = dict(rec.get("labels", {}))
-            if fieldpaths:
-                for path in fieldpaths:
-                    if path.startswith("labels."):
-                        k = path[len("labels."):]
-                        current[k] = labels.get(k, "")
-                    elif path == "labels":
-                        current = dict(labels)
-                    else:
-                        raise InvalidArgument(f"cannot update {quote(path)} field on content "
-                                              f"info {quote(digest)}")
-            else:
-                current = dict(labels)
-            current = {k: v for k, v in current.items() if v}
-            identifiers.validate_labels(current, "info.Labels")
+            current = identifiers.updated_labels(rec.get("labels", {}), labels, fieldpaths,
+                                                 f"content info {quote(digest)}",
+                                                 "info.Labels")
             rec["labels"] = current
             rec["updated_at"] = time.time()
             put_json(txn, self.db.bucket("content"), key(ns, digest), rec)

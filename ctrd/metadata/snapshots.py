@@ -93,20 +93,8 @@ class NamespacedSnapshotter:
             raise InvalidArgument("snapshot name must be set")
         with self.db.update() as txn:
             rec = self._get(txn, ns, k)
-            current = dict(rec.get("labels", {}))
-            if fieldpaths:
-                for path in fieldpaths:
-                    if path.startswith("labels."):
-                        current[path[len("labels."):]] = labels.get(path[len("labels."):], "")
-                    elif path == "labels":
-                        current = dict(labels)
-                    else:
-                        raise InvalidArgument(f"cannot update {quote(path)} field on snapshot "
-                                              f"{quote(k)}")
-            else:
-                current = dict(labels)
-            current = {a: b for a, b in current.items() if b}
-            identifiers.validate_labels(current, "snapshot.Labels")
+            current = identifiers.updated_labels(rec.get("labels", {}), labels, fieldpaths,
+                                                 f"snapshot {quote(k)}", "snapshot.Labels")
             rec["labels"] = current
             rec["updated_at"] = time.time()
             put_json(txn, self._bucket, self._key(ns, k), rec)

@@ -40,6 +40,7 @@ from typing import Callable, Iterator
 import lmdb
 
 from ctrd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, quote
+from ctrd.identifiers import updated_labels
 from ctrd.snapshots.snapshotter import Info, Kind, Usage
 
 SCHEMA_VERSION = 1
@@ -166,25 +167,9 @@ def update_info(t: Txn, info: Info, fieldpaths: list[str] | None = None) -> Info
     rec = t.get(info.name) if info.name else None
     if rec is None:
         raise NotFound("snapshot does not exist")
-    labels = dict(rec.get("labels") or {})
-    new = dict(info.labels or {})
-    if fieldpaths:
-        for path in fieldpaths:
-            if path.startswith("labels."):
-                k = path.removeprefix("labels.")
-                if k in new:
-                    labels[k] = new[k]
-                else:
-                    labels.pop(k, None)
-            elif path == "labels":
-                labels = new
-            else:
-                raise InvalidArgument(f"cannot update {path!r} field on snapshot "
-                                      f"{info.name!r}")
-    else:
-        labels = new
-    # containerd drops labels with empty values when it writes them.
-    rec["labels"] = {k: v for k, v in labels.items() if v != ""}
+    rec["labels"] = updated_labels(rec.get("labels") or {}, dict(info.labels or {}),
+                                   fieldpaths, f"snapshot {quote(info.name)}",
+                                   "snapshot.Labels")
     rec["updated"] = time.time()
     t.put(info.name, rec)
     return _info(rec)
