@@ -36,10 +36,10 @@ import os
 import random
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Callable, Iterator
 
+from ctrd import testsuite as _suite
 from ctrd.content.store import Store
 from ctrd.errdefs import (AlreadyExists, CtrdError, FailedPrecondition, InvalidArgument,
                           NotFound, Unavailable)
@@ -85,16 +85,8 @@ def run_check(name: str, make_store: StoreFactory, base: Path) -> None:
 
 def run_all(make_store: StoreFactory, base: Path) -> dict[str, str]:
     """Run every check, each in its own directory under ``base``; return name -> traceback
-    for the failures (empty when the store conforms)."""
-    failures = {}
-    for name in CHECKS:
-        d = Path(base) / name
-        d.mkdir(parents=True)
-        try:
-            run_check(name, make_store, d)
-        except Exception:
-            failures[name] = traceback.format_exc()
-    return failures
+    for the failures (empty when the implementation conforms)."""
+    return _suite.run_all(CHECKS, run_check, make_store, base)
 
 
 class ContentSuite:
@@ -107,12 +99,7 @@ class ContentSuite:
 
 
 def _add_methods() -> None:
-    for name, fn in CHECKS.items():
-        def method(self, tmp_path, _fn=fn):
-            _fn(SuiteEnv(self.make_store, tmp_path))
-        method.__name__ = f"test_{name}"
-        method.__doc__ = fn.__doc__
-        setattr(ContentSuite, method.__name__, method)
+    _suite.add_test_methods(ContentSuite, CHECKS, run_check, "make_store")
 
 
 # --- helpers ------------------------------------------------------------------------------------

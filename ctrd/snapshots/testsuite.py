@@ -31,12 +31,12 @@ import os
 import stat as statmod
 import threading
 import time
-import traceback
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
 from ctrd import filters
+from ctrd import testsuite as _suite
 from ctrd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from ctrd.snapshots.mount import mounted, mountpoints, unmount
 from ctrd.snapshots.snapshotter import Info, Kind, Snapshotter
@@ -103,16 +103,8 @@ def run_check(name: str, make: SnapshotterFactory, base: Path) -> None:
 
 def run_all(make: SnapshotterFactory, base: Path) -> dict[str, str]:
     """Run every check, each in its own directory under ``base``; return name -> traceback
-    for the failures (empty when the snapshotter conforms)."""
-    failures = {}
-    for name in CHECKS:
-        d = Path(base) / name
-        d.mkdir(parents=True)
-        try:
-            run_check(name, make, d)
-        except Exception:
-            failures[name] = traceback.format_exc()
-    return failures
+    for the failures (empty when the implementation conforms)."""
+    return _suite.run_all(CHECKS, run_check, make, base)
 
 
 class SnapshotSuite:
@@ -125,12 +117,7 @@ class SnapshotSuite:
 
 
 def _add_methods() -> None:
-    for name, fn in CHECKS.items():
-        def method(self, tmp_path, _name=name):
-            run_check(_name, self.make_snapshotter, tmp_path)
-        method.__name__ = f"test_{name}"
-        method.__doc__ = fn.__doc__
-        setattr(SnapshotSuite, method.__name__, method)
+    _suite.add_test_methods(SnapshotSuite, CHECKS, run_check, "make_snapshotter")
 
 
 # --- helpers ------------------------------------------------------------------------------------
