@@ -1529,7 +1529,8 @@ def images_inspect(g: Globals, ref: str) -> None:
               show_default=True)
 @click.option("--skip-unpack", is_flag=True, help="fetch only")
 @click.option("-u", "--user", default="", metavar="USER[:PASSWORD]",
-              help="registry credentials")
+              help="registry credentials (default: from ~/.docker/config.json, "
+                   "$DOCKER_CONFIG)")
 @pass_globals
 def pull_cmd(g: Globals, ref: str, plain_http: bool, platform: str, snapshotter: str,
              skip_unpack: bool, user: str) -> None:
@@ -1537,6 +1538,13 @@ def pull_cmd(g: Globals, ref: str, plain_http: bool, platform: str, snapshotter:
     from ctrd.api.ctrd.v1 import images_pb2
 
     username, _, secret = user.partition(":")
+    if not username:  # as docker and nerdctl: the user's ~/.docker/config.json
+        from ctrd.remotes.auth import load_docker_config
+        from ctrd.remotes.reference import parse
+
+        creds = load_docker_config().get(parse(ref).host)
+        if creds is not None:
+            username, secret = creds.username, creds.secret
     req = images_pb2.PullRequest(ref=ref, plain_http=plain_http, platform=platform,
                                  snapshotter=snapshotter, skip_unpack=skip_unpack,
                                  username=username, secret=secret)
