@@ -170,10 +170,17 @@ def _init_images_service(ic: InitContext):
     return _lazy("containerd.services.images.v1.Images", build)
 
 
+def _positive_float(v: float) -> str | None:
+    return None if v > 0 else "must be positive"
+
+
 @dataclass
 class TransferConfig:
     config_path: str = setting("", doc="registry hosts directory in containerd's certs.d "
                                         "layout (<dir>/<host>/hosts.toml); empty: none")
+    progress_timeout: float = setting(30.0, check=_positive_float,
+                                      doc="seconds a registry transfer may make no progress "
+                                          "before the pull fails")
 
 
 def _init_transfer(ic: InitContext):
@@ -182,7 +189,7 @@ def _init_transfer(ic: InitContext):
     def build():
         from ctrd.services.transfer import TransferService
 
-        return TransferService(md, cfg.config_path)
+        return TransferService(md, cfg.config_path, cfg.progress_timeout)
 
     return _lazy("ctrd.v1.Transfer", build)
 

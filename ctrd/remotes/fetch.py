@@ -19,7 +19,7 @@ class RegistryFetcher:
 
 
 def registry_fetcher(ref: str, *, plain_http: bool = False, username: str = "",
-                     secret: str = "", hosts_dir: str = ""
+                     secret: str = "", hosts_dir: str = "", progress_timeout: float = 30.0
                      ) -> tuple[str, m.Descriptor, RegistryFetcher]:
     """(image name, root descriptor, fetcher) for ``ref``; credentials, when given, are for
     the reference's own registry host only."""
@@ -29,7 +29,8 @@ def registry_fetcher(ref: str, *, plain_http: bool = False, username: str = "",
 
     parsed = parse(ref)
     creds = {parsed.host: Credentials(username, secret)} if username else None
-    registry = Registry(hosts_dir=hosts_dir or None, plain_http=plain_http, credentials=creds)
+    registry = Registry(hosts_dir=hosts_dir or None, plain_http=plain_http, credentials=creds,
+                        progress_timeout=progress_timeout)
     name, desc = registry.resolve(parsed)
     root = m.Descriptor(desc.media_type, desc.digest, desc.size)
     return name, root, RegistryFetcher(registry.repository(parsed))

@@ -21,9 +21,10 @@ def _progress_pb(p: Progress, kinds: dict[str, str]) -> list[pb.BlobProgress]:
 
 
 class TransferService(pb_grpc.TransferServicer):
-    def __init__(self, md, hosts_dir: str = "") -> None:
+    def __init__(self, md, hosts_dir: str = "", progress_timeout: float = 30.0) -> None:
         self.md = md
         self.hosts_dir = hosts_dir
+        self.progress_timeout = progress_timeout
 
     def register_grpc(self, server) -> None:
         pb_grpc.add_TransferServicer_to_server(self, server)
@@ -36,7 +37,8 @@ class TransferService(pb_grpc.TransferServicer):
         name, root, fetcher = registry_fetcher(request.ref, plain_http=request.plain_http,
                                                username=request.username,
                                                secret=request.secret,
-                                               hosts_dir=self.hosts_dir)
+                                               hosts_dir=self.hosts_dir,
+                                               progress_timeout=self.progress_timeout)
         platform = parse_platform(request.platform) if request.platform else None
         return pull(self.md, ns, name, root, fetcher,
                     snapshotter=request.snapshotter or "overlayfs", platform=platform,
