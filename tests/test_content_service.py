@@ -37,12 +37,17 @@ def session(stub, *requests, metadata=NS):
 
 
 def write_all(stub, ref: str, data: bytes, metadata=NS):
+    """Write and commit a blob. Without a lease it is labelled a GC root, as a client keeps
+    what it wants (the daemon collects soon after start; a bare blob would be fair game)."""
+    leased = any(k == "containerd-lease" for k, _ in metadata)
+    labels = {} if leased else {"containerd.io/gc.root": "test"}
     return session(stub,
                    pb.WriteContentRequest(action=pb.STAT, ref=ref, total=len(data),
                                           expected=digest(data)),
                    pb.WriteContentRequest(action=pb.WRITE, ref=ref, offset=0, data=data),
                    pb.WriteContentRequest(action=pb.COMMIT, ref=ref, offset=len(data),
-                                          total=len(data), expected=digest(data)),
+                                          total=len(data), expected=digest(data),
+                                          labels=labels),
                    metadata=metadata)
 
 
