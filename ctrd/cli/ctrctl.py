@@ -1102,6 +1102,18 @@ def _print_mounts(mounts: Any, target: str | None, as_json: bool) -> None:
         _mounts_json(mounts)
 
 
+def _create_snapshot(g: Globals, call: str, key: str, parent: str, labels: tuple[str, ...],
+                     target: str | None, as_json: bool) -> None:
+    """Snapshots.Prepare or .View, labelled a GC root (as ctr labels what it creates), then
+    the mounts as requested."""
+    pb = _snapshots_pb()
+    request = getattr(pb, f"{call}SnapshotRequest")(
+        snapshotter=g.snapshotter, key=key, parent=parent,
+        labels={GC_ROOT_LABEL: _gc_root(), **parse_labels(labels)})
+    resp = getattr(g.client().snapshots, call)(request)
+    _print_mounts(resp.mounts, target, as_json)
+
+
 @snapshots.command("prepare")
 @_label_option
 @_target_option
@@ -1114,11 +1126,7 @@ def snapshots_prepare(g: Globals, labels: tuple[str, ...], target: str | None, a
 
     With --target, prints the commands that mount it there (see `mounts`).
     """
-    pb = _snapshots_pb()
-    resp = g.client().snapshots.Prepare(pb.PrepareSnapshotRequest(
-        snapshotter=g.snapshotter, key=key, parent=parent,
-        labels={GC_ROOT_LABEL: _gc_root(), **parse_labels(labels)}))
-    _print_mounts(resp.mounts, target, as_json)
+    _create_snapshot(g, "Prepare", key, parent, labels, target, as_json)
 
 
 @snapshots.command("view")
@@ -1133,11 +1141,7 @@ def snapshots_view(g: Globals, labels: tuple[str, ...], target: str | None, as_j
 
     With --target, prints the commands that mount it there (see `mounts`).
     """
-    pb = _snapshots_pb()
-    resp = g.client().snapshots.View(pb.ViewSnapshotRequest(
-        snapshotter=g.snapshotter, key=key, parent=parent,
-        labels={GC_ROOT_LABEL: _gc_root(), **parse_labels(labels)}))
-    _print_mounts(resp.mounts, target, as_json)
+    _create_snapshot(g, "View", key, parent, labels, target, as_json)
 
 
 @snapshots.command("commit")
