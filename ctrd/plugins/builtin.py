@@ -170,6 +170,18 @@ def _init_images_service(ic: InitContext):
     return _lazy("containerd.services.images.v1.Images", build)
 
 
+def _init_containers_service(ic: InitContext):
+    md, events, hooks = ic.get(METADATA), ic.get(EVENT), ic.hooks
+
+    def build():
+        from ctrd.metadata.containers import ContainerStore
+        from ctrd.services.containers import ContainersService
+
+        return ContainersService(ContainerStore(md.db), events, hooks)
+
+    return _lazy("containerd.services.containers.v1.Containers", build)
+
+
 def _positive_float(v: float) -> str | None:
     return None if v > 0 else "must be positive"
 
@@ -271,12 +283,15 @@ REGISTRATIONS = [
     Registration(SERVICE, "diff-service", _init_diff_service, requires=(METADATA,)),
     Registration(SERVICE, "images-service", _init_images_service,
                  requires=(METADATA, EVENT, GC)),
+    Registration(SERVICE, "containers-service", _init_containers_service,
+                 requires=(METADATA, EVENT)),
     Registration(GRPC, "namespaces", _service("namespaces-service"), requires=(SERVICE,)),
     Registration(GRPC, "content", _service("content-service"), requires=(SERVICE,)),
     Registration(GRPC, "leases", _service("leases-service"), requires=(SERVICE,)),
     Registration(GRPC, "snapshots", _service("snapshots-service"), requires=(SERVICE,)),
     Registration(GRPC, "diff", _service("diff-service"), requires=(SERVICE,)),
     Registration(GRPC, "images", _service("images-service"), requires=(SERVICE,)),
+    Registration(GRPC, "containers", _service("containers-service"), requires=(SERVICE,)),
     Registration(GRPC, "transfer", _init_transfer, requires=(METADATA,),
                  config=TransferConfig),
     Registration(GRPC, "introspection", _init_introspection),

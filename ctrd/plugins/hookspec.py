@@ -9,7 +9,9 @@ Stages, in the order a daemon runs them:
 
 1. discovery: :func:`ctrd_plugin_registrations` (each package lists its plugins);
 2. start-up: :func:`ctrd_plugins_loaded` (after every plugin's init, before serving);
-3. shutdown: :func:`ctrd_shutdown` (after the sockets closed).
+3. serving, per call: :func:`ctrd_container_create` (Containers/Create, before the record is
+   stored: adjust the container's OCI spec, as NRI does for containerd);
+4. shutdown: :func:`ctrd_shutdown` (after the sockets closed).
 
 Every hook here is documented and has a test (tests/test_hooks.py checks both).
 """
@@ -21,6 +23,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 if TYPE_CHECKING:
+    from ctrd.metadata.containers import Container
     from ctrd.plugins.registration import Registration
     from ctrd.plugins.registry import PluginSet
 
@@ -45,6 +48,24 @@ def ctrd_plugins_loaded(plugins: "PluginSet") -> None:
 
     ``plugins`` holds each plugin's outcome (instance or error). Use it to wire plugins
     together or to log; raising here is logged and does not stop the daemon.
+    """
+
+
+@hookspec
+def ctrd_container_create(namespace: str, container: "Container", spec: dict) -> "dict | None":
+    """Serving. Called by Containers/Create for each new container whose spec is OCI JSON
+    (type URL ``types.containerd.io/opencontainers/runtime-spec/1/Spec``), after the request
+    passed validation and before the record is stored.
+
+    ``spec`` is the decoded OCI spec: change it in place, or return a new dict to replace it
+    (None keeps it). Implementations run in pluggy's order, each seeing the spec as the
+    previous ones left it; what the last one leaves is what gets stored (re-encoded as JSON;
+    byte for byte the client's if nothing changed). ``container`` is the record about to be
+    stored (read it, e.g. ``container.labels``; its ``spec`` field is replaced afterwards).
+    Raising fails the create and stores nothing: a :class:`ctrd.errdefs.CtrdError` keeps its
+    kind (gRPC code), anything else is UNKNOWN; the message names the plugin. The create can
+    still fail after the hook ran (e.g. the id is taken): keep side effects out. Runs in a
+    worker thread; blocking is allowed but delays the client.
     """
 
 
