@@ -2,14 +2,15 @@
 
 Lifecycle: ``await Client.connect(path)``, :meth:`Client.call` any number of times (calls are
 multiplexed by stream id), :meth:`Client.close`. When the connection drops, pending and later
-calls fail with ``Unavailable``.
+calls fail with ``Unavailable`` and ``on_close`` (if given) is called once, unless the
+drop was our own :meth:`Client.close`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 from ctrd import errdefs
 from ctrd.api.ttrpc import ttrpc_pb2
@@ -17,20 +18,26 @@ from ctrd.ttrpc import framing
 
 
 class Client:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 on_close: Callable[[], None] | None = None) -> None:
         self._reader, self._writer = reader, writer
+        self._on_close = on_close
         self._ids = itertools.count(1, 2)
         self._pending: dict[int, asyncio.Future] = {}
         self._closed: errdefs.CtrdError | None = None
         self._reader_task = asyncio.create_task(self._read_loop())
 
     @classmethod
-    async def connect(cls, path: str) -> "Client":
+    async def connect(cls, path: str, on_close: Callable[[], None] | None = None) -> "Client":
         try:
             reader, writer = await asyncio.open_unix_connection(path)
         except OSError as e:
             raise errdefs.Unavailable(f"ttrpc: connect {path}: {e.strerror or e}") from None
-        return cls(reader, writer)
+        return cls(reader, writer, on_close)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
 
     async def call(self, service: str, method: str, request: Any, response_type: type,
                    timeout: float | None = None,
@@ -81,7 +88,10 @@ class Client:
         except (ConnectionError, asyncio.CancelledError):
             pass
         finally:
-            self._fail_all(errdefs.Unavailable("ttrpc: connection closed"))
+            if self._closed is None:
+                self._fail_all(errdefs.Unavailable("ttrpc: connection closed"))
+                if self._on_close is not None:
+                    self._on_close()
 
     def _fail_all(self, err: errdefs.CtrdError) -> None:
         self._closed = err
@@ -90,10 +100,12 @@ class Client:
                 fut.set_exception(err)
 
     async def close(self) -> None:
+        if self._closed is None:
+            self._closed = errdefs.Unavailable("ttrpc: client closed")
         self._writer.close()
         self._reader_task.cancel()
         try:
             await self._reader_task
         except asyncio.CancelledError:
             pass
-        self._fail_all(errdefs.Unavailable("ttrpc: client closed"))
+        self._fail_all(self._closed)

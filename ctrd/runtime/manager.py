@@ -1,0 +1,328 @@
+"""The runtime v2 task manager: one shim per task, started, tracked, reloaded and cleaned up.
+
+Contract:
+- :meth:`TaskManager.create` makes the bundle, starts the runtime's shim binary, asks it to
+  create the task; any failure undoes all of it (shim told to delete and shut down, bundle
+  removed) and names the cause.
+- :meth:`TaskManager.delete` deletes the task in its shim, shuts the shim down and removes
+  the bundle; the exit it returns is the shim's.
+- A shim that goes away on its own (killed, crashed) is cleaned up as containerd does: its
+  ``delete`` command runs, ``/tasks/exit`` and ``/tasks/delete`` are published with the exit it
+  reports, the bundle (and the rootfs mount in it) is removed, the task disappears.
+- :meth:`TaskManager.load` at daemon start reconnects to the shims of the bundles under the
+  state dir (running containers stay controllable) and cleans up those whose shim is gone;
+  all bundles are handled concurrently, so many dead shims do not add up serial timeouts.
+
+Runtime names resolve to shim binaries with containerd's rule (``io.containerd.<x>.<v>`` ->
+``containerd-shim-<x>-<v>``), except the names in the ``shims`` config map, which ctrd serves
+with the binary (and default options) given there: by default ``io.containerd.runc.v2``
+(what ``ctr`` sends) runs through ctrd's own shim, ``containerd-shim-ctrd-v2``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ctrd import errdefs
+from ctrd.runtime import shimclient
+from ctrd.runtime.bundle import Bundle, load_bundles, new_bundle
+from ctrd.runtime.shimclient import Exit, ShimCommand, ShimTask
+
+log = logging.getLogger("ctrd.runtime")
+
+CTRD_SHIM = "containerd-shim-ctrd-v2"
+
+
+@dataclass
+class CreateOpts:
+    """What a task is created from (the container's record plus the Tasks/Create request)."""
+
+    spec: bytes                      # OCI spec JSON (the container's spec Any value)
+    runtime: str                     # runtime name (or a path to a shim binary)
+    runtime_options: Any = None      # the container's runtime options (an Any) or None
+    task_options: Any = None         # Tasks/Create options (an Any) or None: win over the above
+    rootfs: list = field(default_factory=list)   # containerd.types.Mount messages
+    stdin: str = ""
+    stdout: str = ""
+    stderr: str = ""
+    terminal: bool = False
+    checkpoint: str = ""
+
+
+def _ts_now():
+    from google.protobuf import timestamp_pb2
+
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class TaskManager:
+    def __init__(self, root: str, state: str, address: str, ttrpc_address: str, events,
+                 shims: dict[str, Any] | None = None, debug: bool = False) -> None:
+        """``shims`` maps runtime names to objects with ``binary`` and ``options`` (a dict of
+        containerd.runc.v1.Options fields: defaults for containers that do not set them)."""
+        self.root = root
+        self.state = state
+        self.address = address
+        self.ttrpc_address = ttrpc_address
+        self.events = events
+        self.shims: dict[str, tuple[str, dict]] = {"io.containerd.runc.v2": (CTRD_SHIM, {})}
+        for name, spec in (shims or {}).items():
+            self.shims[name] = (spec.binary or CTRD_SHIM, dict(spec.options))
+        self.debug = debug
+        self._tasks: dict[tuple[str, str], ShimTask] = {}
+        self._creating: set[tuple[str, str]] = set()
+        self._logs: dict[tuple[str, str], shimclient.ShimLog] = {}
+        self._closing: set[tuple[str, str]] = set()
+
+    # --- lookup ---------------------------------------------------------------------------
+
+    def get(self, namespace: str, id_: str) -> ShimTask:
+        t = self._tasks.get((namespace, id_))
+        if t is None:
+            raise errdefs.NotFound(f"task {id_}")
+        return t
+
+    def list(self, namespace: str | None = None) -> list[ShimTask]:
+        return [t for (ns, _), t in sorted(self._tasks.items())
+                if namespace is None or ns == namespace]
+
+    def binary_for(self, runtime: str) -> str:
+        if runtime in self.shims:
+            return shimclient.resolve_binary(self.shims[runtime][0])
+        if "/" in runtime:
+            return shimclient.resolve_binary(runtime)
+        return shimclient.resolve_binary(shimclient.binary_name(runtime))
+
+    def _with_defaults(self, runtime: str, given: Any) -> Any:
+        """The runtime options a shim gets: the configured defaults for ``runtime`` under the
+        fields the container (or the create request) set."""
+        defaults = self.shims.get(runtime, (None, {}))[1]
+        if not defaults:
+            return given
+        from google.protobuf import any_pb2, json_format
+
+        from ctrd.api.containerd.runc.options import oci_pb2
+
+        url = "containerd.runc.v1.Options"
+        if given is not None and given.type_url.rsplit("/", 1)[-1] != url:
+            return given  # another shim's options: not ours to merge
+        import re
+
+        # containerd's configs spell them as Go fields (BinaryName); protobuf wants binary_name.
+        fields = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower() if k[:1].isupper() else k: v
+                  for k, v in defaults.items()}
+        try:
+            merged = json_format.ParseDict(fields, oci_pb2.Options())
+        except json_format.ParseError as e:
+            raise errdefs.InvalidArgument(f"options of runtime {runtime}: {e}") from None
+        if given is not None:
+            mine = oci_pb2.Options()
+            mine.ParseFromString(given.value)
+            merged.MergeFrom(mine)
+        return any_pb2.Any(type_url=given.type_url if given is not None else url,
+                           value=merged.SerializeToString())
+
+    # --- create / delete ------------------------------------------------------------------
+
+    async def create(self, namespace: str, id_: str, opts: CreateOpts) -> ShimTask:
+        key = (namespace, id_)
+        if key in self._tasks or key in self._creating:
+            raise errdefs.AlreadyExists(f"task {id_}")
+        self._creating.add(key)
+        try:
+            binary = self.binary_for(opts.runtime)
+            bundle = await asyncio.to_thread(new_bundle, self.root, self.state, namespace,
+                                             id_, opts.spec)
+            try:
+                task = await self._start(bundle, binary, opts)
+            except BaseException:
+                await asyncio.to_thread(bundle.delete)
+                raise
+            self._tasks[key] = task
+            return task
+        finally:
+            self._creating.discard(key)
+
+    async def _start(self, bundle: Bundle, binary: str, opts: CreateOpts) -> ShimTask:
+        key = (bundle.namespace, bundle.id)
+        topts = opts.task_options if opts.task_options is not None else opts.runtime_options
+        topts = self._with_defaults(opts.runtime, topts)
+        cmd = ShimCommand(binary, bundle, self.address, self.ttrpc_address, self.debug)
+        self._logs[key] = shimclient.ShimLog(bundle)
+        try:
+            path = await cmd.start(topts.SerializeToString() if topts is not None else None)
+            task = await shimclient.connect(bundle, path, opts.runtime, cmd, self._shim_closed)
+        except BaseException:
+            self._close_log(key)
+            raise
+        try:
+            await task.create(bundle=bundle.path, rootfs=opts.rootfs, terminal=opts.terminal,
+                              stdin=opts.stdin, stdout=opts.stdout, stderr=opts.stderr,
+                              checkpoint=opts.checkpoint, options=topts)
+        except BaseException:
+            await self._teardown(task)
+            raise
+        return task
+
+    async def _teardown(self, task: ShimTask) -> None:
+        """Undo a task whose create failed: delete in the shim, shut it down, drop the log."""
+        key = (task.namespace, task.id)
+        self._closing.add(key)
+        try:
+            try:
+                await task.call("Delete", shimclient._pb().DeleteRequest(id=task.id),
+                                shimclient._pb().DeleteResponse)
+            except errdefs.CtrdError as e:
+                log.debug("delete of failed task %s: %s", task.id, e)
+            await task.shutdown()
+            await task.client.close()
+            # The shim's own cleanup command also removes runtime state a half-done create
+            # may have left (a runc container whose stdio setup failed).
+            try:
+                await task.command.delete()
+            except errdefs.CtrdError as e:
+                log.debug("cleanup of failed task %s: %s", task.id, e)
+            if not task.gone.done():
+                task.gone.set_result(Exit(0, 255, _ts_now()))
+        finally:
+            self._closing.discard(key)
+            self._close_log(key)
+
+    async def delete(self, namespace: str, id_: str) -> Exit:
+        """Delete the task in its shim, stop the shim, remove the bundle."""
+        key = (namespace, id_)
+        task = self.get(namespace, id_)
+        self._closing.add(key)
+        try:
+            pb = shimclient._pb()
+            try:
+                resp = await task.call("Delete", pb.DeleteRequest(id=id_), pb.DeleteResponse)
+            except errdefs.Unavailable:
+                # The shim died under us: its cleanup gives the exit.
+                exit_ = await self._cleanup_dead(task, publish=True)
+            else:
+                exit_ = Exit(resp.pid, resp.exit_status, resp.exited_at)
+                await task.shutdown()
+                await task.client.close()
+                self._tasks.pop(key, None)
+                self._close_log(key)
+                await asyncio.to_thread(task.bundle.delete)
+            if not task.gone.done():
+                task.gone.set_result(exit_)
+            return exit_
+        finally:
+            self._closing.discard(key)
+
+    # --- shims that go away ---------------------------------------------------------------
+
+    def _shim_closed(self, task: ShimTask) -> None:
+        key = (task.namespace, task.id)
+        if key in self._closing or self._tasks.get(key) is not task:
+            return
+        log.warning("shim of task %s/%s went away; cleaning up", task.namespace, task.id)
+        asyncio.ensure_future(self._cleanup_dead(task, publish=True))
+
+    async def _cleanup_dead(self, task: ShimTask, publish: bool) -> Exit:
+        key = (task.namespace, task.id)
+        self._closing.add(key)
+        try:
+            exit_ = await self._delete_shim(task.command)
+            self._tasks.pop(key, None)
+            self._close_log(key)
+            if publish:
+                self._publish_exit(task.namespace, task.id, exit_)
+            if not task.gone.done():
+                task.gone.set_result(exit_)
+            return exit_
+        finally:
+            self._closing.discard(key)
+
+    async def _delete_shim(self, cmd: ShimCommand) -> Exit:
+        """Run the shim's ``delete`` for a gone shim and remove its bundle; never raises for
+        a broken shim (the bundle goes anyway): the exit is the shim's or 137."""
+        try:
+            exit_ = await cmd.delete()
+        except errdefs.CtrdError as e:
+            log.warning("cleanup of dead shim for %s: %s", cmd.bundle.id, e)
+            exit_ = Exit(0, 128 + 9, _ts_now())
+        if not exit_.timestamp.seconds:
+            exit_.timestamp = _ts_now()
+        try:
+            await asyncio.to_thread(cmd.bundle.delete)
+        except OSError as e:
+            log.error("removing bundle %s: %s", cmd.bundle.path, e)
+        return exit_
+
+    def _publish_exit(self, namespace: str, id_: str, exit_: Exit) -> None:
+        if self.events is None:
+            return
+        from ctrd.api.containerd.events import task_pb2
+
+        self.events.publish(namespace, "/tasks/exit", task_pb2.TaskExit(
+            container_id=id_, id=id_, pid=exit_.pid, exit_status=exit_.status,
+            exited_at=exit_.timestamp))
+        self.events.publish(namespace, "/tasks/delete", task_pb2.TaskDelete(
+            container_id=id_, pid=exit_.pid, exit_status=exit_.status,
+            exited_at=exit_.timestamp))
+
+    def _close_log(self, key: tuple[str, str]) -> None:
+        lg = self._logs.pop(key, None)
+        if lg is not None:
+            lg.close()
+
+    # --- daemon start and stop --------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Reconnect to the shims of every bundle under the state dir; clean up the rest."""
+        bundles = await asyncio.to_thread(load_bundles, self.state)
+        if bundles:
+            await asyncio.gather(*(self._load_one(b) for b in bundles))
+
+    async def _load_one(self, bundle: Bundle) -> None:
+        key = (bundle.namespace, bundle.id)
+        binary = bundle.read("shim-binary-path") or ""
+        cmd = ShimCommand(binary, bundle, self.address, self.ttrpc_address, self.debug)
+        address = bundle.read("address")
+        if not binary or not os.access(binary, os.X_OK):
+            log.warning("bundle %s has no usable shim binary; removing it", bundle.path)
+            await asyncio.to_thread(bundle.delete)
+            return
+        task = None
+        if address:
+            try:
+                path = shimclient._parse_address(address)
+                task = await asyncio.wait_for(
+                    shimclient.connect(bundle, path, "", cmd, self._shim_closed), 5.0)
+                await task.call("Connect", shimclient._pb().ConnectRequest(id=bundle.id),
+                                shimclient._pb().ConnectResponse, shimclient.STATE_TIMEOUT)
+            except (errdefs.CtrdError, OSError, TimeoutError) as e:
+                log.info("shim of %s/%s is gone (%s): cleaning up", bundle.namespace,
+                         bundle.id, e)
+                if task is not None:
+                    self._closing.add(key)
+                    await task.client.close()
+                    self._closing.discard(key)
+                task = None
+        if task is None:
+            exit_ = await self._delete_shim(cmd)
+            self._publish_exit(bundle.namespace, bundle.id, exit_)
+            return
+        self._tasks[key] = task
+        try:
+            self._logs[key] = shimclient.ShimLog(bundle)
+        except OSError as e:
+            log.debug("shim log of %s: %s", bundle.id, e)
+
+    async def close(self) -> None:
+        """Daemon stop: drop the connections; the shims and their tasks keep running."""
+        for key, task in list(self._tasks.items()):
+            self._closing.add(key)
+            await task.client.close()
+            self._close_log(key)
+        self._tasks.clear()
