@@ -1771,6 +1771,13 @@ def _target_pb(desc: Any) -> Any:
                                      size=desc.size, annotations=dict(desc.annotations))
 
 
+# -- container commands (ctrd/cli/containers.py) ------------------------------------------
+
+from ctrd.cli import containers as _containers  # noqa: E402  (needs cli, defined above)
+
+_containers.register(cli)
+
+
 # -- entry point ----------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from ctrd.config import setting
 from ctrd.gc.config import SchedulerConfig
 from ctrd.plugins.hookspec import hookimpl
-from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, SERVICE,
-                                       SNAPSHOTTER, InitContext, Registration)
+from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, RUNTIME_V2,
+                                       SERVICE, SNAPSHOTTER, InitContext, Registration)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -228,6 +228,52 @@ def _init_leases_service(ic: InitContext):
     return _lazy("containerd.services.leases.v1.Leases", build)
 
 
+# --- tasks: runtime v2 manager and the Tasks service --------------------------------------
+
+@dataclass
+class ShimSpec:
+    binary: str = setting("", doc="shim binary: a name looked up next to ctrd's interpreter "
+                                  "and on PATH, or a path")
+    options: dict = setting(default_factory=dict,
+                            doc="runtime options (containerd.runc.v1.Options fields, e.g. "
+                                "BinaryName, Root, SystemdCgroup) used where a container "
+                                "does not set them")
+
+
+def _default_shims() -> dict:
+    return {"io.containerd.runc.v2": ShimSpec("containerd-shim-ctrd-v2")}
+
+
+@dataclass
+class RuntimeConfig:
+    shims: dict[str, ShimSpec] = setting(
+        default_factory=_default_shims,
+        doc="runtime names served by a given shim binary; other names resolve as in "
+            "containerd (io.containerd.<x>.<v> -> containerd-shim-<x>-<v>)")
+
+
+async def _init_task_manager(ic: InitContext):
+    from ctrd.runtime.manager import TaskManager
+
+    manager = TaskManager(str(ic.root), str(ic.state), ic.address, ic.ttrpc_address,
+                          ic.get(EVENT), shims=ic.config.shims,
+                          debug=ic.properties.get("debug", False))
+    await manager.load()
+    return manager
+
+
+def _init_tasks_service(ic: InitContext):
+    md, manager = ic.get(METADATA), ic.get(RUNTIME_V2)
+
+    def build():
+        from ctrd.metadata.containers import ContainerStore
+        from ctrd.services.tasks import TasksService
+
+        return TasksService(ContainerStore(md.db), manager)
+
+    return _lazy("containerd.services.tasks.v1.Tasks", build)
+
+
 def _service(id_: str):
     """The init of a gRPC plugin that serves the service plugin ``id_``."""
     return lambda ic: ic.get_by_id(SERVICE, id_)
@@ -285,12 +331,17 @@ REGISTRATIONS = [
                  requires=(METADATA, EVENT, GC)),
     Registration(SERVICE, "containers-service", _init_containers_service,
                  requires=(METADATA, EVENT)),
+    Registration(RUNTIME_V2, "task", _init_task_manager, requires=(EVENT,),
+                 config=RuntimeConfig),
+    Registration(SERVICE, "tasks-service", _init_tasks_service,
+                 requires=(METADATA, RUNTIME_V2)),
     Registration(GRPC, "namespaces", _service("namespaces-service"), requires=(SERVICE,)),
     Registration(GRPC, "content", _service("content-service"), requires=(SERVICE,)),
     Registration(GRPC, "leases", _service("leases-service"), requires=(SERVICE,)),
     Registration(GRPC, "snapshots", _service("snapshots-service"), requires=(SERVICE,)),
     Registration(GRPC, "diff", _service("diff-service"), requires=(SERVICE,)),
     Registration(GRPC, "images", _service("images-service"), requires=(SERVICE,)),
+    Registration(GRPC, "tasks", _service("tasks-service"), requires=(SERVICE,)),
     Registration(GRPC, "containers", _service("containers-service"), requires=(SERVICE,)),
     Registration(GRPC, "transfer", _init_transfer, requires=(METADATA,),
                  config=TransferConfig),

@@ -1,0 +1,201 @@
+"""containerd.services.tasks.v1.Tasks: the container store for what to run, the runtime v2
+task manager (:mod:`ctrd.runtime.manager`) for running it.
+
+As containerd's tasks service: a task is found through its container (NotFound ``task <id> not
+found`` when there is none); Wait is accepted on a CREATED task; List shows a task whose shim
+does not answer within the state deadline as UNKNOWN instead of failing the whole list.
+Task events come from the shims (they publish over the daemon's ttrpc socket).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from google.protobuf import any_pb2, empty_pb2, timestamp_pb2
+
+from ctrd import errdefs
+from ctrd.api.containerd.services.tasks.v1 import tasks_pb2 as pb
+from ctrd.api.containerd.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
+from ctrd.api.containerd.types import metrics_pb2
+from ctrd.api.containerd.types.task import task_pb2 as task_types
+from ctrd.runtime.manager import CreateOpts, TaskManager
+from ctrd.services.grpcutil import namespace
+
+log = logging.getLogger("ctrd.tasks")
+
+_EMPTY = empty_pb2.Empty()
+
+
+def _any(v) -> any_pb2.Any | None:
+    if v is None:
+        return None
+    return any_pb2.Any(type_url=v.type_url, value=v.value)
+
+
+class TasksService(pb_grpc.TasksServicer):
+    def __init__(self, containers, manager: TaskManager) -> None:
+        self.containers = containers
+        self.manager = manager
+
+    def register_grpc(self, server) -> None:
+        pb_grpc.add_TasksServicer_to_server(self, server)
+
+    async def _container(self, ns: str, id_: str):
+        return await asyncio.to_thread(self.containers.get, ns, id_)
+
+    async def _task(self, context, id_: str):
+        ns = namespace(context)
+        await self._container(ns, id_)
+        try:
+            return self.manager.get(ns, id_)
+        except errdefs.NotFound:
+            raise errdefs.NotFound(f"task {id_} not found") from None
+
+    async def Create(self, request, context):
+        ns = namespace(context)
+        c = await self._container(ns, request.container_id)
+        if request.HasField("checkpoint") and request.checkpoint.digest:
+            raise errdefs.Unimplemented("creating a task from a checkpoint")
+        if c.spec is None:
+            raise errdefs.FailedPrecondition(f"container {request.container_id} has no spec")
+        opts = CreateOpts(
+            spec=c.spec.value, runtime=request.runtime_path or c.runtime.name,
+            runtime_options=_any(c.runtime.options),
+            task_options=request.options if request.HasField("options") else None,
+            rootfs=list(request.rootfs), stdin=request.stdin, stdout=request.stdout,
+            stderr=request.stderr, terminal=request.terminal)
+        try:
+            self.manager.get(ns, request.container_id)
+        except errdefs.NotFound:
+            pass
+        else:
+            raise errdefs.AlreadyExists(f"task {request.container_id}")
+        task = await self.manager.create(ns, request.container_id, opts)
+        state = await task.state()
+        return pb.CreateTaskResponse(container_id=request.container_id, pid=state.pid)
+
+    async def Start(self, request, context):
+        task = await self._task(context, request.container_id)
+        resp = await task.start(request.exec_id)
+        return pb.StartResponse(pid=resp.pid)
+
+    async def Delete(self, request, context):
+        ns = namespace(context)
+        await self._task(context, request.container_id)
+        exit_ = await self.manager.delete(ns, request.container_id)
+        return pb.DeleteResponse(id=request.container_id, pid=exit_.pid,
+                                 exit_status=exit_.status, exited_at=exit_.timestamp)
+
+    async def DeleteProcess(self, request, context):
+        task = await self._task(context, request.container_id)
+        resp = await task.delete_process(request.exec_id)
+        return pb.DeleteResponse(id=request.exec_id, pid=resp.pid,
+                                 exit_status=resp.exit_status, exited_at=resp.exited_at)
+
+    @staticmethod
+    async def _process(task, exec_id: str = "") -> task_types.Process:
+        try:
+            s = await task.state(exec_id)
+        except errdefs.NotFound:
+            raise
+        except errdefs.CtrdError as e:
+            log.error("get state for %s: %s", exec_id or task.id, e)
+            return task_types.Process(id=exec_id or task.id, status=task_types.UNKNOWN)
+        return task_types.Process(id=exec_id or task.id, pid=s.pid, status=s.status,
+                                  stdin=s.stdin, stdout=s.stdout, stderr=s.stderr,
+                                  terminal=s.terminal, exit_status=s.exit_status,
+                                  exited_at=s.exited_at)
+
+    async def Get(self, request, context):
+        task = await self._task(context, request.container_id)
+        return pb.GetResponse(process=await self._process(task, request.exec_id))
+
+    async def List(self, request, context):
+        ns = namespace(context)
+
+        async def one(task):
+            try:
+                return await self._process(task)
+            except errdefs.NotFound:
+                return None  # deleted meanwhile
+
+        found = await asyncio.gather(*(one(t) for t in self.manager.list(ns)))
+        return pb.ListTasksResponse(tasks=[p for p in found if p is not None])
+
+    async def Kill(self, request, context):
+        task = await self._task(context, request.container_id)
+        await task.kill(request.signal, request.all, request.exec_id)
+        return _EMPTY
+
+    async def Exec(self, request, context):
+        if not request.exec_id:
+            raise errdefs.InvalidArgument("exec id cannot be empty")
+        task = await self._task(context, request.container_id)
+        await task.exec(request.exec_id, terminal=request.terminal, stdin=request.stdin,
+                        stdout=request.stdout, stderr=request.stderr, spec=request.spec)
+        return _EMPTY
+
+    async def ResizePty(self, request, context):
+        task = await self._task(context, request.container_id)
+        await task.resize_pty(request.exec_id, request.width, request.height)
+        return _EMPTY
+
+    async def CloseIO(self, request, context):
+        task = await self._task(context, request.container_id)
+        if request.stdin:
+            await task.close_io(request.exec_id, True)
+        return _EMPTY
+
+    async def Pause(self, request, context):
+        task = await self._task(context, request.container_id)
+        await task.pause()
+        return _EMPTY
+
+    async def Resume(self, request, context):
+        task = await self._task(context, request.container_id)
+        await task.resume()
+        return _EMPTY
+
+    async def ListPids(self, request, context):
+        task = await self._task(context, request.container_id)
+        resp = await task.pids()
+        return pb.ListPidsResponse(processes=resp.processes)
+
+    async def Checkpoint(self, request, context):
+        raise errdefs.Unimplemented("checkpoint is not supported by ctrd yet")
+
+    async def Update(self, request, context):
+        task = await self._task(context, request.container_id)
+        await task.update(request.resources, dict(request.annotations))
+        return _EMPTY
+
+    async def Metrics(self, request, context):
+        ns = namespace(context)
+        from ctrd import filters
+
+        match = filters.parse_all(*request.filters) if request.filters else None
+        out = []
+
+        async def one(task):
+            if match is not None and not match.match(filters.adaptor_from(
+                    {"id": task.id, "namespace": ns, "runtime": task.runtime}, {})):
+                return
+            ts = timestamp_pb2.Timestamp()
+            ts.GetCurrentTime()
+            try:
+                stats = await task.stats()
+            except errdefs.CtrdError as e:
+                if not isinstance(e, errdefs.NotFound):
+                    log.error("collecting metrics for %s: %s", task.id, e)
+                return
+            out.append(metrics_pb2.Metric(timestamp=ts, id=task.id, data=stats.stats))
+
+        await asyncio.gather(*(one(t) for t in self.manager.list(ns)))
+        out.sort(key=lambda m: m.id)
+        return pb.MetricsResponse(metrics=out)
+
+    async def Wait(self, request, context):
+        task = await self._task(context, request.container_id)
+        resp = await task.wait(request.exec_id)
+        return pb.WaitResponse(exit_status=resp.exit_status, exited_at=resp.exited_at)
