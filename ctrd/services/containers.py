@@ -124,7 +124,11 @@ def _matcher(filters_: list[str]):
         return None
     from ctrd import filters
 
-    f = filters.parse_all(*filters_)
+    try:
+        f = filters.parse_all(*filters_)
+    except InvalidArgument as e:
+        # containerd wraps the parse error (already "...: invalid argument") once more.
+        raise InvalidArgument(str(e)) from None
 
     def adapt(c: Container):
         def runtime(path: tuple[str, ...]) -> str | None:

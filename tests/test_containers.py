@@ -1,0 +1,378 @@
+"""Containers: the store without sockets (validation, field-mask update, immutable fields,
+extensions, GC), the ``ctrd_container_create`` hook, and the service through the real ``ctr``
+and gRPC side by side with containerd 1.6 (same output, same errors)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pluggy
+import pytest
+
+from conftest import CTR, ctr
+from ctrd import errdefs
+from ctrd.content.local import LocalStore
+from ctrd.metadata.containers import AnyValue, Container, ContainerStore, Runtime
+from ctrd.metadata.store import Metadata
+from ctrd.plugins import hookspec
+from ctrd.services.containers import _matcher, run_create_hooks
+from ctrd.typeurl import OCI_SPEC
+
+SPEC = AnyValue(OCI_SPEC, b'{"ociVersion": "1.0.2-dev",  "process": {"args": ["sh"]}}')
+OPTS = AnyValue("containerd.runc.v1.Options", b"\x12\x04runc")
+LONG_ID = "a" * 77
+
+
+def new(id_: str = "c1", **kw) -> Container:
+    kw.setdefault("runtime", Runtime("io.containerd.runc.v2", OPTS))
+    kw.setdefault("spec", SPEC)
+    return Container(id_, **kw)
+
+
+@pytest.fixture
+def md(tmp_path):
+    m = Metadata(str(tmp_path / "meta"), LocalStore(tmp_path / "content"))
+    yield m
+    m.close()
+
+
+@pytest.fixture
+def store(md):
+    return ContainerStore(md.db)
+
+
+# --- the store ---------------------------------------------------------------------------
+
+def test_create_get_list_keep_any_bytes_and_drop_empty_labels(store):
+    c = store.create("ns", new(labels={"a": "1", "empty": ""}, image="img:1",
+                               snapshotter="overlayfs", snapshot_key="c1",
+                               extensions={"ext": AnyValue("x.y.Z", b"\x00\xff")}))
+    assert c.labels == {"a": "1"} and c.created_at == c.updated_at > 0
+    got = store.get("ns", "c1")
+    assert got == c
+    assert got.spec.value == SPEC.value and got.spec.type_url == OCI_SPEC  # byte for byte
+    assert got.runtime.options == OPTS and got.extensions["ext"].value == b"\x00\xff"
+    store.create("ns", new("b0"))
+    store.create("other", new("zz"))
+    assert [x.id for x in store.list("ns")] == ["b0", "c1"]
+    assert [x.id for x in store.list("other")] == ["zz"]
+    assert store.list("none") == []
+    # Runtime options are optional; absent stays absent.
+    store.create("ns", new("noopts", runtime=Runtime("io.containerd.runc.v2")))
+    assert store.get("ns", "noopts").runtime.options is None
+
+
+@pytest.mark.parametrize("c, message", [
+    (new("Bad/x"), 'create container failed validation: container.ID: identifier "Bad/x" '
+                   "must match ^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$: invalid argument"),
+    (new(LONG_ID), f'create container failed validation: container.ID: identifier '
+                   f'"{LONG_ID}" greater than maximum length (76 characters): invalid argument'),
+    (new(""), "create container failed validation: container.ID: identifier must not be "
+              "empty: invalid argument"),
+    (new(extensions={"": AnyValue()}), "create container failed validation: container."
+                                       "Extension keys must not be zero-length: invalid "
+                                       "argument"),
+    (new(labels={"k": "v" * 5000}), "create container failed validation: containers.Labels: "
+                                    "label key and value greater than maximum size (4096 "
+                                    "bytes), key: k: invalid argument"),
+    (new(runtime=Runtime()), "create container failed validation: container.Runtime.Name "
+                             "must be set: invalid argument"),
+    (new(spec=None), "create container failed validation: container.Spec must be set: "
+                     "invalid argument"),
+    (new(snapshot_key="k"), "create container failed validation: container.Snapshotter must "
+                            "be set if container.SnapshotKey is set: invalid argument"),
+])
+def test_create_validation_as_containerd(store, c, message):
+    with pytest.raises(errdefs.InvalidArgument) as e:
+        store.create("ns", c)
+    assert str(e.value) == message
+    assert store.list("ns") == []
+
+
+def test_duplicate_and_missing(store):
+    store.create("ns", new())
+    with pytest.raises(errdefs.AlreadyExists, match='^container "c1": already exists$'):
+        store.create("ns", new(labels={"x": "y"}))
+    assert store.get("ns", "c1").labels == {}
+    with pytest.raises(errdefs.NotFound,
+                       match='^container "nope" in namespace "ns": not found$'):
+        store.get("ns", "nope")
+    with pytest.raises(errdefs.NotFound, match='^container "nope": not found$'):
+        store.update("ns", new("nope"))
+    store.delete("ns", "c1")
+    with pytest.raises(errdefs.NotFound, match="^container c1: not found$"):
+        store.delete("ns", "c1")
+    store.create("ns", new())  # the id is free again
+
+
+def test_update_by_field_mask(store):
+    first = store.create("ns", new(labels={"a": "1", "b": "2"}, image="i1",
+                                   snapshotter="native", snapshot_key="k1"))
+    up = store.update("ns", new(labels={"a": "9", "c": "3"}),
+                      ["labels.a", "labels.b", "labels.c"])
+    assert up.labels == {"a": "9", "c": "3"}  # b: missing in the request -> removed
+    assert up.image == "i1" and up.snapshot_key == "k1" and up.created_at == first.created_at
+    assert up.updated_at >= first.updated_at
+    spec2 = AnyValue(OCI_SPEC, b"{}")
+    up = store.update("ns", new(spec=spec2, image="i2", snapshot_key="k2"),
+                      ["spec", "image", "snapshotkey"])
+    assert (up.spec, up.image, up.snapshot_key, up.labels) == (spec2, "i2", "k2",
+                                                               {"a": "9", "c": "3"})
+    # No mask: replace every mutable field; immutable ones must be unchanged.
+    up = store.update("ns", new(labels={"z": "1"}, snapshotter="native"))
+    assert up.labels == {"z": "1"} and up.image == "" and up.snapshot_key == ""
+    assert store.get("ns", "c1") == up
+
+
+@pytest.mark.parametrize("change, paths, message", [
+    ({"snapshotter": "overlayfs"}, [], "container.Snapshotter field is immutable"),
+    ({"runtime": Runtime("io.containerd.runsc.v1")}, [],
+     "container.Runtime.Name field is immutable"),
+    ({"snapshotter": "overlayfs"}, ["snapshotter"], 'cannot update "snapshotter" field on "c1"'),
+    ({"runtime": Runtime("x")}, ["runtime"], 'cannot update "runtime" field on "c1"'),
+    ({}, ["runtime.name"], 'cannot update "runtime.name" field on "c1"'),
+    ({}, ["id"], 'cannot update "id" field on "c1"'),
+    ({}, ["created_at"], 'cannot update "created_at" field on "c1"'),
+    ({"spec": None}, ["spec"], "update failed validation: container.Spec must be set"),
+    ({"labels": {"k": "v" * 5000}}, ["labels.k"],
+     "update failed validation: containers.Labels: label key and value greater than maximum "
+     "size (4096 bytes), key: k"),
+    ({"extensions": {"": AnyValue()}}, ["extensions"],
+     "update failed validation: container.Extension keys must not be zero-length"),
+])
+def test_update_refusals_change_nothing(store, change, paths, message):
+    before = store.create("ns", new(labels={"a": "1"}, snapshotter="native",
+                                    snapshot_key="c1"))
+    want = new(labels={"a": "1"}, snapshotter="native", snapshot_key="c1")
+    for k, v in change.items():
+        setattr(want, k, v)
+    with pytest.raises(errdefs.InvalidArgument) as e:
+        store.update("ns", want, paths)
+    assert str(e.value) == message + ": invalid argument"
+    assert store.get("ns", "c1") == before
+
+
+def test_extensions_are_only_ever_added_as_in_containerd(store):
+    store.create("ns", new(extensions={"a": AnyValue("t.A", b"1")}))
+    up = store.update("ns", new(extensions={"b": AnyValue("t.B", b"2")}), ["extensions.b"])
+    assert set(up.extensions) == {"a", "b"}
+    # A key named but not sent becomes an empty Any, not a removal.
+    up = store.update("ns", new(), ["extensions.a"])
+    assert up.extensions["a"] == AnyValue() and up.extensions["b"].value == b"2"
+    up = store.update("ns", new(extensions={"c": AnyValue("t.C", b"3")}), ["extensions"])
+    assert set(store.get("ns", "c1").extensions) == {"a", "b", "c"} == set(up.extensions)
+
+
+def test_filters_use_containerds_fields(store):
+    store.create("ns", new("web", image="docker.io/library/nginx:1", labels={"app": "web",
+                                                                            "a.b": "dot"}))
+    store.create("ns", new("db", image="docker.io/library/postgres:16",
+                           runtime=Runtime("io.containerd.runsc.v1"), snapshotter="native",
+                           snapshot_key="db"))
+
+    def ids(*fs):
+        return [c.id for c in store.list("ns", _matcher(list(fs)))]
+
+    assert ids() == ["db", "web"]
+    assert ids("id==web") == ["web"]
+    assert ids("image~=postgres") == ["db"]
+    assert ids("runtime.name==io.containerd.runsc.v1") == ["db"]
+    assert ids("runtime.name") == ["db", "web"] and ids("runtime") == []
+    assert ids("labels.app==web", "id==db") == ["db", "web"]  # several filters: OR
+    assert ids('labels."a.b"==dot') == ids("labels.a.b==dot") == ["web"]
+    assert ids("labels.app!=web") == ["db"]
+    # containerd's adaptor has no snapshotter (or snapshot key) field: nothing matches.
+    assert ids("snapshotter==native") == []
+    with pytest.raises(errdefs.InvalidArgument, match="filters: parse error"):
+        _matcher(["id=web"])
+
+
+def test_a_container_holds_its_snapshot_and_label_refs_until_deleted(md, store, tmp_path):
+    from ctrd.snapshots.native import NativeSnapshotter
+
+    backing = NativeSnapshotter(str(tmp_path / "native"))
+    try:
+        s = md.add_snapshotter("native", backing)
+        s.prepare("ns", "l1")
+        s.commit("ns", "layer1", "l1")
+        s.prepare("ns", "c1", "layer1")      # the container's rootfs
+        s.prepare("ns", "extra")             # held through a label reference
+        s.prepare("ns", "orphan")
+        store.create("ns", new(snapshotter="native", snapshot_key="c1",
+                               labels={"containerd.io/gc.ref.snapshot.native": "extra"}))
+        md.collect()
+        assert sorted(i.name for i in s.walk("ns")) == ["c1", "extra", "layer1"]
+        store.delete("ns", "c1")
+        md.collect()
+        assert s.walk("ns") == [] and list(backing.walk()) == []
+    finally:
+        backing.close()
+
+
+# --- the ctrd_container_create hook (in-process) -------------------------------------------
+
+def hooks_with(*plugins) -> pluggy.PluginManager:
+    pm = pluggy.PluginManager(hookspec.PROJECT)
+    pm.add_hookspecs(hookspec)
+    for i, p in enumerate(plugins):
+        pm.register(p, name=f"p{i}")
+    return pm
+
+
+class AddEnv:
+    def __init__(self, var):
+        self.var = var
+
+    @hookspec.hookimpl
+    def ctrd_container_create(self, namespace, container, spec):
+        spec.setdefault("process", {}).setdefault("env", []).append(f"{self.var}={namespace}")
+
+
+class Replace:
+    @hookspec.hookimpl
+    def ctrd_container_create(self, spec):  # a subset of the arguments is fine
+        return {**spec, "annotations": {"seen-env": ",".join(spec["process"].get("env", []))}}
+
+
+class Refuse:
+    def __init__(self, exc):
+        self.exc = exc
+
+    @hookspec.hookimpl
+    def ctrd_container_create(self, container):
+        raise self.exc
+
+
+def test_hooks_chain_and_their_result_is_stored(store):
+    # pluggy calls the last registered first: Replace sees AddEnv's change.
+    pm = hooks_with(Replace(), AddEnv("A"))
+    c = run_create_hooks(pm, "ns", new())
+    store.create("ns", c)
+    spec = json.loads(store.get("ns", "c1").spec.value)
+    assert spec["process"] == {"args": ["sh"], "env": ["A=ns"]}
+    assert spec["annotations"] == {"seen-env": "A=ns"}
+    assert store.get("ns", "c1").spec.type_url == OCI_SPEC
+
+
+def test_hooks_that_change_nothing_keep_the_clients_bytes():
+    class Noop:
+        @hookspec.hookimpl
+        def ctrd_container_create(self, spec):
+            spec["x"] = 1
+            del spec["x"]
+
+    assert run_create_hooks(hooks_with(Noop()), "ns", new()).spec == SPEC
+    assert run_create_hooks(None, "ns", new()).spec == SPEC
+    # Not OCI JSON: never shown to hooks.
+    other = AnyValue("example.com/Other", b"\x01\x02")
+    pm = hooks_with(Refuse(AssertionError("must not run")))
+    assert run_create_hooks(pm, "ns", new(spec=other)).spec == other
+    notjson = AnyValue(OCI_SPEC, b"\xff not json")
+    assert run_create_hooks(pm, "ns", new(spec=notjson)).spec == notjson
+
+
+@pytest.mark.parametrize("exc, kind, text", [
+    (errdefs.InvalidArgument("no privileged containers"), errdefs.InvalidArgument,
+     'container create hook "p0": no privileged containers: invalid argument'),
+    (ValueError("oops"), errdefs.CtrdError,
+     'container create hook "p0": ValueError: oops: unknown'),
+])
+def test_a_failing_hook_fails_the_create(exc, kind, text):
+    with pytest.raises(kind) as e:
+        run_create_hooks(hooks_with(Refuse(exc)), "ns", new())
+    assert str(e.value) == text
+
+
+def test_a_hook_returning_garbage_fails_the_create():
+    class Bad:
+        @hookspec.hookimpl
+        def ctrd_container_create(self):
+            return "not a spec"
+
+    with pytest.raises(errdefs.CtrdError, match='hook "p0": returned str, not a spec dict'):
+        run_create_hooks(hooks_with(Bad()), "ns", new())
+
+
+# --- the service, through the real ctr and gRPC, against containerd ------------------------
+
+def integration(fn):
+    """Real daemons and the real ctr: root, and ctr installed."""
+    fn = pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")(fn)
+    return pytest.mark.integration(fn)
+
+
+def ok(r: subprocess.CompletedProcess) -> str:
+    assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
+    return r.stdout
+
+
+def ctr_scripts(registry) -> tuple[list[str], list[str]]:
+    """Steps before and after the ``ctr c info`` comparison."""
+    ref = registry.ref("busybox")
+    before = [
+        f"containers create --label a=b {ref} c1",
+        f"c create --label a=b --label q=r --env X=1 {ref} c2",
+        "c create --rootfs /nonexistent-rootfs c3",
+        "c create --rootfs /nonexistent-rootfs c3",      # container already exists
+        f"c create {ref} c1",                            # its snapshot already exists
+        "c create --rootfs /x Bad/x",                    # invalid id
+        "c create --rootfs /x " + LONG_ID,               # too long
+        "c create --rootfs /x --label k=" + "v" * 5000 + " c4",  # label too large
+        "c ls",
+        "c ls -q",
+        "c ls labels.a==b",
+        "c ls labels.q",
+        "c ls id==c2 id==c3",
+        "c ls image~=busybox",
+        "c ls runtime.name==io.containerd.runc.v2",
+        "c ls id=c1",                                    # bad filter
+        "--namespace other c ls",
+        "c label c1 x=y",
+        "c label c1 a=",
+        "c label c1 big=" + "v" * 5000,
+        "c label nope x=y",
+        "c info nope",
+        "c info Bad/x",
+    ]
+    after = [
+        "c rm nope",
+        "c rm c1 c2 c3",
+        "c ls",
+        "c rm c1",
+        "snapshots ls",
+    ]
+    return before, after
+
+
+def info(daemon, *args: str) -> dict:
+    """``ctr c info`` as JSON, its timestamps checked and taken out."""
+    doc = json.loads(ok(ctr(daemon.address, "c", "info", *args)))
+    if "--spec" not in args:
+        for k in ("CreatedAt", "UpdatedAt"):
+            assert doc.pop(k) > "2001", doc
+    return doc
+
+
+@integration
+def test_ctr_containers_commands_match_containerd(ctrd, containerd, registry):
+    from test_ctr_compat import _compare
+
+    for d in (ctrd, containerd):  # pull output has timings: not compared
+        ok(ctr(d.address, "images", "pull", "--plain-http", registry.ref("busybox"),
+               timeout=300))
+    before, after = ctr_scripts(registry)
+    _compare(ctrd, containerd, before)
+    for args in (["c1"], ["c2"], ["c3"], ["--spec", "c2"]):
+        ours, theirs = info(ctrd, *args), info(containerd, *args)
+        assert ours == theirs, args
+    c1 = info(ctrd, "c1")
+    assert c1["Labels"] == {"x": "y", "io.containerd.image.config.stop-signal": "SIGTERM"}
+    assert c1["Runtime"]["Name"] == "io.containerd.runc.v2"
+    assert c1["Runtime"]["Options"]["type_url"] == "containerd.runc.v1.Options"
+    assert (c1["Snapshotter"], c1["SnapshotKey"]) == ("overlayfs", "c1")
+    assert c1["Spec"]["process"]["args"] == ["sh"] and c1["Image"] == registry.ref("busybox")
+    _compare(ctrd, containerd, after)
