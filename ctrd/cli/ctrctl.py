@@ -38,8 +38,12 @@
     ctrctl images inspect REF                     # record, manifest and config as JSON
     ctrctl pull [--plain-http] [-u USER[:PASS]] REF
     ctrctl push [--plain-http] [-u USER[:PASS]] REF [LOCAL_REF]
-    ctrctl export FILE REF...                     # OCI layout tar; FILE - is stdout
-    ctrctl import FILE                            # creates content and images, no unpack
+    ctrctl export [--platform P|--all-platforms] [--skip-manifest-json] FILE REF...
+                                                  # OCI layout + docker manifest.json; - is stdout
+    ctrctl import [--no-unpack] [--platform P|--all-platforms] [--index-name NAME] [--digests]
+                  FILE                            # OCI layout or docker save archive
+    ctrctl login [-u USER] [--password-stdin] [SERVER]  # checks, then ~/.docker/config.json
+    ctrctl logout [SERVER]
 
 Aliases as in ctr: ``ns``/``namespace``, ``plugin``, ``lease``, ``event``, ``list`` for
 ``ls``, ``remove``/``del``/``delete`` for ``rm``, ``c`` for ``create``. Errors print
@@ -1637,32 +1641,48 @@ def push_cmd(g: Globals, ref: str, local_ref: str, plain_http: bool, hosts_dir: 
 
 # -- export / import -------------------------------------------------------------------------
 
+def _platform_option(f: Any) -> Any:
+    return click.option("--platform", default="", metavar="OS/ARCH[/VARIANT]",
+                        help="the platform (default: this host's)")(f)
+
+
 @cli.command("export")
 @click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
 @click.argument("refs", nargs=-1, required=True, metavar="REF...")
+@_platform_option
+@click.option("--all-platforms", is_flag=True,
+              help="every manifest of an index (each must be in the content store)")
+@click.option("--skip-manifest-json", is_flag=True,
+              help="no Docker manifest.json (OCI layout only)")
 @pass_globals
-def export_cmd(g: Globals, file: str, refs: tuple[str, ...]) -> None:
-    """Write images to FILE ('-': stdout) as an OCI image layout tar, as `ctr images export`.
+def export_cmd(g: Globals, file: str, refs: tuple[str, ...], platform: str,
+               all_platforms: bool, skip_manifest_json: bool) -> None:
+    """Write images to FILE ('-': stdout) as `ctr images export` does: an OCI image layout
+    tar that also holds Docker's manifest.json (`docker load`, skopeo docker-archive:).
 
     Content is read from the daemon (Content.Read), streamed and verified. Of an index,
-    the manifests of platforms that were never pulled are left out.
+    only the manifests for the platform are written unless --all-platforms.
     """
     from ctrd.images.archive import export
+    from ctrd.images.manifest import parse_platform
 
     pb = _images_pb()
     c = g.client()
+    plat = parse_platform(platform) if platform else None
     chosen = []
     for ref in refs:
         img = c.images.Get(pb.GetImageRequest(name=ref)).image
         chosen.append((ref, _desc(img.target)))
+    opts = dict(platform=plat, all_platforms=all_platforms,
+                docker_manifest=not skip_manifest_json)
     if file == "-":
-        export(_reader(c), sys.stdout.buffer, chosen)
+        export(_reader(c), sys.stdout.buffer, chosen, **opts)
         sys.stdout.buffer.flush()
         return
     tmp = f"{file}.ctrctl-{os.getpid()}.tmp"
     try:
         with open(tmp, "wb") as out:
-            blobs = export(_reader(c), out, chosen)
+            blobs = export(_reader(c), out, chosen, **opts)
         os.replace(tmp, file)
     except BaseException:
         if os.path.exists(tmp):
@@ -1676,6 +1696,14 @@ class _DaemonStore:
 
     def __init__(self, c: Client) -> None:
         self.c = c
+
+    def _abort(self, ref: str) -> None:
+        from ctrd.api.containerd.services.content.v1 import content_pb2 as cpb
+
+        try:
+            self.c.content.Abort(cpb.AbortRequest(ref=ref))
+        except errdefs.CtrdError:
+            pass
 
     def write(self, desc: Any, chunks: Any) -> None:
         ref = f"ctrctl-import-{desc.digest}"
@@ -1692,12 +1720,27 @@ class _DaemonStore:
         except errdefs.AlreadyExists:
             return
         except BaseException:
-            from ctrd.api.containerd.services.content.v1 import content_pb2 as cpb
+            self._abort(ref)
+            raise
 
-            try:
-                self.c.content.Abort(cpb.AbortRequest(ref=ref))
-            except errdefs.CtrdError:
-                pass
+    def ingest(self, size: int, chunks: Any) -> str:
+        """A blob whose digest the daemon tells us at commit (a Docker archive's files)."""
+        import hashlib
+
+        ref = f"ctrctl-import-tar-{os.urandom(8).hex()}"
+        h = hashlib.sha256()
+        try:
+            with self.c.writer(ref, total=size) as w:
+                w.offset = 0
+                for chunk in chunks:
+                    h.update(chunk)
+                    w.write(chunk)
+                try:
+                    return w.commit(total=size)
+                except errdefs.AlreadyExists:
+                    return "sha256:" + h.hexdigest()
+        except BaseException:
+            self._abort(ref)
             raise
 
     def read(self, digest: str) -> Any:
@@ -1722,38 +1765,93 @@ class _DaemonStore:
                 info=cpb.Info(digest=digest, labels=labels),
                 update_mask=field_mask_pb2.FieldMask(paths=[f"labels.{k}" for k in labels])))
 
+    def compressed(self, diff_id: str) -> Any:
+        from ctrd.api.containerd.services.content.v1 import content_pb2 as cpb
+        from ctrd.images.manifest import Descriptor
+
+        flt = f'labels."containerd.io/uncompressed"=={diff_id}'
+        for resp in self.c.content.List(cpb.ListContentRequest(filters=[flt])):
+            for info in resp.info:
+                return Descriptor("", info.digest, info.size)
+        return None
+
 
 @cli.command("import")
 @click.argument("file", type=click.Path(dir_okay=False, exists=True))
+@click.option("--no-unpack", is_flag=True, help="do not unpack the images")
+@click.option("--snapshotter", envvar="CONTAINERD_SNAPSHOTTER", default="overlayfs",
+              show_default=True)
+@_platform_option
+@click.option("--all-platforms", is_flag=True,
+              help="every manifest of an index must be in the archive (and is kept)")
+@click.option("--index-name", default="", metavar="NAME",
+              help="also create image NAME for the archive's index")
+@click.option("--digests", is_flag=True,
+              help="also create an image import-<date>@<digest> per manifest of the index")
 @pass_globals
-def import_cmd(g: Globals, file: str) -> None:
-    """Import the images of an OCI image layout tar (`ctr images export`, `ctrctl export`).
+def import_cmd(g: Globals, file: str, no_unpack: bool, snapshotter: str, platform: str,
+               all_platforms: bool, index_name: str, digests: bool) -> None:
+    """Import the images of an OCI image layout tar (`ctr images export`, `ctrctl export`)
+    or a Docker archive (`docker save`, skopeo docker-archive:), and unpack them.
 
-    The archive is streamed (twice: headers first, then data) and treated as hostile: only
-    the layout's files, no links or traversal, capped index.json, at most 10000 entries;
-    every blob's digest is verified as it is written. Blobs are written under a temporary
-    lease; image records are created (or updated) only when every image is complete, so a
-    bad archive creates no image. Images are not unpacked: `ctr run` unpacks on use.
+    The archive is streamed (twice: headers first, then data) and treated as hostile: no
+    traversal or links out of it, capped index.json/manifest.json, at most 10000 entries;
+    every blob's digest is verified as it is written. A Docker archive becomes a Docker
+    schema 2 manifest per image, as containerd converts it. Everything is written under a
+    temporary lease; image records are created (or updated) only when every image is
+    complete, so a bad archive creates no image and leaves no content. Then, as `ctr images
+    import`, each image is unpacked for the platform (unless --no-unpack).
     """
+    import time as _time
+
+    from google.protobuf import field_mask_pb2
+
     from ctrd.api.containerd.services.leases.v1 import leases_pb2 as lpb
     from ctrd.cli.client import GC_EXPIRE_LABEL
+    from ctrd.cli.unpack import unpack
     from ctrd.images.archive import import_archive
+    from ctrd.images.manifest import host_platform, parse_platform
 
     pb = _images_pb()
     c = g.client()
+    plat = parse_platform(platform) if platform else host_platform()
     lease_id = f"ctrctl-import-{os.urandom(6).hex()}"
     c.leases.Create(lpb.CreateRequest(id=lease_id, labels={GC_EXPIRE_LABEL: gc_expire(3600)}))
     leased = c.with_namespace(c.namespace, lease=lease_id)
     done = False
     try:
-        result = import_archive(lambda: open(file, "rb"), _DaemonStore(leased))
-        for name, root in result.images:
+        result = import_archive(lambda: open(file, "rb"), _DaemonStore(leased),
+                                platform=plat, all_platforms=all_platforms,
+                                keep_index=bool(index_name), unnamed=digests)
+        wanted = list(result.images)
+        if index_name and result.index is not None:
+            wanted.insert(0, (index_name, result.index))
+        if digests:
+            prefix = f"import-{_time.strftime('%Y-%m-%d')}"
+            wanted += [(f"{prefix}@{d.digest}", d) for d in result.manifests]
+        created = []
+        for name, root in wanted:
             target = pb.Image(name=name, target=_target_pb(root))
             try:
+                c.images.Update(pb.UpdateImageRequest(  # as containerd's Import: "target"
+                    image=target, update_mask=field_mask_pb2.FieldMask(paths=["target"])))
+            except errdefs.NotFound:
                 c.images.Create(pb.CreateImageRequest(image=target))
-            except errdefs.AlreadyExists:
-                c.images.Update(pb.UpdateImageRequest(image=target))
+            created.append((name, root))
             click.echo(f"{name} {root.digest}")
+        if not no_unpack:
+            unpacked: set[str] = set()
+            for name, root in created:
+                if root.digest in unpacked:
+                    continue
+                unpacked.add(root.digest)
+                try:
+                    chain = unpack(leased, root, snapshotter, plat)
+                except errdefs.NotFound as e:
+                    click.echo(f"{name}: not unpacked: {e}", err=True)
+                    continue
+                click.echo(f"unpacked {name} ({root.digest}) into {snapshotter}: {chain}",
+                           err=True)
         done = True
     except errdefs.InvalidArgument as e:
         raise CommandError(f"cannot import {file}: {e.detail}") from None
