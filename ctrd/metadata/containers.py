@@ -13,7 +13,8 @@ containerd's container store semantics (``metadata/containers.go``), including i
   ``snapshotter`` or ``runtime.name``. The result is validated again (``update failed
   validation: ...``); the creation time is kept.
 - Extensions are written key by key over the stored ones, so (as in containerd 1.6) a key once
-  set is never removed: ``extensions.<k>`` without a value in the request stores an empty Any.
+  set is never removed: ``extensions.<k>`` without a value in the request stores an empty Any,
+  and an ``extensions`` replacement answers with the new map but keeps the old keys stored.
 - Spec, runtime options and extensions are opaque ``Any`` values: type URL and bytes are
   stored and returned unchanged (ctr's spec is JSON under
   ``types.containerd.io/opencontainers/runtime-spec/1/Spec``).
@@ -220,15 +221,16 @@ class ContainerStore:
                 validate(checked)
             except InvalidArgument as e:
                 raise _prefixed("update failed validation", e) from None
+            checked.labels = {lk: v for lk, v in checked.labels.items() if v}
+            checked.created_at = created
+            checked.updated_at = time.time()
             # containerd writes extensions over the stored ones (CreateBucketIfNotExists,
-            # never deleted): even a full replacement keeps keys it does not mention.
-            cur.extensions = {**cur.extensions, **new_ext}
-            cur.labels = {lk: v for lk, v in cur.labels.items() if v}
-            cur.created_at = created
-            cur.updated_at = time.time()
-            put_json(txn, self._bucket, k, _to_rec(cur))
+            # never deleted): even a full replacement keeps keys it does not mention in the
+            # record, while the response shows only the replacement.
+            stored = replace(checked, extensions={**cur.extensions, **new_ext})
+            put_json(txn, self._bucket, k, _to_rec(stored))
         self.db.mutated()
-        return cur
+        return checked
 
     def delete(self, ns: str, id_: str) -> None:
         with self.db.update() as txn:
