@@ -15,7 +15,18 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import ctr
+
+GO_SHIM_CONFIG = """version = 2
+[plugins."io.containerd.runtime.v2.task".shims."io.containerd.runc.v2"]
+binary = "containerd-shim-runc-v2"
+"""
+
+# Who serves io.containerd.runc.v2 in ctrd: its own shim (the default) or containerd's Go
+# shim (mapped in the config), so the daemon side is also checked against the reference.
+SHIM_KINDS = ["ctrd-shim", "go-shim"]
 
 
 def processes_under(base: Path) -> list[int]:
@@ -99,3 +110,47 @@ def reap(base: Path) -> list[str]:
         subprocess.run(["umount", "-l", point], capture_output=True)
         reaped.append(f"mount {point}")
     return reaped
+
+
+def _have(binary: str) -> bool:
+    from ctrd import errdefs
+    from ctrd.runtime.shimclient import resolve_binary
+
+    try:
+        resolve_binary(binary)
+        return True
+    except errdefs.NotFound:
+        return False
+
+
+def task_daemon(kind: str, start_ctrd, tmp_root: Path, registry, name: str = "ctrd"):
+    """Generator for a fixture: ctrd with ``kind``'s shim and the busybox test image pulled
+    (``d.image``). On teardown every task and container is removed through the API, then the
+    test fails if any shim, mount, runc container or bundle was left (and reaps them)."""
+    if kind == "ctrd-shim" and not _have("containerd-shim-ctrd-v2"):
+        pytest.skip("containerd-shim-ctrd-v2 is not installed (pip install -e .)")
+    if kind == "go-shim" and not _have("containerd-shim-runc-v2"):
+        pytest.skip("containerd-shim-runc-v2 is not installed (apt-get install containerd)")
+    config = GO_SHIM_CONFIG if kind == "go-shim" else None
+    d = start_ctrd(config_text=config, name=name)
+    d.config_text = config
+    r = ctr(d.address, "images", "pull", "--plain-http", registry.ref("busybox"))
+    assert r.returncode == 0, r.stderr
+    d.image = registry.ref("busybox")
+    holder = [d]
+    d.holder = holder
+    try:
+        yield d
+    finally:
+        d = holder[0]  # a test that restarts the daemon puts the new one here
+        remove_all_tasks(d.address)
+        leftovers = [f"shim/process {p}" for p in processes_under(tmp_root)
+                     if p != d.proc.pid]
+        leftovers += [f"mount {m}" for m in mounts_under(tmp_root)]
+        leftovers += [f"runc {c}" for _, c in runc_containers_under(tmp_root)]
+        d.stop()
+        reap(tmp_root)
+        bundles = d.state / "io.containerd.runtime.v2.task"
+        left = [p.name for p in bundles.glob("*/*")] if bundles.exists() else []
+        assert not left, f"bundles left: {left}"
+        assert not leftovers, leftovers

@@ -14,52 +14,13 @@ import time
 import pytest
 
 from conftest import ctr
-from taskutil import mounts_under, processes_under, reap, remove_all_tasks, \
-    runc_containers_under
+from taskutil import SHIM_KINDS, task_daemon
 
 pytestmark = pytest.mark.integration
 
-GO_SHIM_CONFIG = """version = 2
-[plugins."io.containerd.runtime.v2.task".shims."io.containerd.runc.v2"]
-binary = "containerd-shim-runc-v2"
-"""
-
-
-def _have(binary: str) -> bool:
-    from ctrd import errdefs
-    from ctrd.runtime.shimclient import resolve_binary
-
-    try:
-        resolve_binary(binary)
-        return True
-    except errdefs.NotFound:
-        return False
-
-
-@pytest.fixture(params=["ctrd-shim", "go-shim"])
+@pytest.fixture(params=SHIM_KINDS)
 def daemon(request, start_ctrd, tmp_root, registry):
-    if request.param == "ctrd-shim" and not _have("containerd-shim-ctrd-v2"):
-        pytest.skip("containerd-shim-ctrd-v2 is not installed (pip install -e .)")
-    if request.param == "go-shim" and not _have("containerd-shim-runc-v2"):
-        pytest.skip("containerd-shim-runc-v2 is not installed (apt-get install containerd)")
-    d = start_ctrd(config_text=GO_SHIM_CONFIG if request.param == "go-shim" else None)
-    r = ctr(d.address, "images", "pull", "--plain-http", registry.ref("busybox"))
-    assert r.returncode == 0, r.stderr
-    d.image = registry.ref("busybox")
-    try:
-        yield d
-    finally:
-        remove_all_tasks(d.address)
-        leftovers = [f"shim/process {p}" for p in processes_under(tmp_root)
-                     if p != d.proc.pid]
-        leftovers += [f"mount {m}" for m in mounts_under(tmp_root)]
-        leftovers += [f"runc {c}" for _, c in runc_containers_under(tmp_root)]
-        d.stop()
-        reap(tmp_root)
-        bundles = d.state / "io.containerd.runtime.v2.task"
-        left = [p.name for p in bundles.glob("*/*")] if bundles.exists() else []
-        assert not left, f"bundles left: {left}"
-        assert not leftovers, leftovers
+    yield from task_daemon(request.param, start_ctrd, tmp_root, registry)
 
 
 def run(d, *args: str, timeout: float = 60):

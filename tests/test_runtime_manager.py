@@ -231,10 +231,14 @@ def test_shim_killed_reports_exit_and_cleans_up(tmp_path, shim):
             os.kill(shim_pid, signal.SIGKILL)
             resp = await asyncio.wait_for(waiter, 30)
             assert resp.exit_status == 137
-            for _ in range(100):
-                if not env.manager.list():
+            for _ in range(100):  # the cleanup runs in the background
+                t = env.manager.get(NS, "victim")
+                if t is not task:
                     break
                 await asyncio.sleep(0.05)
+            st = await t.state()
+            assert (st.status, st.exit_status) == (3, 137)  # STOPPED, reported until deleted
+            assert (await env.manager.delete(NS, "victim")).status == 137
             assert env.manager.list() == []
             for _ in range(100):
                 if not os.path.exists(f"/proc/{init_pid}"):

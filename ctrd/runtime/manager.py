@@ -198,6 +198,10 @@ class TaskManager:
         """Delete the task in its shim, stop the shim, remove the bundle."""
         key = (namespace, id_)
         task = self.get(namespace, id_)
+        if isinstance(task, DeadTask):
+            self._tasks.pop(key, None)
+            self._publish(namespace, "/tasks/delete", id_, task.exit)
+            return task.exit
         self._closing.add(key)
         try:
             pb = shimclient._pb()
@@ -206,6 +210,8 @@ class TaskManager:
             except errdefs.Unavailable:
                 # The shim died under us: its cleanup gives the exit.
                 exit_ = await self._cleanup_dead(task, publish=True)
+                self._tasks.pop(key, None)
+                self._publish(namespace, "/tasks/delete", id_, exit_)
             else:
                 exit_ = Exit(resp.pid, resp.exit_status, resp.exited_at)
                 await task.shutdown()
@@ -229,14 +235,17 @@ class TaskManager:
         asyncio.ensure_future(self._cleanup_dead(task, publish=True))
 
     async def _cleanup_dead(self, task: ShimTask, publish: bool) -> Exit:
+        """Clean up after ``task``'s shim went away; the task stays listed as STOPPED (a
+        :class:`DeadTask`) until it is deleted, so clients see its exit."""
         key = (task.namespace, task.id)
         self._closing.add(key)
         try:
             exit_ = await self._delete_shim(task.command)
-            self._tasks.pop(key, None)
             self._close_log(key)
+            if self._tasks.get(key) is task:
+                self._tasks[key] = DeadTask(task.bundle, exit_, task.runtime)
             if publish:
-                self._publish_exit(task.namespace, task.id, exit_)
+                self._publish(task.namespace, "/tasks/exit", task.id, exit_)
             if not task.gone.done():
                 task.gone.set_result(exit_)
             return exit_
@@ -259,17 +268,19 @@ class TaskManager:
             log.error("removing bundle %s: %s", cmd.bundle.path, e)
         return exit_
 
-    def _publish_exit(self, namespace: str, id_: str, exit_: Exit) -> None:
+    def _publish(self, namespace: str, topic: str, id_: str, exit_: Exit) -> None:
+        """``/tasks/exit`` or ``/tasks/delete`` on behalf of a shim that cannot any more."""
         if self.events is None:
             return
         from ctrd.api.containerd.events import task_pb2
 
-        self.events.publish(namespace, "/tasks/exit", task_pb2.TaskExit(
-            container_id=id_, id=id_, pid=exit_.pid, exit_status=exit_.status,
-            exited_at=exit_.timestamp))
-        self.events.publish(namespace, "/tasks/delete", task_pb2.TaskDelete(
-            container_id=id_, pid=exit_.pid, exit_status=exit_.status,
-            exited_at=exit_.timestamp))
+        if topic == "/tasks/exit":
+            event = task_pb2.TaskExit(container_id=id_, id=id_, pid=exit_.pid,
+                                      exit_status=exit_.status, exited_at=exit_.timestamp)
+        else:
+            event = task_pb2.TaskDelete(container_id=id_, pid=exit_.pid,
+                                        exit_status=exit_.status, exited_at=exit_.timestamp)
+        self.events.publish(namespace, topic, event)
 
     def _close_log(self, key: tuple[str, str]) -> None:
         lg = self._logs.pop(key, None)
@@ -311,7 +322,8 @@ class TaskManager:
                 task = None
         if task is None:
             exit_ = await self._delete_shim(cmd)
-            self._publish_exit(bundle.namespace, bundle.id, exit_)
+            self._publish(bundle.namespace, "/tasks/exit", bundle.id, exit_)
+            self._tasks[key] = DeadTask(bundle, exit_, "")
             return
         self._tasks[key] = task
         try:
@@ -326,3 +338,62 @@ class TaskManager:
             await task.client.close()
             self._close_log(key)
         self._tasks.clear()
+
+
+class DeadTask:
+    """A task whose shim is gone (killed, crashed, or found dead at daemon start): reported
+    STOPPED with the exit the shim's cleanup gave, until it is deleted. Everything it held
+    (rootfs mount, bundle, runtime state) is already released."""
+
+    def __init__(self, bundle: Bundle, exit_: Exit, runtime: str) -> None:
+        self.bundle, self.exit, self.runtime = bundle, exit_, runtime
+
+    @property
+    def id(self) -> str:
+        return self.bundle.id
+
+    @property
+    def namespace(self) -> str:
+        return self.bundle.namespace
+
+    def _no_process(self, exec_id: str = ""):
+        return errdefs.NotFound(f"process {exec_id}" if exec_id else "process already finished")
+
+    async def state(self, exec_id: str = "") -> Any:
+        if exec_id:
+            raise self._no_process(exec_id)
+        pb = shimclient._pb()
+        from ctrd.api.containerd.types.task import task_pb2
+
+        return pb.StateResponse(id=self.id, bundle=self.bundle.path, pid=self.exit.pid,
+                                status=task_pb2.STOPPED, exit_status=self.exit.status,
+                                exited_at=self.exit.timestamp)
+
+    async def wait(self, exec_id: str = "") -> Any:
+        if exec_id:
+            raise self._no_process(exec_id)
+        return shimclient._pb().WaitResponse(exit_status=self.exit.status,
+                                             exited_at=self.exit.timestamp)
+
+    async def kill(self, signal: int, all_: bool = False, exec_id: str = "") -> None:
+        raise self._no_process(exec_id)
+
+    async def delete_process(self, exec_id: str) -> Any:
+        raise self._no_process(exec_id)
+
+    async def pids(self) -> Any:
+        return shimclient._pb().PidsResponse()
+
+    async def stats(self) -> Any:
+        raise errdefs.NotFound(f"task {self.id} has exited")
+
+    async def _stopped(self, *args: Any, **kw: Any) -> None:
+        raise errdefs.FailedPrecondition(f"task {self.id} has exited (its shim is gone)")
+
+    start = exec = pause = resume = update = _stopped
+
+    async def resize_pty(self, exec_id: str, width: int, height: int) -> None:
+        raise self._no_process(exec_id)
+
+    async def close_io(self, exec_id: str, stdin: bool) -> None:
+        raise self._no_process(exec_id)
