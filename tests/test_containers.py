@@ -5,8 +5,6 @@ and gRPC side by side with containerd 1.6 (same output, same errors)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import time
 
@@ -471,3 +469,127 @@ def test_containers_api_matches_containerd(ctrd, containerd):
         got, want = grpc_steps(ours), grpc_steps(theirs)
     for i, (o, t) in enumerate(zip(got, want)):
         assert o == t, f"step {i}: ctrd gave {o}, containerd gave {t}"
+
+
+def sync_gc(daemon) -> None:
+    """A collection now: delete a fresh lease with --sync."""
+    ok(ctr(daemon.address, "leases", "create", "--id", "gc-now"))
+    ok(ctr(daemon.address, "leases", "rm", "--sync", "gc-now"))
+
+
+def snapshot_keys(daemon) -> list[str]:
+    out = ok(ctr(daemon.address, "snapshots", "ls"))
+    return sorted(line.split()[0] for line in out.splitlines()[1:] if line.strip())
+
+
+@integration
+def test_a_containers_snapshot_outlives_its_image_until_the_container_goes(
+        ctrd, containerd, registry):
+    ref = registry.ref("busybox")
+    seen = {}
+    for name, d in (("ctrd", ctrd), ("containerd", containerd)):
+        ok(ctr(d.address, "images", "pull", "--plain-http", ref, timeout=300))
+        ok(ctr(d.address, "c", "create", ref, "k1"))
+        ok(ctr(d.address, "images", "rm", "--sync", ref))
+        assert ok(ctr(d.address, "content", "ls", "-q")) == "", name
+        kept = snapshot_keys(d)
+        sync_gc(d)
+        assert snapshot_keys(d) == kept, name   # the container holds k1 and its parents
+        ok(ctr(d.address, "c", "rm", "--keep-snapshot", "k1"))
+        sync_gc(d)
+        seen[name] = (kept, snapshot_keys(d))
+    assert "k1" in seen["ctrd"][0] and len(seen["ctrd"][0]) == 2  # k1 and the one layer
+    assert seen["ctrd"][1] == []
+    assert seen["ctrd"] == seen["containerd"]
+
+
+def container_events(daemon, actions: list[list[str]]) -> list[tuple[str, str, dict]]:
+    """(namespace, topic, event) of every /containers/ event ``ctr events`` printed while
+    ``actions`` (ctr command lines) ran."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out:
+        proc = subprocess.Popen([CTR, "--address", daemon.address, "events"], stdout=out,
+                                stderr=subprocess.STDOUT, text=True)
+        try:
+            # Subscribed once a namespace event comes through.
+            deadline = time.monotonic() + 20
+            i = 0
+            while True:
+                ok(ctr(daemon.address, "namespaces", "label", "evprobe", f"n={i}"))
+                i += 1
+                out.seek(0)
+                if "/namespaces/" in out.read():
+                    break
+                assert time.monotonic() < deadline, "ctr events saw nothing"
+                time.sleep(0.1)
+            for args in actions:
+                ok(ctr(daemon.address, *args))
+            ok(ctr(daemon.address, "namespaces", "label", "evprobe", "end=1"))
+            deadline = time.monotonic() + 20
+            while True:
+                out.seek(0)
+                text = out.read()
+                if '"end":"1"' in text or '"end": "1"' in text:
+                    break
+                assert time.monotonic() < deadline, text
+                time.sleep(0.1)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    found = []
+    for line in text.splitlines():
+        # "<date> <time> <offset> <zone> <namespace> <topic> <event as JSON>"
+        fields = line.split()
+        for j, f in enumerate(fields):
+            if f.startswith("/containers/"):
+                found.append((fields[j - 1], f, json.loads(" ".join(fields[j + 1:]))))
+                break
+    return found
+
+
+@integration
+def test_create_update_delete_publish_events_as_containerd(ctrd, containerd):
+    actions = [["c", "create", "--rootfs", "--label", "a=b", "/nonexistent", "e1"],
+               ["c", "label", "e1", "x=y"],
+               ["c", "rm", "e1"]]
+    ours = container_events(ctrd, actions)
+    assert [t for _, t, _ in ours] == ["/containers/create", "/containers/update",
+                                       "/containers/delete"]
+    assert ours[0][0] == "default" and ours[0][2]["id"] == "e1"
+    assert ours[1][2]["labels"] == {"a": "b", "x": "y"}
+    assert ours == container_events(containerd, actions)
+
+
+@integration
+def test_a_third_party_plugin_adjusts_the_spec_ctr_stores(start_ctrd, registry, tmp_root):
+    from test_third_party_plugins import pip_install
+
+    site = tmp_root / "site"
+    pip_install("spec-plugin", site, tmp_root)
+    d = start_ctrd(env={"PYTHONPATH": str(site)})
+    ref = registry.ref("busybox")
+    ok(ctr(d.address, "images", "pull", "--plain-http", ref, timeout=300))
+    ok(ctr(d.address, "c", "create", "--env", "FROM_CTR=1", ref, "h1"))
+    spec = info(d, "--spec", "h1")
+    env = spec["process"]["env"]
+    assert "FROM_CTR=1" in env and env[-1] == "SPEC_DEMO=default/h1"
+    assert spec["annotations"]["spec-demo.example.com/adjusted"] == "true"
+    assert spec["process"]["args"] == ["sh"]  # the rest is ctr's spec
+    assert info(d, "h1")["Spec"] == spec
+
+    # A refusal fails the create with the plugin's words and kind; nothing is stored.
+    r = ctr(d.address, "c", "create", "--rootfs", "--label", "spec-demo/refuse=policy says no",
+            "/x", "h2")
+    assert r.returncode == 1
+    assert ('container create hook "spec-demo": spec-demo refuses container \'h2\': '
+            "policy says no: invalid argument") in r.stderr, r.stderr
+    # A plugin bug is an unknown error that names the plugin.
+    r = ctr(d.address, "c", "create", "--label", "spec-demo/crash=1", ref, "h3")
+    assert r.returncode == 1
+    assert 'container create hook "spec-demo": RuntimeError: spec-demo crashed' in r.stderr
+    assert ok(ctr(d.address, "c", "ls", "-q")).split() == ["h1"]
+    # h3's snapshot was ctr's, under its lease: garbage once the create failed.
+    sync_gc(d)
+    assert "h3" not in snapshot_keys(d) and "h1" in snapshot_keys(d)
+    assert ok(ctr(d.address, "version"))  # still serving
