@@ -155,10 +155,13 @@ def containerd(tmp_root):
                    f'[grpc]\naddress = "{base}/c.sock"\n'
                    f'[ttrpc]\naddress = "{base}/c.sock.ttrpc"\n')
     log = base / "log"
+    # The venv's bin dir first on PATH: containerd finds shim binaries there
+    # (containerd-shim-ctrd-v2 for runtime io.containerd.ctrd.v2).
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
     with open(log, "w") as out:
         proc = subprocess.Popen([CONTAINERD, "--config", str(cfg)], stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    p = Proc(proc, str(base / "c.sock"), base / "root", base / "state", log)
+                                stderr=subprocess.STDOUT, start_new_session=True, env=env)
+    p = Proc(proc, str(base / "c.sock"), base / "root", base / "state", log, env)
     try:
         wait_for_socket(p, timeout=30)
         yield p

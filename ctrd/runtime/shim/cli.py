@@ -1,0 +1,318 @@
+"""``containerd-shim-ctrd-v2``: the shim v2 command line (containerd's ``runtime/v2/shim``).
+
+``<shim> -namespace NS -address ADDR -publish-binary BIN -id ID [-debug] start``
+    (cwd = the bundle, ``TTRPC_ADDRESS`` in the environment, runtime options as a marshalled
+    Any on stdin): binds the shim's socket, writes ``<bundle>/address``, forks the server
+    (:func:`serve`, in a new session so it outlives the daemon), prints the address and exits.
+    A live shim already on that socket is reused, as containerd's shims do.
+``<shim> -namespace NS -id ID -bundle DIR delete``
+    Cleanup after a dead shim: ``runtime delete --force``, unmount the rootfs, print a
+    marshalled DeleteResponse (exit status 137, exited now).
+``<shim> -namespace NS -id ID -socket PATH`` (no action)
+    Serve in the foreground (debugging; a template process can call :func:`serve` directly).
+
+Only what ``start`` itself needs is imported at module level; the server's modules are
+imported before the fork, so the server costs one interpreter start in all.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import socket
+import sys
+import time
+
+SOCKET_DIR = "/run/ctrd/s"
+RUNTIME_NAME = "io.containerd.ctrd.v2"
+VERSION = "0.1.0"
+_STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "socket", "bundle"}
+_BOOL_FLAGS = {"debug", "v"}
+
+
+class UsageError(Exception):
+    pass
+
+
+class Args:
+    __slots__ = ("namespace", "id", "address", "publish_binary", "socket", "bundle", "debug",
+                 "v", "action")
+
+    def __init__(self) -> None:
+        self.namespace = self.id = self.address = self.socket = self.bundle = ""
+        self.publish_binary = "containerd"
+        self.debug = self.v = False
+        self.action = ""
+
+
+def parse_args(argv: list[str]) -> Args:
+    """Go ``flag`` syntax: ``-name value``, ``-name=value``, ``--name``; flags end at the first
+    non-flag argument (the action)."""
+    a = Args()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            i += 1
+            break
+        if not arg.startswith("-") or arg == "-":
+            break
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name in _BOOL_FLAGS:
+            setattr(a, name, value.lower() not in ("false", "0") if eq else True)
+        elif name in _STRING_FLAGS:
+            if not eq:
+                i += 1
+                if i >= len(argv):
+                    raise UsageError(f"flag needs an argument: -{name}")
+                value = argv[i]
+            setattr(a, name.replace("-", "_"), value)
+        else:
+            raise UsageError(f"flag provided but not defined: -{name}")
+        i += 1
+    rest = argv[i:]
+    a.action = rest[0] if rest else ""
+    return a
+
+
+def socket_address(daemon_address: str, namespace: str, id: str) -> str:
+    """``unix://<SOCKET_DIR>/<sha256(address/ns/id)>``: short enough for sun_path whatever
+    the lengths of the inputs (containerd's ``shim.SocketAddress``)."""
+    d = hashlib.sha256(os.path.join(daemon_address, namespace, id).encode()).hexdigest()
+    return f"unix://{SOCKET_DIR}/{d}"
+
+
+def can_connect(path: str) -> bool:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(0.1)
+    try:
+        s.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def _listen(path: str) -> socket.socket | None:
+    """A listening socket at ``path``; None when a live server already owns it."""
+    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
+    for attempt in (1, 2):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            s.bind(path)
+        except OSError as e:
+            s.close()
+            if e.errno != errno.EADDRINUSE or attempt == 2:
+                raise
+            if can_connect(path):
+                return None
+            os.unlink(path)  # stale: its shim is gone
+            continue
+        finally:
+            os.umask(old)
+        os.chmod(path, 0o600)
+        s.listen(64)
+        return s
+    raise AssertionError("unreachable")
+
+
+def _write_address(bundle: str, address: str) -> None:
+    tmp = os.path.join(bundle, ".address.tmp")
+    with open(tmp, "w") as f:
+        f.write(address)
+    os.rename(tmp, os.path.join(bundle, "address"))
+
+
+def _read_options(data: bytes):
+    """The runc Options in the Any ``start`` got on stdin (None if absent or another type)."""
+    if not data:
+        return None
+    from google.protobuf import any_pb2
+
+    from ctrd import typeurl
+    from ctrd.api.containerd.runc.options import oci_pb2
+
+    a = any_pb2.Any()
+    a.ParseFromString(data)
+    if typeurl.name_of(a) != oci_pb2.Options.DESCRIPTOR.full_name:
+        return None
+    return typeurl.unpack(a, oci_pb2.Options)
+
+
+def _adjust_oom_score(parent: int) -> None:
+    """One more than the daemon's, so the OOM killer picks the shim before the daemon."""
+    try:
+        with open(f"/proc/{parent}/oom_score_adj") as f:
+            score = int(f.read())
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(min(score + 1, 1000)))
+    except (OSError, ValueError):
+        pass
+
+
+def start(a: Args) -> int:
+    opts = _read_options(sys.stdin.buffer.read())
+    # Import the server now: the forked child needs no imports of its own, and an import
+    # failure is reported by `start` instead of by a shim that silently never answers.
+    from ctrd.runtime.shim.service import TaskService
+
+    del TaskService
+
+    bundle = os.getcwd()
+    address = socket_address(a.address, a.namespace, a.id)
+    path = address.removeprefix("unix://")
+    listener = _listen(path)
+    if listener is None:
+        _write_address(bundle, address)
+        sys.stdout.write(address)
+        return 0
+    try:
+        _write_address(bundle, address)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        daemon = os.getppid()
+        pid = os.fork()
+    except BaseException:
+        listener.close()
+        os.unlink(path)
+        raise
+    if pid == 0:
+        code = 1
+        try:
+            os.setsid()
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(null, fd)
+            if null > 2:
+                os.close(null)
+            _adjust_oom_score(daemon)
+            serve(a.id, a.namespace, bundle, listener, path,
+                  os.environ.get("TTRPC_ADDRESS", ""), opts, a.debug)
+            code = 0
+        finally:
+            os._exit(code)
+    listener.close()
+    sys.stdout.write(address)
+    return 0
+
+
+def serve(id: str, namespace: str, bundle: str, listener: socket.socket, socket_path: str,
+          ttrpc_address: str, options=None, debug: bool = False) -> None:
+    """Run a shim server on ``listener`` until Shutdown (or SIGTERM); then remove
+    ``socket_path`` and ``<bundle>/address``. Callable in a freshly forked process: it sets
+    up the log, the subreaper and signal handling itself."""
+    from ctrd.api.containerd.runtime.v2.task import shim_pb2
+    from ctrd.runtime.shim import log
+    from ctrd.runtime.shim.events import Publisher
+    from ctrd.runtime.shim.loop import Loop
+    from ctrd.runtime.shim.reaper import Reaper, set_subreaper
+    from ctrd.runtime.shim.server import Server
+    from ctrd.runtime.shim.service import TaskService
+
+    log.setup(log.open_fifo(os.path.join(bundle, "log")), debug)
+    set_subreaper()
+    loop = Loop()
+    publisher = Publisher(loop, ttrpc_address, namespace)
+    service = TaskService(loop, namespace, publisher, options, loop.stop)
+    Reaper(loop, service.on_exit)
+    import signal
+
+    loop.add_signal_handler(signal.SIGTERM, loop.stop)
+    loop.add_signal_handler(signal.SIGINT, loop.stop)
+    server = Server(loop)
+    server.register_service(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
+    server.serve(listener)
+    log.info("shim serving", id=id, namespace=namespace, address=socket_path, pid=os.getpid())
+    try:
+        loop.run()
+        # Answer the Shutdown call and deliver the last events (e.g. /tasks/delete).
+        loop.run_until(lambda: server.flush() and publisher.idle, 2.0)
+    finally:
+        server.close()
+        publisher.close()
+        for p in (socket_path, os.path.join(bundle, "address")):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        log.info("shim exiting", id=id)
+        loop.close()
+
+
+def delete(a: Args) -> int:
+    from ctrd.api.containerd.runtime.v2.task import shim_pb2
+    from ctrd.runtime.shim import log, mount
+    from ctrd.runtime.shim.process import INIT_PID_FILE
+    from ctrd.runtime.shim.service import read_options, runtime_for
+
+    log.setup(2, a.debug, id=a.id)
+    bundle = a.bundle or os.getcwd()
+    runtime = runtime_for(bundle, a.namespace, read_options(bundle))
+    try:
+        runtime.delete(a.id, force=True)
+    except Exception as e:  # noqa: BLE001 - cleanup goes on
+        log.warning("failed to remove runc container", error=str(e))
+    try:
+        mount.unmount_all(os.path.join(bundle, "rootfs"))
+    except OSError as e:
+        log.warning("failed to cleanup rootfs mount", error=str(e))
+    pid = 0
+    try:
+        with open(os.path.join(bundle, INIT_PID_FILE)) as f:
+            pid = int(f.read().strip() or 0)
+    except (OSError, ValueError) as e:
+        log.warning("failed to read init pid file", error=str(e))
+    # The dead shim's socket, unless something still answers there.
+    try:
+        with open(os.path.join(bundle, "address")) as f:
+            path = f.read().strip().removeprefix("unix://")
+        if path.startswith(SOCKET_DIR + "/") and not can_connect(path):
+            os.unlink(path)
+    except OSError:
+        pass
+    resp = shim_pb2.DeleteResponse(pid=pid, exit_status=128 + 9)
+    resp.exited_at.seconds, resp.exited_at.nanos = divmod(time.time_ns(), 1_000_000_000)
+    sys.stdout.buffer.write(resp.SerializeToString())
+    sys.stdout.flush()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    name = os.path.basename(sys.argv[0]) or "containerd-shim-ctrd-v2"
+    try:
+        a = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        sys.stderr.write(f"{name}: {e}\n")
+        return 2
+    if a.v:
+        sys.stdout.write(f"{name}:\n  Version:  {VERSION}\n  Runtime:  {RUNTIME_NAME}\n\n")
+        return 0
+    try:
+        if not a.namespace:
+            raise UsageError("shim namespace cannot be empty")
+        if a.action == "start":
+            if not a.id:
+                raise UsageError("shim id cannot be empty")
+            return start(a)
+        if a.action == "delete":
+            return delete(a)
+        if a.action == "":
+            path = a.socket.removeprefix("unix://") or socket_address(
+                a.address, a.namespace, a.id).removeprefix("unix://")
+            listener = _listen(path)
+            if listener is None:
+                raise UsageError(f"a shim is already serving {path}")
+            serve(a.id, a.namespace, a.bundle or os.getcwd(), listener, path,
+                  os.environ.get("TTRPC_ADDRESS", ""), None, a.debug)
+            return 0
+        raise UsageError(f"unknown action {a.action!r}")
+    except Exception as e:  # noqa: BLE001 - the daemon shows this text as the error
+        sys.stderr.write(f"{name}: {e}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

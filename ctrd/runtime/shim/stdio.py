@@ -1,0 +1,272 @@
+"""A process's stdio: what the client asked for (FIFO paths, ``file://`` URIs), opened for the
+OCI runtime, and the pty copy of terminal processes.
+
+Without a terminal nothing is copied: the opened fds become the runtime's fds 0-2 and the
+runtime passes them through to the process.
+
+- stdin (a FIFO path): opened for reading and handed over; the shim also keeps a *writer* on
+  it, so the process does not see EOF when a client detaches — it sees EOF once the client
+  closed its end and CloseIO closed the shim's (containerd's semantics).
+- stdout/stderr FIFO: opened read-write, which never blocks and keeps the FIFO usable while
+  no client reads (output waits in the pipe instead of killing the process with SIGPIPE, as
+  with containerd's shim).
+- ``file:///path``: opened for appending (created with its directory if needed).
+- ``binary://``: not implemented (UNIMPLEMENTED with a message saying so).
+
+With a terminal the runtime sends the pty master over a console socket
+(:class:`ConsoleSocket`); :class:`PtyCopy` copies stdin -> master -> stdout on the loop with
+back-pressure (a slow reader pauses the pty, never the shim).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import fcntl
+import os
+import socket
+import stat
+import struct
+import termios
+
+from ctrd import errdefs
+from ctrd.runtime.shim import log
+from ctrd.runtime.shim.loop import Loop
+
+_BUF = 32768
+
+
+class Stdio:
+    """The client's view: paths as given, and whether there is a terminal."""
+
+    __slots__ = ("stdin", "stdout", "stderr", "terminal")
+
+    def __init__(self, stdin: str = "", stdout: str = "", stderr: str = "",
+                 terminal: bool = False) -> None:
+        self.stdin, self.stdout, self.stderr, self.terminal = stdin, stdout, stderr, terminal
+
+
+def _scheme(uri: str) -> tuple[str, str]:
+    if "://" not in uri:
+        return "fifo", uri
+    scheme, _, rest = uri.partition("://")
+    if scheme == "file":
+        return "file", "/" + rest.lstrip("/") if rest else ""
+    return scheme, rest
+
+
+def _open_output(uri: str, name: str) -> int:
+    scheme, path = _scheme(uri)
+    if scheme == "binary":
+        raise errdefs.NotImplemented_(f"{name} {uri!r}: binary:// logging is not supported "
+                                      f"by containerd-shim-ctrd-v2")
+    if scheme == "file":
+        if not path or not os.path.isabs(path):
+            raise errdefs.InvalidArgument(f"{name} {uri!r}: file:// needs an absolute path")
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as e:
+            raise errdefs.InvalidArgument(f"{name} {path}: {e.strerror}") from None
+    if scheme != "fifo":
+        raise errdefs.InvalidArgument(f"{name} {uri!r}: unknown STDIO scheme {scheme}")
+    return _open_fifo(path, name, os.O_RDWR)
+
+
+def _open_fifo(path: str, name: str, mode: int) -> int:
+    try:
+        fd = os.open(path, mode | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise errdefs.InvalidArgument(f"open {name} fifo {path}: {e.strerror}") from None
+    if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise errdefs.InvalidArgument(f"{name} {path}: not a fifo")
+    return fd
+
+
+def _blocking(fd: int) -> int:
+    fl = fcntl.fcntl(fd, fcntl.F_GETFL)
+    fcntl.fcntl(fd, fcntl.F_SETFL, fl & ~os.O_NONBLOCK)
+    return fd
+
+
+class ProcessIO:
+    """The opened stdio of one process. Lifecycle: ``ProcessIO(stdio)`` opens everything (a
+    failure closes what was opened); :meth:`runtime_fds` for the runtime command, then
+    :meth:`handed_over`; :meth:`close_stdin` on CloseIO; :meth:`close` at delete."""
+
+    def __init__(self, stdio: Stdio) -> None:
+        self.stdio = stdio
+        self.stdin_r = self.stdin_keep = self.out = self.err = -1
+        try:
+            if stdio.stdin:
+                scheme, path = _scheme(stdio.stdin)
+                if scheme != "fifo":
+                    raise errdefs.InvalidArgument(f"stdin {stdio.stdin!r}: must be a fifo")
+                self.stdin_r = _open_fifo(path, "stdin", os.O_RDONLY)
+                # A writer of our own: the process sees EOF only after CloseIO.
+                self.stdin_keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+            if stdio.stdout:
+                self.out = _open_output(stdio.stdout, "stdout")
+            if stdio.stderr and not stdio.terminal:
+                self.err = (os.dup(self.out) if stdio.stderr == stdio.stdout
+                            else _open_output(stdio.stderr, "stderr"))
+        except BaseException:
+            self.close()
+            raise
+
+    def runtime_fds(self, devnull: int) -> tuple[int, int, int]:
+        """fds 0-2 of the runtime command (blocking, as a process expects its stdio)."""
+        return tuple(_blocking(fd) if fd >= 0 else devnull
+                     for fd in (self.stdin_r, self.out, self.err))  # type: ignore[return-value]
+
+    def handed_over(self) -> None:
+        """The process holds its own copies now: drop ours (except the stdin keeper)."""
+        for attr in ("stdin_r", "out", "err"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+
+    def close_stdin(self) -> None:
+        if self.stdin_keep >= 0:
+            os.close(self.stdin_keep)
+            self.stdin_keep = -1
+
+    def close(self) -> None:
+        self.close_stdin()
+        self.handed_over()
+
+
+class ConsoleSocket:
+    """A unix socket the runtime connects to, to send the pty master (``--console-socket``).
+    Lifecycle: create, pass :attr:`path`, :meth:`receive_master` after the runtime command,
+    :meth:`close` (removes the socket file) always."""
+
+    def __init__(self, directory: str) -> None:
+        os.makedirs(directory, mode=0o711, exist_ok=True)
+        self.path = os.path.join(directory, "pty-" + os.urandom(8).hex())
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.bind(self.path)
+        self.sock.listen(1)
+
+    def receive_master(self, timeout: float = 10.0) -> int:
+        self.sock.settimeout(timeout)
+        try:
+            conn, _ = self.sock.accept()
+        except socket.timeout:
+            raise errdefs.CtrdError("failed to retrieve console master: timed out") from None
+        with conn:
+            conn.settimeout(timeout)
+            fds = array.array("i")
+            msg, anc, _, _ = conn.recvmsg(1024, socket.CMSG_SPACE(fds.itemsize))
+            for level, type_, data in anc:
+                if level == socket.SOL_SOCKET and type_ == socket.SCM_RIGHTS:
+                    fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+        if not fds:
+            raise errdefs.CtrdError("failed to retrieve console master: no fd received")
+        for extra in fds[1:]:
+            os.close(extra)
+        os.set_inheritable(fds[0], False)
+        return fds[0]
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
+
+
+def resize(fd: int, width: int, height: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+
+
+class _Pipe:
+    """One direction of a copy: read src when dst can take it, hold at most one buffer."""
+
+    __slots__ = ("loop", "src", "dst", "buf", "eof", "on_eof")
+
+    def __init__(self, loop: Loop, src: int, dst: int, on_eof) -> None:
+        self.loop, self.src, self.dst, self.buf, self.eof = loop, src, dst, b"", False
+        self.on_eof = on_eof
+        os.set_blocking(src, False)
+        os.set_blocking(dst, False)
+        loop.add_reader(src, self._readable)
+
+    def _readable(self) -> None:
+        try:
+            data = os.read(self.src, _BUF)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            # EIO: the pty's other side is closed (the process exited).
+            if e.errno not in (errno.EIO, errno.EBADF):
+                log.warning("pty copy read failed", error=e.strerror)
+            data = b""
+        if not data:
+            self.stop()
+            self.on_eof()
+            return
+        self.buf = data
+        self._writable()
+
+    def _writable(self) -> None:
+        while self.buf:
+            try:
+                n = os.write(self.dst, self.buf)
+            except BlockingIOError:
+                self.loop.remove_reader(self.src)
+                self.loop.add_writer(self.dst, self._writable)
+                return
+            except OSError:
+                self.buf = b""  # reader gone: drop, keep draining the pty
+                break
+            self.buf = self.buf[n:]
+        self.loop.remove_writer(self.dst)
+        if not self.eof:
+            self.loop.add_reader(self.src, self._readable)
+
+    def stop(self) -> None:
+        self.eof = True
+        self.loop.remove_reader(self.src)
+        self.loop.remove_writer(self.dst)
+
+
+class PtyCopy:
+    """Copies between a pty master and a process's stdio FIFOs/file. Lifecycle: start after
+    the master arrived; it ends itself when the master reports EOF/EIO (all slave ends
+    closed), closing its output so the client sees EOF; :meth:`close` at delete."""
+
+    def __init__(self, loop: Loop, master: int, io: ProcessIO) -> None:
+        self.loop, self.master, self.io = loop, master, io
+        # Ours now: the output is closed when the pty is drained, so the client sees EOF.
+        self.out = io.out if io.out >= 0 else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        stdin, io.out, io.stdin_r = io.stdin_r, -1, -1
+        self._in = None
+        self._out = _Pipe(loop, master, self.out, self._out_done)
+        if stdin >= 0:
+            self._in = _Pipe(loop, stdin, os.dup(master), self._in_done)
+
+    def _out_done(self) -> None:
+        if self.out >= 0:
+            os.close(self.out)
+            self.out = -1
+
+    def _in_done(self) -> None:
+        if self._in is not None:
+            self._in.stop()
+            os.close(self._in.src)
+            os.close(self._in.dst)
+            self._in = None
+
+    def resize(self, width: int, height: int) -> None:
+        resize(self.master, width, height)
+
+    def close(self) -> None:
+        self._out.stop()
+        self._out_done()
+        self._in_done()
+        if self.master >= 0:
+            os.close(self.master)
+            self.master = -1
