@@ -101,6 +101,11 @@ def test_duplicate_and_missing(store):
         store.get("ns", "nope")
     with pytest.raises(errdefs.NotFound, match='^container "nope": not found$'):
         store.update("ns", new("nope"))
+    huge = "x" * 100_000  # longer than an LMDB key: still just not there
+    with pytest.raises(errdefs.NotFound):
+        store.get("ns", huge)
+    with pytest.raises(errdefs.InvalidArgument, match=r"greater than maximum length"):
+        store.create("ns", new(huge))
     store.delete("ns", "c1")
     with pytest.raises(errdefs.NotFound, match="^container c1: not found$"):
         store.delete("ns", "c1")
@@ -331,6 +336,10 @@ def ctr_scripts(registry) -> tuple[list[str], list[str]]:
         "c ls runtime.name==io.containerd.runc.v2",
         "c ls id=c1",                                    # bad filter
         "--namespace other c ls",
+        "--namespace other c create --rootfs /x o1",
+        "namespaces rm other",                           # not empty: has a container
+        "--namespace other c rm o1",
+        "namespaces rm other",
         "c label c1 x=y",
         "c label c1 a=",
         "c label c1 big=" + "v" * 5000,
