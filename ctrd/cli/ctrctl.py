@@ -1829,19 +1829,11 @@ def import_cmd(g: Globals, file: str, no_unpack: bool, snapshotter: str, platfor
         if digests:
             prefix = f"import-{_time.strftime('%Y-%m-%d')}"
             wanted += [(f"{prefix}@{d.digest}", d) for d in result.manifests]
-        created = []
-        for name, root in wanted:
-            target = pb.Image(name=name, target=_target_pb(root))
-            try:
-                c.images.Update(pb.UpdateImageRequest(  # as containerd's Import: "target"
-                    image=target, update_mask=field_mask_pb2.FieldMask(paths=["target"])))
-            except errdefs.NotFound:
-                c.images.Create(pb.CreateImageRequest(image=target))
-            created.append((name, root))
-            click.echo(f"{name} {root.digest}")
+        # Unpack first (under the lease), then create the records: an image whose layers do
+        # not unpack (a wrong diff_id) is never created.
         if not no_unpack:
             unpacked: set[str] = set()
-            for name, root in created:
+            for name, root in wanted:
                 if root.digest in unpacked:
                     continue
                 unpacked.add(root.digest)
@@ -1850,8 +1842,19 @@ def import_cmd(g: Globals, file: str, no_unpack: bool, snapshotter: str, platfor
                 except errdefs.NotFound as e:
                     click.echo(f"{name}: not unpacked: {e}", err=True)
                     continue
+                except errdefs.FailedPrecondition as e:
+                    raise CommandError(f"cannot import {file}: unpacking {name}: "
+                                       f"{e.detail}") from None
                 click.echo(f"unpacked {name} ({root.digest}) into {snapshotter}: {chain}",
                            err=True)
+        for name, root in wanted:
+            target = pb.Image(name=name, target=_target_pb(root))
+            try:
+                c.images.Update(pb.UpdateImageRequest(  # as containerd's Import: "target"
+                    image=target, update_mask=field_mask_pb2.FieldMask(paths=["target"])))
+            except errdefs.NotFound:
+                c.images.Create(pb.CreateImageRequest(image=target))
+            click.echo(f"{name} {root.digest}")
         done = True
     except errdefs.InvalidArgument as e:
         raise CommandError(f"cannot import {file}: {e.detail}") from None

@@ -23,7 +23,8 @@ never whole (``open_tar`` is called once per pass):
    symlinks) to a regular file of the archive. Nothing is written while any of this fails.
 2. the data: OCI blobs go to the store checked against the digest their name states; of a
    Docker archive only the files ``manifest.json`` names are stored, their digests computed
-   as they are written. A Docker archive is then converted as containerd's
+   as they are written (a file named for a sha256, ``blobs/sha256/<hex>`` or ``<hex>.tar``/
+   ``<hex>.json``, must have that digest). A Docker archive is then converted as containerd's
    ``images/archive/importer.go`` does: per ``manifest.json`` entry a Docker schema 2 manifest
    (config media type Docker's, layers ``diff.tar`` or ``diff.tar.gzip`` by their magic bytes,
    or the compressed blob already in the store whose ``containerd.io/uncompressed`` label
@@ -377,6 +378,8 @@ def _entries(open_tar: Callable[[], BinaryIO], max_entries: int):
                 if n > max_entries:
                     raise InvalidArgument(f"archive has more than {max_entries} entries "
                                           "(a tar bomb?)")
+                if ti.isdir() and ti.name in (".", "./"):
+                    continue  # the root of `tar -C layout .`
                 yield tar, ti
     finally:
         f.close()
@@ -555,6 +558,19 @@ def _docker_ref(ref):
     return replace(ref, tag="") if ref.tag and ref.digest else ref
 
 
+_HEX_NAME = re.compile(r"^([a-f0-9]{64})(?:\.tar|\.json)?$")
+
+
+def _named_digest(path: str) -> str:
+    """The sha256 digest a Docker archive file's name claims (``blobs/sha256/<hex>``,
+    ``<hex>.tar``, ``<hex>.json``: Docker 25, skopeo and moby name files so), or ""."""
+    match = _BLOB.match(path)
+    if match and match.group(1) == "sha256":
+        return f"sha256:{match.group(2)}"
+    match = _HEX_NAME.match(posixpath.basename(path))
+    return f"sha256:{match.group(1)}" if match else ""
+
+
 def _layer_media_type(head: bytes) -> str:
     """containerd's ``detectLayerMediaType``: anything compressed is called gzip."""
     if head.startswith(_GZIP_MAGIC) or head.startswith(_ZSTD_MAGIC):
@@ -603,6 +619,10 @@ def _import_docker(open_tar: Callable[[], BinaryIO], store: Store, scan: _Scan,
         if digest != "sha256:" + head.h.hexdigest():
             raise InvalidArgument(f"archive entry {ti.name!r}: stored as {digest}, read as "
                                   f"sha256:{head.h.hexdigest()}")
+        named = _named_digest(name)
+        if named and named != digest:
+            raise InvalidArgument(f"archive entry {ti.name!r} is named for {named} but its "
+                                  f"content is {digest}")
         stored[name] = (digest, ti.size, head.head)
         report(name, "done")
     missing = needed - set(stored)
