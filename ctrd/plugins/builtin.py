@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ctrd.config import setting
+from ctrd.cri.config import CRIConfig
 from ctrd.gc.config import SchedulerConfig
 from ctrd.plugins.hookspec import hookimpl
 from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, RUNTIME_V2,
@@ -274,6 +275,45 @@ def _init_tasks_service(ic: InitContext):
     return _lazy("containerd.services.tasks.v1.Tasks", build)
 
 
+# --- CRI ------------------------------------------------------------------------------------
+
+class _CRIServices:
+    """The CRI plugin's gRPC face: RuntimeService and ImageService over one core."""
+
+    def __init__(self, runtime, image_service) -> None:
+        from ctrd.cri.service import RuntimeService
+
+        self.services = [RuntimeService(runtime), image_service]
+
+    def register_grpc(self, server) -> None:
+        for s in self.services:
+            s.register_grpc(server)
+
+
+async def _init_cri(ic: InitContext):
+    from ctrd.cri.server import CRIRuntime
+
+    md, manager, events = ic.get(METADATA), ic.get(RUNTIME_V2), ic.get(EVENT)
+    cfg = ic.config
+    if cfg.containerd.snapshotter not in md.snapshotters:
+        from ctrd.errdefs import FailedPrecondition
+
+        raise FailedPrecondition(f"cri: snapshotter {cfg.containerd.snapshotter!r} is not "
+                                 "loaded")
+    runtime = CRIRuntime(md, manager, events, cfg, str(ic.root), str(ic.state), ic.hooks)
+    await runtime.load()
+    snap_root = str(ic.root.parent / f"io.containerd.snapshotter.v1.{cfg.containerd.snapshotter}")
+
+    def build():
+        from ctrd.cri.image_service import ImageService
+
+        return _CRIServices(runtime, ImageService(md, cfg, snap_root))
+
+    from ctrd.services.lazy import LazyService
+
+    return LazyService(build, ("runtime.v1.RuntimeService", "runtime.v1.ImageService"))
+
+
 def _service(id_: str):
     """The init of a gRPC plugin that serves the service plugin ``id_``."""
     return lambda ic: ic.get_by_id(SERVICE, id_)
@@ -342,6 +382,8 @@ REGISTRATIONS = [
     Registration(GRPC, "diff", _service("diff-service"), requires=(SERVICE,)),
     Registration(GRPC, "images", _service("images-service"), requires=(SERVICE,)),
     Registration(GRPC, "tasks", _service("tasks-service"), requires=(SERVICE,)),
+    Registration(GRPC, "cri", _init_cri, requires=(METADATA, RUNTIME_V2, EVENT),
+                 config=CRIConfig),
     Registration(GRPC, "containers", _service("containers-service"), requires=(SERVICE,)),
     Registration(GRPC, "transfer", _init_transfer, requires=(METADATA,),
                  config=TransferConfig),

@@ -1,0 +1,780 @@
+"""The CRI runtime's core: pod sandboxes and containers over ctrd's metadata, snapshotters and
+task manager. The gRPC adapter (:mod:`ctrd.cri.service`) only converts messages.
+
+Lifecycles (containerd 1.6's CRI is the reference for every rule below):
+
+- RunPodSandbox: unique name reserved; a state dir with hostname, hosts, resolv.conf and (unless
+  the pod uses the host's IPC) a /dev/shm tmpfs; network/IPC/UTS namespaces pinned (host ones
+  per NamespaceOptions); CNI ADD; a ctrd container record (kind=sandbox). Any failure undoes
+  what was done. StopPodSandbox: containers killed, CNI DEL, namespaces released; state
+  NOTREADY. RemovePodSandbox: stops if needed, removes its containers and everything else.
+- CreateContainer: image resolved, snapshot prepared on the image's chain, OCI spec built
+  (:mod:`ctrd.cri.spec`), ``ctrd_container_create`` hooks applied, record stored; state
+  CREATED. StartContainer: a task through the handler's shim, the kubelet's log file written
+  by the shim; RUNNING. When the task exits its shim is released at once and the status
+  keeps exit code, reason (Completed, Error, OOMKilled) and time. StopContainer: the stop
+  signal, the timeout, SIGKILL. RemoveContainer: forced stop, task, record, snapshot.
+- At start, :meth:`CRIRuntime.load` rebuilds all of it from the records and the live tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import os
+import secrets
+import signal as _signal
+import time
+from typing import Any
+
+from ctrd import errdefs
+from ctrd.cri import store as st
+from ctrd.cri.config import CRIConfig
+from ctrd.cri.images import NAMESPACE, ImageIndex
+
+log = logging.getLogger("ctrd.cri")
+
+SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
+RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
+REOPEN_LOG_ANNOTATION = "io.ctrd.cri.reopen-log"
+EXEC_OUTPUT_LIMIT = 16 << 20  # bytes per stream kept by ExecSync
+
+
+def now_ns() -> int:
+    return time.time_ns()
+
+
+def new_id() -> str:
+    return secrets.token_hex(32)
+
+
+def encode_msg(msg) -> str:
+    return base64.b64encode(msg.SerializeToString()).decode()
+
+
+def decode_msg(cls, text: str):
+    msg = cls()
+    msg.ParseFromString(base64.b64decode(text))
+    return msg
+
+
+def _pb():
+    from ctrd.api.cri.runtime.v1 import api_pb2
+
+    return api_pb2
+
+
+class CRIRuntime:
+    def __init__(self, md, manager, events, config: CRIConfig, root: str, state: str,
+                 hooks=None) -> None:
+        from ctrd.metadata.containers import ContainerStore
+
+        self.md = md
+        self.manager = manager
+        self.events = events
+        self.config = config
+        self.root = root
+        self.state = state
+        self.hooks = hooks
+        self.containers = ContainerStore(md.db)
+        self.records = st.Records(root)
+        self.images = ImageIndex(md)
+        self.pod_cidr = ""
+        self._monitors: dict[str, asyncio.Task] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._oom: set[str] = set()
+        self._cni = None
+
+    # --- helpers --------------------------------------------------------------------------
+
+    @property
+    def snapshotter_name(self) -> str:
+        return self.config.containerd.snapshotter
+
+    def snapshotter(self):
+        s = self.md.snapshotters.get(self.snapshotter_name)
+        if s is None:
+            raise errdefs.FailedPrecondition(f"snapshotter {self.snapshotter_name} was not "
+                                             "loaded")
+        return s
+
+    def handler(self, name: str):
+        name = name or self.config.containerd.default_runtime_name
+        h = self.config.containerd.runtimes.get(name)
+        if h is None:
+            raise errdefs.NotFound(f"no runtime for {name!r} is configured")
+        return name, h
+
+    def runtime_options(self, handler) -> Any:
+        """The handler's options as a containerd.runc.v1.Options Any (runc-type shims), None
+        when it has none."""
+        if not handler.options:
+            return None
+        import re
+
+        from google.protobuf import any_pb2, json_format
+
+        from ctrd.api.containerd.runc.options import oci_pb2
+
+        fields = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower() if k[:1].isupper() else k: v
+                  for k, v in handler.options.items()}
+        known = {f.name for f in oci_pb2.Options.DESCRIPTOR.fields}
+        try:
+            opts = json_format.ParseDict({k: v for k, v in fields.items() if k in known},
+                                         oci_pb2.Options())
+        except json_format.ParseError as e:
+            raise errdefs.InvalidArgument(f"runtime options: {e}") from None
+        return any_pb2.Any(type_url=RUNC_OPTIONS_TYPE, value=opts.SerializeToString())
+
+    @property
+    def cni(self):
+        if self._cni is None:
+            from ctrd.cri.cni import CNI
+
+            c = self.config.cni
+            self._cni = CNI(bin_dirs=[d for d in c.bin_dir.split(":") if d],
+                            conf_dir=c.conf_dir, max_conf_num=c.max_conf_num)
+        return self._cni
+
+    def _container_record(self, id_: str, labels: dict, runtime_type: str, options,
+                          spec: dict, ext_key: str, meta, image: str = "",
+                          snapshot_key: str = ""):
+        from ctrd.metadata.containers import AnyValue, Container, Runtime
+        from ctrd.services.containers import run_create_hooks
+
+        ext_type, ext_value = st.meta_to_ext(meta)
+        c = Container(
+            id=id_, labels=labels,
+            runtime=Runtime(runtime_type, AnyValue(options.type_url, options.value)
+                            if options is not None else None),
+            spec=AnyValue(SPEC_TYPE, json.dumps(spec).encode()), image=image,
+            snapshotter=self.snapshotter_name if snapshot_key else "",
+            snapshot_key=snapshot_key, extensions={ext_key: AnyValue(ext_type, ext_value)})
+        return run_create_hooks(self.hooks, NAMESPACE, c)
+
+    # --- runtime status -------------------------------------------------------------------
+
+    def status(self) -> tuple[list[tuple[str, bool, str, str]], dict[str, str]]:
+        """Conditions (type, status, reason, message) and verbose info."""
+        conds = [("RuntimeReady", True, "", "")]
+        try:
+            ok, reason, message = self.cni.status()
+        except Exception as e:  # noqa: BLE001 - a broken CNI setup is a condition, not a crash
+            ok, reason, message = False, "NetworkPluginNotReady", f"cni: {e}"
+        conds.append(("NetworkReady", ok, "" if ok else reason, "" if ok else message))
+        info = {"config": json.dumps({
+            "containerd": {"snapshotter": self.snapshotter_name,
+                           "defaultRuntimeName": self.config.containerd.default_runtime_name},
+            "cni": {"binDir": self.config.cni.bin_dir, "confDir": self.config.cni.conf_dir},
+            "sandboxImage": self.config.sandbox_image,
+            "enableSelinux": self.config.enable_selinux,
+            "streamServerAddress": self.config.stream_server_address,
+            "streamServerPort": self.config.stream_server_port}),
+            "golang": "n/a (ctrd is Python)", "lastCNILoadStatus": "OK" if ok else message}
+        return conds, info
+
+    def update_runtime_config(self, pod_cidr: str) -> None:
+        """Remember the node's pod CIDR; with a ``conf_template`` configured, write the CNI
+        config from it (containerd's template fields .PodCIDR, .PodCIDRRanges, .Routes)."""
+        if not pod_cidr or pod_cidr == self.pod_cidr:
+            return
+        self.pod_cidr = pod_cidr
+        tmpl = self.config.cni.conf_template
+        if not tmpl:
+            return
+        ranges = [c.strip() for c in pod_cidr.split(",") if c.strip()]
+        routes = ["0.0.0.0/0" if ":" not in r else "::/0" for r in ranges]
+        with open(tmpl) as f:
+            text = f.read()
+        text = (text.replace("{{.PodCIDR}}", ranges[0])
+                .replace("{{.PodCIDRRanges}}", json.dumps(ranges)[1:-1])
+                .replace("{{.Routes}}", json.dumps(routes)[1:-1]))
+        os.makedirs(self.config.cni.conf_dir, exist_ok=True)
+        out = os.path.join(self.config.cni.conf_dir, "10-containerd-net.conflist")
+        with open(out + ".tmp", "w") as f:
+            f.write(text)
+        os.replace(out + ".tmp", out)
+
+    # --- sandboxes ------------------------------------------------------------------------
+
+    def _sandbox_dir(self, id_: str) -> str:
+        return os.path.join(self.state, "sandboxes", id_)
+
+    def _netns_dir(self) -> str:
+        if self.config.netns_mounts_under_state_dir:
+            return os.path.join(self.state, "netns")
+        return "/var/run/netns"
+
+    async def run_pod_sandbox(self, config, runtime_handler: str = "") -> str:
+        pb = _pb()
+        md = config.metadata
+        if not md.name or not md.namespace or not md.uid:
+            raise errdefs.InvalidArgument("sandbox config must include metadata with name, "
+                                          "namespace and uid")
+        handler_name, handler = self.handler(runtime_handler)
+        id_ = new_id()
+        name = "_".join([md.name, md.namespace, md.uid, str(md.attempt)])
+        self.records.reserve(name, id_)
+        undo: list = [lambda: self.records.release(name)]
+        try:
+            nsopts = config.linux.security_context.namespace_options
+            host_net = nsopts.network == pb.NODE
+            host_ipc = nsopts.ipc == pb.NODE
+            d = self._sandbox_dir(id_)
+            os.makedirs(d, mode=0o711)
+            undo.append(lambda: _rmtree(d))
+            hostname = config.hostname or (os.uname().nodename if host_net else md.name)
+            await asyncio.to_thread(_write_sandbox_files, d, config, hostname, host_net)
+            if not host_ipc:
+                await asyncio.to_thread(_mount_shm, d)
+                undo.append(lambda: _unmount_shm(d))
+            kinds = [] if host_net else ["net", "uts"]
+            if not host_ipc:
+                kinds.append("ipc")
+            paths: dict[str, str] = {}
+            if kinds:
+                paths = await asyncio.to_thread(self._make_namespaces, id_, d, hostname, kinds)
+                undo.append(lambda: self._drop_namespaces(paths))
+            meta = st.SandboxMeta(id=id_, name=name, config=encode_msg(config),
+                                  runtime_handler=handler_name,
+                                  runtime_type=handler.runtime_type,
+                                  netns=paths.get("net", ""), ipc=paths.get("ipc", ""),
+                                  uts=paths.get("uts", ""), dir=d, created_at=now_ns())
+            status = st.SandboxStatus()
+            if not host_net:
+                result = await self._setup_network(meta, config)
+                undo.append(lambda: None)  # teardown is part of the network undo below
+                ips = result.get("ips", [])
+                status.ip = ips[0] if ips else ""
+                status.additional_ips = ips[1:]
+                status.cni_result = result.get("raw", {})
+                status.network_ready = True
+            labels = {**_filter_labels(config.labels), st.KIND_LABEL: "sandbox"}
+            rec = self._container_record(id_, labels, handler.runtime_type,
+                                         self.runtime_options(handler), {"ociVersion": "1.0.2"},
+                                         st.SANDBOX_EXT, meta)
+            try:
+                await asyncio.to_thread(self.containers.create, NAMESPACE, rec)
+            except BaseException:
+                if status.network_ready:
+                    await self._teardown_network(meta, config)
+                raise
+            self.records.add_sandbox(meta, status)
+            return id_
+        except BaseException:
+            for fn in reversed(undo):
+                try:
+                    fn()
+                except Exception as e:  # noqa: BLE001 - best effort, keep undoing
+                    log.warning("undo of sandbox %s: %s", id_, e)
+            raise
+
+    def _make_namespaces(self, id_: str, d: str, hostname: str, kinds: list[str]
+                         ) -> dict[str, str]:
+        from ctrd.cri import netns
+
+        pns = netns.create_pod_namespaces(self._netns_dir(), f"cni-{id_[:32]}", hostname,
+                                          tuple(kinds))
+        return dict(pns.paths)
+
+    def _drop_namespaces(self, paths: dict[str, str]) -> None:
+        from ctrd.cri import netns
+
+        netns.remove_paths(list(paths.values()))
+
+    def _cni_args(self, meta: st.SandboxMeta, config) -> tuple[dict, dict]:
+        md = config.metadata
+        args = {"K8S_POD_NAMESPACE": md.namespace, "K8S_POD_NAME": md.name,
+                "K8S_POD_INFRA_CONTAINER_ID": meta.id, "K8S_POD_UID": md.uid,
+                "IgnoreUnknown": "1"}
+        ports = [{"containerPort": p.container_port, "hostPort": p.host_port,
+                  "protocol": {0: "tcp", 1: "udp", 2: "sctp"}.get(p.protocol, "tcp"),
+                  **({"hostIP": p.host_ip} if p.host_ip else {})}
+                 for p in config.port_mappings if p.host_port > 0]
+        caps: dict = {}
+        if ports:
+            caps["portMappings"] = ports
+        dns = config.dns_config
+        if dns.servers or dns.searches or dns.options:
+            caps["dns"] = {"servers": list(dns.servers), "searches": list(dns.searches),
+                           "options": list(dns.options)}
+        return args, caps
+
+    async def _setup_network(self, meta: st.SandboxMeta, config) -> dict:
+        args, caps = self._cni_args(meta, config)
+        try:
+            return await asyncio.to_thread(self.cni.setup, meta.id, meta.netns, args, caps)
+        except BaseException:
+            try:
+                await asyncio.to_thread(self.cni.teardown, meta.id, meta.netns, args, caps)
+            except Exception as e:  # noqa: BLE001
+                log.warning("CNI DEL after failed ADD of %s: %s", meta.id, e)
+            raise
+
+    async def _teardown_network(self, meta: st.SandboxMeta, config) -> None:
+        args, caps = self._cni_args(meta, config)
+        await asyncio.to_thread(self.cni.teardown, meta.id, meta.netns, args, caps)
+
+    def sandbox_config(self, meta: st.SandboxMeta):
+        return decode_msg(_pb().PodSandboxConfig, meta.config)
+
+    async def stop_pod_sandbox(self, id_: str) -> None:
+        meta, status = self.records.sandbox(id_)
+        for cmeta, cstatus in self.records.containers_of(meta.id):
+            if cstatus.state in (st.RUNNING, st.UNKNOWN):
+                await self.stop_container(cmeta.id, 0)
+        if status.network_ready:
+            await self._teardown_network(meta, self.sandbox_config(meta))
+            self.records.update_sandbox(meta.id, network_ready=False)
+        paths = {k: p for k, p in (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts))
+                 if p}
+        if paths:
+            await asyncio.to_thread(self._drop_namespaces, paths)
+        self.records.update_sandbox(meta.id, state=st.SANDBOX_NOTREADY)
+
+    async def remove_pod_sandbox(self, id_: str) -> None:
+        try:
+            meta, status = self.records.sandbox(id_)
+        except errdefs.NotFound:
+            return  # already gone: the kubelet retries removals
+        if status.state == st.SANDBOX_READY or status.network_ready:
+            await self.stop_pod_sandbox(meta.id)
+        for cmeta, _ in self.records.containers_of(meta.id):
+            await self.remove_container(cmeta.id)
+        await asyncio.to_thread(_unmount_shm, meta.dir)
+        await asyncio.to_thread(_rmtree, meta.dir)
+        try:
+            await asyncio.to_thread(self.containers.delete, NAMESPACE, meta.id)
+        except errdefs.NotFound:
+            pass
+        self.records.remove_sandbox(meta.id)
+
+    # --- containers -----------------------------------------------------------------------
+
+    async def create_container(self, sandbox_id: str, config, sandbox_config) -> str:
+        smeta, sstatus = self.records.sandbox(sandbox_id)
+        if sstatus.state != st.SANDBOX_READY:
+            raise errdefs.FailedPrecondition(f"sandbox {smeta.id} is not ready")
+        md = config.metadata
+        if not md.name:
+            raise errdefs.InvalidArgument("container config must include metadata with name")
+        pod = self.sandbox_config(smeta).metadata
+        id_ = new_id()
+        name = "_".join([md.name, pod.name, pod.namespace, pod.uid, str(md.attempt)])
+        self.records.reserve(name, id_)
+        undo: list = [lambda: self.records.release(name)]
+        try:
+            image = await asyncio.to_thread(self.images.find, config.image.image)
+            if image is None:
+                raise errdefs.NotFound(f"failed to resolve image {config.image.image!r}: "
+                                       "not found")
+            _, handler = self.handler(smeta.runtime_handler)
+            snap = self.snapshotter()
+            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id)
+            undo.append(lambda: snap.remove(NAMESPACE, id_))
+            log_path = ""
+            if config.log_path and sandbox_config.log_directory:
+                log_path = os.path.join(sandbox_config.log_directory, config.log_path)
+            spec = await asyncio.to_thread(self._build_spec, id_, smeta, config,
+                                           sandbox_config, image, snap)
+            cfg = image.config.get("config") if isinstance(image.config.get("config"),
+                                                           dict) else {}
+            meta = st.ContainerMeta(id=id_, name=name, sandbox_id=smeta.id,
+                                    config=encode_msg(config), image_ref=image.id,
+                                    image=config.image.image, log_path=log_path,
+                                    snapshotter=self.snapshotter_name,
+                                    runtime_handler=smeta.runtime_handler,
+                                    stop_signal=str(cfg.get("StopSignal") or ""),
+                                    created_at=now_ns())
+            labels = {**_filter_labels(config.labels), st.KIND_LABEL: "container"}
+            image_name = (image.repo_tags or image.repo_digests or [image.id])[0]
+            rec = self._container_record(id_, labels, handler.runtime_type,
+                                         self.runtime_options(handler), spec,
+                                         st.CONTAINER_EXT, meta, image=image_name,
+                                         snapshot_key=id_)
+            await asyncio.to_thread(self.containers.create, NAMESPACE, rec)
+            self.records.add_container(meta, st.ContainerStatus(state=st.CREATED))
+            return id_
+        except BaseException:
+            for fn in reversed(undo):
+                try:
+                    fn()
+                except Exception as e:  # noqa: BLE001
+                    log.warning("undo of container %s: %s", id_, e)
+            raise
+
+    def _build_spec(self, id_: str, smeta: st.SandboxMeta, config, sandbox_config, image,
+                    snap) -> dict:
+        from ctrd.cri import spec as cri_spec
+        from ctrd.snapshots.mount import mounted
+
+        sandbox = cri_spec.SandboxFacts(
+            id=smeta.id, netns=smeta.netns, ipc=smeta.ipc, uts=smeta.uts,
+            shm=os.path.join(smeta.dir, "shm") if smeta.ipc else "/dev/shm",
+            hostname=os.path.join(smeta.dir, "hostname"),
+            hosts=os.path.join(smeta.dir, "hosts"),
+            resolv_conf=os.path.join(smeta.dir, "resolv.conf"),
+            cgroup_parent=sandbox_config.linux.cgroup_parent)
+        mounts = snap.mounts(NAMESPACE, id_)
+        with mounted(mounts, dir=self.state) as rootfs:
+            return cri_spec.container_spec(id_, config, sandbox_config, image.config,
+                                           sandbox, rootfs, self.config)
+
+    def _task_io(self, meta: st.ContainerMeta) -> tuple[str, str]:
+        """stdout/stderr URIs: the kubelet's log file, written in its format by the shim."""
+        if not meta.log_path:
+            return "", ""
+        from urllib.parse import quote
+
+        q = f"format=cri&max_line={self.config.max_container_log_line_size}"
+        uri = f"file://{quote(meta.log_path)}?{q}"
+        return uri + "&stream=stdout", uri + "&stream=stderr"
+
+    async def start_container(self, id_: str) -> None:
+        meta, status = self.records.container(id_)
+        if status.state != st.CREATED:
+            raise errdefs.FailedPrecondition(
+                f"container {meta.id} is in {_STATE_NAMES[status.state]} state")
+        smeta, sstatus = self.records.sandbox(meta.sandbox_id)
+        if sstatus.state != st.SANDBOX_READY:
+            raise errdefs.FailedPrecondition(f"sandbox container {smeta.id} is not running")
+        from ctrd.runtime.manager import CreateOpts
+
+        c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)
+        config = decode_msg(_pb().ContainerConfig, meta.config)
+        if meta.log_path:
+            os.makedirs(os.path.dirname(meta.log_path), exist_ok=True)
+        stdout, stderr = self._task_io(meta)
+        mounts = await asyncio.to_thread(self.snapshotter().mounts, NAMESPACE, meta.id)
+        options = None
+        if c.runtime.options is not None:
+            from google.protobuf import any_pb2
+
+            options = any_pb2.Any(type_url=c.runtime.options.type_url,
+                                  value=c.runtime.options.value)
+        opts = CreateOpts(spec=c.spec.value, runtime=c.runtime.name, runtime_options=options,
+                          rootfs=[_mount_pb(m) for m in mounts], stdout=stdout,
+                          stderr=stderr, terminal=config.tty)
+        try:
+            task = await self.manager.create(NAMESPACE, meta.id, opts)
+            try:
+                resp = await task.start()
+            except BaseException:
+                await self.manager.delete(NAMESPACE, meta.id)
+                raise
+        except errdefs.CtrdError as e:
+            self.records.update_container(meta.id, state=st.EXITED, finished_at=now_ns(),
+                                          exit_code=128, reason="StartError",
+                                          message=str(e))
+            raise
+        self.records.update_container(meta.id, state=st.RUNNING, pid=resp.pid,
+                                      started_at=now_ns())
+        self._monitor(meta.id, task)
+
+    def _monitor(self, id_: str, task) -> None:
+        ev = self._exited.setdefault(id_, asyncio.Event())
+        ev.clear()
+
+        async def watch():
+            try:
+                resp = await task.wait()
+                code = resp.exit_status
+                finished = resp.exited_at.ToNanoseconds() or now_ns()
+            except errdefs.CtrdError as e:
+                log.warning("wait for container %s: %s", id_, e)
+                code, finished = 255, now_ns()
+            try:
+                await self.manager.delete(NAMESPACE, id_)  # release the shim at once
+            except errdefs.CtrdError as e:
+                log.debug("delete task of exited container %s: %s", id_, e)
+            try:
+                oom = id_ in self._oom or await asyncio.to_thread(_oom_killed, id_)
+                self.records.update_container(id_, state=st.EXITED, finished_at=finished,
+                                              exit_code=code, pid=0,
+                                              reason=_exit_reason(code, oom))
+            except errdefs.NotFound:
+                pass
+            finally:
+                self._oom.discard(id_)
+                self._monitors.pop(id_, None)
+                ev.set()
+
+        self._monitors[id_] = asyncio.ensure_future(watch())
+
+    async def stop_container(self, id_: str, timeout: int) -> None:
+        meta, status = self.records.container(id_)
+        if status.state not in (st.RUNNING, st.UNKNOWN):
+            return
+        ev = self._exited.setdefault(meta.id, asyncio.Event())
+        try:
+            task = self.manager.get(NAMESPACE, meta.id)
+        except errdefs.NotFound:
+            self.records.update_container(meta.id, state=st.EXITED, finished_at=now_ns(),
+                                          exit_code=255, reason="Unknown")
+            return
+        if timeout > 0:
+            sig = _signal_number(meta.stop_signal) or _signal.SIGTERM
+            try:
+                await task.kill(sig)
+            except errdefs.NotFound:
+                pass
+            try:
+                await asyncio.wait_for(ev.wait(), timeout)
+                return
+            except TimeoutError:
+                pass
+        try:
+            await task.kill(_signal.SIGKILL, all_=True)
+        except errdefs.NotFound:
+            pass
+        try:
+            await asyncio.wait_for(ev.wait(), 30)
+        except TimeoutError:
+            raise errdefs.DeadlineExceeded(f"container {meta.id} did not exit after "
+                                           "SIGKILL") from None
+
+    async def remove_container(self, id_: str) -> None:
+        try:
+            meta, status = self.records.container(id_)
+        except errdefs.NotFound:
+            return
+        if status.state in (st.RUNNING, st.UNKNOWN):
+            await self.stop_container(meta.id, 0)
+        self.records.update_container(meta.id, removing=True)
+        try:
+            await self.manager.delete(NAMESPACE, meta.id)
+        except errdefs.NotFound:
+            pass
+        try:
+            await asyncio.to_thread(self.containers.delete, NAMESPACE, meta.id)
+        except errdefs.NotFound:
+            pass
+        try:
+            await asyncio.to_thread(self.snapshotter().remove, NAMESPACE, meta.id)
+        except errdefs.NotFound:
+            pass
+        self.records.remove_container(meta.id)
+        self._exited.pop(meta.id, None)
+
+    async def reopen_log(self, id_: str) -> None:
+        meta, status = self.records.container(id_)
+        if status.state != st.RUNNING:
+            raise errdefs.FailedPrecondition("container is not running")
+        task = self.manager.get(NAMESPACE, meta.id)
+        await task.update(None, {REOPEN_LOG_ANNOTATION: "1"})
+
+    async def update_resources(self, id_: str, linux) -> None:
+        from ctrd.cri import spec as cri_spec
+        from ctrd.metadata.containers import AnyValue
+
+        meta, status = self.records.container(id_)
+        c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)
+        spec = json.loads(c.spec.value)
+        resources = cri_spec.update_resources(spec, linux, self.config)
+        c.spec = AnyValue(SPEC_TYPE, json.dumps(spec).encode())
+        await asyncio.to_thread(self.containers.update, NAMESPACE, c, ["spec"])
+        if status.state == st.RUNNING:
+            from google.protobuf import any_pb2
+
+            task = self.manager.get(NAMESPACE, meta.id)
+            await task.update(any_pb2.Any(
+                type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+                value=json.dumps(resources).encode()), {})
+
+    async def exec_sync(self, id_: str, cmd: list[str], timeout: int) -> tuple[bytes, bytes, int]:
+        from ctrd.cri import execio
+        from ctrd.cri import spec as cri_spec
+
+        meta, status = self.records.container(id_)
+        if status.state != st.RUNNING:
+            raise errdefs.FailedPrecondition(f"container {meta.id} is not running")
+        if not cmd:
+            raise errdefs.InvalidArgument("exec command must not be empty")
+        task = self.manager.get(NAMESPACE, meta.id)
+        c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)
+        process = cri_spec.exec_process(json.loads(c.spec.value), cmd, tty=False)
+        exec_id = secrets.token_hex(16)
+        from google.protobuf import any_pb2
+
+        spec_any = any_pb2.Any(
+            type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+            value=json.dumps(process).encode())
+        async with execio.Capture(os.path.join(self.state, "exec"), exec_id,
+                                  EXEC_OUTPUT_LIMIT) as io:
+            await task.exec(exec_id, stdin="", stdout=io.stdout, stderr=io.stderr,
+                            terminal=False, spec=spec_any)
+            try:
+                waiter = asyncio.ensure_future(task.wait(exec_id))
+                await task.start(exec_id)
+                try:
+                    resp = await asyncio.wait_for(asyncio.shield(waiter),
+                                                  timeout if timeout > 0 else None)
+                except TimeoutError:
+                    try:
+                        await task.kill(_signal.SIGKILL, exec_id=exec_id)
+                    except errdefs.CtrdError:
+                        pass
+                    await waiter
+                    raise errdefs.DeadlineExceeded(
+                        f"failed to exec in container: timeout {timeout}s exceeded") from None
+                await io.drain(5.0)
+                return io.out, io.err, resp.exit_status
+            finally:
+                try:
+                    await task.delete_process(exec_id)
+                except errdefs.CtrdError:
+                    pass
+
+    # --- restart --------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Rebuild sandboxes and containers from the records; watch running tasks again; a
+        container whose task is gone is EXITED (exit 255, reason Unknown) as in containerd."""
+        try:
+            recs = await asyncio.to_thread(self.containers.list, NAMESPACE)
+        except errdefs.NotFound:
+            return
+        for c in recs:
+            kind = c.labels.get(st.KIND_LABEL)
+            ext = c.extensions.get(st.SANDBOX_EXT if kind == "sandbox" else st.CONTAINER_EXT)
+            if kind not in ("sandbox", "container") or ext is None:
+                continue
+            if kind == "sandbox":
+                meta = st.meta_from_ext(st.SandboxMeta, ext.value)
+                if meta is None:
+                    continue
+                status = self.records.load_status("sandboxes", meta.id, st.SandboxStatus) \
+                    or st.SandboxStatus(state=st.SANDBOX_NOTREADY)
+                self.records.add_sandbox(meta, status)
+            else:
+                cmeta = st.meta_from_ext(st.ContainerMeta, ext.value)
+                if cmeta is None:
+                    continue
+                cstatus = self.records.load_status("containers", cmeta.id,
+                                                   st.ContainerStatus) \
+                    or st.ContainerStatus(state=st.UNKNOWN)
+                self.records.add_container(cmeta, cstatus)
+        for cmeta, cstatus in list(self.records.containers.values()):
+            if cstatus.state not in (st.RUNNING, st.UNKNOWN):
+                continue
+            try:
+                task = self.manager.get(NAMESPACE, cmeta.id)
+            except errdefs.NotFound:
+                self.records.update_container(cmeta.id, state=st.EXITED, exit_code=255,
+                                              finished_at=now_ns(), reason="Unknown")
+                continue
+            self.records.update_container(cmeta.id, state=st.RUNNING)
+            self._monitor(cmeta.id, task)
+
+    async def close(self) -> None:
+        for t in list(self._monitors.values()):
+            t.cancel()
+
+
+# --- sandbox files ------------------------------------------------------------------------
+
+SHM_SIZE = 64 << 20  # containerd's defaultShmSize
+
+
+def _rmtree(path: str) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _filter_labels(labels) -> dict[str, str]:
+    return {k: v for k, v in dict(labels).items() if k != st.KIND_LABEL}
+
+
+def _copy_or(path: str, fallback: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read(1 << 20)
+    except OSError:
+        return fallback
+
+
+def _write_sandbox_files(d: str, config, hostname: str, host_net: bool) -> None:
+    """hostname, hosts and resolv.conf for the pod's containers (bind-mounted by the spec)."""
+    with open(os.path.join(d, "hostname"), "w") as f:
+        f.write(hostname + "\n")
+    with open(os.path.join(d, "hosts"), "w") as f:
+        f.write(_copy_or("/etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost "
+                                       "ip6-localhost ip6-loopback\n"))
+    dns = config.dns_config
+    if dns.servers or dns.searches or dns.options:
+        lines = []
+        if dns.searches:
+            lines.append("search " + " ".join(dns.searches))
+        lines += [f"nameserver {s}" for s in dns.servers]
+        if dns.options:
+            lines.append("options " + " ".join(dns.options))
+        text = "\n".join(lines) + "\n"
+    else:
+        text = _copy_or("/etc/resolv.conf", "")
+    with open(os.path.join(d, "resolv.conf"), "w") as f:
+        f.write(text)
+    for name in ("hostname", "hosts", "resolv.conf"):
+        os.chmod(os.path.join(d, name), 0o644)
+
+
+def _mount_shm(d: str) -> None:
+    from ctrd.snapshots.mount import mount
+    from ctrd.snapshots.snapshotter import Mount
+
+    target = os.path.join(d, "shm")
+    os.makedirs(target, exist_ok=True)
+    mount(Mount(type="tmpfs", source="shm",
+                options=["nosuid", "noexec", "nodev", "mode=1777", f"size={SHM_SIZE}"]),
+          target)
+
+
+def _unmount_shm(d: str) -> None:
+    from ctrd.snapshots.mount import unmount_all
+
+    target = os.path.join(d, "shm")
+    if os.path.isdir(target):
+        unmount_all(target)
+
+
+def _mount_pb(m) -> Any:
+    from ctrd.api.containerd.types import mount_pb2
+
+    return mount_pb2.Mount(type=m.type, source=m.source, options=list(m.options))
+
+
+def _exit_reason(code: int, oom: bool) -> str:
+    if oom:
+        return "OOMKilled"
+    return "Completed" if code == 0 else "Error"
+
+
+_STATE_NAMES = {st.CREATED: "CONTAINER_CREATED", st.RUNNING: "CONTAINER_RUNNING",
+                st.EXITED: "CONTAINER_EXITED", st.UNKNOWN: "CONTAINER_UNKNOWN"}
+
+
+def _signal_number(name: str) -> int:
+    """A stop signal as images spell it (SIGTERM, TERM, 15); 0 when unknown."""
+    name = name.strip().upper()
+    if not name:
+        return 0
+    if name.isdigit():
+        return int(name)
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    return int(getattr(_signal, name, 0))
+
+
+def _oom_killed(id_: str) -> bool:
+    """Whether the container's memory cgroup recorded an OOM kill (cgroup v1 and v2)."""
+    for path in (f"/sys/fs/cgroup/memory/k8s.io/{id_}/memory.oom_control",):
+        try:
+            with open(path) as f:
+                for line in f:
+                    if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
+                        return True
+        except OSError:
+            pass
+    return False

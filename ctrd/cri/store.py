@@ -1,0 +1,231 @@
+"""The CRI plugin's records: pod sandboxes and their containers, in memory with the durable
+parts on disk.
+
+Each sandbox and container is also a ctrd container in namespace ``k8s.io`` (so ``ctr -n
+k8s.io containers ls`` shows them, GC keeps their snapshots, and their immutable CRI metadata
+survives a restart in the extension ``io.cri-containerd.{sandbox,container}.metadata``). What
+changes over their life (state, pid, exit code, times, the pod's IP) is a small JSON status
+file, replaced atomically, under the plugin's root: ``<root>/{sandboxes,containers}/<id>/status``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field, fields
+
+from ctrd import errdefs
+
+SANDBOX_EXT = "io.cri-containerd.sandbox.metadata"
+CONTAINER_EXT = "io.cri-containerd.container.metadata"
+EXT_TYPE = "types.ctrd.io/cri/v1/metadata"  # JSON of the dataclass below
+KIND_LABEL = "io.cri-containerd.kind"
+
+# Sandbox states (runtime.v1 PodSandboxState) and container states (ContainerState).
+SANDBOX_READY, SANDBOX_NOTREADY = 0, 1
+CREATED, RUNNING, EXITED, UNKNOWN = 0, 1, 2, 3
+
+
+def _write_json(path: str, obj: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
+
+
+def _read_json(path: str) -> dict | None:
+    try:
+        with open(path) as f:
+            v = json.load(f)
+        return v if isinstance(v, dict) else None
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def _from_dict(cls, d: dict):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass
+class SandboxMeta:
+    """Immutable after RunPodSandbox."""
+
+    id: str
+    name: str                  # <pod>_<namespace>_<uid>_<attempt>, unique
+    config: str                # PodSandboxConfig, serialized then base64 (see codec)
+    runtime_handler: str = ""
+    runtime_type: str = ""
+    netns: str = ""            # pinned network namespace file ("" for host network)
+    ipc: str = ""              # pinned IPC namespace file ("" for host IPC)
+    uts: str = ""              # pinned UTS namespace file ("" for host network)
+    dir: str = ""              # the sandbox's state dir (hosts, resolv.conf, hostname, shm)
+    created_at: int = 0        # ns
+
+
+@dataclass
+class SandboxStatus:
+    state: int = SANDBOX_READY
+    ip: str = ""
+    additional_ips: list[str] = field(default_factory=list)
+    cni_result: dict = field(default_factory=dict)
+    network_ready: bool = False  # CNI ADD done and not yet torn down
+
+
+@dataclass
+class ContainerMeta:
+    id: str
+    name: str                  # <name>_<pod>_<namespace>_<uid>_<attempt>, unique
+    sandbox_id: str
+    config: str                # ContainerConfig, serialized then base64
+    image_ref: str = ""        # the image id (config digest)
+    image: str = ""            # what the request asked for (its ImageSpec.image)
+    log_path: str = ""         # absolute, "" when no log
+    snapshotter: str = ""
+    runtime_handler: str = ""
+    stop_signal: str = ""
+    created_at: int = 0
+
+
+@dataclass
+class ContainerStatus:
+    state: int = CREATED
+    pid: int = 0
+    started_at: int = 0
+    finished_at: int = 0
+    exit_code: int = 0
+    reason: str = ""
+    message: str = ""
+    removing: bool = False
+
+
+class Records:
+    """Sandboxes and containers by id, with name reservation and the status files.
+
+    Thread-safe (the gRPC handlers run blocking parts in threads)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self._lock = threading.RLock()
+        self.sandboxes: dict[str, tuple[SandboxMeta, SandboxStatus]] = {}
+        self.containers: dict[str, tuple[ContainerMeta, ContainerStatus]] = {}
+        self._names: dict[str, str] = {}  # reserved name -> id
+
+    # --- names ----------------------------------------------------------------------------
+
+    def reserve(self, name: str, id_: str) -> None:
+        with self._lock:
+            owner = self._names.get(name)
+            if owner is not None and owner != id_:
+                raise errdefs.AlreadyExists(
+                    f"failed to reserve name {name!r}: name {name!r} is reserved for {owner!r}")
+            self._names[name] = id_
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._names.pop(name, None)
+
+    # --- status files ---------------------------------------------------------------------
+
+    def _dir(self, kind: str, id_: str) -> str:
+        return os.path.join(self.root, kind, id_)
+
+    def save_status(self, kind: str, id_: str, status) -> None:
+        d = self._dir(kind, id_)
+        os.makedirs(d, mode=0o700, exist_ok=True)
+        _write_json(os.path.join(d, "status"), asdict(status))
+
+    def load_status(self, kind: str, id_: str, cls):
+        d = _read_json(os.path.join(self._dir(kind, id_), "status"))
+        return _from_dict(cls, d) if d is not None else None
+
+    def drop_dir(self, kind: str, id_: str) -> None:
+        import shutil
+
+        shutil.rmtree(self._dir(kind, id_), ignore_errors=True)
+
+    # --- sandboxes ------------------------------------------------------------------------
+
+    def add_sandbox(self, meta: SandboxMeta, status: SandboxStatus) -> None:
+        with self._lock:
+            self.sandboxes[meta.id] = (meta, status)
+            self._names[meta.name] = meta.id
+        self.save_status("sandboxes", meta.id, status)
+
+    def sandbox(self, id_: str) -> tuple[SandboxMeta, SandboxStatus]:
+        """By full id or a unique prefix (the kubelet and crictl use truncated ids)."""
+        with self._lock:
+            hit = self.sandboxes.get(id_)
+            if hit is None and id_:
+                hits = [v for k, v in self.sandboxes.items() if k.startswith(id_)]
+                hit = hits[0] if len(hits) == 1 else None
+        if hit is None:
+            raise errdefs.NotFound(f"an error occurred when try to find sandbox {id_!r}: "
+                                   "does not exist")
+        return hit
+
+    def update_sandbox(self, id_: str, **changes) -> SandboxStatus:
+        with self._lock:
+            meta, status = self.sandbox(id_)
+            for k, v in changes.items():
+                setattr(status, k, v)
+            self.save_status("sandboxes", meta.id, status)
+            return status
+
+    def remove_sandbox(self, id_: str) -> None:
+        with self._lock:
+            hit = self.sandboxes.pop(id_, None)
+            if hit:
+                self._names.pop(hit[0].name, None)
+        self.drop_dir("sandboxes", id_)
+
+    # --- containers -----------------------------------------------------------------------
+
+    def add_container(self, meta: ContainerMeta, status: ContainerStatus) -> None:
+        with self._lock:
+            self.containers[meta.id] = (meta, status)
+            self._names[meta.name] = meta.id
+        self.save_status("containers", meta.id, status)
+
+    def container(self, id_: str) -> tuple[ContainerMeta, ContainerStatus]:
+        with self._lock:
+            hit = self.containers.get(id_)
+            if hit is None and id_:
+                hits = [v for k, v in self.containers.items() if k.startswith(id_)]
+                hit = hits[0] if len(hits) == 1 else None
+        if hit is None:
+            raise errdefs.NotFound(f"an error occurred when try to find container {id_!r}: "
+                                   "does not exist")
+        return hit
+
+    def update_container(self, id_: str, **changes) -> ContainerStatus:
+        with self._lock:
+            meta, status = self.container(id_)
+            for k, v in changes.items():
+                setattr(status, k, v)
+            self.save_status("containers", meta.id, status)
+            return status
+
+    def remove_container(self, id_: str) -> None:
+        with self._lock:
+            hit = self.containers.pop(id_, None)
+            if hit:
+                self._names.pop(hit[0].name, None)
+        self.drop_dir("containers", id_)
+
+    def containers_of(self, sandbox_id: str) -> list[tuple[ContainerMeta, ContainerStatus]]:
+        with self._lock:
+            return [v for v in self.containers.values() if v[0].sandbox_id == sandbox_id]
+
+
+def meta_to_ext(meta) -> tuple[str, bytes]:
+    return EXT_TYPE, json.dumps(asdict(meta)).encode()
+
+
+def meta_from_ext(cls, value: bytes):
+    try:
+        d = json.loads(value)
+    except ValueError:
+        return None
+    return _from_dict(cls, d) if isinstance(d, dict) else None
