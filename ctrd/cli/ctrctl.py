@@ -1865,6 +1865,61 @@ def import_cmd(g: Globals, file: str, no_unpack: bool, snapshotter: str, platfor
             pass
 
 
+# -- login / logout --------------------------------------------------------------------------
+
+@cli.command("login")
+@click.argument("server", required=False, default="docker.io")
+@click.option("-u", "--username", default="", help="default: asked for on a terminal")
+@click.option("--password-stdin", is_flag=True, help="read the password from stdin")
+@click.option("--plain-http", is_flag=True, help="talk HTTP, not HTTPS, to the registry")
+@click.option("--hosts-dir", default="", metavar="DIR",
+              help="containerd's certs.d directory of per-registry host settings")
+def login_cmd(server: str, username: str, password_stdin: bool, plain_http: bool,
+              hosts_dir: str) -> None:
+    """Check credentials against registry SERVER (default: Docker Hub) and save them in
+    ~/.docker/config.json ($DOCKER_CONFIG), where `ctrctl pull`/`push` and docker find them.
+
+    The registry's /v2/ is asked with them (Basic, or a Bearer token fetched with them);
+    nothing is saved unless it accepts them. The file keeps all its other settings and is
+    replaced atomically, mode 0600.
+    """
+    from ctrd.remotes import login
+    from ctrd.remotes.auth import Unauthorized
+
+    if not username:
+        if not sys.stdin.isatty() or password_stdin:
+            raise CommandError("a username is required (-u) when stdin is not a terminal")
+        username = click.prompt("Username", err=True)
+    if password_stdin:
+        secret = sys.stdin.read().rstrip("\r\n")
+    elif sys.stdin.isatty():
+        secret = click.prompt("Password", hide_input=True, err=True)
+    else:
+        raise CommandError("no password: use --password-stdin, or run on a terminal")
+    if not secret:
+        raise CommandError("the password must not be empty")
+    try:
+        login.verify(server, username, secret, plain_http=plain_http,
+                     hosts_dir=hosts_dir or None)
+    except Unauthorized as e:
+        raise CommandError(f"login to {server} failed: {e}") from None
+    path, key = login.store(server, username, secret)
+    click.echo(f"credentials for {key} saved in {path}", err=True)
+    click.echo("Login Succeeded")
+
+
+@cli.command("logout")
+@click.argument("server", required=False, default="docker.io")
+def logout_cmd(server: str) -> None:
+    """Remove the saved credentials of registry SERVER (default: Docker Hub)."""
+    from ctrd.remotes import login
+
+    if login.remove(server):
+        click.echo(f"Removing login credentials for {login.server_key(server)}")
+    else:
+        click.echo(f"Not logged in to {login.server_key(server)}")
+
+
 def _target_pb(desc: Any) -> Any:
     from ctrd.api.containerd.types import descriptor_pb2
 
