@@ -52,7 +52,7 @@ import tempfile
 import threading
 import time
 
-SCENARIOS = ("start", "idle-rss", "ctr-version", "ingest", "pull", "profile")
+SCENARIOS = ("start", "idle-rss", "ctr-version", "ingest", "pull", "tasks", "profile")
 KNOWN_DAEMONS = ("ctrd", "containerd", "containerd-nocri", "ctrd-alt")
 TARGETS = {  # figure -> max ratio ctrd / containerd the team reports against
     "exec_to_ctr_version_ok": 2.0,
@@ -616,6 +616,120 @@ def scenario_pull(tools: Tools, res: Results, daemons: list[str], repeats: int,
             "ctrctl_pull_time", "ctrctl_pull_rss_before", "ctrctl_pull_peak_rss"]
 
 
+# ----------------------------------------------------------------------------------- tasks
+def _shim_pids(d: Daemon) -> list[int]:
+    """Shim processes serving ``d``: started with ``-address <d.sock>``."""
+    needle = d.sock.encode()
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"containerd-shim" in os.path.basename(argv[0]) + (
+                argv[1] if len(argv) > 1 else b"") and needle in argv:
+            out.append(int(name))
+    return out
+
+
+def _ctr(tools: Tools, d: Daemon, *args: str, check: bool = True,
+         timeout: float = 120) -> subprocess.CompletedProcess:
+    r = subprocess.run([tools.ctr, "--address", d.sock, *args], capture_output=True,
+                       text=True, env=tools.ctr_env, timeout=timeout)
+    if check and r.returncode != 0:
+        raise BenchError(f"ctr {' '.join(args)} against {d.kind}: {r.stderr.strip()}")
+    return r
+
+
+def _remove_tasks(tools: Tools, d: Daemon) -> None:
+    ids = _ctr(tools, d, "tasks", "ls", "-q", check=False).stdout.split()
+    for t in ids:
+        _ctr(tools, d, "tasks", "kill", "-s", "SIGKILL", t, check=False)
+    for t in ids:
+        for _ in range(100):
+            if _ctr(tools, d, "tasks", "rm", "-f", t, check=False).returncode == 0:
+                break
+            time.sleep(0.05)
+    for c in _ctr(tools, d, "containers", "ls", "-q", check=False).stdout.split():
+        _ctr(tools, d, "containers", "rm", c, check=False)
+
+
+def _busybox_archive(workdir: str) -> str:
+    path = os.path.join(workdir, "busybox.tar")
+    if not os.path.exists(path):
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "scripts",
+                              "busybox-image")
+        subprocess.run([sys.executable, script, path, "localhost/bench/busybox:latest"],
+                       check=True, capture_output=True)
+    return path
+
+
+def scenario_tasks(tools: Tools, res: Results, daemons: list[str], repeats: int,
+                   workdir: str, counts_text: str) -> list[str]:
+    """Per daemon: `ctr run --rm IMG true` latency (sequential), the time until 20
+    concurrently started containers all run, and shim memory per running container (PSS,
+    RSS) with N containers running `sleep`."""
+    image = "localhost/bench/busybox:latest"
+    archive = _busybox_archive(workdir)
+    counts = [int(c) for c in counts_text.split(",") if c.strip()]
+    figs = ["run_rm_true", "start_20_concurrent"]
+    for n in counts:
+        figs += [f"shim_pss_per_ctr_{n}", f"shim_rss_per_ctr_{n}"]
+    for kind in daemons:
+        d = tools.daemon(kind)
+        try:
+            d.start()
+            _ctr(tools, d, "images", "import", archive)
+            for i in range(-1, repeats):  # one warm-up
+                t0 = now()
+                _ctr(tools, d, "run", "--rm", image, f"rm{i + 1}", "true")
+                if i >= 0:
+                    res.add("run_rm_true", kind, (now() - t0) * 1000, "ms")
+            log(f"tasks: {kind}: run --rm true p50 "
+                f"{res.stats('run_rm_true', kind)['median']:.0f} ms")
+            t0 = now()
+            procs = [subprocess.Popen([tools.ctr, "--address", d.sock, "run", "-d", image,
+                                       f"c20-{i}", "sleep", "1000"], env=tools.ctr_env,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                     for i in range(20)]
+            for p in procs:
+                if p.wait(timeout=120) != 0:
+                    raise BenchError(f"{kind}: concurrent run failed: "
+                                     f"{p.stderr.read().decode().strip()}")
+            while True:
+                rows = _ctr(tools, d, "tasks", "ls").stdout.splitlines()[1:]
+                if sum(1 for r in rows if r.split()[-1] == "RUNNING") >= 20:
+                    break
+                if now() - t0 > 120:
+                    raise BenchError(f"{kind}: 20 containers did not all run in 120 s")
+                time.sleep(0.01)
+            res.add("start_20_concurrent", kind, (now() - t0) * 1000, "ms")
+            _remove_tasks(tools, d)
+            for n in counts:
+                for i in range(n):
+                    _ctr(tools, d, "run", "-d", image, f"m{n}-{i}", "sleep", "1000")
+                time.sleep(2.0)  # settle
+                pids = _shim_pids(d)
+                if not pids:
+                    raise BenchError(f"{kind}: no shim processes found")
+                pss = sum(smaps_rollup(p).get("Pss", 0) for p in pids) / 1024
+                rss = sum(smaps_rollup(p).get("Rss", 0) for p in pids) / 1024
+                res.add(f"shim_pss_per_ctr_{n}", kind, pss / n, "MiB")
+                res.add(f"shim_rss_per_ctr_{n}", kind, rss / n, "MiB")
+                log(f"tasks: {kind}: {n} containers, {len(pids)} shim processes, "
+                    f"PSS {pss / n:.2f} MiB/ctr, RSS {rss / n:.2f} MiB/ctr")
+                _remove_tasks(tools, d)
+        finally:
+            try:
+                _remove_tasks(tools, d)
+            finally:
+                d.stop()
+    return figs
+
+
 def parse_go_duration(text: str) -> float:
     """Seconds of a Go duration as ctr prints it (``7.86s``, ``49.5ms``, ``1m2.5s``)."""
     import re
@@ -1069,6 +1183,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="blob size of the ingest scenario in MiB (default 1024)")
     ap.add_argument("--ingest-repeats", type=int, default=3,
                     help="samples per daemon of the ingest scenario (default 3)")
+    ap.add_argument("--task-repeats", type=int, default=15,
+                    help="tasks scenario: sequential `run --rm true` samples (default 15)")
+    ap.add_argument("--task-counts", default="10,50",
+                    help="tasks scenario: running-container counts for shim memory "
+                    "(default 10,50)")
     args = ap.parse_args(argv)
 
     only = [s.strip() for s in args.only.split(",") if s.strip()]
@@ -1154,6 +1273,9 @@ def main(argv: list[str] | None = None) -> int:
             elif sc == "pull":
                 figs_by_scenario[sc] = scenario_pull(tools, res, daemons, args.pull_repeats,
                                                      args.pull_ref)
+            elif sc == "tasks":
+                figs_by_scenario[sc] = scenario_tasks(tools, res, daemons, args.task_repeats,
+                                                      workdir, args.task_counts)
             elif sc == "profile":
                 prof = scenario_profile(tools, res, args.profile_repeats, args.warmup)
             meta[f"loadavg_{sc}"] = f"{la} -> {loadavg()}"
