@@ -202,10 +202,10 @@ class CRIRuntime:
     def _sandbox_dir(self, id_: str) -> str:
         return os.path.join(self.state, "sandboxes", id_)
 
-    def _netns_dir(self) -> str:
-        if self.config.netns_mounts_under_state_dir:
-            return os.path.join(self.state, "netns")
-        return "/var/run/netns"
+    def _netns_base(self) -> str:
+        from ctrd.cri import netns
+
+        return netns.netns_base_dir(self.state, self.config.netns_mounts_under_state_dir)
 
     async def run_pod_sandbox(self, config, runtime_handler: str = "") -> str:
         pb = _pb()
@@ -275,14 +275,14 @@ class CRIRuntime:
                          ) -> dict[str, str]:
         from ctrd.cri import netns
 
-        pns = netns.create_pod_namespaces(self._netns_dir(), f"cni-{id_[:32]}", hostname,
-                                          tuple(kinds))
+        pns = netns.create_pod_namespaces(self._netns_base(), hostname, tuple(kinds))
         return dict(pns.paths)
 
     def _drop_namespaces(self, paths: dict[str, str]) -> None:
         from ctrd.cri import netns
 
-        netns.remove_paths(list(paths.values()))
+        for p in paths.values():
+            netns.remove_path(p)
 
     def _cni_args(self, meta: st.SandboxMeta, config) -> tuple[dict, dict]:
         md = config.metadata
@@ -411,16 +411,21 @@ class CRIRuntime:
         from ctrd.snapshots.mount import mounted
 
         sandbox = cri_spec.SandboxFacts(
-            id=smeta.id, netns=smeta.netns, ipc=smeta.ipc, uts=smeta.uts,
-            shm=os.path.join(smeta.dir, "shm") if smeta.ipc else "/dev/shm",
-            hostname=os.path.join(smeta.dir, "hostname"),
-            hosts=os.path.join(smeta.dir, "hosts"),
-            resolv_conf=os.path.join(smeta.dir, "resolv.conf"),
-            cgroup_parent=sandbox_config.linux.cgroup_parent)
+            id=smeta.id, netns_path=smeta.netns or None, ipcns_path=smeta.ipc or None,
+            utsns_path=smeta.uts or None,
+            shm_path=os.path.join(smeta.dir, "shm") if smeta.ipc else None,
+            hostname_path=os.path.join(smeta.dir, "hostname"),
+            hosts_path=os.path.join(smeta.dir, "hosts"),
+            resolv_conf_path=os.path.join(smeta.dir, "resolv.conf"))
+        _, handler = self.handler(smeta.runtime_handler)
         mounts = snap.mounts(NAMESPACE, id_)
         with mounted(mounts, dir=self.state) as rootfs:
-            return cri_spec.container_spec(id_, config, sandbox_config, image.config,
-                                           sandbox, rootfs, self.config)
+            # No pause container: the pod's sysctls go into each container's spec (runc
+            # applies them inside the pod's namespaces).
+            return cri_spec.container_spec(
+                id_, config, sandbox_config, image.config, sandbox, rootfs, self.config,
+                handler, image_name=config.image.image,
+                sysctls=cri_spec.pod_sysctls(sandbox_config))
 
     def _task_io(self, meta: st.ContainerMeta) -> tuple[str, str]:
         """stdout/stderr URIs: the kubelet's log file, written in its format by the shim."""
@@ -572,7 +577,8 @@ class CRIRuntime:
         meta, status = self.records.container(id_)
         c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)
         spec = json.loads(c.spec.value)
-        resources = cri_spec.update_resources(spec, linux, self.config)
+        cri_spec.apply_resources(spec, linux, self.config, cri_spec.host_facts())
+        resources = spec.get("linux", {}).get("resources", {})
         c.spec = AnyValue(SPEC_TYPE, json.dumps(spec).encode())
         await asyncio.to_thread(self.containers.update, NAMESPACE, c, ["spec"])
         if status.state == st.RUNNING:
