@@ -159,3 +159,84 @@ def test_run_failure_leaves_nothing(env):
     assert r.returncode != 0
     assert "no/such/binary" in r.stderr
     env.ctr("containers", "rm", "bad")
+
+
+def test_stdin_reaches_the_task_and_eof_ends_it(env):
+    r = subprocess.run([CTR, "--address", env.d.address, "run", "--rm", "--runtime", RUNTIME,
+                        env.image, "stdin", "sh", "-c", "cat; echo done"],
+                       input="line one\nline two\n", capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "line one\nline two\ndone\n"
+
+
+def test_log_uri_file_appends_output(env, tmp_root):
+    log = tmp_root / "logs" / "task.log"
+    for word in ("first", "second"):
+        r = env.ctr("run", "--rm", "--runtime", RUNTIME, "--log-uri", f"file://{log}",
+                    env.image, "logged", "sh", "-c", f"echo {word}; echo {word}-err >&2")
+        assert r.returncode == 0, r.stderr
+    assert sorted(log.read_text().splitlines()) == sorted(
+        ["first", "first-err", "second", "second-err"])
+
+
+def _run_in_pty(argv: list[str], keys: bytes = b"", rows: int = 0, cols: int = 0,
+                timeout: float = 60, prompt: bytes = b"# ") -> tuple[int, str]:
+    """Run ``argv`` with a pty as its stdio (sized rows x cols), type ``keys`` once it
+    printed ``prompt``; return its exit code and everything it printed."""
+    import fcntl
+    import pty
+    import select
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    if rows:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+    p = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, start_new_session=True)
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if keys and prompt in out:
+                os.write(master, keys)
+                keys = b""
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 4096)
+                except OSError:  # EIO: every slave end closed
+                    break
+                if not data:
+                    break
+                out += data
+            elif p.poll() is not None:
+                break
+        p.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        os.close(master)
+    return p.returncode, out.decode(errors="replace")
+
+
+def test_terminal_run_interactive_with_size(env):
+    code, out = _run_in_pty([CTR, "--address", env.d.address, "run", "--rm", "-t",
+                             "--runtime", RUNTIME, env.image, "tty", "sh"],
+                            keys=b"stty size; echo got-$((6*7))\nexit 5\n", rows=33, cols=101)
+    assert "33 101" in out, out
+    assert "got-42" in out, out
+    assert code == 5, out
+
+
+def test_terminal_exec(env):
+    env.ok("run", "-d", "--runtime", RUNTIME, env.image, "ttyx", "sleep", "600")
+    code, out = _run_in_pty([CTR, "--address", env.d.address, "tasks", "exec", "-t",
+                             "--exec-id", "t1", "ttyx", "sh", "-c", "tty; exit 4"])
+    assert "/dev/pts/" in out, out
+    assert code == 4, out
+    env.ok("tasks", "kill", "-s", "KILL", "ttyx")
+    assert wait_until(lambda: env.task_status("ttyx") == "STOPPED")
+    env.ok("tasks", "rm", "ttyx")
+    env.ok("containers", "rm", "ttyx")

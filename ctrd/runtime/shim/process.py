@@ -88,7 +88,7 @@ class Process:
                 self.pty = PtyCopy(self.loop, master, io)
             else:
                 run(io.runtime_fds(devnull), "")
-                io.handed_over()
+                io.handed_over(self.loop)
         except BaseException:
             io.close()
             raise

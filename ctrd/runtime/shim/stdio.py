@@ -1,12 +1,11 @@
 """A process's stdio: what the client asked for (FIFO paths, ``file://`` URIs), opened for the
 OCI runtime, and the pty copy of terminal processes.
 
-Without a terminal nothing is copied: the opened fds become the runtime's fds 0-2 and the
+Without a terminal, output is not copied: the opened fds become the runtime's fds 1-2 and the
 runtime passes them through to the process.
 
-- stdin (a FIFO path): opened for reading and handed over; the shim also keeps a *writer* on
-  it, so the process does not see EOF when a client detaches — it sees EOF once the client
-  closed its end and CloseIO closed the shim's (containerd's semantics).
+- stdin (a FIFO path): copied by the shim into a pipe the process reads (see
+  :class:`ProcessIO` for why, and for its EOF rules) — the one copy of non-terminal I/O.
 - stdout/stderr FIFO: opened read-write, which never blocks and keeps the FIFO usable while
   no client reads (output waits in the pipe instead of killing the process with SIGPIPE, as
   with containerd's shim).
@@ -24,6 +23,7 @@ import array
 import errno
 import fcntl
 import os
+import select
 import socket
 import stat
 import struct
@@ -93,19 +93,29 @@ def _blocking(fd: int) -> int:
 class ProcessIO:
     """The opened stdio of one process. Lifecycle: ``ProcessIO(stdio)`` opens everything (a
     failure closes what was opened); :meth:`runtime_fds` for the runtime command, then
-    :meth:`handed_over`; :meth:`close_stdin` on CloseIO; :meth:`close` at delete."""
+    :meth:`handed_over` (non-terminal) or :class:`PtyCopy` takes the fds over;
+    :meth:`close_stdin` on CloseIO; :meth:`close` at delete.
+
+    stdin is copied (FIFO -> pipe -> process) rather than handed over, to give containerd's
+    EOF semantics: the process sees EOF when the client closed its end before the process
+    was created, or later once the client closed and CloseIO closed the shim's own writer
+    (which keeps a detaching client from ending the process's input).
+    """
 
     def __init__(self, stdio: Stdio) -> None:
         self.stdio = stdio
-        self.stdin_r = self.stdin_keep = self.out = self.err = -1
+        self.stdin_path = ""
+        self.stdin_r = self.stdin_keep = self.pipe_r = self.pipe_w = self.out = self.err = -1
+        self._copy: _Pipe | None = None
         try:
             if stdio.stdin:
                 scheme, path = _scheme(stdio.stdin)
                 if scheme != "fifo":
                     raise errdefs.InvalidArgument(f"stdin {stdio.stdin!r}: must be a fifo")
+                self.stdin_path = path
                 self.stdin_r = _open_fifo(path, "stdin", os.O_RDONLY)
-                # A writer of our own: the process sees EOF only after CloseIO.
-                self.stdin_keep = os.open(path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+                if not stdio.terminal:
+                    self.pipe_r, self.pipe_w = os.pipe2(os.O_CLOEXEC)
             if stdio.stdout:
                 self.out = _open_output(stdio.stdout, "stdout")
             if stdio.stderr and not stdio.terminal:
@@ -118,15 +128,35 @@ class ProcessIO:
     def runtime_fds(self, devnull: int) -> tuple[int, int, int]:
         """fds 0-2 of the runtime command (blocking, as a process expects its stdio)."""
         return tuple(_blocking(fd) if fd >= 0 else devnull
-                     for fd in (self.stdin_r, self.out, self.err))  # type: ignore[return-value]
+                     for fd in (self.pipe_r, self.out, self.err))  # type: ignore[return-value]
 
-    def handed_over(self) -> None:
-        """The process holds its own copies now: drop ours (except the stdin keeper)."""
-        for attr in ("stdin_r", "out", "err"):
+    def handed_over(self, loop: Loop) -> None:
+        """The process holds its own copies now: drop ours, start copying stdin."""
+        for attr in ("pipe_r", "out", "err"):
             fd = getattr(self, attr)
             if fd >= 0:
                 os.close(fd)
                 setattr(self, attr, -1)
+        if self.stdin_r >= 0:
+            self.keep_stdin()
+            self._copy = _Pipe(loop, self.stdin_r, self.pipe_w, self._stdin_eof)
+
+    def keep_stdin(self) -> None:
+        """Open the shim's own writer on the stdin FIFO, unless the client already came and
+        went (POLLHUP: a writer connected and closed), whose EOF must reach the process."""
+        p = select.poll()
+        p.register(self.stdin_r, select.POLLIN)
+        if any(ev & select.POLLHUP for _, ev in p.poll(0)):
+            return
+        self.stdin_keep = os.open(self.stdin_path, os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+
+    def _stdin_eof(self) -> None:
+        for attr in ("stdin_r", "pipe_w"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
+        self._copy = None
 
     def close_stdin(self) -> None:
         if self.stdin_keep >= 0:
@@ -135,7 +165,14 @@ class ProcessIO:
 
     def close(self) -> None:
         self.close_stdin()
-        self.handed_over()
+        if self._copy is not None:
+            self._copy.stop()
+        self._stdin_eof()
+        for attr in ("pipe_r", "out", "err"):
+            fd = getattr(self, attr)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, attr, -1)
 
 
 class ConsoleSocket:
@@ -242,6 +279,8 @@ class PtyCopy:
         self.loop, self.master, self.io = loop, master, io
         # Ours now: the output is closed when the pty is drained, so the client sees EOF.
         self.out = io.out if io.out >= 0 else os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        if io.stdin_r >= 0:
+            io.keep_stdin()
         stdin, io.out, io.stdin_r = io.stdin_r, -1, -1
         self._in = None
         self._out = _Pipe(loop, master, self.out, self._out_done)
