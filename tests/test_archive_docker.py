@@ -273,6 +273,24 @@ def test_hostile_docker_archives(tmp_path, case):
         assert store.blobs == {}
 
 
+def test_untagged_image_needs_digest_names(tmp_path):
+    moby_archive(tmp_path / "a.tar", tags=())
+    with pytest.raises(InvalidArgument, match="has no RepoTags"):
+        load(tmp_path / "a.tar")
+    result, _ = load(tmp_path / "a.tar", unnamed=True)
+    assert result.images == [] and len(result.manifests) == 1
+
+
+def test_truncated_oci_layout(tmp_path, registry):
+    img = registry.pushed["busybox"]
+    path = tmp_path / "oci.tar"
+    with tarfile.open(path, "w") as t:
+        t.add(img.root, arcname=".", recursive=True)
+    _truncate(path)
+    with pytest.raises(InvalidArgument, match="truncated or corrupt tar archive"):
+        load(path)
+
+
 def test_oci_layout_is_preferred_when_both_are_there(tmp_path, registry):
     """A tar with an OCI layout and a manifest.json (ours, containerd's, docker 25's) is read
     as the layout, as containerd does."""

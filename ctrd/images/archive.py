@@ -746,6 +746,9 @@ def import_archive(open_tar: Callable[[], BinaryIO], store: Store,
     for i, entry in enumerate(index.manifests):
         name = image_name(entry, i)
         if not name and not unnamed:
+            if scan.format == "docker":
+                raise InvalidArgument(f"manifest.json: an image ({entry.digest}) has no "
+                                      "RepoTags (name it by digest instead)")
             raise InvalidArgument(f"index.json manifests[{i}] has no image name (annotation "
                                   f"{IMAGE_NAME} or {REF_NAME}; name it by digest instead)")
         if name and name in names:
