@@ -1799,8 +1799,8 @@ def import_cmd(g: Globals, file: str, no_unpack: bool, snapshotter: str, platfor
     every blob's digest is verified as it is written. A Docker archive becomes a Docker
     schema 2 manifest per image, as containerd converts it. Everything is written under a
     temporary lease; image records are created (or updated) only when every image is
-    complete, so a bad archive creates no image and leaves no content. Then, as `ctr images
-    import`, each image is unpacked for the platform (unless --no-unpack).
+    complete and unpacked for the platform (ctr's default too; --no-unpack skips it), so a
+    bad archive creates no image and leaves no content or snapshot.
     """
     import time as _time
 
