@@ -1624,6 +1624,11 @@ def push_cmd(g: Globals, ref: str, local_ref: str, plain_http: bool, hosts_dir: 
                            f"{target.digest}")
     username, _, secret = user.partition(":")
     creds = {remote.host: Credentials(username, secret)} if username else None
+    if creds is None:  # as pull: what `ctrctl login` saved for this registry
+        from ctrd.remotes.auth import load_docker_config
+
+        saved = load_docker_config().get(remote.host)
+        creds = {remote.host: saved} if saved is not None else None
     registry = Registry(hosts_dir=hosts_dir or None, plain_http=plain_http, credentials=creds)
 
     def report(digest: str, status: str) -> None:
