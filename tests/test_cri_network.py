@@ -596,7 +596,7 @@ def test_protocol_env_stdin_prevresult_and_order(tmp_path):
 @needs_root
 @needs_plugins
 @pytest.mark.parametrize("case", ["unknown binary", "hangs", "garbage output", "json error",
-                                  "stderr only", "bad result"])
+                                  "stderr only", "bad result", "floods stdout"])
 def test_hostile_plugins_leave_nothing_behind(workdir, testnet, case):
     sleep_for = str(100000 + next(_seq) * 7 + random.randint(0, 9999))  # findable in ps
     bodies = {
@@ -613,6 +613,8 @@ def test_hostile_plugins_leave_nothing_behind(workdir, testnet, case):
         "bad result": 'cat >/dev/null\n[ "$CNI_COMMAND" = ADD ] || exit 0\n'
                       'echo \'{"cniVersion": "1.0.0", "ips": [{"address": "nonsense"}]}\'\n'
                       'exit 0\n',
+        "floods stdout": 'cat >/dev/null\nif [ "$CNI_COMMAND" = ADD ]; then exec yes; fi\n'
+                         'exit 0\n',
     }
     ptype = "nosuchplugin" if case == "unknown binary" else "hostile"
     if case != "unknown binary":
@@ -632,7 +634,8 @@ def test_hostile_plugins_leave_nothing_behind(workdir, testnet, case):
                 "garbage output": "invalid result",
                 "json error": "(add): bad thing; why it is bad",
                 "stderr only": "it broke",
-                "bad result": "invalid address 'nonsense'"}[case] in msg, msg
+                "bad result": "invalid address 'nonsense'",
+                "floods stdout": "printed more than 1048576 bytes: killed"}[case] in msg, msg
         if case == "json error":
             assert e.value.cni_code == 7 and e.value.details == "why it is bad"
         # nothing half-done: the bridge's veth, lease and rules are gone, no cache entry

@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import re
+import selectors
 import signal
 import subprocess
 import threading
@@ -920,29 +921,86 @@ def _run(path: str, stdin: bytes, env: dict, timeout: float, ptype: str, net: st
             raise PluginError(ptype, net, command,
                               f"failed to execute {path}: {e.strerror}") from None
     try:
-        out, err = proc.communicate(stdin, timeout=timeout)
+        out, err = _communicate(proc, stdin, time.monotonic() + timeout)
     except subprocess.TimeoutExpired:
         _kill_group(proc)
         raise DeadlineExceeded(f"plugin type={json.dumps(ptype)} name={json.dumps(net)} "
                                f"({command.lower()}) did not finish in {timeout:g}s: "
                                "killed") from None
+    except _TooMuchOutput:
+        _kill_group(proc)
+        raise PluginError(ptype, net, command,
+                          f"printed more than {MAX_OUTPUT} bytes: killed") from None
     except BaseException:
         _kill_group(proc)
         raise
-    return out[:MAX_OUTPUT], err[:MAX_OUTPUT].decode(errors="replace").strip(), proc.returncode
+    return out, err.decode(errors="replace").strip(), proc.returncode
+
+
+class _TooMuchOutput(Exception):
+    pass
+
+
+def _communicate(proc: subprocess.Popen, data: bytes, deadline: float) -> tuple[bytes, bytes]:
+    """Popen.communicate with a cap on what is kept in memory (a plugin printing without
+    end is killed, not buffered) and one deadline for the I/O and the exit."""
+    assert proc.stdin and proc.stdout and proc.stderr
+    bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    pos = 0
+    with selectors.DefaultSelector() as sel:
+        if data:
+            os.set_blocking(proc.stdin.fileno(), False)
+            sel.register(proc.stdin, selectors.EVENT_WRITE)
+        else:
+            proc.stdin.close()
+        for f in bufs:
+            sel.register(f, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise subprocess.TimeoutExpired(proc.args, 0)
+            for key, _ in sel.select(left):
+                f = key.fileobj
+                if f is proc.stdin:
+                    try:
+                        pos += os.write(proc.stdin.fileno(), data[pos:pos + 65536])
+                    except BrokenPipeError:  # it does not read its config: its business
+                        pos = len(data)
+                    if pos >= len(data):
+                        sel.unregister(f)
+                        proc.stdin.close()
+                    continue
+                chunk = os.read(f.fileno(), 65536)  # type: ignore[union-attr]
+                if not chunk:
+                    sel.unregister(f)
+                    continue
+                bufs[f] += chunk  # type: ignore[index]
+                if len(bufs[f]) > MAX_OUTPUT:  # type: ignore[index]
+                    raise _TooMuchOutput()
+    proc.wait(max(deadline - time.monotonic(), 0.001))
+    proc.stdout.close()
+    proc.stderr.close()
+    return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr])
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the plugin and everything in its process group (it runs in its own session),
+    reap it, close our ends of its pipes."""
     try:
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
     try:
-        proc.communicate(timeout=5)
-    except subprocess.TimeoutExpired:  # a grandchild holding the pipes outside the group
+        proc.kill()
+    except ProcessLookupError:
         pass
-    proc.kill()
     proc.wait()
+    for f in (proc.stdin, proc.stdout, proc.stderr):
+        if f is not None:
+            try:
+                f.close()
+            except OSError:
+                pass
 
 
 def _plugin_failure(ptype: str, net: str, command: str, rc: int, out: bytes,
