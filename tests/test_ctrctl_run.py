@@ -101,7 +101,7 @@ def ctl_cmd(d, *args: str) -> list[str]:
     return cmd + ["--address", d.address, *args]
 
 
-def ctl(d, *args: str, input: str | None = None, timeout: float = 120,
+def ctl(d, *args: str, input: str | None = None, timeout: float = 60,
         stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
     return subprocess.run(ctl_cmd(d, *args), capture_output=True, text=True, timeout=timeout,
                           env=d.env, input=input, **({} if input is not None else

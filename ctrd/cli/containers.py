@@ -318,15 +318,41 @@ class Foreground:
             return int(got)
 
 
-def _stdin_closer(c: Any, container_id: str, exec_id: str = "") -> Callable[[], None]:
-    def close() -> None:
+class StdinCloser:
+    """Tasks/CloseIO(stdin) once the local input reached EOF *and* the process exists.
+
+    The input is copied as soon as the shim opens the FIFO, which is during Tasks/Create or
+    Tasks/Exec: short input can reach EOF before the daemon knows the process, and a CloseIO
+    sent then would be refused and lost (the process would wait for input for ever). So
+    whichever of :meth:`eof` and :meth:`created` comes second sends it.
+    """
+
+    def __init__(self, c: Any, container_id: str, exec_id: str = "") -> None:
+        self.c, self.cid, self.eid = c, container_id, exec_id
+        self._lock = threading.Lock()
+        self._eof = self._created = self._sent = False
+
+    def eof(self) -> None:
+        with self._lock:
+            self._eof = True
+        self._maybe_send()
+
+    def created(self) -> None:
+        with self._lock:
+            self._created = True
+        self._maybe_send()
+
+    def _maybe_send(self) -> None:
+        with self._lock:
+            if not (self._eof and self._created) or self._sent:
+                return
+            self._sent = True
         pb = _pb()
         try:
-            c.tasks.CloseIO(pb.tasks.CloseIORequest(container_id=container_id,
-                                                    exec_id=exec_id, stdin=True))
+            self.c.tasks.CloseIO(pb.tasks.CloseIORequest(container_id=self.cid,
+                                                         exec_id=self.eid, stdin=True))
         except errdefs.CtrdError:
-            pass
-    return close
+            pass  # the process is gone: nobody to tell
 
 
 def _run_foreground(c: Any, container_id: str, exec_id: str, pio: ProcessIO, tty: bool,
@@ -490,21 +516,24 @@ def run_cmd(g: Any, image: str, container_id: str, args: tuple[str, ...], detach
     rootfs, _spec = _create_container(c, image, container_id, snapshotter=snapshotter,
                                       runtime=runtime, opts=opts, labels=extra)
     pio: ProcessIO | None = None
-    task_created = False
+    closer = StdinCloser(c, container_id)
+    task_created = started_detached = False
     try:
         if detach:
             os.makedirs(os.path.dirname(logfile), mode=0o755, exist_ok=True)
             pio = ProcessIO.log_file(logfile)
         else:
             pio = ProcessIO.fifo(fifo_root(fifo_dir), container_id, stdin=interactive, tty=tty,
-                                 on_stdin_eof=_stdin_closer(c, container_id))
+                                 on_stdin_eof=closer.eof)
         pio.start()
         c.tasks.Create(pb.tasks.CreateTaskRequest(
             container_id=container_id, rootfs=rootfs, stdin=pio.stdin, stdout=pio.stdout,
             stderr=pio.stderr, terminal=tty))
         task_created = True
+        closer.created()
         if detach:
             c.tasks.Start(pb.tasks.StartRequest(container_id=container_id))
+            started_detached = True
             return 0
         status = _run_foreground(
             c, container_id, "", pio, tty, interactive,
@@ -513,7 +542,7 @@ def run_cmd(g: Any, image: str, container_id: str, args: tuple[str, ...], detach
         task_created = False
         return status
     finally:
-        if task_created and (rm or not detach):
+        if task_created and not started_detached:
             # failed or interrupted in the foreground: don't leave a running task behind
             try:
                 c.tasks.Kill(pb.tasks.KillRequest(container_id=container_id,
@@ -689,9 +718,10 @@ def register(group: click.Group) -> None:
             process = _with_rootfs(mounts, make)
         else:
             process = make(None)
+        closer = StdinCloser(c, container_id, exec_id)
         pio = ProcessIO() if detach else ProcessIO.fifo(
             fifo_root(fifo_dir), exec_id, stdin=interactive, tty=tty,
-            on_stdin_eof=_stdin_closer(c, container_id, exec_id))
+            on_stdin_eof=closer.eof)
         req = pb.tasks.ExecProcessRequest(container_id=container_id, exec_id=exec_id,
                                           stdin=pio.stdin, stdout=pio.stdout,
                                           stderr=pio.stderr, terminal=tty)
@@ -702,6 +732,7 @@ def register(group: click.Group) -> None:
             pio.start()
             c.tasks.Exec(req)
             created = True
+            closer.created()
             start = lambda: c.tasks.Start(pb.tasks.StartRequest(  # noqa: E731
                 container_id=container_id, exec_id=exec_id))
             if detach:
