@@ -40,6 +40,25 @@ def sockets() -> set[str]:
         return set()
 
 
+def stale_sockets(before: set[str]) -> set[str]:
+    """Shim sockets that appeared since ``before`` and that nothing serves any more. (Live
+    ones may belong to other daemons' shims: the directory is machine-wide.)"""
+    import socket
+
+    out = set()
+    for name in sockets() - before:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(str(SOCKET_DIR / name))
+        except FileNotFoundError:
+            continue
+        except OSError:
+            out.add(name)
+        finally:
+            s.close()
+    return out
+
+
 def wait_until(cond, timeout: float = 10.0, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,3 +74,113 @@ def rss_pss_kib(pid: int) -> tuple[int, int]:
         k, v = line.split(":", 1)
         fields[k] = int(v.split()[0])
     return fields["Rss"], fields["Pss"]
+
+
+# ----------------------------------------------------------------- driving a shim directly
+
+SHIM_PATH = str(Path(__file__).resolve().parent.parent / ".venv" / "bin" / SHIM)
+
+
+def make_rootfs(d: Path) -> Path:
+    """A tiny rootfs: static busybox and a few applets (a bind mount source)."""
+    (d / "bin").mkdir(parents=True)
+    (d / "tmp").mkdir()
+    (d / "proc").mkdir()
+    (d / "dev").mkdir()
+    (d / "sys").mkdir()
+    import shutil
+
+    shutil.copy("/bin/busybox", d / "bin" / "busybox")
+    for a in ("sh", "echo", "cat", "sleep", "true", "ls"):
+        (d / "bin" / a).symlink_to("busybox")
+    return d
+
+
+def make_bundle(d: Path, args: list[str], terminal: bool = False) -> Path:
+    """A bundle dir with runc's default spec running ``args`` (rootfs/ left empty: the shim
+    mounts the task's rootfs there)."""
+    import json
+    import subprocess
+
+    d.mkdir(parents=True)
+    subprocess.run(["runc", "spec", "-b", str(d)], check=True)
+    spec = json.loads((d / "config.json").read_text())
+    spec["process"]["args"] = args
+    spec["process"]["terminal"] = terminal
+    spec["root"] = {"path": "rootfs", "readonly": False}
+    (d / "config.json").write_text(json.dumps(spec))
+    (d / "rootfs").mkdir()
+    os.mkfifo(d / "log")
+    return d
+
+
+class EventSink:
+    """A ttrpc server (ctrd.ttrpc, asyncio, in a thread) that records what shims forward to
+    ``Events/Forward``, and the place to make ttrpc calls to a shim from synchronous tests.
+    Lifecycle: ``EventSink(path)``, use, :meth:`close`."""
+
+    def __init__(self, path: str) -> None:
+        import asyncio
+        import threading
+
+        self.path = path
+        self.envelopes: list = []
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server = self.call_async(self._start())
+
+    async def _start(self):
+        from ctrd.api.containerd.services.ttrpc.events.v1 import events_pb2
+        from ctrd.ttrpc.server import Server
+        from google.protobuf import empty_pb2
+
+        sink = self
+
+        class Events:
+            async def Forward(self, req, ctx):
+                sink.envelopes.append(req.envelope)
+                return empty_pb2.Empty()
+
+        s = Server()
+        s.register_service(events_pb2.DESCRIPTOR.services_by_name["Events"], Events())
+        await s.start(self.path)
+        return s
+
+    def call_async(self, coro, timeout: float = 60):
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def topics(self) -> list[str]:
+        return [e.topic for e in self.envelopes]
+
+    def close(self) -> None:
+        self.call_async(self.server.stop(grace=1))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(5)
+
+
+class ShimClient:
+    """Synchronous calls to a shim's Task service through an :class:`EventSink`'s loop."""
+
+    SERVICE = "containerd.task.v2.Task"
+
+    def __init__(self, sink: EventSink, address: str, namespace: str) -> None:
+        from ctrd.ttrpc.client import Client
+
+        self.sink, self.namespace = sink, namespace
+        self.client = sink.call_async(Client.connect(address.removeprefix("unix://")))
+
+    def __call__(self, method: str, request, timeout: float = 30):
+        from ctrd.api.containerd.runtime.v2.task import shim_pb2
+
+        out = shim_pb2.DESCRIPTOR.services_by_name["Task"].methods_by_name[method].output_type
+        from google.protobuf.message_factory import GetMessageClass
+
+        return self.sink.call_async(self.client.call(
+            self.SERVICE, method, request, GetMessageClass(out), timeout=timeout,
+            metadata={"containerd-namespace-ttrpc": self.namespace}), timeout + 5)
+
+    def close(self) -> None:
+        self.sink.call_async(self.client.close())

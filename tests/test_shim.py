@@ -5,7 +5,6 @@ no shim process, no mount under the daemon's state, no shim socket left."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -14,7 +13,8 @@ import time
 import pytest
 
 from conftest import CTR, ctr
-from shimutil import RUNTIME, mounts_under, rss_pss_kib, shim_pids, sockets, wait_until
+from shimutil import (RUNTIME, mounts_under, rss_pss_kib, shim_pids, sockets, stale_sockets,
+                      wait_until)
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")]
@@ -70,9 +70,11 @@ def env(containerd, registry):
         assert wait_until(lambda: not shim_pids(containerd.address)), \
             f"shims left: {shim_pids(containerd.address)}"
         assert mounts_under(str(containerd.state)) == []
-        assert sockets() - before == set()
+        assert stale_sockets(before) == set()
     finally:
         _force_cleanup(e)
+        for s in stale_sockets(before):
+            os.unlink(f"/run/ctrd/s/{s}")
 
 
 def test_run_echo_prints_and_cleans_up(env):
@@ -240,3 +242,273 @@ def test_terminal_exec(env):
     assert wait_until(lambda: env.task_status("ttyx") == "STOPPED")
     env.ok("tasks", "rm", "ttyx")
     env.ok("containers", "rm", "ttyx")
+
+
+def test_shim_survives_daemon_kill_9(env):
+    from conftest import wait_for_socket
+
+    env.ok("run", "-d", "--runtime", RUNTIME, env.image, "survivor", "sleep", "600")
+    shims = shim_pids(env.d.address)
+    assert len(shims) == 1
+    old = env.d.proc
+    old.kill()  # SIGKILL the daemon only: the shim lives in its own session
+    old.wait()
+    assert shim_pids(env.d.address) == shims
+    with open(env.d.log, "a") as out:
+        env.d.proc = subprocess.Popen([old.args[0], "--config", old.args[2]], stdout=out,
+                                      stderr=subprocess.STDOUT, start_new_session=True,
+                                      env=env.d.env)
+    wait_for_socket(env.d, timeout=30)
+    assert env.task_status("survivor") == "RUNNING"
+    r = env.ctr("tasks", "exec", "--exec-id", "after", "survivor", "echo", "still here")
+    assert r.returncode == 0 and r.stdout == "still here\n", r.stderr
+    env.ok("tasks", "kill", "-s", "KILL", "survivor")
+    assert wait_until(lambda: env.task_status("survivor") == "STOPPED")
+    env.ok("tasks", "rm", "survivor")
+    env.ok("containers", "rm", "survivor")
+
+
+# --------------------------------------------------- the shim driven directly over ttrpc
+
+from ctrd import errdefs  # noqa: E402
+from ctrd.api.containerd.runc.options import oci_pb2  # noqa: E402
+from ctrd.api.containerd.runtime.v2.task import shim_pb2 as api  # noqa: E402
+from ctrd.api.containerd.types import mount_pb2  # noqa: E402
+from ctrd.typeurl import pack  # noqa: E402
+from shimutil import SHIM_PATH, EventSink, ShimClient, make_bundle, make_rootfs  # noqa: E402
+
+
+class Direct:
+    def __init__(self, base) -> None:
+        self.base = base
+        self.fake_daemon = str(base / "daemon.sock")  # only hashed into the shim's socket name
+        self.rootfs = make_rootfs(base / "rootfs-src")
+        self.runc_root = str(base / "runc")
+        self.sink = EventSink(str(base / "events.sock"))
+        self.ns = "shimtest"
+        self.bundles: list = []
+        self.clients: list[ShimClient] = []
+
+    def start(self, id: str, args: list[str], terminal: bool = False, stdin_opts: bytes = b""):
+        bundle = make_bundle(self.base / "bundles" / id, args, terminal)
+        self.bundles.append(bundle)
+        env = dict(os.environ, TTRPC_ADDRESS=self.sink.path)
+        r = subprocess.run([SHIM_PATH, "-namespace", self.ns, "-address", self.fake_daemon,
+                            "-publish-binary", "/nonexistent", "-id", id, "-debug", "start"],
+                           cwd=bundle, input=stdin_opts, capture_output=True, env=env,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr.decode()
+        address = r.stdout.decode()
+        assert address.startswith("unix:///run/ctrd/s/")
+        assert (bundle / "address").read_text() == address
+        c = ShimClient(self.sink, address, self.ns)
+        self.clients.append(c)
+        return bundle, address, c
+
+    def create_request(self, id: str, bundle, binary: str = "", **kw) -> api.CreateTaskRequest:
+        req = api.CreateTaskRequest(id=id, bundle=str(bundle), **kw)
+        req.rootfs.append(mount_pb2.Mount(type="bind", source=str(self.rootfs),
+                                          options=["rbind", "ro"]))
+        req.options.CopyFrom(pack(oci_pb2.Options(binary_name=binary, root=self.runc_root)))
+        return req
+
+    def close(self) -> None:
+        for c in self.clients:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.sink.close()
+
+
+@pytest.fixture
+def direct(tmp_root):
+    before = sockets()
+    d = Direct(tmp_root)
+    try:
+        yield d
+        assert wait_until(lambda: not shim_pids(d.fake_daemon)), "shim still running"
+        assert mounts_under(str(tmp_root)) == []
+        assert stale_sockets(before) == set()
+    finally:
+        for pid in shim_pids(d.fake_daemon):
+            os.kill(pid, signal.SIGKILL)
+        for b in d.bundles:
+            subprocess.run(["runc", "--root", os.path.join(d.runc_root, d.ns), "delete",
+                            "--force", b.name], capture_output=True)
+        for m in reversed(mounts_under(str(tmp_root))):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+        for s in stale_sockets(before):
+            os.unlink(f"/run/ctrd/s/{s}")
+        d.close()
+
+
+def _crun_usable(tmp_root) -> str:
+    """Why crun cannot run a container here ("" if it can)."""
+    import shutil
+
+    if shutil.which("crun") is None:
+        return "crun is not installed"
+    b = make_bundle(tmp_root / "crun-probe", ["true"])
+    os.rmdir(b / "rootfs")
+    make_rootfs(b / "rootfs")
+    r = subprocess.run(["crun", "--root", str(tmp_root / "crun-root"), "run", "probe"],
+                       cwd=b, capture_output=True, text=True, timeout=30)
+    subprocess.run(["crun", "--root", str(tmp_root / "crun-root"), "delete", "-f", "probe"],
+                   capture_output=True)
+    return "" if r.returncode == 0 else f"crun cannot run containers here: {r.stderr.strip()}"
+
+
+@pytest.mark.parametrize("binary", ["", "wrapper", "crun"])
+def test_direct_lifecycle_events_and_shutdown(direct, tmp_root, binary):
+    if binary == "crun" and (why := _crun_usable(tmp_root)):
+        pytest.skip(why)
+    if binary == "wrapper":  # BinaryName is honoured: every call goes through this script
+        calls = tmp_root / "calls"
+        script = tmp_root / "runc-wrapper"
+        script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\nexec runc "$@"\n')
+        script.chmod(0o755)
+        binary = str(script)
+    out = tmp_root / "out" / "task.log"
+    bundle, address, shim = direct.start("life", ["sh", "-c", "echo out; echo err >&2; exit 3"])
+    req = direct.create_request("life", bundle, binary, stdout=f"file://{out}",
+                                stderr=f"file://{out}")
+    pid = shim("Create", req).pid
+    assert pid > 0
+    assert mounts_under(str(bundle)) == [str(bundle / "rootfs")]
+    st = shim("State", api.StateRequest(id="life"))
+    assert (st.status, st.pid, st.stdout, st.bundle) == (1, pid, f"file://{out}", str(bundle))
+    import asyncio
+
+    waiter = asyncio.run_coroutine_threadsafe(shim.client.call(
+        shim.SERVICE, "Wait", api.WaitRequest(id="life"), api.WaitResponse,
+        metadata={"containerd-namespace-ttrpc": direct.ns}), direct.sink.loop)
+    assert shim("Start", api.StartRequest(id="life")).pid == pid
+    w = waiter.result(30)
+    assert w.exit_status == 3 and w.exited_at.seconds > 0
+    st = shim("State", api.StateRequest(id="life"))
+    assert (st.status, st.exit_status) == (3, 3)  # STOPPED
+    d = shim("Delete", api.DeleteRequest(id="life"))
+    assert (d.pid, d.exit_status) == (pid, 3)
+    assert mounts_under(str(bundle)) == []
+    assert sorted(out.read_text().split()) == ["err", "out"]
+    conn = shim("Connect", api.ConnectRequest(id="life"))
+    assert conn.shim_pid in shim_pids(direct.fake_daemon)
+    assert wait_until(lambda: len(direct.sink.envelopes) >= 4)
+    assert direct.sink.topics() == ["/tasks/create", "/tasks/start", "/tasks/exit",
+                                    "/tasks/delete"]
+    assert {e.namespace for e in direct.sink.envelopes} == {direct.ns}
+    assert direct.sink.envelopes[2].event.type_url == "containerd.events.TaskExit"
+    shim("Shutdown", api.ShutdownRequest(id="life"))
+    assert wait_until(lambda: not shim_pids(direct.fake_daemon))
+    assert not (bundle / "address").exists()
+    assert not os.path.exists(address.removeprefix("unix://"))
+    if binary.endswith("runc-wrapper"):
+        text = calls.read_text()
+        assert "create --bundle" in text and f"--root {direct.runc_root}/{direct.ns}" in text
+
+
+def test_direct_hostile_requests_leave_nothing_half_done(direct, tmp_root):
+    bundle, address, shim = direct.start("hostile", ["sleep", "600"])
+    runc_state = os.path.join(direct.runc_root, direct.ns)
+
+    def refused(exc, method, req, text):
+        with pytest.raises(exc) as e:
+            shim(method, req)
+        assert text in str(e.value)
+        assert mounts_under(str(bundle)) == []
+        assert not os.path.exists(os.path.join(runc_state, "hostile"))
+
+    refused(errdefs.NotImplemented_, "Create",
+            direct.create_request("hostile", bundle, stdout="binary:///bin/logger"), "binary://")
+    refused(errdefs.InvalidArgument, "Create",
+            direct.create_request("hostile", bundle, stdout=str(tmp_root / "no-such-fifo")),
+            "no-such-fifo")
+    refused(errdefs.InvalidArgument, "Create",
+            direct.create_request("hostile", bundle, stdout="ftp://x/y"), "unknown STDIO scheme")
+    bad_opts = direct.create_request("hostile", bundle)
+    bad_opts.options.type_url = "example.com/Other"
+    refused(errdefs.InvalidArgument, "Create", bad_opts, "example.com/Other")
+    bad_mount = direct.create_request("hostile", bundle)
+    bad_mount.rootfs.add(type="overlay", source="overlay",
+                         options=[f"lowerdir={tmp_root}/nope", "upperdir=/nope", "workdir=/x"])
+    refused(errdefs.CtrdError, "Create", bad_mount, "mount")
+    refused(errdefs.CtrdError, "Create",
+            direct.create_request("hostile", bundle, binary="/no/such/runtime"),
+            "/no/such/runtime")
+    refused(errdefs.NotFound, "State", api.StateRequest(id="hostile"), "not created")
+    # Now a good one, and hostile calls against it.
+    pid = shim("Create", direct.create_request("hostile", bundle)).pid
+    shim("Start", api.StartRequest(id="hostile"))
+    with pytest.raises(errdefs.AlreadyExists):
+        shim("Create", direct.create_request("hostile", bundle))
+    spec = pack(oci_pb2.Options())  # any bytes: not a process spec
+    spec.type_url, spec.value = "types.containerd.io/opencontainers/runtime-spec/1/Process", b"{"
+    for exec_id, value, exc in (("../evil", b'{"args": ["true"], "cwd": "/"}',
+                                 errdefs.InvalidArgument),
+                                ("config", b"{", errdefs.InvalidArgument)):
+        spec.value = value
+        with pytest.raises(exc):
+            shim("Exec", api.ExecProcessRequest(id="hostile", exec_id=exec_id, spec=spec))
+    assert (bundle / "config.json").read_text().startswith("{")
+    with pytest.raises(errdefs.NotFound):
+        shim("Kill", api.KillRequest(id="hostile", exec_id="nope", signal=9))
+    with pytest.raises(errdefs.FailedPrecondition):
+        shim("Delete", api.DeleteRequest(id="hostile"))
+    with pytest.raises(errdefs.FailedPrecondition):
+        shim("Resume", api.ResumeRequest(id="hostile"))
+    with pytest.raises(errdefs.NotImplemented_):
+        shim("Stats", api.StatsRequest(id="hostile"))
+    with pytest.raises(errdefs.NotImplemented_):
+        shim("Checkpoint", api.CheckpointTaskRequest(id="hostile"))
+    # Shutdown with a task left is ignored: the shim keeps serving.
+    shim("Shutdown", api.ShutdownRequest(id="hostile"))
+    assert shim("Connect", api.ConnectRequest(id="hostile")).task_pid == pid
+    ps = shim("Pids", api.PidsRequest(id="hostile"))
+    assert [p.pid for p in ps.processes] == [pid]
+    shim("Kill", api.KillRequest(id="hostile", signal=9))
+    assert shim("Wait", api.WaitRequest(id="hostile")).exit_status == 137
+    with pytest.raises(errdefs.NotFound):
+        shim("Kill", api.KillRequest(id="hostile", signal=9))
+    shim("Delete", api.DeleteRequest(id="hostile"))
+    shim("Shutdown", api.ShutdownRequest(id="hostile"))
+
+
+def test_start_reuses_a_live_shim_and_delete_cleans_up_after_a_dead_one(direct):
+    bundle, address, shim = direct.start("dead", ["sleep", "600"])
+    # A second `start` for the same id finds the live shim and answers its address.
+    env = dict(os.environ, TTRPC_ADDRESS=direct.sink.path)
+    argv = [SHIM_PATH, "-namespace", direct.ns, "-address", direct.fake_daemon,
+            "-publish-binary", "/nonexistent", "-id", "dead"]
+    r = subprocess.run(argv + ["start"], cwd=bundle, capture_output=True, env=env, timeout=30)
+    assert r.returncode == 0 and r.stdout.decode() == address
+    assert len(shim_pids(direct.fake_daemon)) == 1
+    pid = shim("Create", direct.create_request("dead", bundle)).pid
+    shim("Start", api.StartRequest(id="dead"))
+    os.kill(shim("Connect", api.ConnectRequest(id="dead")).shim_pid, signal.SIGKILL)
+    assert wait_until(lambda: not shim_pids(direct.fake_daemon))
+    r = subprocess.run(argv + ["-bundle", str(bundle), "delete"], capture_output=True,
+                       env=env, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    resp = api.DeleteResponse()
+    resp.ParseFromString(r.stdout)
+    assert (resp.pid, resp.exit_status) == (pid, 137) and resp.exited_at.seconds > 0
+    assert wait_until(lambda: not os.path.exists(f"/proc/{pid}") or
+                      open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z")
+    assert mounts_under(str(bundle)) == []
+    assert not os.path.exists(address.removeprefix("unix://"))
+
+
+def test_idle_shim_memory(direct, capsys):
+    bundle, address, shim = direct.start("idle", ["sleep", "600"])
+    shim("Create", direct.create_request("idle", bundle))
+    shim("Start", api.StartRequest(id="idle"))
+    time.sleep(0.5)
+    shim_pid = shim("Connect", api.ConnectRequest(id="idle")).shim_pid
+    rss, pss = rss_pss_kib(shim_pid)
+    with capsys.disabled():
+        print(f"\nidle ctrd shim with one running task: RSS {rss} KiB, PSS {pss} KiB")
+    shim("Kill", api.KillRequest(id="idle", signal=9))
+    shim("Wait", api.WaitRequest(id="idle"))
+    shim("Delete", api.DeleteRequest(id="idle"))
+    shim("Shutdown", api.ShutdownRequest(id="idle"))

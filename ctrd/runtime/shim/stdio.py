@@ -27,7 +27,6 @@ import select
 import socket
 import stat
 import struct
-import termios
 
 from ctrd import errdefs
 from ctrd.runtime.shim import log
@@ -216,6 +215,8 @@ class ConsoleSocket:
 
 
 def resize(fd: int, width: int, height: int) -> None:
+    import termios  # only terminal tasks pay for it
+
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
 
