@@ -289,10 +289,11 @@ class Direct:
         self.bundles: list = []
         self.clients: list[ShimClient] = []
 
-    def start(self, id: str, args: list[str], terminal: bool = False, stdin_opts: bytes = b""):
+    def start(self, id: str, args: list[str], terminal: bool = False, stdin_opts: bytes = b"",
+              events: str | None = None):
         bundle = make_bundle(self.base / "bundles" / id, args, terminal)
         self.bundles.append(bundle)
-        env = dict(os.environ, TTRPC_ADDRESS=self.sink.path)
+        env = dict(os.environ, TTRPC_ADDRESS=self.sink.path if events is None else events)
         r = subprocess.run([SHIM_PATH, "-namespace", self.ns, "-address", self.fake_daemon,
                             "-publish-binary", "/nonexistent", "-id", id, "-debug", "start"],
                            cwd=bundle, input=stdin_opts, capture_output=True, env=env,
@@ -512,3 +513,15 @@ def test_idle_shim_memory(direct, capsys):
     shim("Wait", api.WaitRequest(id="idle"))
     shim("Delete", api.DeleteRequest(id="idle"))
     shim("Shutdown", api.ShutdownRequest(id="idle"))
+
+
+def test_events_to_an_absent_daemon_never_block_task_operations(direct, tmp_root):
+    bundle, address, shim = direct.start("noevents", ["sh", "-c", "exit 9"],
+                                         events=str(tmp_root / "nobody-listens.sock"))
+    shim("Create", direct.create_request("noevents", bundle))
+    shim("Start", api.StartRequest(id="noevents"))
+    assert shim("Wait", api.WaitRequest(id="noevents")).exit_status == 9
+    assert shim("Delete", api.DeleteRequest(id="noevents")).exit_status == 9
+    shim("Shutdown", api.ShutdownRequest(id="noevents"))
+    assert wait_until(lambda: not shim_pids(direct.fake_daemon))
+    assert direct.sink.envelopes == []
