@@ -134,8 +134,10 @@ class CRIRuntime:
             from ctrd.cri.cni import CNI
 
             c = self.config.cni
+            # lo is brought up when ctrd pins the netns: no loopback plugin run per pod
             self._cni = CNI(bin_dirs=[d for d in c.bin_dir.split(":") if d],
-                            conf_dir=c.conf_dir, max_conf_num=c.max_conf_num)
+                            conf_dir=c.conf_dir, max_conf_num=c.max_conf_num,
+                            cache_dir=os.path.join(self.state, "cni-cache"), loopback=False)
         return self._cni
 
     def _container_record(self, id_: str, labels: dict, runtime_type: str, options,
@@ -160,9 +162,10 @@ class CRIRuntime:
         """Conditions (type, status, reason, message) and verbose info."""
         conds = [("RuntimeReady", True, "", "")]
         try:
-            ok, reason, message = self.cni.status()
+            ns = self.cni.status()
+            ok, reason, message, load = ns.ready, ns.reason, ns.message, ns.last_load_error
         except Exception as e:  # noqa: BLE001 - a broken CNI setup is a condition, not a crash
-            ok, reason, message = False, "NetworkPluginNotReady", f"cni: {e}"
+            ok, reason, message, load = False, "NetworkPluginNotReady", f"cni: {e}", str(e)
         conds.append(("NetworkReady", ok, "" if ok else reason, "" if ok else message))
         info = {"config": json.dumps({
             "containerd": {"snapshotter": self.snapshotter_name,
@@ -172,7 +175,7 @@ class CRIRuntime:
             "enableSelinux": self.config.enable_selinux,
             "streamServerAddress": self.config.stream_server_address,
             "streamServerPort": self.config.stream_server_port}),
-            "golang": "n/a (ctrd is Python)", "lastCNILoadStatus": "OK" if ok else message}
+            "golang": "n/a (ctrd is Python)", "lastCNILoadStatus": load or "OK"}
         return conds, info
 
     def update_runtime_config(self, pod_cidr: str) -> None:
@@ -245,7 +248,6 @@ class CRIRuntime:
             status = st.SandboxStatus()
             if not host_net:
                 result = await self._setup_network(meta, config)
-                undo.append(lambda: None)  # teardown is part of the network undo below
                 ips = result.get("ips", [])
                 status.ip = ips[0] if ips else ""
                 status.additional_ips = ips[1:]
@@ -285,37 +287,40 @@ class CRIRuntime:
             netns.remove_path(p)
 
     def _cni_args(self, meta: st.SandboxMeta, config) -> tuple[dict, dict]:
+        from ctrd.cri import cni
+
         md = config.metadata
-        args = {"K8S_POD_NAMESPACE": md.namespace, "K8S_POD_NAME": md.name,
-                "K8S_POD_INFRA_CONTAINER_ID": meta.id, "K8S_POD_UID": md.uid,
-                "IgnoreUnknown": "1"}
-        ports = [{"containerPort": p.container_port, "hostPort": p.host_port,
-                  "protocol": {0: "tcp", 1: "udp", 2: "sctp"}.get(p.protocol, "tcp"),
-                  **({"hostIP": p.host_ip} if p.host_ip else {})}
+        labels = cni.pod_args(meta.id, md.namespace, md.name, md.uid)
+        ports = [cni.PortMapping(p.host_port, p.container_port,
+                                 {0: "tcp", 1: "udp", 2: "sctp"}.get(p.protocol, "tcp"),
+                                 p.host_ip)
                  for p in config.port_mappings if p.host_port > 0]
-        caps: dict = {}
-        if ports:
-            caps["portMappings"] = ports
         dns = config.dns_config
-        if dns.servers or dns.searches or dns.options:
-            caps["dns"] = {"servers": list(dns.servers), "searches": list(dns.searches),
-                           "options": list(dns.options)}
-        return args, caps
+        caps = cni.capability_args(ports, dns_servers=list(dns.servers),
+                                   dns_searches=list(dns.searches),
+                                   dns_options=list(dns.options),
+                                   pod_annotations=dict(config.annotations))
+        return labels, caps
 
     async def _setup_network(self, meta: st.SandboxMeta, config) -> dict:
-        args, caps = self._cni_args(meta, config)
-        try:
-            return await asyncio.to_thread(self.cni.setup, meta.id, meta.netns, args, caps)
-        except BaseException:
-            try:
-                await asyncio.to_thread(self.cni.teardown, meta.id, meta.netns, args, caps)
-            except Exception as e:  # noqa: BLE001
-                log.warning("CNI DEL after failed ADD of %s: %s", meta.id, e)
-            raise
+        """CNI ADD (a failed ADD has already been undone by the CNI client)."""
+        import dataclasses
+
+        labels, caps = self._cni_args(meta, config)
+        result = await asyncio.to_thread(self.cni.setup, meta.id, meta.netns, labels=labels,
+                                         capability_args=caps)
+        ip, extra = result.pod_ips(self.config.cni.ip_pref)
+        return {"ips": ([ip] if ip else []) + extra,
+                "raw": {"interfaces": {k: dataclasses.asdict(v)
+                                       for k, v in result.interfaces.items()},
+                        "dns": [dataclasses.asdict(d) for d in result.dns],
+                        "routes": [dataclasses.asdict(r) for r in result.routes]}}
 
     async def _teardown_network(self, meta: st.SandboxMeta, config) -> None:
-        args, caps = self._cni_args(meta, config)
-        await asyncio.to_thread(self.cni.teardown, meta.id, meta.netns, args, caps)
+        labels, caps = self._cni_args(meta, config)
+        netns = meta.netns if meta.netns and os.path.exists(meta.netns) else ""
+        await asyncio.to_thread(self.cni.teardown, meta.id, netns, labels=labels,
+                                capability_args=caps)
 
     def sandbox_config(self, meta: st.SandboxMeta):
         return decode_msg(_pb().PodSandboxConfig, meta.config)
@@ -350,6 +355,26 @@ class CRIRuntime:
         except errdefs.NotFound:
             pass
         self.records.remove_sandbox(meta.id)
+        if not self.records.sandboxes:
+            await asyncio.to_thread(self._release_pin_dirs)
+
+    def _release_pin_dirs(self) -> None:
+        """With the last pod gone, unmount the (self-bind-mounted) namespace pin dirs, so a
+        node without pods holds no mounts of ctrd's (they are made again with the next)."""
+        from ctrd.snapshots.mount import unmount
+
+        base = self._netns_base()
+        for kind in ("net", "ipc", "uts"):
+            d = os.path.join(base, f"{kind}ns")
+            try:
+                if os.listdir(d):
+                    continue
+            except FileNotFoundError:
+                continue
+            try:
+                unmount(d)
+            except OSError as e:
+                log.debug("unmount %s: %s", d, e)
 
     # --- containers -----------------------------------------------------------------------
 
