@@ -1,7 +1,8 @@
 """ctrctl's container commands, over containerd's gRPC API (ctrd or containerd 1.6):
 
     ctrctl run [-d] [--rm] [-t] [-i] [-e K=V]... [--mount SPEC]... [--net-host] [--user U]
-               [--cwd DIR] [--hostname H] [--runtime R] [--snapshotter S] IMAGE ID [ARGS...]
+               [--cwd DIR] [--hostname H] [--oom-score-adj N] [--runtime R]
+               [--snapshotter S] IMAGE ID [ARGS...]     # or: run --name ID IMAGE [ARGS...]
     ctrctl ps [-q] [--format table|json]
     ctrctl exec [--exec-id ID] [-t] [-i] [-d] [-e K=V]... [--cwd DIR] [--user U] ID CMD...
     ctrctl kill [-s SIGNAL] [--all] [--exec-id ID] ID...
@@ -488,7 +489,8 @@ def run_cmd(g: Any, image: str, container_id: str, args: tuple[str, ...], detach
             rm: bool, tty: bool, interactive: bool, env: tuple[str, ...],
             mounts: tuple[str, ...], net_host: bool, runtime: str | None,
             snapshotter: str | None, user: str | None, cwd: str, hostname: str,
-            labels: tuple[str, ...], read_only: bool, fifo_dir: str | None) -> int:
+            labels: tuple[str, ...], read_only: bool, fifo_dir: str | None,
+            oom_score_adj: int | None = None) -> int:
     from ctrd.oci.spec import RunOptions, parse_mount
 
     if detach and rm:
@@ -512,7 +514,8 @@ def run_cmd(g: Any, image: str, container_id: str, args: tuple[str, ...], detach
         extra[LOG_LABEL] = logfile
     opts = RunOptions(args=list(args), env=list(env), cwd=cwd, user=user, tty=tty,
                       hostname=hostname, net_host=net_host,
-                      mounts=[parse_mount(m) for m in mounts], readonly_rootfs=read_only)
+                      mounts=[parse_mount(m) for m in mounts], readonly_rootfs=read_only,
+                      oom_score_adj=oom_score_adj)
     rootfs, _spec = _create_container(c, image, container_id, snapshotter=snapshotter,
                                       runtime=runtime, opts=opts, labels=extra)
     pio: ProcessIO | None = None
@@ -633,20 +636,29 @@ def register(group: click.Group) -> None:
     @click.option("--read-only", is_flag=True, help="read-only root file system")
     @click.option("--fifo-dir", default=None, metavar="DIR",
                   help="where the stdio FIFOs go [env CTRCTL_FIFO_DIR; /run/ctrctl/fifo]")
+    @click.option("--name", default=None, metavar="ID",
+                  help="the container's ID, for docker habits: run --name ID IMAGE [ARGS...]")
+    @click.option("--oom-score-adj", type=click.IntRange(-1000, 1000), default=None,
+                  help="OOM score adjustment (never below ours without CAP_SYS_RESOURCE)")
     @click.argument("image")
-    @click.argument("container_id", metavar="ID")
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    @click.argument("rest", nargs=-1, type=click.UNPROCESSED, metavar="ID [ARGS...]")
     @pass_obj
     @click.pass_context
-    def run(ctx: click.Context, g: Any, image: str, container_id: str,
-            args: tuple[str, ...], **kw: Any) -> None:
+    def run(ctx: click.Context, g: Any, image: str, rest: tuple[str, ...], name: str | None,
+            **kw: Any) -> None:
         """Create a container ID from IMAGE and run it: ARGS replace the image's Cmd.
 
-        The exit code is the container's. In the foreground, signals are forwarded to it;
-        with -t the terminal is raw and resizes are forwarded; with -i stdin is copied until
-        EOF. -d starts it and returns (its output: `ctrctl logs ID`).
+        As ctr: `run IMAGE ID [ARGS...]`; with --name ID the ID is not repeated. The exit
+        code is the container's. In the foreground, signals are forwarded to it; with -t
+        the terminal is raw and resizes are forwarded; with -i stdin is copied until EOF.
+        -d starts it and returns (its output: `ctrctl logs ID`).
         """
-        ctx.exit(run_cmd(g, image, container_id, args, **kw))
+        if name is None:
+            if not rest:
+                raise click.UsageError("a container ID is required: run IMAGE ID [ARGS...] "
+                                       "(or run --name ID IMAGE [ARGS...])")
+            name, rest = rest[0], rest[1:]
+        ctx.exit(run_cmd(g, image, name, rest, **kw))
 
     @group.command("ps")
     @quiet_option("container ids")
