@@ -86,6 +86,30 @@ class CRIRuntime:
         self._exited: dict[str, asyncio.Event] = {}
         self._oom: set[str] = set()
         self._cni = None
+        self._event_queues: set[asyncio.Queue] = set()
+
+    # --- container lifecycle events (GetContainerEvents) ----------------------------------
+
+    def subscribe_container_events(self, maxsize: int = 1000) -> asyncio.Queue:
+        """A queue of (kind, container id, sandbox id, time ns) for every lifecycle change,
+        kind one of created, started, stopped, deleted, in order. A subscriber that does not
+        keep up loses the oldest entries (never blocks the runtime)."""
+        q: asyncio.Queue = asyncio.Queue(maxsize)
+        self._event_queues.add(q)
+        return q
+
+    def unsubscribe_container_events(self, q: asyncio.Queue) -> None:
+        self._event_queues.discard(q)
+
+    def _emit(self, kind: str, container_id: str, sandbox_id: str) -> None:
+        item = (kind, container_id, sandbox_id, now_ns())
+        for q in list(self._event_queues):
+            if q.full():
+                try:
+                    q.get_nowait()
+                except asyncio.QueueEmpty:
+                    pass
+            q.put_nowait(item)
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -421,6 +445,7 @@ class CRIRuntime:
                                          snapshot_key=id_)
             await asyncio.to_thread(self.containers.create, NAMESPACE, rec)
             self.records.add_container(meta, st.ContainerStatus(state=st.CREATED))
+            self._emit("created", id_, smeta.id)
             return id_
         except BaseException:
             for fn in reversed(undo):
@@ -501,6 +526,7 @@ class CRIRuntime:
             raise
         self.records.update_container(meta.id, state=st.RUNNING, pid=resp.pid,
                                       started_at=now_ns())
+        self._emit("started", meta.id, meta.sandbox_id)
         self._monitor(meta.id, task)
 
     def _monitor(self, id_: str, task) -> None:
@@ -524,6 +550,7 @@ class CRIRuntime:
                 self.records.update_container(id_, state=st.EXITED, finished_at=finished,
                                               exit_code=code, pid=0,
                                               reason=_exit_reason(code, oom))
+                self._emit("stopped", id_, self.records.container(id_)[0].sandbox_id)
             except errdefs.NotFound:
                 pass
             finally:
@@ -587,6 +614,7 @@ class CRIRuntime:
             pass
         self.records.remove_container(meta.id)
         self._exited.pop(meta.id, None)
+        self._emit("deleted", meta.id, meta.sandbox_id)
 
     async def reopen_log(self, id_: str) -> None:
         meta, status = self.records.container(id_)

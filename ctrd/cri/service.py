@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 
-from ctrd import errdefs
 from ctrd.api.cri.runtime.v1 import api_pb2 as pb
 from ctrd.api.cri.runtime.v1 import api_pb2_grpc as pb_grpc
 from ctrd.cri import store as st
 from ctrd.cri.server import CRIRuntime, decode_msg
+from ctrd.cri.streaming.methods import StreamingMethods
 
 RUNTIME_NAME = "ctrd"
 RUNTIME_API_VERSION = "v1"
@@ -20,7 +20,10 @@ def _labels_match(selector, labels) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-class RuntimeService(pb_grpc.RuntimeServiceServicer):
+class RuntimeService(StreamingMethods, pb_grpc.RuntimeServiceServicer):
+    """runtime.v1 RuntimeService. Exec, Attach, PortForward and GetContainerEvents come from
+    :class:`ctrd.cri.streaming.methods.StreamingMethods` (the streaming server's side)."""
+
     def __init__(self, runtime: CRIRuntime) -> None:
         self.rt = runtime
 
@@ -200,11 +203,3 @@ class RuntimeService(pb_grpc.RuntimeServiceServicer):
                                                  request.timeout)
         return pb.ExecSyncResponse(stdout=out, stderr=err, exit_code=code)
 
-    async def Exec(self, request, context):
-        raise errdefs.NotImplemented_("streaming exec is not implemented yet")
-
-    async def Attach(self, request, context):
-        raise errdefs.NotImplemented_("attach is not implemented yet")
-
-    async def PortForward(self, request, context):
-        raise errdefs.NotImplemented_("port-forward is not implemented yet")
