@@ -32,7 +32,8 @@ from typing import Any
 from ctrd import errdefs
 from ctrd.cri import store as st
 from ctrd.cri.config import CRIConfig
-from ctrd.cri.images import NAMESPACE, ImageIndex
+
+NAMESPACE = "k8s.io"  # where CRI objects live (ctrd.cri.images.NAMESPACE)
 
 log = logging.getLogger("ctrd.cri")
 
@@ -80,7 +81,7 @@ class CRIRuntime:
         self.hooks = hooks
         self.containers = ContainerStore(md.db)
         self.records = st.Records(root)
-        self.images = ImageIndex(md)
+        self._images = None
         self.pod_cidr = ""
         self._monitors: dict[str, asyncio.Task] = {}
         self._exited: dict[str, asyncio.Event] = {}
@@ -110,6 +111,15 @@ class CRIRuntime:
                 except asyncio.QueueEmpty:
                     pass
             q.put_nowait(item)
+
+    @property
+    def images(self):
+        """The image index, built on first use (its imports are not needed to start)."""
+        if self._images is None:
+            from ctrd.cri.images import ImageIndex
+
+            self._images = ImageIndex(self.md)
+        return self._images
 
     # --- helpers --------------------------------------------------------------------------
 
