@@ -530,3 +530,105 @@ def test_image_fs_info_is_the_snapshotter_root(cri_daemon, registry):
     assert fs.used_bytes.value > 20 << 20    # the fat image's files, unpacked
     assert fs.inodes_used.value > 1000      # thousands of small files
     assert list(info.container_filesystems) == []
+
+
+# --- registry configuration, without a daemon ----------------------------------------------
+
+def _section(**kw):
+    from ctrd.cri.config import RegistrySection
+
+    return RegistrySection(**kw)
+
+
+def test_mirror_endpoints_as_containerd():
+    from ctrd.cri.config import Mirror, RegistryHostConfig, TLSConfig
+    from ctrd.cri.registry import mirror_endpoints
+
+    reg = _section(mirrors={"docker.io": Mirror(["mirror.example:5000", "http://m2.example/x"]),
+                            "*": Mirror(["https://catchall.example"]),
+                            "self.example": Mirror(["https://self.example"])},
+                   configs={"mirror.example:5000": RegistryHostConfig(
+                       tls=TLSConfig(insecure_skip_verify=True, ca_file="/ca.pem"))})
+    eps = mirror_endpoints(reg, "docker.io")
+    assert [e.base_url for e in eps] == ["https://mirror.example:5000/v2",
+                                         "http://m2.example/x",
+                                         "https://registry-1.docker.io/v2"]
+    assert eps[0].skip_verify and eps[0].ca == ("/ca.pem",)
+    assert all(not e.can("push") and e.can("pull") and e.can("resolve") for e in eps)
+    # "*" serves hosts without their own entry; a mirror that is the host adds no default.
+    assert [e.base_url for e in mirror_endpoints(reg, "quay.io")] == [
+        "https://catchall.example/v2", "https://quay.io/v2"]
+    assert [e.base_url for e in mirror_endpoints(reg, "self.example")] == [
+        "https://self.example/v2"]
+    # Localhost: plain http by default, TLS not verified.
+    [ep] = mirror_endpoints(_section(), "localhost:5000")
+    assert ep.base_url == "http://localhost:5000/v2" and ep.skip_verify
+
+
+def test_mirror_endpoint_errors_name_the_problem():
+    from ctrd import errdefs
+    from ctrd.cri.config import Mirror, RegistryHostConfig, TLSConfig
+    from ctrd.cri.registry import mirror_endpoints
+
+    with pytest.raises(errdefs.InvalidArgument, match="invalid endpoint 'ftp://x'"):
+        mirror_endpoints(_section(mirrors={"h.example": Mirror(["ftp://x"])}), "h.example")
+    reg = _section(mirrors={"h.example": Mirror(["https://m.example"])},
+                   configs={"m.example": RegistryHostConfig(tls=TLSConfig(cert_file="/c"))})
+    with pytest.raises(errdefs.InvalidArgument, match="m.example: cert_file and key_file"):
+        mirror_endpoints(reg, "h.example")
+
+
+def test_credentials_stay_with_the_pulled_host_and_its_mirrors():
+    from ctrd import errdefs
+    from ctrd.cri.config import AuthConfig, Mirror, RegistryHostConfig
+    from ctrd.cri.registry import CRIRegistry, PullAuth
+    from ctrd.remotes.auth import Credentials
+
+    reg = _section(mirrors={"r.example": Mirror(["https://mirror.example"])},
+                   configs={"mirror.example": RegistryHostConfig(
+                       auth=AuthConfig(username="cfg", password="cfgpw"))},
+                   auths={"https://r.example/v1/": AuthConfig(
+                       auth=base64.b64encode(b"old:oldpw").decode())})
+    # Request credentials: every endpoint of the pulled host, nothing else.
+    r = CRIRegistry(reg, "r.example", PullAuth(username="u", password="p"),
+                    progress_timeout=5)
+    assert r._credentials("r.example") == Credentials("u", "p")
+    assert r._credentials("mirror.example") == Credentials("u", "p")
+    assert r._credentials("evil.example") is None
+    # ...unless server_address names another host.
+    r = CRIRegistry(reg, "r.example", PullAuth(username="u", password="p",
+                                               server_address="https://mirror.example"),
+                    progress_timeout=5)
+    assert r._credentials("r.example") is None
+    assert r._credentials("mirror.example") == Credentials("u", "p")
+    # No request credentials: configs.<endpoint host>.auth, then the deprecated auths.
+    r = CRIRegistry(reg, "r.example", None, progress_timeout=5)
+    assert r._credentials("mirror.example") == Credentials("cfg", "cfgpw")
+    assert r._credentials("r.example") == Credentials("old", "oldpw")
+    # identity_token: the refresh-token flow; auth with NULs after the password (Windows).
+    a = PullAuth(identity_token="idt")
+    assert a.credentials() == Credentials(identity_token="idt")
+    a = PullAuth(auth=base64.b64encode(b"u:p\x00\x00").decode())
+    assert a.credentials() == Credentials("u", "p")
+    for bad, why in (("***", "not valid base64"), (base64.b64encode(b"nocolon").decode(),
+                                                    "username:password")):
+        with pytest.raises(errdefs.InvalidArgument, match=why):
+            CRIRegistry(reg, "r.example", PullAuth(auth=bad), progress_timeout=5)
+    assert "p" not in repr(PullAuth(username="u", password="p")).replace("PullAuth", "")
+
+
+def test_registry_token_and_headers_go_to_the_pulled_hosts_endpoints():
+    from ctrd import errdefs
+    from ctrd.cri.config import Mirror
+    from ctrd.cri.registry import CRIRegistry, PullAuth
+
+    reg = _section(mirrors={"r.example": Mirror(["https://mirror.example"])},
+                   headers={"X-Trace": ["a", "b"]})
+    r = CRIRegistry(reg, "r.example", PullAuth(registry_token="tok",
+                                               server_address="r.example"),
+                    progress_timeout=5)
+    eps = {e.host: dict(e.header) for e in r.endpoints("r.example", "pull")}
+    assert eps["r.example"] == {"X-Trace": ("a", "b"), "Authorization": ("Bearer tok",)}
+    assert eps["mirror.example"] == {"X-Trace": ("a", "b")}
+    with pytest.raises(errdefs.InvalidArgument, match="can push"):  # mirrors only pull
+        r.endpoints("r.example", "push")
