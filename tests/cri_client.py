@@ -20,7 +20,7 @@ import grpc
 from ctrd.api.cri.runtime.v1 import api_pb2 as pb
 from ctrd.api.cri.runtime.v1 import api_pb2_grpc as pb_grpc
 
-__all__ = ["CRIClient", "pb", "rpc_error"]
+__all__ = ["CRIClient", "Deadlined", "pb", "rpc_error"]
 
 
 class _Deadlined:
@@ -37,6 +37,9 @@ class _Deadlined:
             return method(request, **kw)
 
         return call
+
+
+Deadlined = _Deadlined  # public name for tests that build their own stubs
 
 
 class CRIClient:
