@@ -41,6 +41,7 @@ SPEC_TYPE = "types.containerd.io/opencontainers/runtime-spec/1/Spec"
 RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
 REOPEN_LOG_ANNOTATION = "io.ctrd.cri.reopen-log"
 EXEC_OUTPUT_LIMIT = 16 << 20  # bytes per stream kept by ExecSync
+LOAD_TIMEOUT = 10.0  # containerd's loadContainerTimeout, per container at start
 
 
 def now_ns() -> int:
@@ -534,8 +535,9 @@ class CRIRuntime:
                                           exit_code=128, reason="StartError",
                                           message=str(e))
             raise
+        cgroup = await asyncio.to_thread(self._memory_cgroup, resp.pid, c.spec.value, meta.id)
         self.records.update_container(meta.id, state=st.RUNNING, pid=resp.pid,
-                                      started_at=now_ns())
+                                      started_at=now_ns(), memory_cgroup=cgroup)
         self._emit("started", meta.id, meta.sandbox_id)
         self._monitor(meta.id, task)
 
@@ -551,12 +553,13 @@ class CRIRuntime:
             except errdefs.CtrdError as e:
                 log.warning("wait for container %s: %s", id_, e)
                 code, finished = 255, now_ns()
+            # before the delete: the runtime removes the cgroup (and its OOM count) with it
+            oom = id_ in self._oom or await asyncio.to_thread(self._oom_killed, id_)
             try:
                 await self.manager.delete(NAMESPACE, id_)  # release the shim at once
             except errdefs.CtrdError as e:
                 log.debug("delete task of exited container %s: %s", id_, e)
             try:
-                oom = id_ in self._oom or await asyncio.to_thread(_oom_killed, id_)
                 self.records.update_container(id_, state=st.EXITED, finished_at=finished,
                                               exit_code=code, pid=0,
                                               reason=_exit_reason(code, oom))
@@ -569,6 +572,39 @@ class CRIRuntime:
                 ev.set()
 
         self._monitors[id_] = asyncio.ensure_future(watch())
+
+    def _memory_cgroup(self, pid: int, spec_json: bytes, id_: str) -> str:
+        """The container's memory cgroup dir: its init's (``pid``), or, when the init is
+        already gone, where runc puts it per the spec's ``linux.cgroupsPath`` (cgroupfs
+        driver: an absolute path from the hierarchy's root; a relative one, or none (the
+        container id), under the cgroup of runc's caller, i.e. the shim's, i.e. ours)."""
+        found = memory_cgroup_of(pid) if pid > 0 else ""
+        if found:
+            return found
+        try:
+            path = json.loads(spec_json).get("linux", {}).get("cgroupsPath") or id_
+        except (ValueError, AttributeError):
+            path = id_
+        if ":" in path:
+            return ""  # systemd driver: a unit, not a path
+        if path.startswith("/"):
+            root = "/sys/fs/cgroup/memory"
+            if not os.path.isdir(root):  # v2: pure, or hybrid's unified/
+                root = "/sys/fs/cgroup" if os.path.exists(
+                    "/sys/fs/cgroup/cgroup.controllers") else "/sys/fs/cgroup/unified"
+            return os.path.join(root, path.lstrip("/"))
+        mine = memory_cgroup_of(os.getpid())
+        return os.path.join(mine, os.path.basename(path)) if mine else ""
+
+    def _oom_killed(self, id_: str) -> bool:
+        """Whether the kernel's OOM killer killed a process of the container (its memory
+        cgroup's oom_kill count; read before the task is deleted, which removes the
+        cgroup)."""
+        try:
+            _, status = self.records.container(id_)
+        except errdefs.NotFound:
+            return False
+        return bool(status.memory_cgroup) and cgroup_oom_kills(status.memory_cgroup) > 0
 
     async def stop_container(self, id_: str, timeout: int) -> None:
         meta, status = self.records.container(id_)
@@ -699,12 +735,26 @@ class CRIRuntime:
     # --- restart --------------------------------------------------------------------------
 
     async def load(self) -> None:
-        """Rebuild sandboxes and containers from the records; watch running tasks again; a
-        container whose task is gone is EXITED (exit 255, reason Unknown) as in containerd."""
+        """Rebuild sandboxes and containers from the records and the tasks the task manager
+        reloaded (containerd 1.6's recover/loadContainer):
+
+        - a sandbox is READY when its status says so and its pinned namespaces are still
+          there (a reboot or a hand cleanup took them: NOTREADY; Stop/Remove still run CNI
+          DEL, since ``network_ready`` stays until a teardown);
+        - a container with a task takes its state from the task: RUNNING is watched again
+          (also when ctrd died between the task's start and the status update), STOPPED gives
+          the task's exit code and time and the task is deleted, CREATED (ctrd died during
+          StartContainer) is killed and deleted and the container stays CREATED;
+        - a container without a task: CREATED stays, RUNNING becomes EXITED with exit code
+          255 and reason Unknown, as in containerd;
+        - sandbox state dirs and status dirs no record owns (a crash in the middle of a
+          RunPodSandbox or a removal) are removed, with their /dev/shm mount.
+
+        Each container's load is bounded (a hung shim does not hold the others up)."""
         try:
             recs = await asyncio.to_thread(self.containers.list, NAMESPACE)
         except errdefs.NotFound:
-            return
+            recs = []
         for c in recs:
             kind = c.labels.get(st.KIND_LABEL)
             ext = c.extensions.get(st.SANDBOX_EXT if kind == "sandbox" else st.CONTAINER_EXT)
@@ -714,8 +764,15 @@ class CRIRuntime:
                 meta = st.meta_from_ext(st.SandboxMeta, ext.value)
                 if meta is None:
                     continue
-                status = self.records.load_status("sandboxes", meta.id, st.SandboxStatus) \
-                    or st.SandboxStatus(state=st.SANDBOX_NOTREADY)
+                status = self.records.load_status("sandboxes", meta.id, st.SandboxStatus)
+                if status is None:
+                    # died between the record and its status: the network may be set up
+                    status = st.SandboxStatus(state=st.SANDBOX_NOTREADY,
+                                              network_ready=bool(meta.netns))
+                if status.state == st.SANDBOX_READY and not await asyncio.to_thread(
+                        _pins_alive, meta):
+                    log.warning("sandbox %s: its namespaces are gone; NOTREADY", meta.id)
+                    status.state = st.SANDBOX_NOTREADY
                 self.records.add_sandbox(meta, status)
             else:
                 cmeta = st.meta_from_ext(st.ContainerMeta, ext.value)
@@ -723,19 +780,82 @@ class CRIRuntime:
                     continue
                 cstatus = self.records.load_status("containers", cmeta.id,
                                                    st.ContainerStatus) \
-                    or st.ContainerStatus(state=st.UNKNOWN)
+                    or st.ContainerStatus(state=st.UNKNOWN, exit_code=255, reason="Unknown")
                 self.records.add_container(cmeta, cstatus)
-        for cmeta, cstatus in list(self.records.containers.values()):
-            if cstatus.state not in (st.RUNNING, st.UNKNOWN):
-                continue
+        results = await asyncio.gather(*(self._load_container(m.id)
+                                         for m, _ in list(self.records.containers.values())),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, Exception):
+                # one container's trouble never keeps the plugin from serving the others
+                log.error("loading a CRI container: %s", r, exc_info=r)
+        await asyncio.to_thread(self._cleanup_orphans)
+
+    async def _load_container(self, id_: str) -> None:
+        from ctrd.api.containerd.types.task import task_pb2
+
+        _, status = self.records.container(id_)
+        try:
+            task = self.manager.get(NAMESPACE, id_)
+        except errdefs.NotFound:
+            if status.state in (st.RUNNING, st.UNKNOWN):
+                self.records.update_container(id_, state=st.EXITED, exit_code=255,
+                                              finished_at=now_ns(), pid=0, reason="Unknown")
+            return
+        try:
+            ts = await asyncio.wait_for(task.state(), LOAD_TIMEOUT)
+        except (errdefs.CtrdError, TimeoutError) as e:
+            log.warning("container %s: state of its task: %s", id_, e)
+            if status.state in (st.RUNNING, st.UNKNOWN):
+                # still watched: its shim may answer later
+                self.records.update_container(id_, state=st.RUNNING)
+                self._monitor(id_, task)
+            return
+        if ts.status == task_pb2.CREATED:
             try:
-                task = self.manager.get(NAMESPACE, cmeta.id)
-            except errdefs.NotFound:
-                self.records.update_container(cmeta.id, state=st.EXITED, exit_code=255,
+                await task.kill(_signal.SIGKILL, all_=True)
+            except errdefs.CtrdError:
+                pass
+            await self._delete_task(id_)
+            if status.state != st.CREATED:
+                self.records.update_container(id_, state=st.EXITED, exit_code=255, pid=0,
                                               finished_at=now_ns(), reason="Unknown")
-                continue
-            self.records.update_container(cmeta.id, state=st.RUNNING)
-            self._monitor(cmeta.id, task)
+        elif ts.status == task_pb2.STOPPED:
+            oom = await asyncio.to_thread(self._oom_killed, id_)
+            await self._delete_task(id_)
+            finished = ts.exited_at.ToNanoseconds() or now_ns()
+            self.records.update_container(
+                id_, state=st.EXITED, exit_code=ts.exit_status, finished_at=finished, pid=0,
+                started_at=status.started_at or finished, reason=_exit_reason(ts.exit_status, oom))
+        else:
+            changes: dict[str, Any] = {"state": st.RUNNING}
+            if status.state != st.RUNNING:
+                # died after the task's start, before the status was written
+                changes.update(pid=ts.pid, started_at=now_ns(), exit_code=0, reason="")
+            self.records.update_container(id_, **changes)
+            self._monitor(id_, task)
+
+    async def _delete_task(self, id_: str) -> None:
+        try:
+            await self.manager.delete(NAMESPACE, id_)
+        except errdefs.NotFound:
+            pass
+        except errdefs.CtrdError as e:
+            log.warning("delete task of container %s: %s", id_, e)
+
+    def _cleanup_orphans(self) -> None:
+        """Remove the sandbox state dirs and status dirs that no record owns."""
+        sandboxes = set(self.records.sandboxes)
+        d = os.path.join(self.state, "sandboxes")
+        for name in _listdir(d):
+            if name not in sandboxes:
+                log.info("removing orphaned sandbox dir %s", name)
+                _unmount_shm(os.path.join(d, name))
+                _rmtree(os.path.join(d, name))
+        for kind, ids in (("sandboxes", sandboxes), ("containers", set(self.records.containers))):
+            for name in _listdir(os.path.join(self.root, kind)):
+                if name not in ids:
+                    self.records.drop_dir(kind, name)
 
     async def close(self) -> None:
         for t in list(self._monitors.values()):
@@ -814,6 +934,21 @@ def _mount_pb(m) -> Any:
     return mount_pb2.Mount(type=m.type, source=m.source, options=list(m.options))
 
 
+def _listdir(d: str) -> list[str]:
+    try:
+        return os.listdir(d)
+    except FileNotFoundError:
+        return []
+
+
+def _pins_alive(meta: st.SandboxMeta) -> bool:
+    """Whether every namespace pin of the sandbox is still a live namespace."""
+    from ctrd.cri import netns
+
+    return all(netns.is_pinned(p, kind) for kind, p in
+               (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts)) if p)
+
+
 def _exit_reason(code: int, oom: bool) -> str:
     if oom:
         return "OOMKilled"
@@ -836,14 +971,38 @@ def _signal_number(name: str) -> int:
     return int(getattr(_signal, name, 0))
 
 
-def _oom_killed(id_: str) -> bool:
-    """Whether the container's memory cgroup recorded an OOM kill (cgroup v1 and v2)."""
-    for path in (f"/sys/fs/cgroup/memory/k8s.io/{id_}/memory.oom_control",):
+def memory_cgroup_of(pid: int, mountpoint: str = "/sys/fs/cgroup") -> str:
+    """The directory of ``pid``'s memory cgroup: the v1 memory controller's, else the v2
+    unified one; "" when it cannot be read (the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return ""
+    v2 = ""
+    for line in lines:
+        hid, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return os.path.join(mountpoint, "memory", path.lstrip("/"))
+        if hid == "0" and controllers == "":
+            v2 = path
+    if v2:
+        # pure v2 is mounted at the mountpoint; a hybrid host has it under unified/
+        hybrid = not os.path.exists(os.path.join(mountpoint, "cgroup.controllers"))
+        base = os.path.join(mountpoint, "unified") if hybrid else mountpoint
+        return os.path.join(base, v2.lstrip("/"))
+    return ""
+
+
+def cgroup_oom_kills(cgroup_dir: str) -> int:
+    """How many processes the kernel's OOM killer killed in ``cgroup_dir``: ``oom_kill`` of
+    memory.oom_control (v1) or memory.events (v2); 0 when unknown."""
+    for name in ("memory.oom_control", "memory.events"):
         try:
-            with open(path) as f:
+            with open(os.path.join(cgroup_dir, name)) as f:
                 for line in f:
-                    if line.startswith("oom_kill ") and int(line.split()[1]) > 0:
-                        return True
-        except OSError:
-            pass
-    return False
+                    if line.startswith("oom_kill "):
+                        return int(line.split()[1])
+        except (OSError, ValueError):
+            continue
+    return 0

@@ -98,6 +98,7 @@ class ContainerStatus:
     reason: str = ""
     message: str = ""
     removing: bool = False
+    memory_cgroup: str = ""    # the init's memory cgroup dir, read at start (OOM kills)
 
 
 class Records:
