@@ -738,12 +738,30 @@ def test_parse_net_dev():
 
 
 @pytest.fixture
-def pod_netns(tmp_path):
+def ns_base(tmp_path):
+    """A base dir for pinned namespaces; afterwards every mount under it (the pins and the
+    pin directory's own bind mount) is detached."""
     if not ROOT:
         pytest.skip("network namespaces need root")
+    from ctrd.snapshots import mount as _mount
+
+    base = tmp_path / "ns"
+    try:
+        yield str(base)
+    finally:
+        real = os.path.realpath(base)
+        for mp in reversed(_mount.mountpoints()):
+            if mp == real or mp.startswith(real + "/"):
+                _mount._libc.umount2(os.fsencode(mp), _mount.MNT_DETACH)
+        assert not [mp for mp in _mount.mountpoints()
+                    if mp == real or mp.startswith(real + "/")], "mounts left behind"
+
+
+@pytest.fixture
+def pod_netns(ns_base):
     if not shutil.which("ip"):
         pytest.skip("iproute2's ip is not installed")
-    pns = netns.create_pod_namespaces(str(tmp_path / "ns"), kinds=("net",))
+    pns = netns.create_pod_namespaces(ns_base, kinds=("net",))
     host_if = f"ctv{uuid.uuid4().hex[:8]}"
     try:
         yield pns, host_if
@@ -821,10 +839,8 @@ def test_network_usage_of_a_pod_netns(pod_netns):
         stats.network_usage(pns.net)
 
 
-def test_network_usage_without_the_default_interface(tmp_path):
-    if not ROOT:
-        pytest.skip("network namespaces need root")
-    pns = netns.create_pod_namespaces(str(tmp_path / "ns"), kinds=("net",))
+def test_network_usage_without_the_default_interface(ns_base):
+    pns = netns.create_pod_namespaces(ns_base, kinds=("net",))
     try:
         u = stats.network_usage(pns.net)
         assert u.default_interface is None and u.interfaces == []   # only lo
