@@ -4,8 +4,12 @@ mounts and sockets, and checking that nothing is left behind."""
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import time
 from pathlib import Path
+
+import pytest
 
 SHIM = "containerd-shim-ctrd-v2"
 RUNTIME = "io.containerd.ctrd.v2"
@@ -184,3 +188,76 @@ class ShimClient:
 
     def close(self) -> None:
         self.sink.call_async(self.client.close())
+
+
+# ------------------------------------------- a shim started and called by the test itself
+
+class Direct:
+    def __init__(self, base) -> None:
+        self.base = base
+        self.fake_daemon = str(base / "daemon.sock")  # only hashed into the shim's socket name
+        self.rootfs = make_rootfs(base / "rootfs-src")
+        self.runc_root = str(base / "runc")
+        self.sink = EventSink(str(base / "events.sock"))
+        self.ns = "shimtest"
+        self.bundles: list = []
+        self.clients: list[ShimClient] = []
+
+    def start(self, id: str, args: list[str], terminal: bool = False, stdin_opts: bytes = b"",
+              events: str | None = None):
+        bundle = make_bundle(self.base / "bundles" / id, args, terminal)
+        self.bundles.append(bundle)
+        env = dict(os.environ, TTRPC_ADDRESS=self.sink.path if events is None else events)
+        r = subprocess.run([SHIM_PATH, "-namespace", self.ns, "-address", self.fake_daemon,
+                            "-publish-binary", "/nonexistent", "-id", id, "-debug", "start"],
+                           cwd=bundle, input=stdin_opts, capture_output=True, env=env,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr.decode()
+        address = r.stdout.decode()
+        assert address.startswith("unix:///run/ctrd/s/")
+        assert (bundle / "address").read_text() == address
+        c = ShimClient(self.sink, address, self.ns)
+        self.clients.append(c)
+        return bundle, address, c
+
+    def create_request(self, id: str, bundle, binary: str = "", **kw):
+        from ctrd.api.containerd.runc.options import oci_pb2
+        from ctrd.api.containerd.runtime.v2.task import shim_pb2 as api
+        from ctrd.api.containerd.types import mount_pb2
+        from ctrd.typeurl import pack
+
+        req = api.CreateTaskRequest(id=id, bundle=str(bundle), **kw)
+        req.rootfs.append(mount_pb2.Mount(type="bind", source=str(self.rootfs),
+                                          options=["rbind", "ro"]))
+        req.options.CopyFrom(pack(oci_pb2.Options(binary_name=binary, root=self.runc_root)))
+        return req
+
+    def close(self) -> None:
+        for c in self.clients:
+            try:
+                c.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self.sink.close()
+
+
+@pytest.fixture
+def direct(tmp_root):
+    before = sockets()
+    d = Direct(tmp_root)
+    try:
+        yield d
+        assert wait_until(lambda: not shim_pids(d.fake_daemon)), "shim still running"
+        assert mounts_under(str(tmp_root)) == []
+        assert stale_sockets(before) == set()
+    finally:
+        for pid in shim_pids(d.fake_daemon):
+            os.kill(pid, signal.SIGKILL)
+        for b in d.bundles:
+            subprocess.run(["runc", "--root", os.path.join(d.runc_root, d.ns), "delete",
+                            "--force", b.name], capture_output=True)
+        for m in reversed(mounts_under(str(tmp_root))):
+            subprocess.run(["umount", "-l", m], capture_output=True)
+        for s in stale_sockets(before):
+            os.unlink(f"/run/ctrd/s/{s}")
+        d.close()

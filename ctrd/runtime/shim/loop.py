@@ -42,6 +42,7 @@ class Loop:
         self._ready: deque[tuple[Callable, tuple]] = deque()
         self._signals: dict[int, Callable[[], None]] = {}
         self._sig_r = -1
+        self._wake_r = self._wake_w = -1
         self._running = False
 
     # -- fds
@@ -83,6 +84,30 @@ class Loop:
         t = Timer(time.monotonic() + delay, callback, args)
         heapq.heappush(self._timers, t)
         return t
+
+    def call_soon_threadsafe(self, callback: Callable, *args) -> None:
+        """From another thread: run ``callback(*args)`` on the loop. (deque.append is atomic;
+        the byte on the wake-up pipe ends the loop's poll.)"""
+        self._ready.append((callback, args))
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full: the loop wakes up anyway
+
+    def enable_threads(self) -> None:
+        """Make :meth:`call_soon_threadsafe` wake the loop (call on the loop's thread before
+        starting a thread that uses it)."""
+        if self._wake_r < 0:
+            self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+            self.add_reader(self._wake_r, self._drain_wake)
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
 
     # -- signals
     def add_signal_handler(self, sig: int, callback: Callable[[], None]) -> None:
@@ -158,6 +183,9 @@ class Loop:
     def close(self) -> None:
         if self._sig_r >= 0:
             signal.set_wakeup_fd(-1)
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
         self._ep.close()
 
 

@@ -40,6 +40,7 @@ class Process:
         self.status = CREATED
         self.exit_status = 0
         self.exited_at = 0  # ns since the epoch; 0 while running
+        self.exiting = False  # the reaper saw it exit; its exit may wait for its log
         self.io: ProcessIO | None = None
         self.pty: PtyCopy | None = None
         self._waiters: list[Deferred] = []
@@ -48,10 +49,10 @@ class Process:
     def exited(self) -> bool:
         return self.exited_at != 0
 
-    def set_exited(self, status: int) -> None:
+    def set_exited(self, status: int, at: int = 0) -> None:
         if self.exited:
             return
-        self.exit_status, self.exited_at = status, time.time_ns()
+        self.exit_status, self.exited_at = status, at or time.time_ns()
         if self.status != DELETED:
             self.status = STOPPED
         waiters, self._waiters = self._waiters, []
@@ -77,7 +78,7 @@ class Process:
     def _open_io(self, run) -> None:
         """Open stdio, run the runtime command ``run(stdio_fds, console_path)``, set up the pty
         copy; on failure close everything opened."""
-        io = ProcessIO(self.stdio)
+        io = ProcessIO(self.stdio, self.loop)
         console = None
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from collections.abc import Callable
 
 from google.protobuf import empty_pb2
@@ -32,6 +33,10 @@ from ctrd.runtime.shim.stdio import Stdio
 _STATUS = {"created": types.CREATED, "running": types.RUNNING, "stopped": types.STOPPED,
            "paused": types.PAUSED, "deleted": types.STOPPED}
 _EMPTY = empty_pb2.Empty()
+LOG_DRAIN_TIMEOUT = 2.0
+#: Update with this annotation (value "1") reopens the task's CRI log file instead of applying
+#: resources: ctrd's CRI plugin sends it for ReopenContainerLog after the kubelet's rotation.
+REOPEN_LOG_ANNOTATION = "io.ctrd.cri.reopen-log"
 OPTIONS_FILE = "options.json"  # containerd's runc shim writes the same file
 
 
@@ -98,22 +103,33 @@ class TaskService:
         return p
 
     def on_exit(self, pid: int, status: int) -> None:
-        """From the reaper: a child exited."""
+        """From the reaper: a child exited. A process whose output goes to a CRI log is
+        reported exited once its log is drained (at most :data:`LOG_DRAIN_TIMEOUT` later), so
+        whoever sees the exit finds every line in the file."""
+        at = time.time_ns()
         for c in self.containers.values():
             for p in (c, *c.execs.values()):
-                if p.pid != pid or p.exited:
+                if p.pid != pid or p.exited or p.exiting:
                     continue
+                p.exiting = True
                 if p is c and c.kill_all_on_exit():
                     try:
                         c.runtime.kill(c.id, signal.SIGKILL, all=True)
                     except errdefs.CtrdError as e:
                         log.debug("kill all after init exit", error=str(e))
-                p.set_exited(status)
-                e = ev.TaskExit(container_id=c.id, id=p.id, pid=pid, exit_status=status)
-                _ts(e.exited_at, p.exited_at)
-                self.publisher.publish("/tasks/exit", e)
-                log.debug("process exited", id=p.id, pid=pid, status=status)
+                if p.io is not None and p.io.draining:
+                    p.io.when_drained(lambda c=c, p=p: self._exited(c, p, status, at),
+                                      LOG_DRAIN_TIMEOUT)
+                else:
+                    self._exited(c, p, status, at)
                 return
+
+    def _exited(self, c: Init, p: Process, status: int, at: int) -> None:
+        p.set_exited(status, at)
+        e = ev.TaskExit(container_id=c.id, id=p.id, pid=p.pid, exit_status=status)
+        _ts(e.exited_at, p.exited_at)
+        self.publisher.publish("/tasks/exit", e)
+        log.debug("process exited", id=p.id, pid=p.pid, status=status)
 
     # -- the Task service
     def Create(self, r: api.CreateTaskRequest, ctx) -> api.CreateTaskResponse:
@@ -229,7 +245,13 @@ class TaskService:
         raise errdefs.NotImplemented_("checkpoint is not supported by containerd-shim-ctrd-v2")
 
     def Update(self, r: api.UpdateTaskRequest, ctx) -> empty_pb2.Empty:
-        self._container(r.id).update(r.resources.value)
+        c = self._container(r.id)
+        if r.annotations.get(REOPEN_LOG_ANNOTATION) == "1":
+            if c.io is None or c.exited or c.exiting:
+                raise errdefs.FailedPrecondition(f"task {r.id} is not running")
+            c.io.reopen_logs()
+            return _EMPTY
+        c.update(r.resources.value)
         return _EMPTY
 
     def Wait(self, r: api.WaitRequest, ctx):

@@ -10,6 +10,9 @@ runtime passes them through to the process.
   no client reads (output waits in the pipe instead of killing the process with SIGPIPE, as
   with containerd's shim).
 - ``file:///path``: opened for appending (created with its directory if needed).
+- ``file:///path?format=cri&max_line=N&stream=S`` (the CRI plugin's): the kubelet's log
+  format, written by :mod:`.crilog` from a pipe the process writes into (a copy, on a thread
+  per stream; see there). The one other copy of non-terminal output.
 - ``binary://``: not implemented (UNIMPLEMENTED with a message saying so).
 
 With a terminal the runtime sends the pty master over a console socket
@@ -29,7 +32,7 @@ import stat
 import struct
 
 from ctrd import errdefs
-from ctrd.runtime.shim import log
+from ctrd.runtime.shim import crilog, log
 from ctrd.runtime.shim.loop import Loop
 
 _BUF = 32768
@@ -54,14 +57,28 @@ def _scheme(uri: str) -> tuple[str, str]:
     return scheme, rest
 
 
-def _open_output(uri: str, name: str) -> int:
+def _open_output(uri: str, name: str, streams: list) -> int:
+    """The fd a process writes ``name`` into; a CRI log's :class:`~.crilog.Stream` (whose
+    pipe that fd is) is appended to ``streams``."""
     scheme, path = _scheme(uri)
     if scheme == "binary":
         raise errdefs.NotImplemented_(f"{name} {uri!r}: binary:// logging is not supported "
                                       f"by containerd-shim-ctrd-v2")
     if scheme == "file":
+        path, params = crilog.parse_file_uri(uri)
         if not path or not os.path.isabs(path):
             raise errdefs.InvalidArgument(f"{name} {uri!r}: file:// needs an absolute path")
+        cri = crilog.cri_options(params, name, uri)
+        if cri is not None:
+            f = crilog.acquire(path)
+            try:
+                st = crilog.Stream(f, cri)
+            except BaseException:
+                f.release()
+                raise
+            streams.append(st)
+            fd, st.write_fd = st.write_fd, -1  # the caller's now
+            return fd
         try:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -99,13 +116,21 @@ class ProcessIO:
     EOF semantics: the process sees EOF when the client closed its end before the process
     was created, or later once the client closed and CloseIO closed the shim's own writer
     (which keeps a detaching client from ending the process's input).
+
+    CRI log streams (:mod:`.crilog`) run from creation until their pipe's EOF;
+    :meth:`when_drained` tells when everything the process wrote is in the file,
+    :meth:`reopen_logs` reopens their files.
     """
 
-    def __init__(self, stdio: Stdio) -> None:
+    def __init__(self, stdio: Stdio, loop: Loop | None = None) -> None:
         self.stdio = stdio
+        self.loop = loop
         self.stdin_path = ""
         self.stdin_r = self.stdin_keep = self.pipe_r = self.pipe_w = self.out = self.err = -1
         self._copy: _Pipe | None = None
+        self.streams: list[crilog.Stream] = []
+        self._drained: list = []
+        self._drain_timer = None
         try:
             if stdio.stdin:
                 scheme, path = _scheme(stdio.stdin)
@@ -116,13 +141,56 @@ class ProcessIO:
                 if not stdio.terminal:
                     self.pipe_r, self.pipe_w = os.pipe2(os.O_CLOEXEC)
             if stdio.stdout:
-                self.out = _open_output(stdio.stdout, "stdout")
+                self.out = _open_output(stdio.stdout, "stdout", self.streams)
             if stdio.stderr and not stdio.terminal:
                 self.err = (os.dup(self.out) if stdio.stderr == stdio.stdout
-                            else _open_output(stdio.stderr, "stderr"))
+                            else _open_output(stdio.stderr, "stderr", self.streams))
+            if self.streams:
+                if loop is None:
+                    raise errdefs.InvalidArgument("CRI log format needs the shim's loop")
+                loop.enable_threads()
+                for st in self.streams:
+                    st.on_done = lambda st=st: loop.call_soon_threadsafe(self._stream_done, st)
+                    st.start()
         except BaseException:
             self.close()
             raise
+
+    # -- CRI log streams
+    def _stream_done(self, st: "crilog.Stream") -> None:
+        st.file.release()
+        if all(s.done for s in self.streams):
+            self._fire_drained()
+
+    @property
+    def draining(self) -> bool:
+        """True while a CRI log stream is still copying."""
+        return any(not s.done for s in self.streams)
+
+    def when_drained(self, callback, timeout: float) -> None:
+        """``callback()`` on the loop once every CRI log stream ended, or after ``timeout``
+        seconds (a daemonized child may hold the pipe forever; containerd waits 2 s too)."""
+        if not self.draining:
+            callback()
+            return
+        self._drained.append(callback)
+        if self._drain_timer is None and self.loop is not None:
+            self._drain_timer = self.loop.call_later(timeout, self._fire_drained)
+
+    def _fire_drained(self) -> None:
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        cbs, self._drained = self._drained, []
+        for cb in cbs:
+            cb()
+
+    def reopen_logs(self) -> None:
+        files = {id(s.file): s.file for s in self.streams if not s.done}
+        if not files:
+            raise errdefs.FailedPrecondition("the task has no CRI log file to reopen")
+        for f in files.values():
+            f.reopen()
 
     def runtime_fds(self, devnull: int) -> tuple[int, int, int]:
         """fds 0-2 of the runtime command (blocking, as a process expects its stdio)."""
@@ -172,6 +240,12 @@ class ProcessIO:
             if fd >= 0:
                 os.close(fd)
                 setattr(self, attr, -1)
+        for st in self.streams:
+            if st.done:
+                continue
+            st.stop()  # what was read is still written; the file is released when it ended
+            if st.on_done is None:
+                st.file.release()  # set up failed before the stream got its callback
 
 
 class ConsoleSocket:
