@@ -432,7 +432,11 @@ class CRIRuntime:
                                        "not found")
             _, handler = self.handler(smeta.runtime_handler)
             snap = self.snapshotter()
-            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id)
+            # The new snapshot is held by a lease until the container record references it
+            # (containerd's client does the same): a GC in between would collect it.
+            lease = await asyncio.to_thread(self._create_lease, id_)
+            undo.append(lambda: self._delete_lease(lease))
+            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id, None, lease)
             undo.append(lambda: snap.remove(NAMESPACE, id_))
             log_path = ""
             if config.log_path and sandbox_config.log_directory:
@@ -455,6 +459,7 @@ class CRIRuntime:
                                          st.CONTAINER_EXT, meta, image=image_name,
                                          snapshot_key=id_)
             await asyncio.to_thread(self.containers.create, NAMESPACE, rec)
+            await asyncio.to_thread(self._delete_lease, lease)
             self.records.add_container(meta, st.ContainerStatus(state=st.CREATED))
             self._emit("created", id_, smeta.id)
             return id_
@@ -465,6 +470,23 @@ class CRIRuntime:
                 except Exception as e:  # noqa: BLE001
                     log.warning("undo of container %s: %s", id_, e)
             raise
+
+    def _create_lease(self, id_: str) -> str:
+        import datetime
+
+        from ctrd.metadata.leases import GC_EXPIRE
+
+        lease = f"cri-create-{id_}"
+        expire = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=1)
+        self.md.leases.create(NAMESPACE, lease,
+                              {GC_EXPIRE: expire.strftime("%Y-%m-%dT%H:%M:%SZ")})
+        return lease
+
+    def _delete_lease(self, lease: str) -> None:
+        try:
+            self.md.leases.delete(NAMESPACE, lease)
+        except errdefs.NotFound:
+            pass
 
     def _build_spec(self, id_: str, smeta: st.SandboxMeta, config, sandbox_config, image,
                     snap) -> dict:
@@ -513,6 +535,14 @@ class CRIRuntime:
         if meta.log_path:
             os.makedirs(os.path.dirname(meta.log_path), exist_ok=True)
         stdout, stderr = self._task_io(meta)
+        stdin = ""
+        if config.stdin:  # kept for attach (ctrd.cri.streaming): the shim holds a writer
+            from ctrd.cri.streaming.backend import stdin_fifo
+
+            stdin = stdin_fifo(self.state, meta.id)
+            os.makedirs(os.path.dirname(stdin), mode=0o700, exist_ok=True)
+            if not os.path.exists(stdin):
+                os.mkfifo(stdin, 0o600)
         mounts = await asyncio.to_thread(self.snapshotter().mounts, NAMESPACE, meta.id)
         options = None
         if c.runtime.options is not None:
@@ -521,8 +551,8 @@ class CRIRuntime:
             options = any_pb2.Any(type_url=c.runtime.options.type_url,
                                   value=c.runtime.options.value)
         opts = CreateOpts(spec=c.spec.value, runtime=c.runtime.name, runtime_options=options,
-                          rootfs=[_mount_pb(m) for m in mounts], stdout=stdout,
-                          stderr=stderr, terminal=config.tty)
+                          rootfs=[_mount_pb(m) for m in mounts], stdin=stdin,
+                          stdout=stdout, stderr=stderr, terminal=config.tty)
         try:
             task = await self.manager.create(NAMESPACE, meta.id, opts)
             try:
@@ -658,6 +688,7 @@ class CRIRuntime:
             await asyncio.to_thread(self.snapshotter().remove, NAMESPACE, meta.id)
         except errdefs.NotFound:
             pass
+        _rmtree(os.path.join(self.state, "containers", meta.id))  # the stdin FIFO's dir
         self.records.remove_container(meta.id)
         self._exited.pop(meta.id, None)
         self._emit("deleted", meta.id, meta.sandbox_id)
