@@ -24,11 +24,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
-from ctrd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from ctrd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, \
+    Unavailable
 from ctrd.images import manifest as m
 from ctrd.images.manifest import Descriptor, Platform
 
 MAX_DEPTH = 8  # nested indexes
+WAIT_FOR_OTHER_WRITER = 600.0  # seconds a pull waits for another pull's download of a blob
 CHUNK = 1 << 20
 
 
@@ -83,11 +85,24 @@ class _Pull:
         except NotFound:
             return False
 
+    def writer(self, ref: str, d: Descriptor):
+        """A content writer for ``d``; while another pull holds the same ref (a blob two
+        images share), wait for it as containerd does: it either commits (AlreadyExists
+        here) or gives up and releases the ref (the stall timeout bounds that)."""
+        delay, deadline = 0.02, time.monotonic() + WAIT_FOR_OTHER_WRITER
+        while True:
+            try:
+                return self.md.content.writer(self.ns, ref, d.size, d.digest, self.lease)
+            except Unavailable:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+
     def store(self, d: Descriptor, data: bytes, labels: dict[str, str]) -> None:
         m.verify(d, data)
         try:
-            w = self.md.content.writer(self.ns, f"{d.media_type}-{d.digest}", d.size,
-                                       d.digest, self.lease)
+            w = self.writer(f"{d.media_type}-{d.digest}", d)
         except AlreadyExists:
             self.label(d, labels)
             return
@@ -130,8 +145,7 @@ class _Pull:
             p.done[d.digest], p.status[d.digest] = d.size, "exists"
             return
         try:
-            w = self.md.content.writer(self.ns, f"layer-{d.digest}", d.size, d.digest,
-                                       self.lease)
+            w = self.writer(f"layer-{d.digest}", d)
         except AlreadyExists:
             p.done[d.digest], p.status[d.digest] = d.size, "exists"
             return

@@ -294,6 +294,7 @@ async def _init_cri(ic: InitContext):
     from ctrd.cri.server import CRIRuntime
 
     md, manager, events = ic.get(METADATA), ic.get(RUNTIME_V2), ic.get(EVENT)
+    gc = _optional(ic, GC)
     cfg = ic.config
     if cfg.containerd.snapshotter not in md.snapshotters:
         from ctrd.errdefs import FailedPrecondition
@@ -307,7 +308,7 @@ async def _init_cri(ic: InitContext):
     def build():
         from ctrd.cri.image_service import ImageService
 
-        return _CRIServices(runtime, ImageService(md, cfg, snap_root))
+        return _CRIServices(runtime, ImageService(md, cfg, snap_root, gc=gc))
 
     from ctrd.services.lazy import LazyService
 
@@ -382,7 +383,7 @@ REGISTRATIONS = [
     Registration(GRPC, "diff", _service("diff-service"), requires=(SERVICE,)),
     Registration(GRPC, "images", _service("images-service"), requires=(SERVICE,)),
     Registration(GRPC, "tasks", _service("tasks-service"), requires=(SERVICE,)),
-    Registration(GRPC, "cri", _init_cri, requires=(METADATA, RUNTIME_V2, EVENT),
+    Registration(GRPC, "cri", _init_cri, requires=(METADATA, RUNTIME_V2, EVENT, GC),
                  config=CRIConfig),
     Registration(GRPC, "containers", _service("containers-service"), requires=(SERVICE,)),
     Registration(GRPC, "transfer", _init_transfer, requires=(METADATA,),
