@@ -123,7 +123,6 @@ def _ns(cri, cid: str, kind: str) -> str:  # noqa: F811
 
 
 def test_pod_shares_shm_ipc_uts_net(cri):  # noqa: F811
-    pb = cri.pb
     sid, pconf = cri.run_pod("share")
     a = cri.create(sid, pconf, "a", ["sleep", "1000"])
     b = cri.create(sid, pconf, "b", ["sleep", "1000"])
