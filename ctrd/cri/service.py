@@ -10,6 +10,7 @@ from ctrd.api.cri.runtime.v1 import api_pb2 as pb
 from ctrd.api.cri.runtime.v1 import api_pb2_grpc as pb_grpc
 from ctrd.cri import store as st
 from ctrd.cri.server import CRIRuntime, decode_msg
+from ctrd.cri.stats_methods import StatsMethods
 from ctrd.cri.streaming.methods import StreamingMethods
 
 RUNTIME_NAME = "ctrd"
@@ -20,9 +21,10 @@ def _labels_match(selector, labels) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
-class RuntimeService(StreamingMethods, pb_grpc.RuntimeServiceServicer):
+class RuntimeService(StatsMethods, StreamingMethods, pb_grpc.RuntimeServiceServicer):
     """runtime.v1 RuntimeService. Exec, Attach, PortForward and GetContainerEvents come from
-    :class:`ctrd.cri.streaming.methods.StreamingMethods` (the streaming server's side)."""
+    :class:`ctrd.cri.streaming.methods.StreamingMethods` (the streaming server's side), the
+    stats calls from :class:`ctrd.cri.stats_methods.StatsMethods`."""
 
     def __init__(self, runtime: CRIRuntime) -> None:
         self.rt = runtime
