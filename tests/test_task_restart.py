@@ -95,3 +95,25 @@ def test_kill9_shim_reports_stopped_and_releases(daemon, tmp_root):
     r = ctr(d.address, "tasks", "rm", "victim")
     assert r.returncode == 0, r.stderr
     assert ctr(d.address, "tasks", "ls", "-q").stdout == ""
+
+
+def test_hung_shim_does_not_block_others(daemon):
+    """A shim that stops answering (SIGSTOP) costs its own calls a deadline; the API keeps
+    serving the other containers, and the hung one is listed UNKNOWN meanwhile."""
+    d = daemon
+    for c in ("ok1", "hung"):
+        r = ctr(d.address, "run", "-d", d.image, c, "sleep", "1000")
+        assert r.returncode == 0, r.stderr
+    assert wait_for(lambda: len(tasks(d)) == 2)
+    shim = _shim_pid(d, "hung")
+    os.kill(shim, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        t = tasks(d)
+        assert time.monotonic() - t0 < 10
+        assert t["ok1"][1] == "RUNNING" and t["hung"][1] == "UNKNOWN", t
+        r = ctr(d.address, "tasks", "exec", "--exec-id", "x", "ok1", "echo", "fine")
+        assert r.returncode == 0 and r.stdout == "fine\n", r.stderr
+    finally:
+        os.kill(shim, signal.SIGCONT)
+    assert wait_for(lambda: tasks(d)["hung"][1] == "RUNNING")
