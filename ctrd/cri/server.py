@@ -87,6 +87,7 @@ class CRIRuntime:
         self._monitors: dict[str, asyncio.Task] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._oom: set[str] = set()
+        self._update_lock = asyncio.Lock()
         self._cni = None
         self._event_queues: set[asyncio.Queue] = set()
 
@@ -701,23 +702,37 @@ class CRIRuntime:
         await task.update(None, {REOPEN_LOG_ANNOTATION: "1"})
 
     async def update_resources(self, id_: str, linux) -> None:
+        """containerd's UpdateContainerResources: only a RUNNING or CREATED container; the
+        stored spec takes the new resources, then a running task gets them; if the runtime
+        refuses, the stored spec is put back (so spec and cgroup never disagree)."""
         from ctrd.cri import spec as cri_spec
         from ctrd.metadata.containers import AnyValue
 
         meta, status = self.records.container(id_)
-        c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)
-        spec = json.loads(c.spec.value)
-        cri_spec.apply_resources(spec, linux, self.config, cri_spec.host_facts())
-        resources = spec.get("linux", {}).get("resources", {})
-        c.spec = AnyValue(SPEC_TYPE, json.dumps(spec).encode())
-        await asyncio.to_thread(self.containers.update, NAMESPACE, c, ["spec"])
-        if status.state == st.RUNNING:
+        async with self._update_lock:
+            if status.state not in (st.RUNNING, st.CREATED):
+                raise errdefs.FailedPrecondition(
+                    f"container {meta.id} is in {_STATE_NAMES[status.state]} state")
+            c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)
+            old = c.spec
+            spec = json.loads(c.spec.value)
+            cri_spec.apply_resources(spec, linux, self.config, cri_spec.host_facts())
+            resources = spec.get("linux", {}).get("resources", {})
+            c.spec = AnyValue(SPEC_TYPE, json.dumps(spec).encode())
+            await asyncio.to_thread(self.containers.update, NAMESPACE, c, ["spec"])
+            if status.state != st.RUNNING:
+                return
             from google.protobuf import any_pb2
 
-            task = self.manager.get(NAMESPACE, meta.id)
-            await task.update(any_pb2.Any(
-                type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
-                value=json.dumps(resources).encode()), {})
+            try:
+                task = self.manager.get(NAMESPACE, meta.id)
+                await task.update(any_pb2.Any(
+                    type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+                    value=json.dumps(resources).encode()), {})
+            except BaseException:
+                c.spec = old
+                await asyncio.to_thread(self.containers.update, NAMESPACE, c, ["spec"])
+                raise
 
     async def exec_sync(self, id_: str, cmd: list[str], timeout: int) -> tuple[bytes, bytes, int]:
         from ctrd.cri import execio
