@@ -118,3 +118,353 @@ def test_kubectl_exec_stdin_to_eof(pod, websockets):
                     websockets=websockets, input=data)
     assert r.returncode == 0, r.stderr
     assert r.stdout == data + b"END\n"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+def ws_url(url: str) -> str:
+    return "ws" + url[len("http"):]
+
+
+async def ws_session(url: str, subprotocol: str, send: list = (), until_closed: bool = True,
+                     timeout: float = 30):
+    """Messages received on a WebSocket as [(channel, data)], after sending ``send`` (bytes
+    messages, or ("sleep", s))."""
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    got: list[tuple[int, bytes]] = []
+    async with connect(ws_url(url), subprotocols=[subprotocol], max_size=None,
+                       open_timeout=timeout) as ws:
+        assert ws.subprotocol == subprotocol
+
+        async def reader():
+            try:
+                async for msg in ws:
+                    if isinstance(msg, str):
+                        import base64
+                        got.append((ord(msg[0]) - ord("0"), base64.b64decode(msg[1:])))
+                    else:
+                        got.append((msg[0], bytes(msg[1:])))
+            except ConnectionClosed:
+                pass
+
+        r = asyncio.ensure_future(reader())
+        for m in send:
+            if isinstance(m, tuple):
+                await asyncio.sleep(m[1])
+            else:
+                await ws.send(m)
+        await asyncio.wait_for(r, timeout)
+    return got
+
+
+def channel(got, n: int) -> bytes:
+    return b"".join(d for c, d in got if c == n)
+
+
+def exit_status(status: dict) -> int:
+    if status.get("status") == "Success":
+        return 0
+    assert status["reason"] == "NonZeroExitCode", status
+    return int(status["details"]["causes"][0]["message"])
+
+
+# --- WebSocket clients (the websockets library) -------------------------------------------------
+
+@pytest.mark.parametrize("sub", ["v5.channel.k8s.io", "v4.channel.k8s.io"])
+def test_websocket_exec_stdin_stdout_stderr_status(pod, sub):
+    pb = pod.pb
+    url = pod.cri.rt.Exec(pb.ExecRequest(
+        container_id=pod.ids["main"], cmd=["sh", "-c", "cat; echo err >&2; exit 7"],
+        stdin=True, stdout=True, stderr=True)).url
+    assert url.startswith("http://127.0.0.1:") and "/exec/" in url
+    send = [b"\x00hello ", b"\x00world"]
+    if sub.startswith("v5"):
+        send.append(b"\xff\x00")  # v5: close stdin
+    got = asyncio.run(ws_session(url, sub, send, timeout=30 if sub.startswith("v5") else 5)
+                      ) if sub.startswith("v5") else None
+    if got is None:
+        # v4 cannot half-close stdin: use a command that does not read it
+        url = pod.cri.rt.Exec(pb.ExecRequest(
+            container_id=pod.ids["main"], cmd=["sh", "-c", "echo hello world; echo err >&2; "
+                                                           "exit 7"],
+            stdin=True, stdout=True, stderr=True)).url
+        got = asyncio.run(ws_session(url, sub))
+    assert got[0] == (1, b"")  # the empty message on the lowest writable channel comes first
+    assert channel(got, 1).replace(b"\n", b"") == b"hello world"
+    assert channel(got, 2) == b"err\n"
+    status = json.loads(channel(got, 3))
+    assert exit_status(status) == 7
+    assert status["message"].startswith("command terminated with non-zero exit code")
+
+
+def test_websocket_exec_tty_resize(pod):
+    pb = pod.pb
+    url = pod.cri.rt.Exec(pb.ExecRequest(container_id=pod.ids["main"], cmd=["sh"], tty=True,
+                                         stdin=True, stdout=True)).url
+    got = asyncio.run(ws_session(url, "v5.channel.k8s.io", [
+        b'\x04{"Width":123,"Height":45}', ("sleep", 0.5),
+        b"\x00/bin/busybox stty size; tty; exit 4\n"]))
+    out = channel(got, 1)
+    assert b"45 123" in out, out
+    assert b"/dev/pts/" in out
+    assert not channel(got, 2)
+    assert exit_status(json.loads(channel(got, 3))) == 4
+
+
+def test_websocket_base64_protocol(pod):
+    url = pod.cri.rt.Exec(pod.pb.ExecRequest(container_id=pod.ids["main"],
+                                             cmd=["echo", "b64"], stdout=True)).url
+    got = asyncio.run(ws_session(url, "base64.channel.k8s.io"))
+    assert channel(got, 1) == b"b64\n"
+    assert channel(got, 3) == b""  # the pre-v4 protocols report only failures, as text
+
+
+# --- SPDY with our own client: the older protocol versions -------------------------------------
+
+@pytest.mark.parametrize("proto", ["v4.channel.k8s.io", "v3.channel.k8s.io",
+                                   "v2.channel.k8s.io", "channel.k8s.io"])
+def test_spdy_exec_protocol_versions(pod, proto):
+    from spdy_client import SpdyClient
+
+    pb = pod.pb
+    url = pod.cri.rt.Exec(pb.ExecRequest(
+        container_id=pod.ids["main"], cmd=["sh", "-c", "cat; echo e >&2; exit 5"],
+        stdin=True, stdout=True, stderr=True)).url
+
+    async def run():
+        c = await SpdyClient.connect(url, [proto, "v9.channel.k8s.io"])
+        assert c.status == 101 and c.protocol == proto
+        err = c.open({"streamtype": "error"})
+        sin = c.open({"streamtype": "stdin"})
+        out = c.open({"streamtype": "stdout"})
+        e2 = c.open({"streamtype": "stderr"})
+        await c.wait_replied(sin)
+        if proto != "channel.k8s.io":
+            await c.write(sin, b"x" * 200_000, fin=True)
+        else:
+            await c.write(sin, b"", fin=True)
+        res = (await c.read_all(out), await c.read_all(e2), await c.read_all(err))
+        await c.close()
+        return res
+
+    out, errout, status = asyncio.run(run())
+    assert out == (b"x" * 200_000 if proto != "channel.k8s.io" else b"")
+    assert errout == b"e\n"
+    if proto == "v4.channel.k8s.io":
+        assert exit_status(json.loads(status)) == 5
+    else:
+        assert status.startswith(b"command terminated with non-zero exit code"), status
+
+
+def test_spdy_exec_tty_resize(pod):
+    from spdy_client import SpdyClient
+
+    url = pod.cri.rt.Exec(pod.pb.ExecRequest(container_id=pod.ids["main"], cmd=["sh"],
+                                             tty=True, stdin=True, stdout=True)).url
+
+    async def run():
+        c = await SpdyClient.connect(url, ["v4.channel.k8s.io"])
+        err = c.open({"streamtype": "error"})
+        sin = c.open({"streamtype": "stdin"})
+        out = c.open({"streamtype": "stdout"})
+        rs = c.open({"streamtype": "resize"})
+        await c.wait_replied(rs)
+        await c.write(rs, b'{"Width":90,"Height":30}{"Width":77,')
+        await c.write(rs, b'"Height":22}\n')
+        await asyncio.sleep(0.5)
+        await c.write(sin, b"/bin/busybox stty size; exit\n")
+        res = await c.read_all(out), await c.read_all(err)
+        await c.close()
+        return res
+
+    out, status = asyncio.run(run())
+    assert b"22 77" in out, out
+    assert json.loads(status)["status"] == "Success"
+
+
+# --- attach -------------------------------------------------------------------------------------
+
+CHAT = ("echo started; while read l; do echo got:$l; echo warn:$l >&2; done; echo bye")
+
+
+@needs_kubectl
+@pytest.mark.parametrize("websockets", [True, False], ids=["websocket", "spdy"])
+def test_kubectl_attach_stdin_once(cri, websockets):
+    p = Pod(cri, "chat")
+    try:
+        cid = p.add("chat", ["sh", "-c", CHAT], stdin=True, stdin_once=True)
+        api = p.kube()
+        r = api.kubectl("attach", "-i", "chat", "-c", "chat", websockets=websockets,
+                        input=b"hello\nworld\n")
+        assert r.returncode == 0, r.stderr
+        assert b"got:hello\ngot:world\n" in r.stdout, (r.stdout, r.stderr)
+        assert b"bye\n" in r.stdout
+        assert b"warn:hello" in r.stderr
+        assert b"started" not in r.stdout  # attach shows output from the attach on
+        cs = cri.wait_exited(cid)
+        assert (cs.state, cs.exit_code) == (cri.pb.CONTAINER_EXITED, 0)
+    finally:
+        p.close()
+
+
+def test_attach_without_stdin_once_keeps_container_stdin_open(cri):
+    p = Pod(cri, "keep")
+    try:
+        cid = p.add("keep", ["sh", "-c", CHAT], stdin=True)
+        pb = cri.pb
+        for word in (b"one", b"two"):
+            url = cri.rt.Attach(pb.AttachRequest(container_id=cid, stdin=True, stdout=True,
+                                                 stderr=True)).url
+            got = _attach_once(url, word)
+            assert b"got:" + word in channel(got, 1), got
+        assert cri.status(cid).state == pb.CONTAINER_RUNNING  # a detach is no EOF
+    finally:
+        p.close()
+
+
+def _attach_once(url: str, word: bytes):
+    """Attach, send a line, see its echo, go away (the container keeps running)."""
+    async def run():
+        from websockets.asyncio.client import connect
+
+        got = []
+        async with connect(ws_url(url), subprotocols=["v5.channel.k8s.io"]) as ws:
+            await ws.send(b"\x00" + word + b"\n")
+            deadline = time.monotonic() + 20
+            while b"got:" + word not in b"".join(d for c, d in got if c == 1):
+                assert time.monotonic() < deadline, got
+                msg = await asyncio.wait_for(ws.recv(), 20)
+                got.append((msg[0], bytes(msg[1:])))
+        return got
+    return asyncio.run(run())
+
+
+# --- port-forward -------------------------------------------------------------------------------
+
+class PodServers:
+    """TCP servers listening on 127.0.0.1:<port> inside a pod's netns (sockets made there by
+    the test): each says ``<port>:``, echoes what it gets upper-cased, closes after EOF."""
+
+    def __init__(self, netns_path: str, ports: list[int]) -> None:
+        from ctrd.cri import netns
+
+        self.socks = []
+        for port in ports:
+            s = netns.run_in_ns(netns_path, self._listen, port)
+            self.socks.append(s)
+            threading.Thread(target=self._serve, args=(s, port), daemon=True).start()
+
+    @staticmethod
+    def _listen(port: int) -> socket.socket:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen(16)
+        return s
+
+    @staticmethod
+    def _serve(s: socket.socket, port: int) -> None:
+        while True:
+            try:
+                c, _ = s.accept()
+            except OSError:
+                return
+            def one(c=c):
+                with c:
+                    c.sendall(f"{port}:".encode())
+                    while True:
+                        d = c.recv(65536)
+                        if not d:
+                            break
+                        c.sendall(d.upper())
+            threading.Thread(target=one, daemon=True).start()
+
+    def close(self) -> None:
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+
+def netns_of(cri, sid: str) -> str:
+    return cri.pod_status(sid, verbose=True)[1]["netns"]
+
+
+@needs_kubectl
+@pytest.mark.parametrize("websockets", [True, False], ids=["default", "spdy"])
+def test_kubectl_port_forward_several_ports(pod, websockets):
+    servers = PodServers(netns_of(pod.cri, pod.sid), [8080, 9090])
+    api = pod.kube()
+    proc = subprocess.Popen(api.kubectl_argv("port-forward", "web", ":8080", ":9090"),
+                            env=api.kubectl_env(websockets), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        local = {}
+        while len(local) < 2:
+            line = proc.stdout.readline().decode()
+            assert line, proc.stderr.read()
+            if line.startswith("Forwarding from 127.0.0.1:"):
+                lp, rp = line.split("127.0.0.1:")[1].split(" -> ")
+                local[int(rp)] = int(lp)
+        for rport, lport in local.items():
+            for i in range(3):  # several connections per port
+                with socket.create_connection(("127.0.0.1", lport), timeout=20) as c:
+                    c.sendall(b"ping%d" % i)
+                    c.shutdown(socket.SHUT_WR)
+                    got = b""
+                    while True:
+                        d = c.recv(65536)
+                        if not d:
+                            break
+                        got += d
+                assert got == f"{rport}:PING{i}".encode()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        servers.close()
+
+
+def test_websocket_port_forward(pod):
+    servers = PodServers(netns_of(pod.cri, pod.sid), [7001, 7002])
+    try:
+        url = pod.cri.rt.PortForward(pod.pb.PortForwardRequest(
+            pod_sandbox_id=pod.sid, port=[7001, 7002, 7003])).url
+        got = _ws_port_forward(url)
+        # the first message of every channel is its port, little endian
+        firsts = {}
+        for c, d in got:
+            firsts.setdefault(c, d)
+        assert firsts == {0: b"\x59\x1b", 1: b"\x59\x1b", 2: b"\x5a\x1b", 3: b"\x5a\x1b",
+                          4: b"\x5b\x1b", 5: b"\x5b\x1b"}
+        data = {c: b"".join(d for cc, d in got if cc == c)[2:] for c in range(6)}
+        assert data[0].startswith(b"7001:ABC")
+        assert data[2].startswith(b"7002:XYZ")
+        assert b"failed to connect to localhost:7003" in data[5], data[5]
+        assert b"connection refused" in data[5]
+    finally:
+        servers.close()
+
+
+def _ws_port_forward(url: str):
+    """Send on ports 0 and 1's data channels, read for a while (a v4 WebSocket has no
+    half-close), then close."""
+    async def run():
+        from websockets.asyncio.client import connect
+
+        got = []
+        async with connect(ws_url(url), subprotocols=["v4.channel.k8s.io"]) as ws:
+            await ws.send(b"\x00abc")
+            await ws.send(b"\x02xyz")
+            deadline = time.monotonic() + 3
+            while time.monotonic() < deadline:
+                try:
+                    msg = await asyncio.wait_for(ws.recv(), 0.5)
+                except TimeoutError:
+                    continue
+                got.append((msg[0], bytes(msg[1:])))
+        return got
+    return asyncio.run(run())
