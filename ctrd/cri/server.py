@@ -307,6 +307,8 @@ class CRIRuntime:
                     fn()
                 except Exception as e:  # noqa: BLE001 - best effort, keep undoing
                     log.warning("undo of sandbox %s: %s", id_, e)
+            if not self.records.sandboxes:
+                await asyncio.to_thread(self._release_pin_dirs)
             raise
 
     def _make_namespaces(self, id_: str, d: str, hostname: str, kinds: list[str]
