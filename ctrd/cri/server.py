@@ -140,7 +140,8 @@ class CRIRuntime:
         name = name or self.config.containerd.default_runtime_name
         h = self.config.containerd.runtimes.get(name)
         if h is None:
-            raise errdefs.NotFound(f'failed to get sandbox runtime: no runtime for "{name}" is configured')
+            raise errdefs.NotFound(f'failed to get sandbox runtime: no runtime for "{name}" '
+                                   'is configured')
         return name, h
 
     def runtime_options(self, handler) -> Any:
