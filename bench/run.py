@@ -632,6 +632,17 @@ def _shim_pids(d: Daemon) -> list[int]:
         if argv and b"containerd-shim" in os.path.basename(argv[0]) + (
                 argv[1] if len(argv) > 1 else b"") and needle in argv:
             out.append(int(name))
+    # A shim process the shims were forked from (ctrd's shim template) is part of their cost.
+    for pid in list(out):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{ppid}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid not in out and argv and b"containerd-shim" in os.path.basename(argv[0]):
+            out.append(ppid)
     return out
 
 

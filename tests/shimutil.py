@@ -17,7 +17,8 @@ SOCKET_DIR = Path("/run/ctrd/s")
 
 
 def shim_pids(marker: str = "") -> list[int]:
-    """Pids of live ctrd shims (whose command line also contains ``marker``)."""
+    """Pids of live ctrd shims (whose command line also contains ``marker``); shim templates
+    (``containerd-shim-ctrd-v2 template @NAME``) are not shims: see :func:`template_pids`."""
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -27,8 +28,22 @@ def shim_pids(marker: str = "") -> list[int]:
             state = Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if SHIM in cmd and marker in cmd and state != "Z":
+        if SHIM in cmd and marker in cmd and state != "Z" and " template @" not in cmd:
             out.append(int(d))
+    return out
+
+
+def template_pids() -> list[int]:
+    """Pids of live ctrd shim templates."""
+    out = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = Path(f"/proc/{d}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if len(cmd) > 2 and cmd[0].endswith(SHIM.encode()) and cmd[1] == b"template":
+                out.append(int(d))
     return out
 
 
@@ -100,7 +115,8 @@ def make_rootfs(d: Path) -> Path:
     return d
 
 
-def make_bundle(d: Path, args: list[str], terminal: bool = False) -> Path:
+def make_bundle(d: Path, args: list[str], terminal: bool = False,
+                annotations: dict | None = None) -> Path:
     """A bundle dir with runc's default spec running ``args`` (rootfs/ left empty: the shim
     mounts the task's rootfs there)."""
     import json
@@ -112,6 +128,8 @@ def make_bundle(d: Path, args: list[str], terminal: bool = False) -> Path:
     spec["process"]["args"] = args
     spec["process"]["terminal"] = terminal
     spec["root"] = {"path": "rootfs", "readonly": False}
+    if annotations:
+        spec["annotations"] = annotations
     (d / "config.json").write_text(json.dumps(spec))
     (d / "rootfs").mkdir()
     os.mkfifo(d / "log")
@@ -204,10 +222,12 @@ class Direct:
         self.clients: list[ShimClient] = []
 
     def start(self, id: str, args: list[str], terminal: bool = False, stdin_opts: bytes = b"",
-              events: str | None = None):
-        bundle = make_bundle(self.base / "bundles" / id, args, terminal)
+              events: str | None = None, env: dict | None = None,
+              annotations: dict | None = None):
+        bundle = make_bundle(self.base / "bundles" / id, args, terminal, annotations)
         self.bundles.append(bundle)
-        env = dict(os.environ, TTRPC_ADDRESS=self.sink.path if events is None else events)
+        env = dict(os.environ, TTRPC_ADDRESS=self.sink.path if events is None else events,
+                   **(env or {}))
         r = subprocess.run([SHIM_PATH, "-namespace", self.ns, "-address", self.fake_daemon,
                             "-publish-binary", "/nonexistent", "-id", id, "-debug", "start"],
                            cwd=bundle, input=stdin_opts, capture_output=True, env=env,

@@ -2,24 +2,27 @@
 
 ``<shim> -namespace NS -address ADDR -publish-binary BIN -id ID [-debug] start``
     (cwd = the bundle, ``TTRPC_ADDRESS`` in the environment, runtime options as a marshalled
-    Any on stdin): binds the shim's socket, writes ``<bundle>/address``, forks the server
-    (:func:`serve`, in a new session so it outlives the daemon), prints the address and exits.
-    A live shim already on that socket is reused, as containerd's shims do.
+    Any on stdin): asks the daemon's shim template (:mod:`.template`, started here when there
+    is none) to fork a shim server for the task, prints its address and exits. The template
+    binds the shim's socket, writes ``<bundle>/address`` and reuses a live shim of the task's
+    group, as containerd's shims do. Should no template come up, ``start`` does the same
+    itself (:func:`start_inprocess`: imports the server, forks it).
 ``<shim> -namespace NS -id ID -bundle DIR delete``
     Cleanup after a dead shim: ``runtime delete --force``, unmount the rootfs, print a
     marshalled DeleteResponse (exit status 137, exited now).
+``<shim> -socket NAME [-debug] template``
+    Run a shim template on the abstract socket NAME (what ``start`` spawns).
 ``<shim> -namespace NS -id ID -socket PATH`` (no action)
-    Serve in the foreground (debugging; a template process can call :func:`serve` directly).
+    Serve in the foreground (debugging).
 
-Only what ``start`` itself needs is imported at module level; the server's modules are
-imported before the fork, so the server costs one interpreter start in all.
+``start`` is the hot path: the module imports only built-in modules (``_socket``, not
+``socket``), so ``start`` costs an interpreter start and one request to the template.
 """
 
 from __future__ import annotations
 
 import errno
 import os
-import socket
 import sys
 import time
 
@@ -89,6 +92,8 @@ def socket_address(daemon_address: str, namespace: str, id: str) -> str:
 
 
 def can_connect(path: str) -> bool:
+    import socket
+
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(0.1)
     try:
@@ -100,8 +105,10 @@ def can_connect(path: str) -> bool:
         s.close()
 
 
-def _listen(path: str) -> socket.socket | None:
+def _listen(path: str):
     """A listening socket at ``path``; None when a live server already owns it."""
+    import socket
+
     os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
     for attempt in (1, 2):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -158,16 +165,122 @@ def _adjust_oom_score(parent: int) -> None:
         pass
 
 
+# --- start through the template -------------------------------------------------------------
+
+class TemplateUnavailable(Exception):
+    pass
+
+
+TEMPLATE_WAIT = 10.0      # for a spawned template to accept
+TEMPLATE_ANSWER = 30.0    # for its answer (its first one waits for its imports)
+TEMPLATE_PROTOCOL = b"ctrd-shim-start/1"
+TITLE_ROOM = 512  # bytes of command line reserved for the template's shims (a padding arg)
+
+
+def encode_request(id: str, namespace: str, address: str, bundle: str, debug: bool,
+                   daemon_pid: int, options: bytes, env: dict[bytes, bytes]) -> bytes:
+    """A ``start`` request to the template (format: :mod:`.template`)."""
+    fields = [TEMPLATE_PROTOCOL, *(os.fsencode(s) for s in (id, namespace, address, bundle)),
+              b"1" if debug else b"0", str(daemon_pid).encode(), options.hex().encode()]
+    fields += [k + b"=" + v for k, v in env.items() if b"\0" not in k + v]
+    return b"\0".join(fields)
+
+
+def template_socket(daemon_address: str) -> str:
+    """The abstract socket name (without the leading NUL) of ``daemon_address``'s template:
+    one per daemon, interpreter and shim script."""
+    try:
+        from _sha256 import sha256
+    except ImportError:  # pragma: no cover
+        from hashlib import sha256
+    key = "\0".join((daemon_address, os.path.realpath(sys.executable),
+                      os.path.realpath(sys.argv[0]), VERSION))
+    return "ctrd-shim-template-" + sha256(key.encode()).hexdigest()[:32]
+
+
+def _spawn_template(name: str, debug: bool) -> int:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    try:
+        argv = [sys.executable, os.path.abspath(sys.argv[0]), "-socket", name,
+                *(["-debug"] if debug else []), "template", " " * TITLE_ROOM]
+        return os.posix_spawn(sys.executable, argv, os.environ, setsid=True, file_actions=[
+            (os.POSIX_SPAWN_DUP2, devnull, fd) for fd in (0, 1, 2)])
+    finally:
+        os.close(devnull)
+
+
+def _ask(name: str, request: bytes, debug: bool) -> bytes | None:
+    """One request to the template, starting one if none listens. None when no template
+    can be reached (the one started here died, or did not listen in time); b"" when one
+    took the request but closed without answering (it was retiring)."""
+    import _socket
+
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        deadline = time.monotonic() + TEMPLATE_WAIT
+        nap, spawned = 0.002, 0
+        while True:
+            try:
+                s.connect("\0" + name)
+                break
+            except OSError:
+                pass
+            if not spawned:
+                spawned = _spawn_template(name, debug)
+            elif os.waitpid(spawned, os.WNOHANG)[0] or time.monotonic() > deadline:
+                # It died (broken, or another template won the name: one last look).
+                try:
+                    s.connect("\0" + name)
+                    break
+                except OSError:
+                    return None
+            time.sleep(nap)
+            nap = min(nap * 2, 0.05)
+        s.settimeout(TEMPLATE_ANSWER)
+        s.sendall(request)
+        s.shutdown(_socket.SHUT_WR)
+        out = bytearray()
+        while chunk := s.recv(65536):
+            out += chunk
+        return bytes(out)
+    except OSError:
+        return b""
+    finally:
+        s.close()
+
+
 def start(a: Args) -> int:
-    opts = _read_options(sys.stdin.buffer.read())
+    options = sys.stdin.buffer.read()
+    request = encode_request(a.id, a.namespace, a.address, os.getcwd(), a.debug,
+                             os.getppid(), options, dict(os.environb))
+    name = template_socket(a.address)
+    for attempt in range(3):
+        reply = _ask(name, request, a.debug)
+        if reply is None:
+            break  # no template here: do it ourselves
+        status, _, text = reply.partition(b"\0")
+        if status == b"ok":
+            sys.stdout.write(text.decode())
+            return 0
+        if status == b"err":
+            raise RuntimeError(text.decode(errors="replace"))
+        # b"retry" (a template with old code retired) or no answer (it was idling out).
+    return start_inprocess(a, options)
+
+
+def start_inprocess(a: Args, options: bytes) -> int:
+    """``start`` without a template: import the server here and fork it."""
+    opts = _read_options(options)
     # Import the server now: the forked child needs no imports of its own, and an import
     # failure is reported by `start` instead of by a shim that silently never answers.
     from ctrd.runtime.shim.service import TaskService
 
     del TaskService
 
+    from ctrd.runtime.shim.template import group_of
+
     bundle = os.getcwd()
-    address = socket_address(a.address, a.namespace, a.id)
+    address = socket_address(a.address, a.namespace, group_of(bundle, a.id))
     path = address.removeprefix("unix://")
     listener = _listen(path)
     if listener is None:
@@ -204,7 +317,7 @@ def start(a: Args) -> int:
     return 0
 
 
-def serve(id: str, namespace: str, bundle: str, listener: socket.socket, socket_path: str,
+def serve(id: str, namespace: str, bundle: str, listener, socket_path: str,
           ttrpc_address: str, options=None, debug: bool = False) -> None:
     """Run a shim server on ``listener`` until Shutdown (or SIGTERM); then remove
     ``socket_path`` and ``<bundle>/address``. Callable in a freshly forked process: it sets
@@ -296,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"{name}:\n  Version:  {VERSION}\n  Runtime:  {RUNTIME_NAME}\n\n")
         return 0
     try:
+        if a.action == "template":
+            if not a.socket:
+                raise UsageError("template needs -socket NAME")
+            from ctrd.runtime.shim import template
+
+            return template.main(a.socket)
         if not a.namespace:
             raise UsageError("shim namespace cannot be empty")
         if a.action == "start":
