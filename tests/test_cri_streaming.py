@@ -373,12 +373,15 @@ class PodServers:
                 return
             def one(c=c):
                 with c:
-                    c.sendall(f"{port}:".encode())
-                    while True:
-                        d = c.recv(65536)
-                        if not d:
-                            break
-                        c.sendall(d.upper())
+                    try:
+                        c.sendall(f"{port}:".encode())
+                        while True:
+                            d = c.recv(65536)
+                            if not d:
+                                break
+                            c.sendall(d.upper())
+                    except OSError:
+                        pass  # the forwarder tore the connection down (a vanished client)
             threading.Thread(target=one, daemon=True).start()
 
     def close(self) -> None:
@@ -468,3 +471,220 @@ def _ws_port_forward(url: str):
                 got.append((msg[0], bytes(msg[1:])))
         return got
     return asyncio.run(run())
+
+
+# --- the URL rules and hostile clients ------------------------------------------------------------
+
+def test_streaming_requests_validated_and_tokens_single_use(pod):
+    import grpc
+
+    from spdy_client import SpdyClient
+
+    pb, rt = pod.pb, pod.cri.rt
+    cid = pod.ids["main"]
+    bad = [
+        (pb.ExecRequest(container_id=cid, cmd=["true"], tty=True, stdout=True, stderr=True),
+         grpc.StatusCode.INVALID_ARGUMENT, "tty and stderr"),
+        (pb.ExecRequest(container_id=cid, cmd=["true"]), grpc.StatusCode.INVALID_ARGUMENT,
+         "one of stdin, stdout, or stderr"),
+        (pb.ExecRequest(container_id="nope", cmd=["true"], stdout=True),
+         grpc.StatusCode.NOT_FOUND, ""),
+    ]
+    for req, code, text in bad:
+        with pytest.raises(grpc.RpcError) as e:
+            rt.Exec(req)
+        assert e.value.code() == code and text in e.value.details(), e.value.details()
+    with pytest.raises(grpc.RpcError) as e:
+        rt.PortForward(pb.PortForwardRequest(pod_sandbox_id="nope"))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    stopped = pod.add("done", ["true"])
+    pod.cri.wait_exited(stopped)
+    with pytest.raises(grpc.RpcError) as e:
+        rt.Attach(pb.AttachRequest(container_id=stopped, stdout=True))
+    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "CONTAINER_EXITED" in e.value.details()
+
+    url = rt.Exec(pb.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url
+
+    async def http(u, protocols, upgrade="SPDY/3.1"):
+        c = await SpdyClient.connect(u, protocols, upgrade)
+        if c.status == 101:
+            await c.close()
+        return c
+
+    async def run():
+        # an unknown token: 404; the token under another method's path: 404 and used up
+        # (the kubelet's cache consumes before it checks the kind)
+        assert (await http(url + "x", ["v4.channel.k8s.io"])).status == 404
+        wrong = url.replace("/exec/", "/attach/")
+        assert (await http(wrong, ["v4.channel.k8s.io"])).status == 404
+        assert (await http(url, ["v4.channel.k8s.io"])).status == 404
+        # no protocol in common: 403 and the accepted list; the token is used up
+        u1 = rt.Exec(pb.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url
+        c = await http(u1, ["v99.channel.k8s.io"])
+        assert c.status == 403 and b"unable to negotiate protocol" in c.body
+        assert (await http(u1, ["v4.channel.k8s.io"])).status == 404
+        # not an upgrade: 400
+        u2 = rt.Exec(pb.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url
+        c = await http(u2, ["v4.channel.k8s.io"], upgrade="")
+        assert c.status == 400 and b"missing upgrade headers" in c.body
+        # garbage instead of SPDY frames: the connection is closed, the daemon serves on
+        u3 = rt.Exec(pb.ExecRequest(container_id=cid, cmd=["true"], stdout=True)).url
+        c = await SpdyClient.connect(u3, ["v4.channel.k8s.io"])
+        c.send_raw(b"\x80\x07\x00\x01" + b"\xff" * 60)  # SPDY/7 control frame
+        await asyncio.wait_for(c.closed.wait(), 10)
+        await c.close()
+
+    asyncio.run(run())
+    assert pod.cri.exec(cid, ["echo", "alive"]).stdout == b"alive\n"
+
+
+def test_get_container_events_in_order(cri):
+    pb = cri.pb
+    got = []
+    call = cri.rt.GetContainerEvents(pb.GetEventsRequest())
+    ready = threading.Event()
+
+    def collect():
+        ready.set()
+        try:
+            for ev in call:
+                got.append(ev)
+        except Exception:  # noqa: BLE001 - cancelled at the end
+            pass
+
+    t = threading.Thread(target=collect, daemon=True)
+    t.start()
+    ready.wait()
+    time.sleep(0.5)  # the stream is open on the server
+    sid, pconf = cri.run_pod("ev")
+    cid = cri.create(sid, pconf, "c", ["sh", "-c", "sleep 0.5"])
+    cri.wait_exited(cid)
+    cri.rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
+    deadline = time.monotonic() + 20
+    while len([e for e in got if e.container_id == cid]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    call.cancel()
+    t.join(10)
+    mine = [e for e in got if e.container_id == cid]
+    assert [e.container_event_type for e in mine] == [
+        pb.CONTAINER_CREATED_EVENT, pb.CONTAINER_STARTED_EVENT, pb.CONTAINER_STOPPED_EVENT,
+        pb.CONTAINER_DELETED_EVENT]
+    assert [e.created_at for e in mine] == sorted(e.created_at for e in mine)
+    assert all(e.pod_sandbox_status.id == sid for e in mine)
+    assert mine[0].pod_sandbox_status.state == pb.SANDBOX_READY
+    assert [s.state for s in mine[1].containers_statuses] == [pb.CONTAINER_RUNNING]
+    stopped = mine[2].containers_statuses[0]
+    assert (stopped.id, stopped.state, stopped.exit_code) == (cid, pb.CONTAINER_EXITED, 0)
+    assert not mine[3].containers_statuses  # deleted: no longer listed
+
+
+# --- leaks ---------------------------------------------------------------------------------------
+
+def _daemon_counts(cri, cid: str) -> tuple[int, int, int]:
+    from conftest import ctr
+
+    pid = cri.daemon.proc.pid
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    threads = len(os.listdir(f"/proc/{pid}/task"))
+    r = ctr(cri.daemon.address, "-n", "k8s.io", "tasks", "ps", cid)
+    assert r.returncode == 0, r.stderr
+    procs = len([ln for ln in r.stdout.splitlines()[1:] if ln.strip()])
+    return fds, threads, procs
+
+
+async def _abandon(kind: str, url: str) -> None:
+    """Open a session of ``kind`` on ``url``, get it going, vanish without a goodbye."""
+    from websockets.asyncio.client import connect
+
+    from spdy_client import SpdyClient
+
+    if kind in ("ws-exec", "ws-attach", "ws-pf"):
+        sub = "v4.channel.k8s.io" if kind == "ws-pf" else "v5.channel.k8s.io"
+        ws = await connect(ws_url(url), subprotocols=[sub])
+        if kind == "ws-pf":
+            await ws.send(b"\x00hello")
+        else:
+            await ws.send(b"\x00line\n")
+        await asyncio.wait_for(ws.recv(), 20)
+        ws.transport.abort()
+        return
+    c = await SpdyClient.connect(url, ["v4.channel.k8s.io" if kind != "spdy-pf"
+                                       else "portforward.k8s.io"])
+    assert c.status == 101, c.body
+    if kind == "spdy-exec":
+        c.open({"streamtype": "error"})
+        sin = c.open({"streamtype": "stdin"})
+        out = c.open({"streamtype": "stdout"})
+        c.open({"streamtype": "stderr"})
+        await c.write(sin, b"some input\n")
+        while not c.data.get(out):  # mid-stream: output is flowing
+            await asyncio.sleep(0.02)
+    elif kind == "spdy-pf":
+        c.open({"streamtype": "error", "port": "7101", "requestid": "1"})
+        d = c.open({"streamtype": "data", "port": "7101", "requestid": "1"})
+        await c.write(d, b"abc")
+        while not c.data.get(d):
+            await asyncio.sleep(0.02)
+    elif kind == "spdy-idle":
+        c.open({"streamtype": "error"})  # never all the streams it asked for
+    c.abort()
+
+
+def test_abandoned_sessions_leak_nothing(cri):
+    p = Pod(cri, "leak")
+    servers = None
+    try:
+        cid = p.add("main", ["sh", "-c", "while read l; do echo $l; done; sleep 3600"],
+                    stdin=True)
+        servers = PodServers(netns_of(cri, p.sid), [7101])
+        pb = cri.pb
+        loop_cmd = ["sh", "-c", "while true; do echo tick; read x; done"]
+
+        def url(kind: str) -> str:
+            if kind in ("ws-exec", "spdy-exec", "spdy-idle", "token"):
+                return cri.rt.Exec(pb.ExecRequest(container_id=cid, cmd=loop_cmd, stdin=True,
+                                                  stdout=True, stderr=True)).url
+            if kind == "ws-attach":
+                return cri.rt.Attach(pb.AttachRequest(container_id=cid, stdin=True,
+                                                      stdout=True, stderr=True)).url
+            return cri.rt.PortForward(pb.PortForwardRequest(pod_sandbox_id=p.sid,
+                                                            port=[7101])).url
+
+        kinds = ["ws-exec", "spdy-exec", "ws-attach", "ws-pf", "spdy-pf", "spdy-idle",
+                 "token"]
+
+        def round_(n: int) -> None:
+            batch = [kinds[i % len(kinds)] for i in range(n)]
+            urls = [(k, url(k)) for k in batch]
+
+            async def run():
+                for i in range(0, len(urls), 10):
+                    await asyncio.gather(*(_abandon(k, u) for k, u in urls[i:i + 10]
+                                           if k != "token"))
+            asyncio.run(run())
+
+        def settled(base) -> tuple[int, int, int]:
+            deadline = time.monotonic() + 60
+            while True:
+                now = _daemon_counts(cri, cid)
+                if all(a <= b for a, b in zip(now, base)) or time.monotonic() > deadline:
+                    return now
+                time.sleep(0.5)
+
+        # warm up with the same load: the streaming server starts, and the daemon's thread
+        # pool grows to what this concurrency needs (it never shrinks: not a leak)
+        round_(100)
+        base = settled((10 ** 6, 10 ** 6, 1))
+        round_(100)
+        after = settled(base)
+        assert after[0] <= base[0], f"fds: {base[0]} -> {after[0]}"
+        assert after[1] <= base[1], f"threads: {base[1]} -> {after[1]}"
+        assert after[2] == 1, f"exec processes left: {after[2] - 1}"
+        state = cri.daemon.state / "io.containerd.grpc.v1.cri"
+        assert not os.listdir(state / "exec") if (state / "exec").exists() else True
+        assert cri.status(cid).state == pb.CONTAINER_RUNNING
+    finally:
+        if servers is not None:
+            servers.close()
+        p.close()

@@ -78,6 +78,7 @@ MAX_LENGTH = (1 << 24) - 1
 MAX_STREAM_ID = (1 << 31) - 1
 DATA_CHUNK = 64 * 1024          # payload of the data frames we write
 MAX_HEADER_BLOCK = 256 * 1024   # decompressed size of one header block we accept
+MAX_CONTROL_LENGTH = 1 << 20    # a longer control frame is an attack, not a header block
 
 
 def _dictionary() -> bytes:
@@ -296,6 +297,11 @@ class Codec:
         while len(buf) - pos >= 8:
             w0, w1 = struct.unpack_from(">II", buf, pos)
             flags, length = w1 >> 24, w1 & 0xFFFFFF
+            if w0 & 0x80000000:  # judge a control frame by its header, before its body
+                if (w0 >> 16) & 0x7FFF != VERSION:
+                    raise ProtocolError(f"unsupported SPDY version {(w0 >> 16) & 0x7FFF}")
+                if length > MAX_CONTROL_LENGTH:
+                    raise ProtocolError(f"control frame of {length} bytes is too large")
             if len(buf) - pos - 8 < length:
                 break
             payload = bytes(buf[pos + 8:pos + 8 + length])
@@ -303,10 +309,7 @@ class Codec:
             if not w0 & 0x80000000:
                 out.append(Data(w0 & MAX_STREAM_ID, payload, flags))
                 continue
-            version, ftype = (w0 >> 16) & 0x7FFF, w0 & 0xFFFF
-            if version != VERSION:
-                raise ProtocolError(f"unsupported SPDY version {version}")
-            f = self._control_frame(ftype, flags, payload)
+            f = self._control_frame(w0 & 0xFFFF, flags, payload)
             if f is not None:
                 out.append(f)
         del buf[:pos]
