@@ -59,8 +59,10 @@ def test_kill9_restart_pods_and_containers(cri, tmp_path):  # noqa: F811
     gated = cri.create(sid_b, pb_conf, "gated",
                        ["sh", "-c", "while [ ! -e /gate/open ]; do sleep 0.1; done; exit 3"],
                        mounts=[pb.Mount(host_path=str(gate), container_path="/gate")])
-    # its shim is killed too: the task manager finds the shim gone at start
-    shimless = cri.create(sid_b, pb_conf, "shimless", ["sleep", "1000"])
+    # its shim is killed too: the task manager finds the shim gone at start (a pod of its
+    # own: the containers of a pod share one shim)
+    sid_c, pc = cri.run_pod("pc")
+    shimless = cri.create(sid_c, pc, "shimless", ["sleep", "1000"])
     created = cri.create(sid_a, pa, "later", ["sleep", "1000"], start=False)
     assert _get(ip_a, 8080, "/hostname") == b"pa\n"
     pids = {c: cri.pid(c) for c in (killed, shimless)}
@@ -78,7 +80,7 @@ def test_kill9_restart_pods_and_containers(cri, tmp_path):  # noqa: F811
     cri.restart(while_down)
 
     pods = {s.id: s for s in cri.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items}
-    assert set(pods) == {sid_a, sid_b}
+    assert set(pods) == {sid_a, sid_b, sid_c}
     assert all(s.state == pb.SANDBOX_READY for s in pods.values())
     assert cri.pod_status(sid_a).network.ip == ip_a
     assert cri.pod_status(sid_b).network.ip == ip_b
@@ -103,6 +105,7 @@ def test_kill9_restart_pods_and_containers(cri, tmp_path):  # noqa: F811
     assert cs.state == pb.CONTAINER_EXITED and cs.exit_code in (137, 143)
     cri.rt.RemoveContainer(pb.RemoveContainerRequest(container_id=killed))
     cri.remove_pod(sid_b)
+    cri.remove_pod(sid_c)
     assert cri.net.leases() == [ip_a]
 
     # and once more: a second restart finds the same
