@@ -133,6 +133,46 @@ class Init(Process):
         self.rootfs = ""
         self.no_pivot, self.no_new_keyring = no_pivot, no_new_keyring
         self.execs: dict[str, Exec] = {}
+        self.cgroup = None   # ctrd.runtime.cgroups.Cgroup, found from the init's pid
+        self.oom = None      # its OOM watcher, on the loop while the task lives
+
+    def watch_cgroup(self, on_oom) -> None:
+        """Find the container's cgroup (by its init's pid) and watch it for OOM kills:
+        ``on_oom()`` runs on the loop for each. A task without one (or a host without a
+        memory controller) just has no metrics and no OOM events."""
+        from ctrd.runtime import cgroups
+
+        try:
+            self.cgroup = cgroups.load(self.pid)
+        except (errdefs.CtrdError, OSError) as e:
+            log.warning("no cgroup for task", id=self.id, error=str(e))
+            return
+        try:
+            self.oom = self.cgroup.oom_watcher()
+        except (errdefs.CtrdError, OSError) as e:
+            log.warning("cannot watch for OOM", id=self.id, error=str(e))
+            return
+        w = self.oom
+
+        def readable() -> None:
+            if w.oom_happened():
+                on_oom()
+            if w.gone:
+                self.unwatch_cgroup()
+
+        self.loop.add_reader(w.fileno(), readable)
+
+    def unwatch_cgroup(self) -> None:
+        if self.oom is not None:
+            self.loop.remove_reader(self.oom.fileno())
+            self.oom.close()
+            self.oom = None
+
+    def metrics(self):
+        """The cgroup's metrics in an Any (containerd's v1/v2 Metrics)."""
+        if self.cgroup is None:
+            raise errdefs.NotImplemented_(f"task {self.id}: cgroup does not exist")
+        return self.cgroup.metrics_any()
 
     def create(self, rootfs_mounts) -> None:
         """Mount the rootfs, open stdio, ``runtime create``; on failure nothing is left."""
@@ -207,6 +247,7 @@ class Init(Process):
             self.runtime.delete(self.id)
         except errdefs.CtrdError as e:
             err = e
+        self.unwatch_cgroup()
         self._release_io()
         if self.rootfs:
             try:

@@ -157,6 +157,7 @@ class TaskService:
                     opts.no_pivot_root, opts.no_new_keyring)
         init.create(list(r.rootfs))
         self.containers[r.id] = init
+        init.watch_cgroup(lambda: self._oom(r.id))
         self.publisher.publish("/tasks/create", ev.TaskCreate(
             container_id=r.id, bundle=bundle, rootfs=r.rootfs, pid=init.pid,
             checkpoint=r.checkpoint,
@@ -267,11 +268,12 @@ class TaskService:
         return resp
 
     def Stats(self, r: api.StatsRequest, ctx) -> api.StatsResponse:
-        self._container(r.id)
-        # The place for cgroup metrics (issue 7): read the container's cgroup (v1 or v2) and
-        # answer io.containerd.cgroups.v1.Metrics / v2 in an Any.
-        raise errdefs.NotImplemented_("task stats are not supported by "
-                                      "containerd-shim-ctrd-v2 yet")
+        c = self._container(r.id)
+        return api.StatsResponse(stats=c.metrics())
+
+    def _oom(self, id: str) -> None:
+        log.info("task OOM", id=id)
+        self.publisher.publish("/tasks/oom", ev.TaskOOM(container_id=id))
 
     def Connect(self, r: api.ConnectRequest, ctx) -> api.ConnectResponse:
         c = self.containers.get(r.id)
