@@ -560,6 +560,9 @@ class CRIRuntime:
         try:
             task = await self.manager.create(NAMESPACE, meta.id, opts)
             try:
+                # taken before the start: a process that exits at once has an exit time
+                # after it (an exit stamped by the shim can precede our return from start)
+                started = now_ns()
                 resp = await task.start()
             except BaseException:
                 await self.manager.delete(NAMESPACE, meta.id)
@@ -571,7 +574,7 @@ class CRIRuntime:
             raise
         cgroup = await asyncio.to_thread(self._memory_cgroup, resp.pid, c.spec.value, meta.id)
         self.records.update_container(meta.id, state=st.RUNNING, pid=resp.pid,
-                                      started_at=now_ns(), memory_cgroup=cgroup)
+                                      started_at=started, memory_cgroup=cgroup)
         self._emit("started", meta.id, meta.sandbox_id)
         self._monitor(meta.id, task)
 
