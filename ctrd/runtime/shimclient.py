@@ -168,7 +168,16 @@ class ShimCommand:
         return proc.returncode or 0, out, err
 
     async def start(self, options: bytes | None) -> str:
-        """Run ``start``; the shim's ttrpc socket path."""
+        """Start the shim; its ttrpc socket path.
+
+        ctrd's own shim is asked through its template directly when one runs (what its
+        ``start`` command would do, without an interpreter start: ~50 ms less per task);
+        otherwise, and for every other shim, ``<shim> ... start`` runs."""
+        if os.path.basename(self.binary) == "containerd-shim-ctrd-v2":
+            path = await asyncio.to_thread(self._start_via_template, options or b"")
+            if path is not None:
+                self.bundle.write("shim-binary-path", self.binary)
+                return path
         args = ["-id", self.bundle.id] + (["-debug"] if self.debug else []) + ["start"]
         rc, out, err = await self._run(args, options, self.bundle.path, START_SHIM_TIMEOUT)
         if rc != 0:
@@ -177,6 +186,44 @@ class ShimCommand:
                                     f"exit status {rc}")
         self.bundle.write("shim-binary-path", self.binary)
         return _parse_address(out.decode(errors="replace"))
+
+    def _start_via_template(self, options: bytes) -> str | None:
+        """One start request to a running template of ctrd's shim; None when there is none
+        (or it is retiring): the caller then runs ``start``, which also spawns one."""
+        import socket
+
+        from ctrd.runtime.shim import cli
+
+        python = _shebang_python(self.binary)
+        if python is None:
+            return None
+        name = cli.template_socket(self.address, python, self.binary)
+        env = {os.fsencode(k): os.fsencode(v) for k, v in self.env().items()}
+        request = cli.encode_request(self.bundle.id, self.bundle.namespace, self.address,
+                                     self.bundle.path, self.debug, os.getpid(), options, env)
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            try:
+                s.connect("\0" + name)
+            except OSError:
+                return None
+            s.settimeout(START_SHIM_TIMEOUT)
+            s.sendall(request)
+            s.shutdown(socket.SHUT_WR)
+            out = bytearray()
+            while chunk := s.recv(65536):
+                out += chunk
+        except OSError:
+            return None
+        finally:
+            s.close()
+        status, _, text = bytes(out).partition(b"\0")
+        if status == b"ok":
+            return _parse_address(text.decode(errors="replace"))
+        if status == b"err":
+            raise errdefs.CtrdError(f"start shim {os.path.basename(self.binary)}: "
+                                    f"{text.decode(errors='replace')}")
+        return None  # "retry" or no answer: the start command sorts it out
 
     async def delete(self) -> Exit:
         """Run ``delete`` for a shim that is gone; the exit it reports."""
@@ -192,6 +239,19 @@ class ShimCommand:
         except Exception:  # noqa: BLE001 - a shim printing garbage: still clean up
             log.warning("shim %s delete printed an unreadable response", self.bundle.id)
         return Exit(resp.pid, resp.exit_status, resp.exited_at)
+
+
+def _shebang_python(script: str) -> str | None:
+    """The interpreter of a Python console script (its ``#!`` line), None if it has none."""
+    try:
+        with open(script, "rb") as f:
+            first = f.readline(4096)
+    except OSError:
+        return None
+    if not first.startswith(b"#!"):
+        return None
+    parts = first[2:].split()
+    return os.fsdecode(parts[0]) if parts and b"python" in parts[0] else None
 
 
 class ShimTask:

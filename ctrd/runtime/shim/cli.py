@@ -186,15 +186,17 @@ def encode_request(id: str, namespace: str, address: str, bundle: str, debug: bo
     return b"\0".join(fields)
 
 
-def template_socket(daemon_address: str) -> str:
+def template_socket(daemon_address: str, python: str | None = None,
+                    script: str | None = None) -> str:
     """The abstract socket name (without the leading NUL) of ``daemon_address``'s template:
-    one per daemon, interpreter and shim script."""
+    one per daemon, interpreter and shim script (default: this process's; the daemon names
+    the shim's own to reach its template directly)."""
     try:
         from _sha256 import sha256
     except ImportError:  # pragma: no cover
         from hashlib import sha256
-    key = "\0".join((daemon_address, os.path.realpath(sys.executable),
-                      os.path.realpath(sys.argv[0]), VERSION))
+    key = "\0".join((daemon_address, os.path.realpath(python or sys.executable),
+                      os.path.realpath(script or sys.argv[0]), VERSION))
     return "ctrd-shim-template-" + sha256(key.encode()).hexdigest()[:32]
 
 
