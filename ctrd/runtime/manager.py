@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +80,7 @@ class TaskManager:
         self._creating: set[tuple[str, str]] = set()
         self._logs: dict[tuple[str, str], shimclient.ShimLog] = {}
         self._closing: set[tuple[str, str]] = set()
+        self._finishing: dict[tuple[str, str], asyncio.Future] = {}
 
     # --- lookup ---------------------------------------------------------------------------
 
@@ -136,6 +138,7 @@ class TaskManager:
             raise errdefs.AlreadyExists(f"task {id_}")
         self._creating.add(key)
         try:
+            await self._wait_finishing(key)  # the previous task of this id is still going
             binary = self.binary_for(opts.runtime)
             bundle = await asyncio.to_thread(new_bundle, self.root, self.state, namespace,
                                              id_, opts.spec)
@@ -155,12 +158,15 @@ class TaskManager:
         topts = self._with_defaults(opts.runtime, topts)
         cmd = ShimCommand(binary, bundle, self.address, self.ttrpc_address, self.debug)
         self._logs[key] = shimclient.ShimLog(bundle)
+        t0 = time.monotonic()
         try:
             path = await cmd.start(topts.SerializeToString() if topts is not None else None)
+            t1 = time.monotonic()
             task = await shimclient.connect(bundle, path, opts.runtime, cmd, self._shim_closed)
         except BaseException:
             self._close_log(key)
             raise
+        t2 = time.monotonic()
         try:
             await task.create(bundle=bundle.path, rootfs=opts.rootfs, terminal=opts.terminal,
                               stdin=opts.stdin, stdout=opts.stdout, stderr=opts.stderr,
@@ -168,6 +174,8 @@ class TaskManager:
         except BaseException:
             await self._teardown(task)
             raise
+        log.debug("task %s: shim start %.1f ms, connect %.1f ms, create %.1f ms", bundle.id,
+                  (t1 - t0) * 1000, (t2 - t1) * 1000, (time.monotonic() - t2) * 1000)
         return task
 
     async def _teardown(self, task: ShimTask) -> None:
@@ -214,16 +222,37 @@ class TaskManager:
                 self._publish(namespace, "/tasks/delete", id_, exit_)
             else:
                 exit_ = Exit(resp.pid, resp.exit_status, resp.exited_at)
-                await task.shutdown()
-                await task.client.close()
                 self._tasks.pop(key, None)
-                self._close_log(key)
-                await asyncio.to_thread(task.bundle.delete)
+                # The task is gone for every client now; stopping the shim and removing the
+                # bundle need not hold the caller (a create of the same id waits for it).
+                self._closing.add(key)
+                self._finishing[key] = asyncio.ensure_future(self._finish(task, key))
             if not task.gone.done():
                 task.gone.set_result(exit_)
             return exit_
         finally:
+            if key not in self._finishing:
+                self._closing.discard(key)
+
+    async def _finish(self, task: ShimTask, key: tuple[str, str]) -> None:
+        """After a delete: shut the shim down, drop its connection and log, remove the
+        bundle (and the rootfs mount point in it)."""
+        try:
+            await task.shutdown()
+            await task.client.close()
+            self._close_log(key)
+            try:
+                await asyncio.to_thread(task.bundle.delete)
+            except OSError as e:
+                log.error("removing bundle %s: %s", task.bundle.path, e)
+        finally:
             self._closing.discard(key)
+            self._finishing.pop(key, None)
+
+    async def _wait_finishing(self, key: tuple[str, str] | None = None) -> None:
+        pending = [t for k, t in list(self._finishing.items()) if key is None or k == key]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
 
     # --- shims that go away ---------------------------------------------------------------
 
@@ -332,7 +361,9 @@ class TaskManager:
             log.debug("shim log of %s: %s", bundle.id, e)
 
     async def close(self) -> None:
-        """Daemon stop: drop the connections; the shims and their tasks keep running."""
+        """Daemon stop: finish the deletions under way, drop the connections; the shims
+        and their tasks keep running."""
+        await self._wait_finishing()
         for key, task in list(self._tasks.items()):
             self._closing.add(key)
             await task.client.close()

@@ -8,6 +8,7 @@ its traceback and becomes UNKNOWN (the call fails, the daemon keeps serving).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import grpc
@@ -64,12 +65,16 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
 
         async def unary_unary(request: Any, context: aio.ServicerContext) -> Any:
+            t0 = time.monotonic()
             try:
                 return await inner(request, context)
             except (aio.AbortError, aio.UsageError):
                 raise
             except Exception as e:  # noqa: BLE001 - mapped to a status in one place
                 await _abort(context, e, method)
+            finally:
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s took %.1f ms", method, (time.monotonic() - t0) * 1000)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, handler.request_deserializer, handler.response_serializer)
