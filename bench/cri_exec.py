@@ -90,6 +90,8 @@ class CRIDaemon(benchrun.Daemon):
                             '[plugins."io.containerd.grpc.v1.cri"]\n'
                             f'  sandbox_image = "{PAUSE}"\n'
                             "  disable_apparmor = true\n"
+                            # no CAP_SYS_RESOURCE here: the pause container's -998 fails
+                            "  restrict_oom_score_adj = true\n"
                             '[plugins."io.containerd.grpc.v1.cri".cni]')
         with open(cfg, "w") as f:
             f.write(text)
@@ -134,6 +136,28 @@ class Pod:
                                       image=pb.ImageSpec(image=BUSYBOX),
                                       command=["sleep", "3600"])), timeout=120).container_id
         self.rt.StartContainer(pb.StartContainerRequest(container_id=self.cid), timeout=120)
+
+    def lifecycle(self, n: int) -> tuple[float, float]:
+        """(RunPodSandbox ms, CreateContainer+StartContainer ms) of a fresh host-network pod;
+        the pod is stopped and removed afterwards (not timed)."""
+        pb = self.pb
+        config = pb.PodSandboxConfig()
+        config.CopyFrom(self.config)
+        config.metadata.name, config.metadata.uid = f"life{n}", f"life-{n}"
+        t0 = time.perf_counter()
+        sid = self.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config),
+                                    timeout=120).pod_sandbox_id
+        t1 = time.perf_counter()
+        cid = self.rt.CreateContainer(pb.CreateContainerRequest(
+            pod_sandbox_id=sid, sandbox_config=config,
+            config=pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c"),
+                                      image=pb.ImageSpec(image=BUSYBOX),
+                                      command=["sleep", "3600"])), timeout=120).container_id
+        self.rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
+        t2 = time.perf_counter()
+        self.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=120)
+        self.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid), timeout=120)
+        return (t1 - t0) * 1000, (t2 - t1) * 1000
 
     def exec_sync(self) -> float:
         t = time.perf_counter()
@@ -194,6 +218,8 @@ async def _ws(url: str) -> tuple[bytes, bytes]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--lifecycles", type=int, default=15,
+                    help="pods started (RunPodSandbox, then Create+StartContainer)")
     ap.add_argument("--daemons", default="ctrd,containerd")
     ap.add_argument("--ctr", default="ctr")
     ap.add_argument("--containerd", default="containerd")
@@ -213,14 +239,21 @@ def main() -> int:
             pods[k] = Pod(d, tools, tars)
         figures = (("exec_sync", Pod.exec_sync), ("stream_spdy", lambda p: p.stream("spdy")),
                    ("stream_ws", lambda p: p.stream("ws")))
+        for i in range(args.lifecycles + 1):  # pod start latency, first round uncounted
+            for k in kinds:
+                run_pod, start_ctr = pods[k].lifecycle(i)
+                if i:
+                    samples.setdefault(("run_pod_sandbox", k), []).append(run_pod)
+                    samples.setdefault(("create_start", k), []).append(start_ctr)
         for i in range(args.repeats + 1):  # the first round warms up, uncounted
             for name, fn in figures:
                 for k in kinds:
                     v = fn(pods[k])
                     if i:
                         samples.setdefault((name, k), []).append(v)
-        print(f"exec round trip of `echo hi`, ms, median [min..max] of {args.repeats}")
-        for name, _ in figures:
+        print(f"exec round trip of `echo hi` ({args.repeats} samples) and host-network pod "
+              f"start ({args.lifecycles}): ms, median [min..max]")
+        for name in [f for f, _ in figures] + ["run_pod_sandbox", "create_start"]:
             row = [f"{name:12}"]
             for k in kinds:
                 s = samples[(name, k)]
