@@ -445,8 +445,9 @@ def test_export_is_read_by_containerd_and_skopeo(containerd, ctrd, registry, tmp
     def manifest_json(p: Path) -> list:
         with tarfile.open(p) as t:
             doc = json.loads(t.extractfile("manifest.json").read())
+        # two images may share a config (busybox and its schema 2 twin): tags break ties
         return sorted(({**e, "RepoTags": sorted(e["RepoTags"])} for e in doc),
-                      key=lambda e: e["Config"])
+                      key=lambda e: (e["Config"], e["RepoTags"]))
 
     assert manifest_json(mine) == manifest_json(theirs)
     # one image (no map order in play): byte for byte

@@ -223,6 +223,9 @@ def _libc_umount(path: str) -> bool:
     raise OSError(e, f"unmount {path}: {os.strerror(e)}")
 
 
+PIN_DIR_LOCK = threading.Lock()  # held while a pin dir is made or released
+
+
 def prepare_ns_dir(d: str) -> None:
     """Make ``d`` exist and be a mount point of itself with shared propagation (what
     ``ip netns add`` does for /run/netns; see the module doc). Idempotent and cheap (one
@@ -230,14 +233,17 @@ def prepare_ns_dir(d: str) -> None:
     os.makedirs(d, mode=0o755, exist_ok=True)
     d = os.path.realpath(d)
     shared = _mount.MS_SHARED | _mount.MS_REC
-    try:
+    # One at a time: two pods made at once must not both find "not a mount point yet" and
+    # stack two self-binds (a release would then leave one behind).
+    with PIN_DIR_LOCK:
+        try:
+            _mount._sys_mount("", d, "", shared, "")
+            return
+        except _mount.MountError as e:
+            if e.errno != errno.EINVAL:  # EINVAL: not a mount point yet
+                raise
+        _mount.mount(Mount("none", d, ["rbind"]), d)
         _mount._sys_mount("", d, "", shared, "")
-        return
-    except _mount.MountError as e:
-        if e.errno != errno.EINVAL:  # EINVAL: not a mount point yet
-            raise
-    _mount.mount(Mount("none", d, ["rbind"]), d)
-    _mount._sys_mount("", d, "", shared, "")
 
 
 def is_pinned(path: str, kind: str | None = None) -> bool:

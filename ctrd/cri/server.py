@@ -90,6 +90,7 @@ class CRIRuntime:
         self._update_lock = asyncio.Lock()
         self._cni = None
         self._event_queues: set[asyncio.Queue] = set()
+        self._inflight: dict[str, asyncio.Future] = {}  # name -> its create in flight
 
     # --- container lifecycle events (GetContainerEvents) ----------------------------------
 
@@ -247,7 +248,39 @@ class CRIRuntime:
 
         return netns.netns_base_dir(self.state, self.config.netns_mounts_under_state_dir)
 
+    async def _dedup(self, key: str, create) -> str:
+        """Run ``create()`` for the object named ``key``; a second create of the same name
+        while the first is in flight waits for it and answers with its id (a kubelet retry
+        after a timeout), or -- when the first failed -- makes its own attempt. A create of a
+        name that exists (not in flight) still fails with "name reserved", as containerd."""
+        fut = self._inflight.get(key)
+        if fut is not None:
+            try:
+                return await asyncio.shield(fut)
+            except Exception:  # noqa: BLE001 - the first attempt failed: try again
+                pass
+        fut = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._inflight[key] = fut
+        try:
+            id_ = await create()
+            fut.set_result(id_)
+            return id_
+        except BaseException as e:
+            if not fut.done():
+                fut.set_exception(e if isinstance(e, Exception)
+                                  else errdefs.Canceled("the first create was canceled"))
+            raise
+        finally:
+            if self._inflight.get(key) is fut:
+                del self._inflight[key]
+
     async def run_pod_sandbox(self, config, runtime_handler: str = "") -> str:
+        md = config.metadata
+        key = "pod\0" + "_".join([md.name, md.namespace, md.uid, str(md.attempt)])
+        return await self._dedup(key, lambda: self._run_pod_sandbox(config, runtime_handler))
+
+    async def _run_pod_sandbox(self, config, runtime_handler: str = "") -> str:
         pb = _pb()
         md = config.metadata
         if not md.name or not md.namespace or not md.uid:
@@ -399,25 +432,37 @@ class CRIRuntime:
 
     def _release_pin_dirs(self) -> None:
         """With the last pod gone, unmount the (self-bind-mounted) namespace pin dirs, so a
-        node without pods holds no mounts of ctrd's (they are made again with the next)."""
-        from ctrd.snapshots.mount import unmount
+        node without pods holds no mounts of ctrd's (they are made again with the next).
+        Under the pin-dir lock, so it cannot interleave with a new pod's pin dir setup."""
+        from ctrd.cri import netns
+        from ctrd.snapshots.mount import unmount_all
 
         base = self._netns_base()
-        for kind in ("net", "ipc", "uts"):
-            d = os.path.join(base, f"{kind}ns")
-            try:
-                if os.listdir(d):
+        with netns.PIN_DIR_LOCK:
+            if self.records.sandboxes:
+                return  # a pod came meanwhile
+            for kind in ("net", "ipc", "uts"):
+                d = os.path.join(base, f"{kind}ns")
+                try:
+                    if os.listdir(d):
+                        continue
+                except FileNotFoundError:
                     continue
-            except FileNotFoundError:
-                continue
-            try:
-                unmount(d)
-            except OSError as e:
-                log.debug("unmount %s: %s", d, e)
+                try:
+                    unmount_all(d)
+                except OSError as e:
+                    log.debug("unmount %s: %s", d, e)
 
     # --- containers -----------------------------------------------------------------------
 
     async def create_container(self, sandbox_id: str, config, sandbox_config) -> str:
+        smeta, _ = self.records.sandbox(sandbox_id)
+        pod, md = self.sandbox_config(smeta).metadata, config.metadata
+        key = "ctr\0" + "_".join([md.name, pod.name, pod.namespace, pod.uid, str(md.attempt)])
+        return await self._dedup(key, lambda: self._create_container(sandbox_id, config,
+                                                                      sandbox_config))
+
+    async def _create_container(self, sandbox_id: str, config, sandbox_config) -> str:
         smeta, sstatus = self.records.sandbox(sandbox_id)
         if sstatus.state != st.SANDBOX_READY:
             raise errdefs.FailedPrecondition(f"sandbox {smeta.id} is not ready")
