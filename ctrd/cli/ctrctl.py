@@ -44,6 +44,11 @@
                   FILE                            # OCI layout or docker save archive
     ctrctl login [-u USER] [--password-stdin] [SERVER]  # checks, then ~/.docker/config.json
     ctrctl logout [SERVER]
+    ctrctl run [-d] [--rm] [-t] [-i] [-e K=V]... [--mount SPEC]... [--net-host] [--runtime R]
+               [-u USER] [--cwd DIR] IMAGE ID [ARGS...]
+    ctrctl ps | exec [--exec-id X] [-t] [-i] ID CMD... | kill [-s SIG] [--all] ID
+    ctrctl stop [-t SECONDS] ID... | rm [-f] ID... | logs [-f] ID | pause ID | unpause ID
+    ctrctl top ID                                 # (details: ctrd/cli/containers.py)
 
 Aliases as in ctr: ``ns``/``namespace``, ``plugin``, ``lease``, ``event``, ``list`` for
 ``ls``, ``remove``/``del``/``delete`` for ``rm``, ``c`` for ``create``. Errors print
