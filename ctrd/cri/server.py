@@ -91,6 +91,8 @@ class CRIRuntime:
         self._cni = None
         self._event_queues: set[asyncio.Queue] = set()
         self._inflight: dict[str, asyncio.Future] = {}  # name -> its create in flight
+        self._sandbox_pull: asyncio.Future | None = None  # the sandbox image's pull
+        self._puller = None  # an ImageService for that pull (built on first use)
 
     # --- container lifecycle events (GetContainerEvents) ----------------------------------
 
@@ -287,6 +289,12 @@ class CRIRuntime:
             raise errdefs.InvalidArgument("sandbox config must include metadata with name, "
                                           "namespace and uid")
         handler_name, handler = self.handler(runtime_handler)
+        pause = self._pause_kind(config)
+        image = pod_init = None
+        if pause == "image":
+            image = await self._ensure_sandbox_image()
+        elif pause == "init":
+            pod_init = self._pod_init_binary()
         id_ = new_id()
         name = "_".join([md.name, md.namespace, md.uid, str(md.attempt)])
         self.records.reserve(name, id_)
@@ -303,8 +311,10 @@ class CRIRuntime:
             if not host_ipc:
                 await asyncio.to_thread(_mount_shm, d)
                 undo.append(lambda: _unmount_shm(d))
-            kinds = [] if host_net else ["net", "uts"]
-            if not host_ipc:
+            # A pause container holds the pod's IPC and UTS namespaces itself: only the
+            # network namespace is pinned (CNI runs before the pause starts, as containerd).
+            kinds = [] if host_net else (["net"] if pause == "image" else ["net", "uts"])
+            if not host_ipc and pause != "image":
                 kinds.append("ipc")
             paths: dict[str, str] = {}
             if kinds:
@@ -314,36 +324,265 @@ class CRIRuntime:
                                   runtime_handler=handler_name,
                                   runtime_type=handler.runtime_type,
                                   netns=paths.get("net", ""), ipc=paths.get("ipc", ""),
-                                  uts=paths.get("uts", ""), dir=d, created_at=now_ns())
+                                  uts=paths.get("uts", ""), dir=d, created_at=now_ns(),
+                                  pause=pause)
+            if image is not None:
+                meta.image, meta.image_id, meta.snapshot_key = \
+                    self.config.sandbox_image, image.id, id_
             status = st.SandboxStatus()
             if not host_net:
                 result = await self._setup_network(meta, config)
+                undo.append(lambda: self._teardown_network(meta, config))
                 ips = result.get("ips", [])
                 status.ip = ips[0] if ips else ""
                 status.additional_ips = ips[1:]
                 status.cni_result = result.get("raw", {})
                 status.network_ready = True
             labels = {**_filter_labels(config.labels), st.KIND_LABEL: "sandbox"}
-            rec = self._container_record(id_, labels, handler.runtime_type,
-                                         self.runtime_options(handler), {"ociVersion": "1.0.2"},
-                                         st.SANDBOX_EXT, meta)
-            try:
+            if pause:
+                status.pid = await self._start_pause(meta, config, handler, labels, image,
+                                                     pod_init, undo)
+            else:
+                rec = self._container_record(id_, labels, handler.runtime_type,
+                                             self.runtime_options(handler),
+                                             {"ociVersion": "1.0.2"}, st.SANDBOX_EXT, meta)
                 await asyncio.to_thread(self.containers.create, NAMESPACE, rec)
-            except BaseException:
-                if status.network_ready:
-                    await self._teardown_network(meta, config)
-                raise
             self.records.add_sandbox(meta, status)
+            if pause:
+                self._monitor_sandbox(id_, self.manager.get(NAMESPACE, id_))
             return id_
         except BaseException:
             for fn in reversed(undo):
                 try:
-                    fn()
+                    r = fn()
+                    if asyncio.iscoroutine(r):
+                        await r
                 except Exception as e:  # noqa: BLE001 - best effort, keep undoing
                     log.warning("undo of sandbox %s: %s", id_, e)
             if not self.records.sandboxes:
                 await asyncio.to_thread(self._release_pin_dirs)
             raise
+
+    # --- the pod's own process: pause container or pod init --------------------------------
+
+    def _pause_kind(self, config) -> str:
+        """"image" with a sandbox_image configured; else "init" for a pod that asks for a
+        pod-level PID namespace (its NamespaceOption present and pid POD, as the kubelet
+        sends for shareProcessNamespace; a config without NamespaceOption -- never the
+        kubelet's -- keeps a PID namespace per container); else "" (no process)."""
+        if self.config.sandbox_image:
+            return "image"
+        sc = config.linux.security_context
+        if sc.HasField("namespace_options") and sc.namespace_options.pid == _pb().POD:
+            return "init"
+        return ""
+
+    def _pod_init_binary(self) -> str:
+        from ctrd.cri import spec as cri_spec
+
+        found = cri_spec.find_pod_init_binary()
+        if found is None:
+            raise errdefs.FailedPrecondition(
+                "a pod-level PID namespace needs a pod init: no statically linked busybox "
+                f"found at {' or '.join(cri_spec.pod_init_candidates()) or '(none)'} "
+                "(install Debian's "
+                "busybox-static), or configure a sandbox_image (pause container)")
+        return found
+
+    async def _ensure_sandbox_image(self):
+        """The sandbox image, pulled through the CRI image pull path (the registry config)
+        when it is not there; concurrent pods share one pull. Errors name the image."""
+        from ctrd.cri.image_service import ImageService
+
+        ref = self.config.sandbox_image
+        img = await asyncio.to_thread(self.images.find, ref)
+        if img is not None:
+            return img
+        fut = self._sandbox_pull
+        if fut is None or fut.done():
+            if self._puller is None:
+                self._puller = ImageService(self.md, self.config, "")
+            fut = self._sandbox_pull = asyncio.ensure_future(
+                asyncio.to_thread(self._puller.pull, ref))
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await asyncio.shield(fut)
+        except errdefs.CtrdError as e:
+            raise type(e)(f"failed to get sandbox image {errdefs.quote(ref)}: "
+                          f"{e.detail}") from e
+        img = await asyncio.to_thread(self.images.find, ref)
+        if img is None:
+            raise errdefs.NotFound(f"failed to get sandbox image {errdefs.quote(ref)}: "
+                                   "not found after its pull")
+        return img
+
+    def _sandbox_facts(self, meta: st.SandboxMeta, pid: int = 0, for_pause: bool = False):
+        """What the pause/init (``for_pause``) or the pod's containers join: pinned
+        namespaces by path, the pause's by /proc/<pid>/ns/*."""
+        from ctrd.cri import spec as cri_spec
+
+        pb = _pb()
+        nsopts = self.sandbox_config(meta).linux.security_context.namespace_options
+        host_net, host_ipc = nsopts.network == pb.NODE, nsopts.ipc == pb.NODE
+        ipc, uts, pidns = meta.ipc or None, meta.uts or None, None
+        if not for_pause:
+            proc = f"/proc/{pid}/ns"
+            if meta.pause == "image" and pid:
+                ipc = None if host_ipc else f"{proc}/ipc"
+                uts = None if host_net else f"{proc}/uts"
+            if meta.pause and pid and nsopts.pid != pb.NODE:
+                pidns = f"{proc}/pid"
+        return cri_spec.SandboxFacts(
+            id=meta.id, netns_path=meta.netns or None, ipcns_path=ipc, utsns_path=uts,
+            pidns_path=pidns,
+            shm_path=None if host_ipc else os.path.join(meta.dir, "shm"),
+            hostname_path=os.path.join(meta.dir, "hostname"),
+            hosts_path=os.path.join(meta.dir, "hosts"),
+            resolv_conf_path=os.path.join(meta.dir, "resolv.conf"))
+
+    async def _start_pause(self, meta: st.SandboxMeta, config, handler, labels: dict,
+                           image, pod_init: str | None, undo: list) -> int:
+        """Create the sandbox's container record (its spec, and for a pause container its
+        snapshot of the sandbox image) and run it as a task through the handler's shim
+        (the sandbox-id annotation groups the pod's containers into the same shim).
+        Appends its undo steps to ``undo``; returns the process's pid."""
+        from ctrd.cri import spec as cri_spec
+        from ctrd.runtime.manager import CreateOpts
+        from ctrd.snapshots.mount import mounted
+
+        id_ = meta.id
+        sandbox = self._sandbox_facts(meta, for_pause=True)
+        rootfs: list = []
+        if image is not None:
+            snap = self.snapshotter()
+            lease = await asyncio.to_thread(self._create_lease, id_)
+            undo.append(lambda: self._delete_lease(lease))
+            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id, None, lease)
+            undo.append(lambda: self._remove_snapshot(id_))
+            mounts = await asyncio.to_thread(snap.mounts, NAMESPACE, id_)
+            rootfs = [_mount_pb(m) for m in mounts]
+
+            def build() -> dict:
+                with mounted(mounts, dir=self.state) as root:
+                    return cri_spec.sandbox_spec(id_, config, image.config, sandbox, root,
+                                                 self.config, handler)
+
+            spec = await asyncio.to_thread(build)
+        else:
+            lease = ""
+            spec = cri_spec.sandbox_spec(id_, config, None, sandbox, None, self.config,
+                                         handler, pod_init=pod_init)
+        options = self.runtime_options(handler)
+        rec = self._container_record(
+            id_, labels, handler.runtime_type, options, spec, st.SANDBOX_EXT, meta,
+            image=meta.image, snapshot_key=meta.snapshot_key)
+        await asyncio.to_thread(self.containers.create, NAMESPACE, rec)
+        undo.append(lambda: self._delete_record(id_))
+        if lease:
+            await asyncio.to_thread(self._delete_lease, lease)
+        task = await self.manager.create(NAMESPACE, id_, CreateOpts(
+            spec=json.dumps(spec).encode(), runtime=handler.runtime_type,
+            runtime_options=options, rootfs=rootfs))
+        undo.append(lambda: self._kill_and_delete(id_))
+        resp = await task.start()
+        return resp.pid
+
+    def _remove_snapshot(self, key: str) -> None:
+        try:
+            self.snapshotter().remove(NAMESPACE, key)
+        except errdefs.NotFound:
+            pass
+
+    def _delete_record(self, id_: str) -> None:
+        try:
+            self.containers.delete(NAMESPACE, id_)
+        except errdefs.NotFound:
+            pass
+
+    async def _kill_and_delete(self, id_: str) -> None:
+        """Kill the task ``id_`` (all its processes) and delete it; gone is fine."""
+        try:
+            task = self.manager.get(NAMESPACE, id_)
+        except errdefs.NotFound:
+            return
+        try:
+            await task.kill(_signal.SIGKILL, all_=True)
+        except errdefs.CtrdError:
+            pass
+        try:
+            await asyncio.wait_for(task.wait(), 30)
+        except (errdefs.CtrdError, TimeoutError):
+            pass
+        try:
+            await self.manager.delete(NAMESPACE, id_)
+        except errdefs.NotFound:
+            pass
+
+    def _monitor_sandbox(self, id_: str, task) -> None:
+        """Watch the pause/init: when it exits the sandbox is NOTREADY (its task deleted at
+        once, releasing the shim unless the pod's containers still use it)."""
+        ev = self._exited.setdefault(id_, asyncio.Event())
+        ev.clear()
+
+        async def watch():
+            try:
+                try:
+                    resp = await task.wait()
+                    code = resp.exit_status
+                except errdefs.CtrdError as e:
+                    log.warning("wait for sandbox %s: %s", id_, e)
+                    code = 255
+                log.info("sandbox %s: its process exited with %d; NOTREADY", id_, code)
+                try:
+                    await self.manager.delete(NAMESPACE, id_)
+                except errdefs.CtrdError as e:
+                    log.debug("delete task of sandbox %s: %s", id_, e)
+                try:
+                    self.records.update_sandbox(id_, state=st.SANDBOX_NOTREADY, pid=0)
+                except errdefs.NotFound:
+                    pass
+            finally:
+                self._monitors.pop(id_, None)
+                ev.set()
+
+        self._monitors[id_] = asyncio.ensure_future(watch())
+
+    async def _stop_pause(self, meta: st.SandboxMeta) -> None:
+        """SIGKILL the pause/init and wait until its watcher has seen it go."""
+        try:
+            task = self.manager.get(NAMESPACE, meta.id)
+        except errdefs.NotFound:
+            return
+        ev = self._exited.get(meta.id)
+        try:
+            await task.kill(_signal.SIGKILL, all_=True)
+        except errdefs.NotFound:
+            pass
+        if ev is not None and meta.id in self._monitors:
+            try:
+                await asyncio.wait_for(ev.wait(), 30)
+                return
+            except TimeoutError:
+                raise errdefs.DeadlineExceeded(f"sandbox {meta.id}: its process did not exit "
+                                               "after SIGKILL") from None
+        await self._kill_and_delete(meta.id)
+
+    def sandbox_info(self, meta: st.SandboxMeta, status: st.SandboxStatus) -> dict:
+        """PodSandboxStatus verbose info (containerd's shape, the fields ctrd has)."""
+        from google.protobuf import json_format
+
+        ready = status.state == st.SANDBOX_READY
+        return {
+            "pid": status.pid, "processStatus": "running" if ready else "stopped",
+            "netNamespaceClosed": not status.network_ready,
+            "image": meta.image if meta.pause == "image" else "",
+            "imageId": meta.image_id, "pause": meta.pause or "none",
+            "snapshotKey": meta.snapshot_key,
+            "snapshotter": self.snapshotter_name,
+            "runtimeHandler": meta.runtime_handler, "runtimeType": meta.runtime_type,
+            "netns": meta.netns, "ipcns": meta.ipc, "utsns": meta.uts,
+            "cniResult": status.cni_result,
+            "config": json_format.MessageToDict(self.sandbox_config(meta))}
 
     def _make_namespaces(self, id_: str, d: str, hostname: str, kinds: list[str]
                          ) -> dict[str, str]:
@@ -398,10 +637,15 @@ class CRIRuntime:
         return decode_msg(_pb().PodSandboxConfig, meta.config)
 
     async def stop_pod_sandbox(self, id_: str) -> None:
+        """Containers killed, then the pause/init (SIGKILL), CNI DEL, namespaces released;
+        NOTREADY. Safe to repeat, and on whatever is already gone."""
         meta, status = self.records.sandbox(id_)
         for cmeta, cstatus in self.records.containers_of(meta.id):
             if cstatus.state in (st.RUNNING, st.UNKNOWN):
                 await self.stop_container(cmeta.id, 0)
+        if meta.pause:
+            await self._stop_pause(meta)
+            self.records.update_sandbox(meta.id, pid=0)
         if status.network_ready:
             await self._teardown_network(meta, self.sandbox_config(meta))
             self.records.update_sandbox(meta.id, network_ready=False)
@@ -420,13 +664,15 @@ class CRIRuntime:
             await self.stop_pod_sandbox(meta.id)
         for cmeta, _ in self.records.containers_of(meta.id):
             await self.remove_container(cmeta.id)
+        if meta.pause:
+            await self._kill_and_delete(meta.id)  # a stopped pause's task, if still there
         await asyncio.to_thread(_unmount_shm, meta.dir)
         await asyncio.to_thread(_rmtree, meta.dir)
-        try:
-            await asyncio.to_thread(self.containers.delete, NAMESPACE, meta.id)
-        except errdefs.NotFound:
-            pass
+        await asyncio.to_thread(self._delete_record, meta.id)
+        if meta.snapshot_key:
+            await asyncio.to_thread(self._remove_snapshot, meta.snapshot_key)
         self.records.remove_sandbox(meta.id)
+        self._exited.pop(meta.id, None)
         if not self.records.sandboxes:
             await asyncio.to_thread(self._release_pin_dirs)
 
@@ -542,22 +788,21 @@ class CRIRuntime:
         from ctrd.cri import spec as cri_spec
         from ctrd.snapshots.mount import mounted
 
-        sandbox = cri_spec.SandboxFacts(
-            id=smeta.id, netns_path=smeta.netns or None, ipcns_path=smeta.ipc or None,
-            utsns_path=smeta.uts or None,
-            shm_path=os.path.join(smeta.dir, "shm") if smeta.ipc else None,
-            hostname_path=os.path.join(smeta.dir, "hostname"),
-            hosts_path=os.path.join(smeta.dir, "hosts"),
-            resolv_conf_path=os.path.join(smeta.dir, "resolv.conf"))
+        _, sstatus = self.records.sandbox(smeta.id)
+        if smeta.pause and not sstatus.pid:
+            raise errdefs.FailedPrecondition(f"sandbox {smeta.id} has no running process")
+        sandbox = self._sandbox_facts(smeta, sstatus.pid)
         _, handler = self.handler(smeta.runtime_handler)
         mounts = snap.mounts(NAMESPACE, id_)
         with mounted(mounts, dir=self.state) as rootfs:
-            # No pause container: the pod's sysctls go into each container's spec (runc
-            # applies them inside the pod's namespaces).
+            # With a pause container the pod's sysctls are in its spec only (containerd);
+            # otherwise they go into each container's spec (runc applies them inside the
+            # pod's namespaces).
             return cri_spec.container_spec(
                 id_, config, sandbox_config, image.config, sandbox, rootfs, self.config,
                 handler, image_name=config.image.image,
-                sysctls=cri_spec.pod_sysctls(sandbox_config))
+                sysctls=None if smeta.pause == "image" else cri_spec.pod_sysctls(
+                    sandbox_config))
 
     def _task_io(self, meta: st.ContainerMeta) -> tuple[str, str]:
         """stdout/stderr URIs: the kubelet's log file, written in its format by the shim."""
@@ -879,14 +1124,45 @@ class CRIRuntime:
                                                    st.ContainerStatus) \
                     or st.ContainerStatus(state=st.UNKNOWN, exit_code=255, reason="Unknown")
                 self.records.add_container(cmeta, cstatus)
-        results = await asyncio.gather(*(self._load_container(m.id)
-                                         for m, _ in list(self.records.containers.values())),
-                                       return_exceptions=True)
+        loads = [self._load_pause(m.id) for m, _ in list(self.records.sandboxes.values())
+                 if m.pause]
+        loads += [self._load_container(m.id) for m, _ in list(self.records.containers.values())]
+        results = await asyncio.gather(*loads, return_exceptions=True)
         for r in results:
             if isinstance(r, Exception):
                 # one container's trouble never keeps the plugin from serving the others
                 log.error("loading a CRI container: %s", r, exc_info=r)
         await asyncio.to_thread(self._cleanup_orphans)
+
+    async def _load_pause(self, id_: str) -> None:
+        """A READY sandbox keeps its pause/init when its task still runs (watched again,
+        its pid refreshed); otherwise the task (if any) is killed and deleted and the
+        sandbox is NOTREADY."""
+        from ctrd.api.containerd.types.task import task_pb2
+
+        _, status = self.records.sandbox(id_)
+        try:
+            task = self.manager.get(NAMESPACE, id_)
+        except errdefs.NotFound:
+            if status.state == st.SANDBOX_READY or status.pid:
+                log.warning("sandbox %s: its process is gone; NOTREADY", id_)
+                self.records.update_sandbox(id_, state=st.SANDBOX_NOTREADY, pid=0)
+            return
+        try:
+            ts = await asyncio.wait_for(task.state(), LOAD_TIMEOUT)
+        except (errdefs.CtrdError, TimeoutError) as e:
+            log.warning("sandbox %s: state of its task: %s", id_, e)
+            if status.state == st.SANDBOX_READY:
+                self._monitor_sandbox(id_, task)  # still watched: its shim may answer later
+            return
+        if status.state == st.SANDBOX_READY and ts.status in (task_pb2.RUNNING,
+                                                              task_pb2.PAUSED):
+            if ts.pid != status.pid:
+                self.records.update_sandbox(id_, pid=ts.pid)
+            self._monitor_sandbox(id_, task)
+            return
+        await self._kill_and_delete(id_)
+        self.records.update_sandbox(id_, state=st.SANDBOX_NOTREADY, pid=0)
 
     async def _load_container(self, id_: str) -> None:
         from ctrd.api.containerd.types.task import task_pb2

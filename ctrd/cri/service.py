@@ -93,17 +93,7 @@ class RuntimeService(StatsMethods, StreamingMethods, pb_grpc.RuntimeServiceServi
             linux=pb.LinuxPodSandboxStatus(namespaces=pb.Namespace(options=nsopts)))
         resp = pb.PodSandboxStatusResponse(status=out)
         if request.verbose:
-            from google.protobuf import json_format
-
-            resp.info["info"] = json.dumps({
-                "pid": 0, "processStatus": "running" if status.state == st.SANDBOX_READY
-                else "stopped", "netNamespaceClosed": not status.network_ready,
-                "image": self.rt.config.sandbox_image, "snapshotKey": "",
-                "snapshotter": self.rt.snapshotter_name,
-                "runtimeHandler": meta.runtime_handler, "runtimeType": meta.runtime_type,
-                "netns": meta.netns, "ipcns": meta.ipc, "utsns": meta.uts,
-                "cniResult": status.cni_result,
-                "config": json_format.MessageToDict(config)})
+            resp.info["info"] = json.dumps(self.rt.sandbox_info(meta, status))
         return resp
 
     async def ListPodSandbox(self, request, context):

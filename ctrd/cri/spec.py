@@ -1111,6 +1111,219 @@ def container_spec(container_id: str, config: Any, sandbox_config: Any,
     return spec
 
 
+# -- the pod's own process: a pause container, or ctrd's minimal pod init ------------------
+
+DEFAULT_SANDBOX_OOM_ADJ = -998   # containerd's defaultSandboxOOMAdj
+DEFAULT_SANDBOX_CPU_SHARES = 2   # containerd's DefaultSandboxCPUshares
+SANDBOX_CPU_PERIOD = "io.kubernetes.cri.sandbox-cpu-period"
+SANDBOX_CPU_QUOTA = "io.kubernetes.cri.sandbox-cpu-quota"
+SANDBOX_CPU_SHARES = "io.kubernetes.cri.sandbox-cpu-shares"
+SANDBOX_MEMORY = "io.kubernetes.cri.sandbox-memory"
+
+#: Where ctrd looks for a statically linked busybox for the pod init (Debian's
+#: busybox-static installs /bin/busybox).
+POD_INIT_BUSYBOX = ("/bin/busybox", "/usr/bin/busybox")
+#: Where the busybox is bound in the pod init's (otherwise empty) rootfs.
+POD_INIT_PATH = "/bin/busybox"
+#: PID 1 of a pod's shared PID namespace: ash's ``wait`` reaps every child, reparented
+#: orphans included; TERM ends it (exit 0). One ``sleep`` child keeps ``wait`` blocking.
+POD_INIT_SCRIPT = ('trap "exit 0" TERM; '
+                   f'while :; do {POD_INIT_PATH} sleep 2147483647 & wait; done')
+
+
+def is_static_elf(path: str) -> bool:
+    """Whether ``path`` is an ELF executable without a program interpreter (statically
+    linked: it runs in a rootfs that holds nothing else)."""
+    import struct
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if len(head) < 52 or head[:4] != b"\x7fELF":
+                return False
+            is64, little = head[4] == 2, head[5] == 1
+            e = "<" if little else ">"
+            if is64:
+                phoff, = struct.unpack_from(e + "Q", head, 32)
+                phentsize, phnum = struct.unpack_from(e + "HH", head, 54)
+            else:
+                phoff, = struct.unpack_from(e + "I", head, 28)
+                phentsize, phnum = struct.unpack_from(e + "HH", head, 42)
+            if phnum == 0 or phnum > 256 or phentsize < 4:
+                return False
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    for i in range(phnum):
+        p_type, = struct.unpack_from(e + "I", table, i * phentsize)
+        if p_type == 3:  # PT_INTERP: dynamically linked
+            return False
+    return len(table) == phentsize * phnum
+
+
+def pod_init_candidates() -> tuple[str, ...]:
+    """:data:`POD_INIT_BUSYBOX`, or the colon-separated paths of ``CTRD_POD_INIT_BUSYBOX``
+    in ctrd's environment (a node whose static busybox lives elsewhere; tests)."""
+    env = os.environ.get("CTRD_POD_INIT_BUSYBOX")
+    return tuple(p for p in env.split(":") if p) if env is not None else POD_INIT_BUSYBOX
+
+
+def find_pod_init_binary(candidates: Sequence[str] | None = None) -> str | None:
+    """The first statically linked busybox of ``candidates`` (default
+    :func:`pod_init_candidates`; symlinks resolved)."""
+    for c in pod_init_candidates() if candidates is None else candidates:
+        real = os.path.realpath(c)
+        if os.access(real, os.X_OK) and is_static_elf(real):
+            return real
+    return None
+
+
+def sandbox_spec(sandbox_id: str, sandbox_config: Any,
+                 image: ImageConfig | Mapping[str, Any] | None, sandbox: SandboxFacts,
+                 rootfs: str | Rootfs | None, cri: CRIConfig | None = None,
+                 handler: RuntimeHandler | None = None, *, pod_init: str | None = None,
+                 host: HostFacts | None = None) -> dict[str, Any]:
+    """The OCI spec of a pod's sandbox process, as containerd 1.6's sandboxContainerSpec
+    (``pkg/cri/server/sandbox_run_linux.go``) builds the pause container's.
+
+    ``image``: the sandbox image's config (its entrypoint and cmd run; its env, working dir
+    and user apply), or None with ``pod_init``: the path of a static busybox on the host,
+    bound read-only into an empty rootfs and run as the pod's minimal init
+    (:data:`POD_INIT_SCRIPT`, no capabilities, uid 65535).
+
+    Namespaces: the network namespace ``sandbox.netns_path`` (ctrd's pin; none with a host
+    network, which also means the host's UTS namespace); IPC and UTS joined from
+    ``sandbox.ipcns_path``/``utsns_path`` when given, else new ones (the host's per the
+    pod's NamespaceOptions); a new PID namespace unless the pod's is NODE. The rest as
+    containerd: read-only rootfs, hostname (when the UTS namespace is new), the pod's sysctls,
+    the pod's /dev/shm and resolv.conf bound read-only, cgroup ``<parent>/<id>``, cpu shares
+    2, oom_score_adj -998 clamped to ctrd's own when lowering is not permitted (or
+    ``restrict_oom_score_adj``), no_new_privs, the pod's seccomp profile (RuntimeDefault
+    when it names none; none when privileged), the ``io.kubernetes.cri.*`` sandbox
+    annotations and the handler's pod annotation passthrough.
+    """
+    cri = cri or CRIConfig()
+    host = host or host_facts()
+    lsc = sandbox_config.linux.security_context
+    nsopts = lsc.namespace_options
+    host_net = nsopts.network == NS_NODE
+    spec = default_spec(CRI_NAMESPACE, sandbox_id)
+    proc, linux = spec["process"], spec["linux"]
+    # WithoutRunMount, WithoutDefaultSecuritySettings
+    spec["mounts"] = [m for m in spec["mounts"] if m["destination"] != "/run"]
+    proc.pop("apparmorProfile", None)
+    proc.pop("rlimits", None)
+    linux.pop("seccomp", None)
+    spec["root"] = {"path": ROOTFS_PATH, "readonly": True}
+    proc["noNewPrivileges"] = True
+
+    if pod_init is not None:
+        proc["args"] = [POD_INIT_PATH, "sh", "-c", POD_INIT_SCRIPT]
+        proc["env"] = [f"PATH={posixpath.dirname(POD_INIT_PATH)}"]
+        proc["user"] = {"uid": 65535, "gid": 65535}
+        proc["capabilities"] = {k: [] for k in ("bounding", "effective", "permitted")}
+        # an empty rootfs: proc and a /dev, the busybox, nothing else to protect
+        spec["mounts"] = [m for m in spec["mounts"] if m["destination"] in ("/proc", "/dev")]
+        spec["mounts"].append({"destination": POD_INIT_PATH, "type": "bind",
+                               "source": pod_init, "options": ["rbind", "ro", "nosuid",
+                                                               "nodev"]})
+        linux.pop("maskedPaths", None)
+        linux.pop("readonlyPaths", None)
+    else:
+        img = _image_config(image)
+        if not img.entrypoint and not img.cmd:
+            raise InvalidArgument("invalid empty entrypoint and cmd in the sandbox image "
+                                  "config")
+        proc["args"] = list(img.entrypoint) + list(img.cmd)
+        proc["env"] = replace_or_append_env(list(DEFAULT_UNIX_ENV), list(img.env))
+        if img.working_dir:
+            if not img.working_dir.startswith("/"):
+                raise InvalidArgument(f"sandbox image working directory "
+                                      f"{img.working_dir!r} must be an absolute path")
+            proc["cwd"] = img.working_dir
+        # the pod's run_as_user/run_as_group, else the image's user, resolved in the rootfs
+        user = ""
+        if lsc.HasField("run_as_user"):
+            user = str(_check_id("run_as_user", lsc.run_as_user.value))
+            if lsc.HasField("run_as_group"):
+                user += f":{_check_id('run_as_group', lsc.run_as_group.value)}"
+        elif lsc.HasField("run_as_group"):
+            raise InvalidArgument("run_as_group should only be specified when run_as_user "
+                                  "is specified")
+        pu = resolve_user(user or img.user, rootfs)
+        gids = set(pu.additional_gids) | {pu.gid}
+        gids |= {_check_id("supplemental group", g) for g in lsc.supplemental_groups}
+        proc["user"] = {"uid": pu.uid, "gid": pu.gid, "additionalGids": sorted(gids)}
+        shm = DEV_SHM if nsopts.ipc == NS_NODE else sandbox.shm_path
+        if shm:
+            spec["mounts"].append({"destination": DEV_SHM, "type": "bind", "source": shm,
+                                   "options": ["rbind", "ro"]})
+            spec["mounts"] = [m for m in spec["mounts"]
+                              if not (m["destination"] == DEV_SHM and m["type"] == "tmpfs")]
+        if sandbox.resolv_conf_path:
+            spec["mounts"].append({"destination": RESOLV_CONF, "type": "bind",
+                                   "source": sandbox.resolv_conf_path,
+                                   "options": ["rbind", "ro"]})
+
+    # namespaces (the default spec has new pid, ipc, uts, mount and network ones)
+    if host_net:
+        _set_namespace(linux, "network", None, True)
+        _set_namespace(linux, "uts", None, True)
+    else:
+        _set_namespace(linux, "network", sandbox.netns_path, False)
+        _set_namespace(linux, "uts", sandbox.utsns_path, False)
+        if not sandbox.utsns_path and sandbox_config.hostname:
+            spec["hostname"] = sandbox_config.hostname
+    _set_namespace(linux, "ipc", sandbox.ipcns_path, nsopts.ipc == NS_NODE)
+    _set_namespace(linux, "pid", None, nsopts.pid == NS_NODE)
+    if host.cgroup2:
+        _set_namespace(linux, "cgroup", None, False)
+
+    sysctls = dict(sandbox_config.linux.sysctls)
+    if not host_net:
+        if cri.enable_unprivileged_ports:
+            sysctls.setdefault("net.ipv4.ip_unprivileged_port_start", "0")
+        if cri.enable_unprivileged_icmp:
+            sysctls.setdefault("net.ipv4.ping_group_range", "0 2147483647")
+    if sysctls:
+        linux["sysctl"] = sysctls
+
+    if cri.disable_cgroup:
+        linux.pop("cgroupsPath", None)
+    else:
+        parent = sandbox.cgroup_parent if sandbox.cgroup_parent is not None \
+            else sandbox_config.linux.cgroup_parent
+        systemd = _systemd(cri, handler)
+        if parent:
+            linux["cgroupsPath"] = cgroups_path(parent, sandbox_id, systemd)
+        elif systemd:
+            linux["cgroupsPath"] = f":cri-containerd:{sandbox_id}"
+        linux.setdefault("resources", {})["cpu"] = {"shares": DEFAULT_SANDBOX_CPU_SHARES}
+
+    annotations: dict[str, str] = {}
+    if sandbox_config.linux.HasField("resources"):
+        r = sandbox_config.linux.resources
+        annotations.update({SANDBOX_CPU_PERIOD: str(r.cpu_period),
+                            SANDBOX_CPU_QUOTA: str(r.cpu_quota),
+                            SANDBOX_CPU_SHARES: str(r.cpu_shares),
+                            SANDBOX_MEMORY: str(r.memory_limit_in_bytes)})
+    # containerd fails here without CAP_SYS_RESOURCE unless restrict_oom_score_adj is set;
+    # ctrd clamps whenever lowering is not permitted
+    proc["oomScoreAdj"] = oom.restrict(
+        DEFAULT_SANDBOX_OOM_ADJ, current=host.oom_score_adj,
+        privileged=host.can_lower_oom and not cri.restrict_oom_score_adj)
+    if handler is not None:
+        annotations.update(passthrough_annotations(dict(sandbox_config.annotations),
+                                                   handler.pod_annotations))
+    annotations.update(sandbox_annotations(sandbox_id, sandbox_config))
+    spec["annotations"] = annotations
+
+    profile = _seccomp_profile(lsc, cri) or Profile(PROFILE_RUNTIME_DEFAULT)
+    apply_seccomp(spec, profile, lsc.privileged, host.seccomp)
+    return spec
+
+
 def exec_process(spec: Mapping[str, Any], args: Sequence[str], tty: bool = False) -> dict[str, Any]:
     """The process spec of an Exec/ExecSync in a container with ``spec`` (containerd's
     execInternal): the container's process with ``args`` and ``terminal``, TERM=xterm with a
@@ -1132,4 +1345,5 @@ __all__ = [
     "container_annotations", "sandbox_annotations", "passthrough_annotations",
     "pod_sysctls", "process_args", "user_string", "normalize_capability", "cgroups_path",
     "lookup_mount", "load_seccomp_profile", "load_base_spec", "host_facts",
+    "sandbox_spec", "find_pod_init_binary", "is_static_elf",
 ]

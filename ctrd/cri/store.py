@@ -62,6 +62,13 @@ class SandboxMeta:
     uts: str = ""              # pinned UTS namespace file ("" for host network)
     dir: str = ""              # the sandbox's state dir (hosts, resolv.conf, hostname, shm)
     created_at: int = 0        # ns
+    # The pod's own process, a task with the sandbox's id: "" none (namespaces pinned by
+    # ctrd), "image" a pause container of sandbox_image, "init" ctrd's minimal pod init
+    # (a static busybox) holding a shared PID namespace.
+    pause: str = ""
+    image: str = ""            # the sandbox image as configured ("image" only)
+    image_id: str = ""         # its id (config digest)
+    snapshot_key: str = ""     # the pause container's snapshot ("image" only)
 
 
 @dataclass
@@ -71,6 +78,7 @@ class SandboxStatus:
     additional_ips: list[str] = field(default_factory=list)
     cni_result: dict = field(default_factory=dict)
     network_ready: bool = False  # CNI ADD done and not yet torn down
+    pid: int = 0               # the pause / pod init process (0: none, or it exited)
 
 
 @dataclass
