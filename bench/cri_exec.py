@@ -14,7 +14,8 @@ then, per sample, ``echo hi``
 
 Images are made offline (tests/images.py): busybox, and for containerd a pause image (the
 busybox layer with a sleep loop as its entrypoint) set as ``sandbox_image``; both are imported
-with ``ctr images import``. Needs root, containerd, ctr, runc, the project's venv (grpc,
+with ``ctr images import``. ``--ctrd-sandbox-image`` adds a ctrd with that pause image as its
+``sandbox_image`` too (kind ``ctrd-pause``): ctrd's pause mode against its default. Needs root, containerd, ctr, runc, the project's venv (grpc,
 websockets). Every daemon, pod and temp dir is removed at the end, on failure too.
 
 Known: on the development machine (cgroup v1) containerd 1.6's RunPodSandbox fails for this
@@ -76,7 +77,9 @@ class CRIDaemon(benchrun.Daemon):
         if self.family == "ctrd":
             cfg = os.path.join(self.dir, "ctrd.toml")
             with open(cfg, "w") as f:
+                pause = f'  sandbox_image = "{PAUSE}"\n' if self.kind == "ctrd-pause" else ""
                 f.write('version = 2\n[plugins."io.containerd.grpc.v1.cri"]\n'
+                        + pause +
                         "  netns_mounts_under_state_dir = true\n"
                         "  disable_apparmor = true\n"
                         '  [plugins."io.containerd.grpc.v1.cri".cni]\n'
@@ -99,7 +102,8 @@ class CRIDaemon(benchrun.Daemon):
 
 
 class Pod:
-    def __init__(self, d: CRIDaemon, tools, tars: dict[str, Path]) -> None:
+    def __init__(self, d: CRIDaemon, tools, tars: dict[str, Path],
+                 shared_pid: bool = False) -> None:
         import grpc
 
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
@@ -107,7 +111,7 @@ class Pod:
 
         self.pb = pb
         for name, tar in tars.items():
-            if name == "pause" and d.family == "ctrd":
+            if name == "pause" and d.kind == "ctrd":
                 continue
             r = subprocess.run([tools.ctr, "--address", d.sock, "-n", "k8s.io", "images",
                                 "import", "--base-name", f"docker.io/bench/{name}", str(tar)],
@@ -124,17 +128,25 @@ class Pod:
                 break
             except (grpc.RpcError, ValueError):
                 time.sleep(0.1)
+        # the kubelet's namespace options for a host-network pod: PID per container unless
+        # --shared-pid (shareProcessNamespace: ctrd without a sandbox image runs its pod init)
+        pid = pb.POD if shared_pid else pb.CONTAINER
         self.config = pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(name="bench", namespace="default", uid="bench-1"),
             linux=pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
-                namespace_options=pb.NamespaceOption(network=pb.NODE))))
+                namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pid))))
+        self.container_linux = pb.LinuxContainerConfig(
+            security_context=pb.LinuxContainerSecurityContext(
+                namespace_options=pb.NamespaceOption(network=pb.NODE, pid=pid)))
         self.sid = self.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=self.config),
                                          timeout=120).pod_sandbox_id
         self.cid = self.rt.CreateContainer(pb.CreateContainerRequest(
             pod_sandbox_id=self.sid, sandbox_config=self.config,
             config=pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c"),
                                       image=pb.ImageSpec(image=BUSYBOX),
-                                      command=["sleep", "3600"])), timeout=120).container_id
+                                      command=["sleep", "3600"],
+                                      linux=self.container_linux)),
+            timeout=120).container_id
         self.rt.StartContainer(pb.StartContainerRequest(container_id=self.cid), timeout=120)
 
     def lifecycle(self, n: int) -> tuple[float, float]:
@@ -152,7 +164,9 @@ class Pod:
             pod_sandbox_id=sid, sandbox_config=config,
             config=pb.ContainerConfig(metadata=pb.ContainerMetadata(name="c"),
                                       image=pb.ImageSpec(image=BUSYBOX),
-                                      command=["sleep", "3600"])), timeout=120).container_id
+                                      command=["sleep", "3600"],
+                                      linux=self.container_linux)),
+            timeout=120).container_id
         self.rt.StartContainer(pb.StartContainerRequest(container_id=cid), timeout=120)
         t2 = time.perf_counter()
         self.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid), timeout=120)
@@ -220,7 +234,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--lifecycles", type=int, default=15,
                     help="pods started (RunPodSandbox, then Create+StartContainer)")
-    ap.add_argument("--daemons", default="ctrd,containerd")
+    ap.add_argument("--daemons", default="ctrd,containerd",
+                    help="of ctrd, ctrd-pause (ctrd with sandbox_image), containerd")
+    ap.add_argument("--shared-pid", action="store_true",
+                    help="pods ask for a pod-level PID namespace (shareProcessNamespace)")
+    ap.add_argument("--ctrd-sandbox-image", action="store_true",
+                    help="also run ctrd with the pause image as sandbox_image (ctrd-pause)")
     ap.add_argument("--ctr", default="ctr")
     ap.add_argument("--containerd", default="containerd")
     ap.add_argument("--ctrd", default=os.path.join(os.path.dirname(sys.executable), "ctrd"))
@@ -229,6 +248,8 @@ def main() -> int:
     work = tempfile.mkdtemp(prefix="bench-cri-exec-", dir="/tmp")
     tools = benchrun.Tools(args, work)
     kinds = args.daemons.split(",")
+    if args.ctrd_sandbox_image and "ctrd-pause" not in kinds:
+        kinds.append("ctrd-pause")
     pods: dict[str, Pod] = {}
     samples: dict[tuple[str, str], list[float]] = {}
     try:
@@ -236,7 +257,7 @@ def main() -> int:
         for k in kinds:
             d = CRIDaemon(k, work, tools)
             d.start()
-            pods[k] = Pod(d, tools, tars)
+            pods[k] = Pod(d, tools, tars, shared_pid=args.shared_pid)
         figures = (("exec_sync", Pod.exec_sync), ("stream_spdy", lambda p: p.stream("spdy")),
                    ("stream_ws", lambda p: p.stream("ws")))
         for i in range(args.lifecycles + 1):  # pod start latency, first round uncounted
@@ -258,10 +279,11 @@ def main() -> int:
             for k in kinds:
                 s = samples[(name, k)]
                 row.append(f"{k}: {statistics.median(s):6.2f} [{min(s):.2f}..{max(s):.2f}]")
-            if "ctrd" in kinds and "containerd" in kinds:
-                r = statistics.median(samples[(name, "ctrd")]) / statistics.median(
-                    samples[(name, "containerd")])
-                row.append(f"ratio {r:.2f}")
+            for k in ("ctrd", "ctrd-pause"):
+                if k in kinds and "containerd" in kinds:
+                    r = statistics.median(samples[(name, k)]) / statistics.median(
+                        samples[(name, "containerd")])
+                    row.append(f"{k}/containerd {r:.2f}")
             print("  ".join(row))
         return 0
     finally:

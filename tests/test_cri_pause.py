@@ -512,3 +512,29 @@ def test_pod_init_spec_and_binary(tmp_path):
     if is_static_elf("/bin/busybox"):
         assert find_pod_init_binary() == os.path.realpath("/bin/busybox")
 
+
+
+def test_sandbox_spec_user(tmp_path):
+    from ctrd.cri.spec import HostFacts, sandbox_spec, user_needs_rootfs
+    from ctrd.errdefs import NotFound
+
+    pb = _pb()
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/:/bin/sh\npause:x:65535:65534::/:\n")
+    (tmp_path / "etc" / "group").write_text("root:x:0:\nnogroup:x:65534:pause\n")
+    image = {"config": {"Cmd": ["/pause"], "User": "pause"}}
+    spec = sandbox_spec("sid", _sandbox_config(), image, _facts(), str(tmp_path),
+                        host=HostFacts())
+    assert spec["process"]["user"] == {"uid": 65535, "gid": 65534}
+    # the pod's run_as_user wins; supplemental groups added
+    config = _sandbox_config(linux=pb.LinuxPodSandboxConfig(
+        security_context=pb.LinuxSandboxSecurityContext(
+            run_as_user=pb.Int64Value(value=7), run_as_group=pb.Int64Value(value=8),
+            supplemental_groups=[9])))
+    spec = sandbox_spec("sid", config, image, _facts(), None, host=HostFacts())
+    assert spec["process"]["user"] == {"uid": 7, "gid": 8, "additionalGids": [9]}
+    assert not user_needs_rootfs("") and not user_needs_rootfs("7:8")
+    assert user_needs_rootfs("pause") and user_needs_rootfs("7")
+    with pytest.raises(NotFound):
+        sandbox_spec("sid", _sandbox_config(), {"config": {"Cmd": ["x"], "User": "nosuch"}},
+                     _facts(), str(tmp_path), host=HostFacts())

@@ -3,11 +3,14 @@ task manager. The gRPC adapter (:mod:`ctrd.cri.service`) only converts messages.
 
 Lifecycles (containerd 1.6's CRI is the reference for every rule below):
 
-- RunPodSandbox: unique name reserved; a state dir with hostname, hosts, resolv.conf and (unless
-  the pod uses the host's IPC) a /dev/shm tmpfs; network/IPC/UTS namespaces pinned (host ones
-  per NamespaceOptions); CNI ADD; a ctrd container record (kind=sandbox). Any failure undoes
-  what was done. StopPodSandbox: containers killed, CNI DEL, namespaces released; state
-  NOTREADY. RemovePodSandbox: stops if needed, removes its containers and everything else.
+- RunPodSandbox: the sandbox image made sure of (pause mode); unique name reserved; a state
+  dir with hostname, hosts, resolv.conf and (unless the pod uses the host's IPC) a /dev/shm
+  tmpfs; network namespace pinned, and IPC/UTS too without a pause container (host ones per
+  NamespaceOptions); CNI ADD; a ctrd container record (kind=sandbox); with a pause container
+  or a pod init (see :mod:`ctrd.cri`) its snapshot, spec and task, started and watched (its
+  exit: NOTREADY). Any failure undoes what was done. StopPodSandbox: containers killed, the
+  pause/init killed, CNI DEL, namespaces released; state NOTREADY. RemovePodSandbox: stops if
+  needed, removes its containers, the pause's task, record and snapshot, and the rest.
 - CreateContainer: image resolved, snapshot prepared on the image's chain, OCI spec built
   (:mod:`ctrd.cri.spec`), ``ctrd_container_create`` hooks applied, record stored; state
   CREATED. StartContainer: a task through the handler's shim, the kubelet's log file written
@@ -451,6 +454,7 @@ class CRIRuntime:
         from ctrd.snapshots.mount import mounted
 
         id_ = meta.id
+        t0 = time.monotonic()
         sandbox = self._sandbox_facts(meta, for_pause=True)
         rootfs: list = []
         if image is not None:
@@ -463,6 +467,9 @@ class CRIRuntime:
             rootfs = [_mount_pb(m) for m in mounts]
 
             def build() -> dict:
+                if not cri_spec.user_needs_rootfs(cri_spec.sandbox_user(config, image.config)):
+                    return cri_spec.sandbox_spec(id_, config, image.config, sandbox, None,
+                                                 self.config, handler)
                 with mounted(mounts, dir=self.state) as root:
                     return cri_spec.sandbox_spec(id_, config, image.config, sandbox, root,
                                                  self.config, handler)
@@ -480,11 +487,16 @@ class CRIRuntime:
         undo.append(lambda: self._delete_record(id_))
         if lease:
             await asyncio.to_thread(self._delete_lease, lease)
+        t1 = time.monotonic()
         task = await self.manager.create(NAMESPACE, id_, CreateOpts(
             spec=json.dumps(spec).encode(), runtime=handler.runtime_type,
             runtime_options=options, rootfs=rootfs))
         undo.append(lambda: self._kill_and_delete(id_))
+        t2 = time.monotonic()
         resp = await task.start()
+        log.debug("sandbox %s: pause phases: snapshot+spec+record %.1f ms, task create %.1f "
+                  "ms, start %.1f ms", id_, (t1 - t0) * 1000, (t2 - t1) * 1000,
+                  (time.monotonic() - t2) * 1000)
         return resp.pid
 
     def _remove_snapshot(self, key: str) -> None:

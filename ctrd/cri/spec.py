@@ -1179,6 +1179,27 @@ def find_pod_init_binary(candidates: Sequence[str] | None = None) -> str | None:
     return None
 
 
+def sandbox_user(sandbox_config: Any, image: ImageConfig | Mapping[str, Any] | None) -> str:
+    """The pause container's user: the pod's run_as_user[:run_as_group], else the sandbox
+    image's USER ("" is root)."""
+    lsc = sandbox_config.linux.security_context
+    if lsc.HasField("run_as_user"):
+        user = str(_check_id("run_as_user", lsc.run_as_user.value))
+        if lsc.HasField("run_as_group"):
+            user += f":{_check_id('run_as_group', lsc.run_as_group.value)}"
+        return user
+    if lsc.HasField("run_as_group"):
+        raise InvalidArgument("run_as_group should only be specified when run_as_user is "
+                              "specified")
+    return _image_config(image).user
+
+
+def user_needs_rootfs(user: str) -> bool:
+    """Whether resolving ``user`` reads the image's /etc/passwd or /etc/group (all but root
+    and a numeric ``uid:gid``): only then is the rootfs mounted to build a spec."""
+    return bool(user) and re.fullmatch(r"\d+:\d+", user) is None
+
+
 def sandbox_spec(sandbox_id: str, sandbox_config: Any,
                  image: ImageConfig | Mapping[str, Any] | None, sandbox: SandboxFacts,
                  rootfs: str | Rootfs | None, cri: CRIConfig | None = None,
@@ -1242,19 +1263,16 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
                 raise InvalidArgument(f"sandbox image working directory "
                                       f"{img.working_dir!r} must be an absolute path")
             proc["cwd"] = img.working_dir
-        # the pod's run_as_user/run_as_group, else the image's user, resolved in the rootfs
-        user = ""
-        if lsc.HasField("run_as_user"):
-            user = str(_check_id("run_as_user", lsc.run_as_user.value))
-            if lsc.HasField("run_as_group"):
-                user += f":{_check_id('run_as_group', lsc.run_as_group.value)}"
-        elif lsc.HasField("run_as_group"):
-            raise InvalidArgument("run_as_group should only be specified when run_as_user "
-                                  "is specified")
-        pu = resolve_user(user or img.user, rootfs)
-        gids = set(pu.additional_gids) | {pu.gid}
-        gids |= {_check_id("supplemental group", g) for g in lsc.supplemental_groups}
-        proc["user"] = {"uid": pu.uid, "gid": pu.gid, "additionalGids": sorted(gids)}
+        # containerd's WithUser (no image groups) and WithSupplementalGroups
+        user = sandbox_user(sandbox_config, img)
+        uid = gid = 0
+        if user:
+            pu = resolve_user(user, rootfs)
+            uid, gid = pu.uid, pu.gid
+        proc["user"] = {"uid": uid, "gid": gid}
+        gids = {_check_id("supplemental group", g) for g in lsc.supplemental_groups}
+        if gids:
+            proc["user"]["additionalGids"] = sorted(gids)
         shm = DEV_SHM if nsopts.ipc == NS_NODE else sandbox.shm_path
         if shm:
             spec["mounts"].append({"destination": DEV_SHM, "type": "bind", "source": shm,
@@ -1345,5 +1363,6 @@ __all__ = [
     "container_annotations", "sandbox_annotations", "passthrough_annotations",
     "pod_sysctls", "process_args", "user_string", "normalize_capability", "cgroups_path",
     "lookup_mount", "load_seccomp_profile", "load_base_spec", "host_facts",
-    "sandbox_spec", "find_pod_init_binary", "is_static_elf",
+    "sandbox_spec", "sandbox_user", "user_needs_rootfs", "find_pod_init_binary",
+    "is_static_elf",
 ]
