@@ -14,7 +14,9 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -37,16 +39,14 @@ def _pb():
     return api_pb2
 
 
-@pytest.fixture(scope="module")
-def pause_ref(registry, tmp_path_factory) -> str:
-    """``<registry>/test/pause:latest``: busybox with a sleep loop as its entrypoint."""
+def _push_pause(registry, out: Path, tag: str, entrypoint: list[str]) -> str:
+    """Push busybox with ``entrypoint`` as ``test/pause:<tag>``; its reference."""
     import images as ti
 
-    out = tmp_path_factory.mktemp("pause")
-    layout = ti.Layout("pause", out / "pause")
+    layout = ti.Layout("pause", out / tag)
     ldesc, diff = ti._busybox_layer(layout).close()
     cfg = ti._config(ti.HOST_ARCH, [diff], ["tests/test_cri_pause.py: pause"])
-    cfg["config"]["Entrypoint"] = ["/bin/sh", "-c", PAUSE_CMD]
+    cfg["config"]["Entrypoint"] = entrypoint
     cfg["config"]["Cmd"] = None
     cdesc = layout.put_json(cfg, ti.MT_OCI_CONFIG)
     mdesc = layout.put_json({"schemaVersion": 2, "mediaType": ti.MT_OCI_MANIFEST,
@@ -55,10 +55,23 @@ def pause_ref(registry, tmp_path_factory) -> str:
     for d, mt in sorted(image.blobs.items()):
         if mt != ti.MT_OCI_MANIFEST:
             registry._put_blob(PAUSE_REPO, d, image.blob_path(d))
-    got = registry._put_manifest(PAUSE_REPO, "latest", image.read_blob(image.digest),
+    got = registry._put_manifest(PAUSE_REPO, tag, image.read_blob(image.digest),
                                  ti.MT_OCI_MANIFEST)
     assert got == image.digest
-    return f"{registry.address}/{PAUSE_REPO}:latest"
+    return f"{registry.address}/{PAUSE_REPO}:{tag}"
+
+
+@pytest.fixture(scope="module")
+def pause_ref(registry, tmp_path_factory) -> str:
+    """``<registry>/test/pause:latest``: busybox with a sleep loop as its entrypoint."""
+    return _push_pause(registry, tmp_path_factory.mktemp("pause"), "latest",
+                       ["/bin/sh", "-c", PAUSE_CMD])
+
+
+@pytest.fixture(scope="module")
+def broken_pause_ref(registry, tmp_path_factory) -> str:
+    """``<registry>/test/pause:broken``: an entrypoint that does not exist."""
+    return _push_pause(registry, tmp_path_factory.mktemp("pause"), "broken", ["/no/such"])
 
 
 def _k8s_objects(address: str) -> list[str]:
@@ -311,6 +324,38 @@ def test_sandbox_image_pull_failure_names_image(pause_factory, registry):
     with pytest.raises(grpc.RpcError) as e:
         cri.run_pod("nopause")
     assert "reserved" not in e.value.details()
+
+
+def test_pause_pods_concurrently_one_pull(pause_factory, pause_ref):
+    cri = pause_factory(sandbox_image=pause_ref)
+    results: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        try:
+            results[i] = cri.run_pod(f"conc{i}")[0]
+        except grpc.RpcError as e:
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(v, str) for v in results.values()), results
+    pids = {cri.pod_status(s, verbose=True)[1]["pid"] for s in results.values()}
+    assert len(pids) == 4 and 0 not in pids
+    images = cri.img.ListImages(cri.pb.ListImagesRequest()).images
+    assert [i for i in images if pause_ref in i.repo_tags]
+
+
+def test_pause_that_cannot_start_leaves_nothing(pause_factory, broken_pause_ref):
+    cri = pause_factory(sandbox_image=broken_pause_ref)
+    with pytest.raises(grpc.RpcError) as e:
+        cri.run_pod("broken")
+    assert "/no/such" in e.value.details(), e.value.details()
+    assert cri.rt.ListPodSandbox(cri.pb.ListPodSandboxRequest()).items == []
+    assert _k8s_objects(cri.daemon.address) == []
+    assert cri.net.leases() == []
 
 
 # --- no sandbox image: ctrd's pod init for a shared PID namespace ---------------------------
