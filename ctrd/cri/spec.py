@@ -1337,8 +1337,11 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
     annotations.update(sandbox_annotations(sandbox_id, sandbox_config))
     spec["annotations"] = annotations
 
-    profile = _seccomp_profile(lsc, cri) or Profile(PROFILE_RUNTIME_DEFAULT)
-    apply_seccomp(spec, profile, lsc.privileged, host.seccomp)
+    # containerd 1.6 gives the sandbox no seccomp filter unless the pod names a profile (or
+    # unset_seccomp_profile does); the kubelet usually sends Unconfined anyway.
+    profile = _seccomp_profile(lsc, cri)
+    if profile is not None:
+        apply_seccomp(spec, profile, lsc.privileged, host.seccomp)
     return spec
 
 
