@@ -679,7 +679,10 @@ def test_abandoned_sessions_leak_nothing(cri):
         round_(100)
         after = settled(base)
         assert after[0] <= base[0], f"fds: {base[0]} -> {after[0]}"
-        assert after[1] <= base[1], f"threads: {base[1]} -> {after[1]}"
+        # The default executor may still grow toward its cap (min(32, cpus + 4)) on a loaded
+        # machine; a leak would be one thread per session (+100).
+        grow = min(32, (os.cpu_count() or 1) + 4)
+        assert after[1] <= base[1] + grow, f"threads: {base[1]} -> {after[1]}"
         assert after[2] == 1, f"exec processes left: {after[2] - 1}"
         state = cri.daemon.state / "io.containerd.grpc.v1.cri"
         assert not os.listdir(state / "exec") if (state / "exec").exists() else True
