@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 
 from ctrd import errdefs
-from ctrd.ttrpc import framing
+from ctrd.ttrpc import calls, framing
 
 
 def _pb():
@@ -142,57 +142,34 @@ class Server:
             self._conns.discard(writer)
             writer.close()
 
+    def _lookup(self, service: str, method: str):
+        entry = self._methods.get((service, method))
+        if entry is None and service in self._lazy:
+            self._lazy.pop(service)(self)
+            entry = self._methods.get((service, method))
+        return entry
+
     async def _call(self, writer: asyncio.StreamWriter, frame: framing.Frame) -> None:
-        req = _pb().Request()
         try:
-            req.ParseFromString(frame.payload)
-        except Exception:  # noqa: BLE001 - protobuf raises DecodeError and others
-            self._respond(writer, frame.stream_id, errdefs.INVALID_ARGUMENT,
-                          "ttrpc: malformed request")
+            call = calls.decode(frame.payload, self._lookup)
+        except calls.BadCall as e:
+            self._respond(writer, frame.stream_id, e.code, e.message)
             return
-        entry = self._methods.get((req.service, req.method))
-        if entry is None and req.service in self._lazy:
-            self._lazy.pop(req.service)(self)
-            entry = self._methods.get((req.service, req.method))
-        if entry is None:
-            self._respond(writer, frame.stream_id, errdefs.UNIMPLEMENTED,
-                          f"{req.service}/{req.method}: method not implemented")
-            return
-        request_type, handler = entry
-        md: dict[str, list[str]] = {}
-        for kv in req.metadata:
-            md.setdefault(kv.key, []).append(kv.value)
-        ctx = CallContext(req.service, req.method, md,
-                          req.timeout_nano / 1e9 if req.timeout_nano > 0 else None)
+        ctx = CallContext(call.service, call.method, call.metadata, call.timeout)
         try:
-            msg = request_type()
-            msg.ParseFromString(req.payload)
-        except Exception:  # noqa: BLE001
-            self._respond(writer, frame.stream_id, errdefs.INVALID_ARGUMENT,
-                          f"{req.service}/{req.method}: malformed {request_type.__name__}")
-            return
-        try:
-            coro = handler(msg, ctx)
+            coro = call.handler(call.request, ctx)
             result = await (asyncio.wait_for(coro, ctx.timeout) if ctx.timeout else coro)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # noqa: BLE001 - every failure becomes a status
             code, message = errdefs.to_status(e)
             if code == errdefs.UNKNOWN:
-                log.exception("ttrpc handler failed", extra={"method": req.method})
+                log.exception("ttrpc handler failed", extra={"method": call.method})
             self._respond(writer, frame.stream_id, code, message)
             return
         self._respond(writer, frame.stream_id, errdefs.OK, "", result.SerializeToString())
 
     def _respond(self, writer: asyncio.StreamWriter, stream_id: int, code: int, message: str,
                  payload: bytes = b"") -> None:
-        resp = _pb().Response(payload=payload)
-        resp.status.code = code
-        resp.status.message = message
-        if writer.is_closing():
-            return
-        try:
-            writer.write(framing.encode(stream_id, framing.TYPE_RESPONSE,
-                                        resp.SerializeToString()))
-        except ValueError as e:  # the response itself is too large
-            self._respond(writer, stream_id, framing.RESOURCE_EXHAUSTED, str(e))
+        if not writer.is_closing():
+            writer.write(calls.response(stream_id, code, message, payload))

@@ -16,10 +16,10 @@ import struct
 from collections.abc import Callable
 
 from ctrd import errdefs
-from ctrd.api.ttrpc import ttrpc_pb2
+from ctrd.api.ttrpc import ttrpc_pb2  # noqa: F401 - loaded here: forked shims share it
 from ctrd.runtime.shim import log
 from ctrd.runtime.shim.loop import Loop
-from ctrd.ttrpc import framing
+from ctrd.ttrpc import calls, framing
 
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
 
@@ -172,37 +172,21 @@ class Server:
                 self._call(c, frame)
 
     def _call(self, c: _Conn, frame: framing.Frame) -> None:
-        req = ttrpc_pb2.Request()
-        try:
-            req.ParseFromString(frame.payload)
-        except Exception:  # noqa: BLE001 - protobuf raises DecodeError and others
-            self._respond(c, frame.stream_id, errdefs.INVALID_ARGUMENT,
-                          "ttrpc: malformed request")
-            return
-        entry = self._methods.get((req.service, req.method))
-        if entry is None:
-            self._respond(c, frame.stream_id, errdefs.UNIMPLEMENTED,
-                          f"{req.service}/{req.method}: method not implemented")
-            return
-        request_type, handler = entry
-        md: dict[str, list[str]] = {}
-        for kv in req.metadata:
-            md.setdefault(kv.key, []).append(kv.value)
-        msg = request_type()
-        try:
-            msg.ParseFromString(req.payload)
-        except Exception:  # noqa: BLE001
-            self._respond(c, frame.stream_id, errdefs.INVALID_ARGUMENT,
-                          f"{req.service}/{req.method}: malformed {request_type.__name__}")
-            return
         sid = frame.stream_id
         try:
-            result = handler(msg, CallContext(req.service, req.method, md))
+            call = calls.decode(frame.payload,
+                                lambda service, method: self._methods.get((service, method)))
+        except calls.BadCall as e:
+            self._respond(c, sid, e.code, e.message)
+            return
+        method = call.method
+        try:
+            result = call.handler(call.request, CallContext(call.service, method, call.metadata))
         except Exception as e:  # noqa: BLE001 - every failure becomes a status
-            self._fail(c, sid, req.method, e)
+            self._fail(c, sid, method, e)
             return
         if isinstance(result, Deferred):
-            result.add_callback(lambda d: self._fail(c, sid, req.method, d.error)
+            result.add_callback(lambda d: self._fail(c, sid, method, d.error)
                                 if d.error is not None
                                 else self._respond(c, sid, errdefs.OK, "",
                                                    d.result.SerializeToString()))
@@ -221,15 +205,7 @@ class Server:
                  payload: bytes = b"") -> None:
         if c.closed:
             return
-        resp = ttrpc_pb2.Response(payload=payload)
-        resp.status.code = code
-        resp.status.message = message
-        try:
-            data = framing.encode(sid, framing.TYPE_RESPONSE, resp.SerializeToString())
-        except ValueError as e:
-            self._respond(c, sid, framing.RESOURCE_EXHAUSTED, str(e))
-            return
-        c.out += data
+        c.out += calls.response(sid, code, message, payload)
         self._write(c)
 
     def _write(self, c: _Conn) -> None:
