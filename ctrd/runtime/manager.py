@@ -371,21 +371,13 @@ class TaskManager:
         self._tasks.clear()
 
 
-class DeadTask:
+class DeadTask(shimclient.BundleTask):
     """A task whose shim is gone (killed, crashed, or found dead at daemon start): reported
     STOPPED with the exit the shim's cleanup gave, until it is deleted. Everything it held
     (rootfs mount, bundle, runtime state) is already released."""
 
     def __init__(self, bundle: Bundle, exit_: Exit, runtime: str) -> None:
         self.bundle, self.exit, self.runtime = bundle, exit_, runtime
-
-    @property
-    def id(self) -> str:
-        return self.bundle.id
-
-    @property
-    def namespace(self) -> str:
-        return self.bundle.namespace
 
     def _no_process(self, exec_id: str = ""):
         return errdefs.NotFound(f"process {exec_id}" if exec_id else "process already finished")

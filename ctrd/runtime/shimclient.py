@@ -254,7 +254,21 @@ def _shebang_python(script: str) -> str | None:
     return os.fsdecode(parts[0]) if parts and b"python" in parts[0] else None
 
 
-class ShimTask:
+class BundleTask:
+    """What every task the manager lists has: its bundle, hence its id and namespace."""
+
+    bundle: Bundle
+
+    @property
+    def id(self) -> str:
+        return self.bundle.id
+
+    @property
+    def namespace(self) -> str:
+        return self.bundle.namespace
+
+
+class ShimTask(BundleTask):
     """A task served by a live shim: typed calls to ``containerd.task.v2.Task``.
 
     ``exited`` is set (with the Exit) when the shim went away and was cleaned up; waiters
@@ -266,14 +280,6 @@ class ShimTask:
         self.runtime = runtime
         self.command = command
         self.gone: asyncio.Future = asyncio.get_running_loop().create_future()
-
-    @property
-    def id(self) -> str:
-        return self.bundle.id
-
-    @property
-    def namespace(self) -> str:
-        return self.bundle.namespace
 
     async def call(self, method: str, request: Any, response_type: type | None = None,
                    timeout: float | None = CALL_TIMEOUT) -> Any:
