@@ -15,6 +15,7 @@ parent, children, labels, created_at, updated_at}``.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Callable
 
@@ -44,6 +45,8 @@ class NamespacedSnapshotter:
 
     def __init__(self, db: DB, name: str, backing: Snapshotter) -> None:
         self.db, self.name, self.backing = db, name, backing
+        self._creating: set[str] = set()  # backing keys made whose record is not committed
+        self._creating_lock = threading.Lock()
         self.dirty = False  # something was removed: the backing needs a cleanup at next GC
 
     @property
@@ -124,7 +127,20 @@ class NamespacedSnapshotter:
             txn.put(b"snapshot-seq", str(seq).encode(), db=self.db.bucket("meta"))
         bkey = f"{ns}/{seq}/{k}"
         create = self.backing.view if readonly else self.backing.prepare
-        mounts = create(bkey, bparent, inherited(labels))
+        # Until its record is committed, the new backing snapshot is referenced by nothing:
+        # say so, or a collection running meanwhile would remove it as garbage.
+        with self._creating_lock:
+            self._creating.add(bkey)
+        try:
+            return self._record(ns, k, parent, bparent, bkey, labels, readonly, lease,
+                                create(bkey, bparent, inherited(labels)))
+        finally:
+            with self._creating_lock:
+                self._creating.discard(bkey)
+
+    def _record(self, ns: str, k: str, parent: str, bparent: str, bkey: str,
+                labels: dict[str, str], readonly: bool, lease: str | None,
+                mounts: list[Mount]) -> list[Mount]:
         now = time.time()
         try:
             with self.db.update() as txn:
@@ -213,14 +229,21 @@ class NamespacedSnapshotter:
 
     def cleanup_backing(self) -> int:
         """Remove backing snapshots no namespace refers to (children first), then let the
-        backing snapshotter reclaim space. Returns how many were removed."""
+        backing snapshotter reclaim space. Returns how many were removed.
+
+        Order matters against concurrent creates: list the backing snapshots, then those
+        being created, then the references; a snapshot created meanwhile is in one of the
+        last two."""
+        infos = {i.name: i for i in self.backing.walk()}
+        with self._creating_lock:
+            creating = set(self._creating)
         with self.db.view() as txn:
             referenced = set()
             for k, v in scan(txn, self._bucket, b""):
                 parts = k.split(b"\0", 2)
                 if len(parts) == 3 and parts[1] == self.name.encode():
                     referenced.add(json.loads(v)["bkey"])
-        infos = {i.name: i for i in self.backing.walk()}
+        referenced |= creating
 
         def depth(name: str) -> int:
             d, seen = 0, set()
