@@ -312,7 +312,10 @@ async def _init_cri(ic: InitContext):
 
     from ctrd.services.lazy import LazyService
 
-    return LazyService(build, ("runtime.v1.RuntimeService", "runtime.v1.ImageService"))
+    # Not warmed at idle: ~50 ms of imports (CRI protos, registry client) that would hold up
+    # the first ctr call after boot; the kubelet's first call pays them once.
+    return LazyService(build, ("runtime.v1.RuntimeService", "runtime.v1.ImageService"),
+                       warm=False)
 
 
 def _service(id_: str):

@@ -72,8 +72,11 @@ class LazyService(LazyObject):
     """
 
     def __init__(self, build: Callable[[], Any], grpc_services: tuple[str, ...] = (),
-                 ttrpc_services: tuple[str, ...] = ()) -> None:
+                 ttrpc_services: tuple[str, ...] = (), warm: bool = True) -> None:
+        """``warm=False``: not built by the daemon's idle warm-up, only by its first call
+        (for big services whose clients are few and patient, e.g. the CRI's)."""
         super().__init__(build)
+        object.__setattr__(self, "_warm", warm)
         object.__setattr__(self, "_grpc_services", grpc_services)
         object.__setattr__(self, "_ttrpc_services", ttrpc_services)
         object.__setattr__(self, "_handlers", None)
@@ -99,7 +102,8 @@ class LazyService(LazyObject):
     def warm(self) -> None:
         """Build now (the daemon does this for every lazy service once it is serving and
         idle, so only calls that arrive before then pay for the imports)."""
-        self._handler("")
+        if object.__getattribute__(self, "_warm"):
+            self._handler("")
 
     def owns(self, method: str) -> bool:
         service = method[1:].rpartition("/")[0]
