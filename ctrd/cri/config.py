@@ -12,6 +12,11 @@ from dataclasses import dataclass
 
 from ctrd.config import setting
 
+# Config sections are built at every daemon start: dataclasses without the generated
+# __repr__/__eq__ cost less to create (a few ms for these), and nothing compares or
+# prints them (`ctrd config dump` encodes them).
+_section = dataclass(repr=False, eq=False)
+
 
 def _duration_check(v: str) -> str | None:
     try:
@@ -42,7 +47,7 @@ def parse_duration(text: str) -> float:
     return sign * total
 
 
-@dataclass
+@_section
 class RuntimeHandler:
     """``[...cri.containerd.runtimes.<handler>]``: a RuntimeClass handler."""
 
@@ -65,7 +70,7 @@ def _default_runtimes() -> dict[str, RuntimeHandler]:
     return {"runc": RuntimeHandler()}
 
 
-@dataclass
+@_section
 class ContainerdSection:
     """``[...cri.containerd]``."""
 
@@ -78,7 +83,7 @@ class ContainerdSection:
     ignore_rdt_not_enabled_errors: bool = setting(False)
 
 
-@dataclass
+@_section
 class CNISection:
     """``[...cri.cni]``."""
 
@@ -89,7 +94,7 @@ class CNISection:
     ip_pref: str = setting("", doc="which IP becomes the pod's primary: ipv4, ipv6, cni")
 
 
-@dataclass
+@_section
 class AuthConfig:
     username: str = setting("")
     password: str = setting("")
@@ -97,7 +102,7 @@ class AuthConfig:
     identitytoken: str = setting("")
 
 
-@dataclass
+@_section
 class TLSConfig:
     insecure_skip_verify: bool = setting(False)
     ca_file: str = setting("")
@@ -105,18 +110,18 @@ class TLSConfig:
     key_file: str = setting("")
 
 
-@dataclass
+@_section
 class RegistryHostConfig:
     auth: AuthConfig | None = setting(None)
     tls: TLSConfig | None = setting(None)
 
 
-@dataclass
+@_section
 class Mirror:
     endpoint: list[str] = setting(default_factory=list)
 
 
-@dataclass
+@_section
 class RegistrySection:
     """``[...cri.registry]``: ``config_path`` (hosts.toml dirs) or the older mirrors/configs."""
 
@@ -128,18 +133,18 @@ class RegistrySection:
     headers: dict[str, list[str]] = setting(default_factory=dict)
 
 
-@dataclass
+@_section
 class StreamingTLS:
     tls_cert_file: str = setting("")
     tls_key_file: str = setting("")
 
 
-@dataclass
+@_section
 class ImageDecryption:
     key_model: str = setting("node")
 
 
-@dataclass
+@_section
 class CRIConfig:
     """``[plugins."io.containerd.grpc.v1.cri"]``."""
 
