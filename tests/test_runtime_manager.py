@@ -297,3 +297,29 @@ def test_unknown_runtime_is_a_clear_error(tmp_path):
 
     run(main())
     _no_leftovers(tmp_path)
+
+
+def test_configured_runtime_options_are_defaults_under_the_containers():
+    """A runtime's options from the config (Go field names, as containerd's configs) fill
+    what the container's own runc options leave unset; bad config values name the runtime."""
+    from google.protobuf import any_pb2
+
+    from ctrd.api.containerd.runc.options import oci_pb2
+
+    class Spec:
+        binary, options = "containerd-shim-ctrd-v2", {"BinaryName": "crun", "Root": "/r"}
+
+    m = TaskManager("/nonexistent", "/nonexistent", "a", "b", None, shims={"x.y.v2": Spec()})
+    given = any_pb2.Any(type_url="containerd.runc.v1.Options",
+                        value=oci_pb2.Options(root="/mine").SerializeToString())
+    out = oci_pb2.Options()
+    out.ParseFromString(m._with_defaults("x.y.v2", given).value)
+    assert (out.binary_name, out.root) == ("crun", "/mine")
+    out.ParseFromString(m._with_defaults("x.y.v2", None).value)
+    assert (out.binary_name, out.root) == ("crun", "/r")
+    assert m._with_defaults("other.v2", given) is given
+    Spec.options = {"BinaryName": 7}
+    bad = TaskManager("/n", "/n", "a", "b", None, shims={"x.y.v2": Spec()})
+    with pytest.raises(errdefs.InvalidArgument) as e:
+        bad._with_defaults("x.y.v2", None)
+    assert "x.y.v2" in str(e.value)

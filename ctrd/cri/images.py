@@ -11,7 +11,6 @@ an unknown image succeeds.
 from __future__ import annotations
 
 import json
-import os
 import re
 import threading
 import time
@@ -186,35 +185,19 @@ def repo_names(ref: str, target_digest: str) -> tuple[str, str]:
 
 
 def fs_usage(path: str, cache: dict, ttl: float = 10.0) -> tuple[int, int]:
-    """(bytes, inodes) used under ``path``, recomputed at most every ``ttl`` seconds (a walk
-    of a large snapshot tree is not free; containerd samples it periodically too)."""
+    """(bytes, inodes) used under ``path`` (:func:`ctrd.cri.stats.disk_usage`), recomputed
+    at most every ``ttl`` seconds (a walk of a large snapshot tree is not free; containerd
+    samples it periodically too); (0, 0) while ``path`` does not exist."""
+    from ctrd.cri.stats import disk_usage
+
     now = time.monotonic()
     hit = cache.get(path)
     if hit and now - hit[0] < ttl:
         return hit[1], hit[2]
-    used = inodes = 0
-    seen: set[tuple[int, int]] = set()
-    stack = [path]
-    while stack:
-        d = stack.pop()
-        try:
-            it = os.scandir(d)
-        except OSError:
-            continue
-        with it:
-            for e in it:
-                try:
-                    st = e.stat(follow_symlinks=False)
-                except OSError:
-                    continue
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                if st.st_nlink > 1:
-                    seen.add((st.st_dev, st.st_ino))
-                inodes += 1
-                used += st.st_blocks * 512
-                if e.is_dir(follow_symlinks=False):
-                    stack.append(e.path)
+    try:
+        used, inodes = disk_usage(path)
+    except errdefs.NotFound:
+        used, inodes = 0, 0
     cache[path] = (now, used, inodes)
     return used, inodes
 

@@ -152,23 +152,14 @@ class CRIRuntime:
 
     def runtime_options(self, handler) -> Any:
         """The handler's options as a containerd.runc.v1.Options Any (runc-type shims), None
-        when it has none."""
+        when it has none. Keys runc's options do not have are ignored, as containerd does."""
         if not handler.options:
             return None
-        import re
+        from google.protobuf import any_pb2
 
-        from google.protobuf import any_pb2, json_format
+        from ctrd.runtime.manager import parse_runc_options
 
-        from ctrd.api.containerd.runc.options import oci_pb2
-
-        fields = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower() if k[:1].isupper() else k: v
-                  for k, v in handler.options.items()}
-        known = {f.name for f in oci_pb2.Options.DESCRIPTOR.fields}
-        try:
-            opts = json_format.ParseDict({k: v for k, v in fields.items() if k in known},
-                                         oci_pb2.Options())
-        except json_format.ParseError as e:
-            raise errdefs.InvalidArgument(f"runtime options: {e}") from None
+        opts = parse_runc_options(handler.options, "runtime options", ignore_unknown=True)
         return any_pb2.Any(type_url=RUNC_OPTIONS_TYPE, value=opts.SerializeToString())
 
     @property

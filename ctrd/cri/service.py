@@ -17,10 +17,6 @@ RUNTIME_NAME = "ctrd"
 RUNTIME_API_VERSION = "v1"
 
 
-def _labels_match(selector, labels) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
 class RuntimeService(StatsMethods, StreamingMethods, pb_grpc.RuntimeServiceServicer):
     """runtime.v1 RuntimeService. Exec, Attach, PortForward and GetContainerEvents come from
     :class:`ctrd.cri.streaming.methods.StreamingMethods` (the streaming server's side), the
@@ -106,7 +102,7 @@ class RuntimeService(StatsMethods, StreamingMethods, pb_grpc.RuntimeServiceServi
                     continue
                 if f.HasField("state") and f.state.state != fields["state"]:
                     continue
-                if not _labels_match(f.label_selector, config.labels):
+                if not st.labels_match(f.label_selector, config.labels):
                     continue
             items.append(pb.PodSandbox(**fields))
         items.sort(key=lambda s: s.created_at)
@@ -151,7 +147,7 @@ class RuntimeService(StatsMethods, StreamingMethods, pb_grpc.RuntimeServiceServi
                     continue
                 if f.pod_sandbox_id and not meta.sandbox_id.startswith(f.pod_sandbox_id):
                     continue
-                if not _labels_match(f.label_selector, config.labels):
+                if not st.labels_match(f.label_selector, config.labels):
                     continue
             out.append(pb.Container(pod_sandbox_id=meta.sandbox_id, **fields))
         out.sort(key=lambda c: c.created_at)

@@ -60,10 +60,6 @@ def _iface(pb, i):
                                     tx_errors=_u64(pb, i.tx_errors))
 
 
-def _labels_match(selector, labels) -> bool:
-    return all(labels.get(k) == v for k, v in selector.items())
-
-
 class StatsMethods:
     _tracker: cs.CpuRateTracker | None = None
 
@@ -135,7 +131,7 @@ class StatsMethods:
                     continue
                 if f.pod_sandbox_id and not meta.sandbox_id.startswith(f.pod_sandbox_id):
                     continue
-                if f.label_selector and not _labels_match(
+                if f.label_selector and not st.labels_match(
                         f.label_selector, decode_msg(pb.ContainerConfig, meta.config).labels):
                     continue
             chosen.append((meta, status))
@@ -198,7 +194,7 @@ class StatsMethods:
             if f is not None:
                 if f.id and not meta.id.startswith(f.id):
                     continue
-                if f.label_selector and not _labels_match(
+                if f.label_selector and not st.labels_match(
                         f.label_selector, self.rt.sandbox_config(meta).labels):
                     continue
             chosen.append((meta, status))

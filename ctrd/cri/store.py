@@ -228,6 +228,11 @@ class Records:
             return [v for v in self.containers.values() if v[0].sandbox_id == sandbox_id]
 
 
+def labels_match(selector, labels) -> bool:
+    """A CRI filter's label_selector: every key present with the same value."""
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
 def meta_to_ext(meta) -> tuple[str, bytes]:
     return EXT_TYPE, json.dumps(asdict(meta)).encode()
 

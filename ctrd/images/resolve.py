@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from ctrd.errdefs import InvalidArgument, NotFound
+from ctrd.errdefs import InvalidArgument
 from ctrd.images import manifest as m
 
 MAX_DEPTH = 8  # nested indexes, as the pull allows
@@ -76,17 +76,5 @@ def resolve(content, ns: str, target: m.Descriptor,
         raise InvalidArgument(f"image config {man.config.digest}: {e}") from None
     if not isinstance(config, dict):
         raise InvalidArgument(f"image config {man.config.digest}: not an object")
-    layers = [x for x in man.layers if x.media_type not in m.NON_DISTRIBUTABLE]
     return ResolvedImage(target, desc, man.config, config, man.layers,
-                         m.diff_ids(config_data) if layers or man.layers else [])
-
-
-def resolve_record(md, ns: str, name: str, platform: m.Platform | None = None
-                   ) -> ResolvedImage:
-    """:func:`resolve` for the image named ``name`` in ``ns``."""
-    img = md.images.get(ns, name)
-    t = img.target
-    return resolve(md.content, ns, m.Descriptor(t.media_type, t.digest, t.size), platform)
-
-
-__all__ = ["ResolvedImage", "resolve", "resolve_record", "read_blob", "NotFound"]
+                         m.diff_ids(config_data) if man.layers else [])

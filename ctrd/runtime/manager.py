@@ -36,6 +36,26 @@ from ctrd.runtime.shimclient import Exit, ShimCommand, ShimTask
 log = logging.getLogger("ctrd.runtime")
 
 CTRD_SHIM = "containerd-shim-ctrd-v2"
+RUNC_OPTIONS_TYPE = "containerd.runc.v1.Options"
+
+
+def parse_runc_options(fields: dict, where: str, ignore_unknown: bool = False):
+    """containerd.runc.v1.Options from a config table. containerd's configs spell the keys as
+    Go fields (BinaryName); protobuf's own names (binary_name) are accepted too. A bad value
+    (or, unless ``ignore_unknown``, an unknown key) is InvalidArgument naming ``where``."""
+    import re
+
+    from google.protobuf import json_format
+
+    from ctrd.api.containerd.runc.options import oci_pb2
+
+    names = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower() if k[:1].isupper() else k: v
+             for k, v in fields.items()}
+    try:
+        return json_format.ParseDict(names, oci_pb2.Options(),
+                                     ignore_unknown_fields=ignore_unknown)
+    except json_format.ParseError as e:
+        raise errdefs.InvalidArgument(f"{where}: {e}") from None
 
 
 @dataclass
@@ -81,6 +101,7 @@ class TaskManager:
         self._logs: dict[tuple[str, str], shimclient.ShimLog] = {}
         self._closing: set[tuple[str, str]] = set()
         self._finishing: dict[tuple[str, str], asyncio.Future] = {}
+        self._parsed_defaults: dict[str, Any] = {}  # runtime -> its default Options
 
     # --- lookup ---------------------------------------------------------------------------
 
@@ -104,31 +125,27 @@ class TaskManager:
     def _with_defaults(self, runtime: str, given: Any) -> Any:
         """The runtime options a shim gets: the configured defaults for ``runtime`` under the
         fields the container (or the create request) set."""
-        defaults = self.shims.get(runtime, (None, {}))[1]
-        if not defaults:
+        if not self.shims.get(runtime, (None, {}))[1]:
             return given
-        from google.protobuf import any_pb2, json_format
-
-        from ctrd.api.containerd.runc.options import oci_pb2
-
-        url = "containerd.runc.v1.Options"
-        if given is not None and given.type_url.rsplit("/", 1)[-1] != url:
+        if given is not None and given.type_url.rsplit("/", 1)[-1] != RUNC_OPTIONS_TYPE:
             return given  # another shim's options: not ours to merge
-        import re
+        from google.protobuf import any_pb2
 
-        # containerd's configs spell them as Go fields (BinaryName); protobuf wants binary_name.
-        fields = {re.sub(r"(?<!^)(?=[A-Z])", "_", k).lower() if k[:1].isupper() else k: v
-                  for k, v in defaults.items()}
-        try:
-            merged = json_format.ParseDict(fields, oci_pb2.Options())
-        except json_format.ParseError as e:
-            raise errdefs.InvalidArgument(f"options of runtime {runtime}: {e}") from None
+        merged = self._default_options(runtime)
         if given is not None:
-            mine = oci_pb2.Options()
-            mine.ParseFromString(given.value)
-            merged.MergeFrom(mine)
-        return any_pb2.Any(type_url=given.type_url if given is not None else url,
+            merged.MergeFromString(given.value)
+        return any_pb2.Any(type_url=given.type_url if given is not None else RUNC_OPTIONS_TYPE,
                            value=merged.SerializeToString())
+
+    def _default_options(self, runtime: str):
+        """A fresh copy of ``runtime``'s configured options (parsed once)."""
+        cached = self._parsed_defaults.get(runtime)
+        if cached is None:
+            cached = self._parsed_defaults[runtime] = parse_runc_options(
+                self.shims[runtime][1], f"options of runtime {runtime}")
+        out = type(cached)()
+        out.CopyFrom(cached)
+        return out
 
     # --- create / delete ------------------------------------------------------------------
 
