@@ -153,3 +153,42 @@ def test_other_runtime_name_resolves_to_its_shim_binary(daemon):
     r = run(daemon, "--rm", "--runtime", "io.containerd.nosuch.v1", daemon.image, "t-no", "true")
     assert r.returncode != 0
     assert "containerd-shim-nosuch-v1" in r.stderr
+
+
+def test_tasks_api_hostile_requests(daemon):
+    """Tasks over gRPC with bad input: clear errors, nothing created, the task and the daemon
+    keep serving."""
+    import grpc
+    from google.protobuf import any_pb2
+
+    from ctrd.api.containerd.services.tasks.v1 import tasks_pb2 as pb
+    from ctrd.api.containerd.services.tasks.v1 import tasks_pb2_grpc as pbg
+
+    d = daemon
+    assert run(d, "-d", d.image, "t-h", "sleep", "1000").returncode == 0
+    md = (("containerd-namespace", "default"),)
+    with grpc.insecure_channel("unix:" + d.address) as ch:
+        tasks = pbg.TasksStub(ch)
+
+        def code(call, req):
+            with pytest.raises(grpc.RpcError) as e:
+                call(req, metadata=md, timeout=30)
+            return e.value.code(), e.value.details()
+
+        c, msg = code(tasks.Create, pb.CreateTaskRequest(container_id="nosuch"))
+        assert c == grpc.StatusCode.NOT_FOUND and "nosuch" in msg
+        c, _ = code(tasks.Exec, pb.ExecProcessRequest(container_id="t-h", exec_id=""))
+        assert c == grpc.StatusCode.INVALID_ARGUMENT
+        garbage = any_pb2.Any(type_url="types.containerd.io/opencontainers/runtime-spec/1/Process",
+                              value=b"{not json")
+        c, _ = code(tasks.Exec, pb.ExecProcessRequest(container_id="t-h", exec_id="g",
+                                                      spec=garbage))
+        assert c != grpc.StatusCode.OK
+        c, _ = code(tasks.Kill, pb.KillRequest(container_id="t-h", exec_id="nope", signal=9))
+        assert c == grpc.StatusCode.NOT_FOUND
+        c, _ = code(tasks.Create, pb.CreateTaskRequest(container_id="t-h"))
+        assert c == grpc.StatusCode.ALREADY_EXISTS
+        got = tasks.Get(pb.GetRequest(container_id="t-h"), metadata=md, timeout=30)
+        assert got.process.status == 2  # RUNNING: the bad calls changed nothing
+    r = ctr(d.address, "tasks", "exec", "--exec-id", "ok", "t-h", "echo", "still")
+    assert r.returncode == 0 and r.stdout == "still\n", r.stderr
