@@ -24,6 +24,22 @@ from ctrd.ttrpc import calls, framing
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
 
 
+_METHOD_CLASSES: dict[str, tuple[tuple[str, type], ...]] = {}
+
+
+def method_classes(descriptor) -> tuple[tuple[str, type], ...]:
+    """(method name, request class) of a service, computed once per process: the shim template
+    calls it before forking, so shims share the table instead of walking the descriptors
+    (which wrote ~0.25 MiB of the template's pages per shim)."""
+    table = _METHOD_CLASSES.get(descriptor.full_name)
+    if table is None:
+        from google.protobuf.message_factory import GetMessageClass
+
+        table = _METHOD_CLASSES[descriptor.full_name] = tuple(
+            (m.name, GetMessageClass(m.input_type)) for m in descriptor.methods)
+    return table
+
+
 class Deferred:
     """A response that comes later: :meth:`resolve` with a message or :meth:`fail`."""
 
@@ -90,13 +106,10 @@ class Server:
         self._conns: dict[int, _Conn] = {}
 
     def register_service(self, descriptor, impl: object) -> None:
-        from google.protobuf.message_factory import GetMessageClass
-
-        for m in descriptor.methods:
-            handler = getattr(impl, m.name, None)
+        for name, request_class in method_classes(descriptor):
+            handler = getattr(impl, name, None)
             if handler is not None:
-                self._methods[(descriptor.full_name, m.name)] = (
-                    GetMessageClass(m.input_type), handler)
+                self._methods[(descriptor.full_name, name)] = (request_class, handler)
 
     def serve(self, listener: socket.socket) -> None:
         listener.setblocking(False)

@@ -39,7 +39,7 @@ import struct
 import sys
 import time
 
-from ctrd.runtime.shim import cli
+from ctrd.runtime.shim import cli, runtime
 
 PROTOCOL = cli.TEMPLATE_PROTOCOL
 IDLE_EXIT = 3.0  # seconds; CTRD_SHIM_TEMPLATE_IDLE overrides it (read at start)
@@ -128,9 +128,11 @@ def _prewarm() -> None:
             importlib.import_module(name)
         except ImportError:  # pragma: no cover - termios on odd platforms
             pass
+    from ctrd.runtime.shim.server import method_classes
+
     for m in shim_pb2.DESCRIPTOR.services_by_name["Task"].methods:
-        GetMessageClass(m.input_type)
         GetMessageClass(m.output_type)
+    method_classes(shim_pb2.DESCRIPTOR.services_by_name["Task"])
     mount._lib()
 
 
@@ -265,9 +267,7 @@ class Template:
 def _child(r: Request, listener: socket.socket, path: str) -> None:
     os.setsid()
     os.chdir(r.bundle)
-    os.environ.clear()
-    for k, v in r.env.items():
-        os.environb[k] = v
+    runtime.set_environ(r.env)
     null = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(null, fd)
@@ -277,8 +277,9 @@ def _child(r: Request, listener: socket.socket, path: str) -> None:
                "-address", r.address])
     if r.daemon_pid:
         cli._adjust_oom_score(r.daemon_pid)
-    cli.serve(r.id, r.namespace, r.bundle, listener, path,
-              os.environ.get("TTRPC_ADDRESS", ""), cli._read_options(r.options), r.debug)
+    ttrpc_address = r.env.get(b"TTRPC_ADDRESS", b"").decode("utf-8", "surrogateescape")
+    cli.serve(r.id, r.namespace, r.bundle, listener, path, ttrpc_address,
+              cli._read_options(r.options), r.debug)
 
 
 def main(name: str) -> int:
