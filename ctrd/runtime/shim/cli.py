@@ -321,45 +321,10 @@ def start_inprocess(a: Args, options: bytes) -> int:
 
 def serve(id: str, namespace: str, bundle: str, listener, socket_path: str,
           ttrpc_address: str, options=None, debug: bool = False) -> None:
-    """Run a shim server on ``listener`` until Shutdown (or SIGTERM); then remove
-    ``socket_path`` and ``<bundle>/address``. Callable in a freshly forked process: it sets
-    up the log, the subreaper and signal handling itself."""
-    from ctrd.api.containerd.runtime.v2.task import shim_pb2
-    from ctrd.runtime.shim import log
-    from ctrd.runtime.shim.events import Publisher
-    from ctrd.runtime.shim.loop import Loop
-    from ctrd.runtime.shim.reaper import Reaper, set_subreaper
-    from ctrd.runtime.shim.server import Server
-    from ctrd.runtime.shim.service import TaskService
+    """:func:`ctrd.runtime.shim.serving.serve` (imported only when a shim serves)."""
+    from ctrd.runtime.shim.serving import serve as _serve
 
-    log.setup(log.open_fifo(os.path.join(bundle, "log")), debug)
-    set_subreaper()
-    loop = Loop()
-    publisher = Publisher(loop, ttrpc_address, namespace)
-    service = TaskService(loop, namespace, publisher, options, loop.stop)
-    Reaper(loop, service.on_exit)
-    import signal
-
-    loop.add_signal_handler(signal.SIGTERM, loop.stop)
-    loop.add_signal_handler(signal.SIGINT, loop.stop)
-    server = Server(loop)
-    server.register_service(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
-    server.serve(listener)
-    log.info("shim serving", id=id, namespace=namespace, address=socket_path, pid=os.getpid())
-    try:
-        loop.run()
-        # Answer the Shutdown call and deliver the last events (e.g. /tasks/delete).
-        loop.run_until(lambda: server.flush() and publisher.idle, 2.0)
-    finally:
-        server.close()
-        publisher.close()
-        for p in (socket_path, os.path.join(bundle, "address")):
-            try:
-                os.unlink(p)
-            except FileNotFoundError:
-                pass
-        log.info("shim exiting", id=id)
-        loop.close()
+    _serve(id, namespace, bundle, listener, socket_path, ttrpc_address, options, debug)
 
 
 def delete(a: Args) -> int:

@@ -31,15 +31,15 @@ _SIGDEF = (signal.SIGPIPE, signal.SIGXFSZ)  # Python ignores these; children mus
 _environ = os.environ
 
 
-def set_environ(env) -> None:
-    """Use ``env`` (bytes or str mapping) for runtime commands; the C-level environment gets
-    the same entries (so the binary is looked up on its PATH) without touching os.environ."""
+def set_environ(env: dict[bytes, bytes]) -> None:
+    """Use ``env`` for runtime commands. The binary is looked up on ``env``'s PATH (the C
+    library's getenv, which posix_spawnp reads, gets it; os.environ is left alone)."""
     global _environ
-    for k in os.environb:
-        if k not in env:
-            os.unsetenv(k)
-    for k, v in env.items():
-        os.putenv(k, v)
+    path = env.get(b"PATH")
+    if path is None:
+        os.unsetenv(b"PATH")
+    elif path != os.environb.get(b"PATH"):
+        os.putenv(b"PATH", path)
     _environ = env
 
 

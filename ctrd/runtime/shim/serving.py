@@ -1,0 +1,52 @@
+"""The shim server's main: one function that wires a shim together and runs it.
+
+Its imports are at module level on purpose: the shim template imports this module before it
+forks, so a forked shim executes no ``import`` statement of its own (each one walks the
+import machinery and copies pages of it from the template).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+from ctrd.api.containerd.runtime.v2.task import shim_pb2
+from ctrd.runtime.shim import log
+from ctrd.runtime.shim.events import Publisher
+from ctrd.runtime.shim.loop import Loop
+from ctrd.runtime.shim.reaper import Reaper, set_subreaper
+from ctrd.runtime.shim.server import Server
+from ctrd.runtime.shim.service import TaskService
+
+
+def serve(id: str, namespace: str, bundle: str, listener, socket_path: str,
+          ttrpc_address: str, options=None, debug: bool = False) -> None:
+    """Run a shim server on ``listener`` until Shutdown (or SIGTERM); then remove
+    ``socket_path`` and ``<bundle>/address``. Callable in a freshly forked process: it sets
+    up the log, the subreaper and signal handling itself."""
+    log.setup(log.open_fifo(os.path.join(bundle, "log")), debug)
+    set_subreaper()
+    loop = Loop()
+    publisher = Publisher(loop, ttrpc_address, namespace)
+    service = TaskService(loop, namespace, publisher, options, loop.stop)
+    Reaper(loop, service.on_exit)
+    loop.add_signal_handler(signal.SIGTERM, loop.stop)
+    loop.add_signal_handler(signal.SIGINT, loop.stop)
+    server = Server(loop)
+    server.register_service(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
+    server.serve(listener)
+    log.info("shim serving", id=id, namespace=namespace, address=socket_path, pid=os.getpid())
+    try:
+        loop.run()
+        # Answer the Shutdown call and deliver the last events (e.g. /tasks/delete).
+        loop.run_until(lambda: server.flush() and publisher.idle, 2.0)
+    finally:
+        server.close()
+        publisher.close()
+        for p in (socket_path, os.path.join(bundle, "address")):
+            try:
+                os.unlink(p)
+            except FileNotFoundError:
+                pass
+        log.info("shim exiting", id=id)
+        loop.close()
