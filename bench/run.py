@@ -143,6 +143,45 @@ def unmount_under(path: str) -> None:
             subprocess.run(["umount", "-l", mp], stderr=subprocess.DEVNULL)
 
 
+KSM = "/sys/kernel/mm/ksm"
+
+
+def ksm_read(name: str) -> int | None:
+    try:
+        with open(os.path.join(KSM, name)) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def ksm_state() -> str:
+    run = ksm_read("run")
+    if run is None:
+        return "not available"
+    return (f"run={run} pages_to_scan={ksm_read('pages_to_scan')} "
+            f"sleep_millisecs={ksm_read('sleep_millisecs')}")
+
+
+def ksm_settle(limit: float = 180.0) -> float:
+    """With ksmd running, wait until its merging has settled: at least three full scans (a
+    page is merged once it was seen unchanged), and then until a full scan adds less than 1%
+    to the pages shared. Returns the seconds waited (0 when ksmd is off)."""
+    if ksm_read("run") != 1:
+        return 0.0
+    t0 = now()
+    scans, sharing = ksm_read("full_scans") or 0, ksm_read("pages_sharing") or 0
+    seen = 0
+    while now() - t0 < limit:
+        time.sleep(0.2)
+        s = ksm_read("full_scans") or 0
+        if s == scans:
+            continue
+        scans, seen, before, sharing = s, seen + 1, sharing, ksm_read("pages_sharing") or 0
+        if seen >= 3 and sharing - before <= max(before // 100, 16):
+            break
+    return now() - t0
+
+
 def loadavg() -> str:
     with open("/proc/loadavg") as f:
         return " ".join(f.read().split()[:3])
@@ -723,6 +762,9 @@ def scenario_tasks(tools: Tools, res: Results, daemons: list[str], repeats: int,
                 for i in range(n):
                     _ctr(tools, d, "run", "-d", image, f"m{n}-{i}", "sleep", "1000")
                 time.sleep(2.0)  # settle
+                waited = ksm_settle()  # same wait for both daemons
+                if waited:
+                    log(f"tasks: {kind}: waited {waited:.1f} s for ksmd's merging to settle")
                 pids = _shim_pids(d)
                 if not pids:
                     raise BenchError(f"{kind}: no shim processes found")
@@ -1247,6 +1289,7 @@ def main(argv: list[str] | None = None) -> int:
             "ctrd": version([tools.ctrd_python, tools.ctrd, "--version"]) + f" ({tools.ctrd})",
             "ctrd_python": version([tools.ctrd_python, "-VV"]),
             "ctrd_env": " ".join(args.ctrd_env) or "-",
+            "ksm": ksm_state(),
             "loadavg_start": loadavg(),
             "repeats": args.repeats, "rss_repeats": args.rss_repeats, "warmup": args.warmup,
             "daemons": daemons, "scenarios": only,
@@ -1312,7 +1355,7 @@ def main(argv: list[str] | None = None) -> int:
     if figs_by_scenario or prof:
         print()
         print(f"# ctrd vs containerd  {meta.get('date', '')}  {meta.get('host', '')}")
-        for k in ("containerd", "ctrd", "ctrd_python", "bytecode", "ctrd_env"):
+        for k in ("containerd", "ctrd", "ctrd_python", "bytecode", "ctrd_env", "ksm"):
             if k in meta:
                 print(f"# {k}: {meta[k]}")
         print("# loadavg: " + ";  ".join(f"{k[8:]} {v}" for k, v in meta.items()

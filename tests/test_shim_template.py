@@ -86,6 +86,31 @@ def test_shims_are_forked_by_one_template_and_share_its_pages(direct, spawned_by
     assert wait_until(lambda: templates_gone(direct), timeout=15)
 
 
+def mergeable_kib(pid: int) -> int:
+    """KiB of ``pid``'s mappings marked for kernel same-page merging (VmFlags ``mg``)."""
+    total = size = 0
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if line.startswith("Size:"):
+            size = int(line.split()[1])
+        elif line.startswith("VmFlags:") and "mg" in line.split()[1:]:
+            total += size
+    return total
+
+
+def test_shims_and_only_shims_have_mergeable_pages(direct, spawned_by_shim):
+    """The template marks its memory mergeable (madvise) and its shims inherit the marks; the
+    programs a shim runs (runc, the container) start without any: pages are never merged with
+    a container's."""
+    a, a_pid, init, _ = run_sleep(direct, "ma", env=FAST_IDLE)
+    template = my_template(direct)
+    assert mergeable_kib(template) > 4096 and mergeable_kib(a_pid) > 4096
+    assert mergeable_kib(init) == 0
+    status = Path(f"/proc/{init}/ksm_stat")
+    if status.exists():  # Linux >= 6.4: no process-wide merging either
+        assert "ksm_merge_any: no" in status.read_text()
+    stop(a, "ma")
+
+
 def test_a_killed_template_leaves_its_shims_working_and_is_replaced(direct, spawned_by_shim):
     a, a_pid, init, _ = run_sleep(direct, "ka", env=FAST_IDLE)
     template = my_template(direct)

@@ -153,27 +153,46 @@ def _prewarm() -> None:
     mount._lib()
 
 
-PR_SET_MEMORY_MERGE = 67
+MADV_MERGEABLE = 12
 
 
-def _merge_pages() -> bool:
-    """Opt this process and every shim forked from it into kernel same-page merging
-    (``prctl(PR_SET_MEMORY_MERGE)``, Linux >= 6.4; inherited across fork).
+def _merge_pages() -> int:
+    """Mark this process's private writable mappings mergeable (``madvise(MADV_MERGEABLE)``:
+    kernel same-page merging); forked shims inherit the marks. Returns the bytes marked.
 
     Why: a forked CPython shim cannot help writing to the pages it shares with the template
     (reference counts, the interpreter specialising bytecode), so each page it touches is
     copied: ~3 MiB per shim. Most of those copies end up byte-identical to the template's or
     to each other's (a count that went up and down again; the same bytecode specialised the
     same way in every shim). With ksmd running (``/sys/kernel/mm/ksm/run`` = 1, which
-    ``scripts/setup`` turns on) the kernel merges them back: a shim then costs ~0.6 MiB of
-    private memory. Only ctrd's shims opt in (not the containers): pages are merged only
-    between processes of ctrd's own. Without ksmd, or on older kernels, nothing changes.
-    Returns whether the kernel accepted the request."""
+    ``scripts/setup`` turns on) the kernel merges them back: a shim then costs well under
+    1 MiB of private memory. Without ksmd nothing changes.
+
+    Per mapping, not ``prctl(PR_SET_MEMORY_MERGE)``: that mark survives exec, so runc and the
+    containers' processes would be merged too (and pages merged across containers leak
+    through timing which content other containers hold). Mappings marked here are the
+    template's; an exec'd program starts without any."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_MEMORY_MERGE, 1, 0, 0, 0) == 0
-    except (OSError, AttributeError):  # pragma: no cover - no dlopen(NULL)
-        return False
+        madvise = libc.madvise
+        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+        with open("/proc/self/maps", "rb") as f:
+            maps = f.read().splitlines()
+    except (OSError, AttributeError):  # pragma: no cover - no dlopen(NULL), no /proc
+        return 0
+    marked = 0
+    for line in maps:
+        fields = line.split()
+        if len(fields) < 2 or fields[1] != b"rw-p":
+            continue
+        if len(fields) > 5 and fields[5].startswith(b"[") and fields[5] not in (b"[heap]",
+                                                                              b"[stack]"):
+            continue  # [vvar], [vdso]...: not ordinary memory
+        lo, _, hi = fields[0].partition(b"-")
+        start, end = int(lo, 16), int(hi, 16)
+        if madvise(start, end - start, MADV_MERGEABLE) == 0:
+            marked += end - start
+    return marked
 
 
 def _fingerprint() -> dict[str, int]:
