@@ -102,7 +102,7 @@ class Daemon:
         import grpc
         from grpc import aio
 
-        from ctrd.services.grpcutil import ErrorInterceptor
+        from ctrd.services.grpcutil import Dispatcher
         from ctrd.ttrpc.server import Server as TTRPCServer
 
         cfg = self.config
@@ -116,16 +116,18 @@ class Daemon:
             log.warning(w)
 
         self._grpc = aio.server(
-            interceptors=[ErrorInterceptor()],
             options=[("grpc.max_receive_message_length", cfg.grpc.max_recv_message_size),
                      ("grpc.max_send_message_length", cfg.grpc.max_send_message_size)])
+        # Services register on the dispatcher, which maps their errors to statuses.
+        dispatcher = Dispatcher()
+        self._grpc.add_generic_rpc_handlers((dispatcher,))
         self._ttrpc = TTRPCServer()
         served: set[int] = set()  # a service plugin and its gRPC plugin share an instance
         for p in self.plugins:
             if p.error is None and id(p.instance) not in served:
                 served.add(id(p.instance))
                 if hasattr(p.instance, "register_grpc"):
-                    p.instance.register_grpc(self._grpc)
+                    p.instance.register_grpc(dispatcher)
                 if hasattr(p.instance, "register_ttrpc"):
                     p.instance.register_ttrpc(self._ttrpc)
 
