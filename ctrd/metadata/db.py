@@ -3,7 +3,14 @@
 Layout: named sub-databases ("buckets"), keys are ``\\0``-joined byte paths starting with the
 namespace (``<ns>\\0<name>``) so that "everything of a namespace" is one key range, values are
 small JSON documents. Every mutation is one write transaction (:meth:`DB.update`); reads use
-:meth:`DB.view`. Both are blocking: call them from a worker thread in async code.
+:meth:`DB.view`.
+
+Threads: a write transaction waits for the writer lock and syncs at commit: async code runs
+it in a worker thread. A read transaction never waits (LMDB readers see a snapshot and take no
+lock a writer holds) and a lookup of a record or two is a few microseconds of mapped-memory
+reads, less than the CPU of a worker-thread hop (~0.1-0.2 ms: futures, futex wake-ups, the
+loop's self-pipe): the services call such lookups (Get, Info, Stat) on the event loop. Scans
+of a whole namespace (List, Walk) stay in worker threads.
 """
 
 from __future__ import annotations

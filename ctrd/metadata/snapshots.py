@@ -48,6 +48,9 @@ class NamespacedSnapshotter:
         self._creating: set[str] = set()  # backing keys made whose record is not committed
         self._creating_lock = threading.Lock()
         self.dirty = False  # something was removed: the backing needs a cleanup at next GC
+        # stat and mounts are quick (callable on the event loop) when the backing's are: the
+        # records here are LMDB reads too (see ctrd.metadata.db).
+        self.quick_reads = bool(getattr(backing, "quick_reads", False))
 
     @property
     def _bucket(self):

@@ -154,7 +154,7 @@ class ContainersService(pb_grpc.ContainersServicer):
         pb_grpc.add_ContainersServicer_to_server(self, server)
 
     async def Get(self, request, context):
-        c = await asyncio.to_thread(self.containers.get, namespace(context), request.id)
+        c = self.containers.get(namespace(context), request.id)  # one record: on the loop
         return pb.GetContainerResponse(container=container_to_pb(c))
 
     async def _list(self, request, context) -> list[Container]:

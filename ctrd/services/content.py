@@ -63,7 +63,7 @@ class ContentService(pb_grpc.ContentServicer):
 
     async def Info(self, request, context):
         validate_digest(request.digest)
-        info = await asyncio.to_thread(self.store.info, namespace(context), request.digest)
+        info = self.store.info(namespace(context), request.digest)  # one record: on the loop
         return pb.InfoResponse(info=info_to_pb(info))
 
     async def Update(self, request, context):
@@ -94,7 +94,10 @@ class ContentService(pb_grpc.ContentServicer):
                                   f"{request.offset}")
         if request.size < 0:
             raise InvalidArgument(f"ReadContentRequest.Size cannot be negative: {request.size}")
-        reader = await asyncio.to_thread(self.store.reader, namespace(context), request.digest)
+        # Opening and the first chunk in one worker-thread hop: a manifest or config (what
+        # clients read most) is then one hop in all.
+        reader, data = await asyncio.to_thread(self._open_read, namespace(context),
+                                               request.digest, request.offset, request.size)
         try:
             if request.offset > reader.size:
                 await context.abort(grpc.StatusCode.OUT_OF_RANGE, "read past object length "
@@ -103,14 +106,29 @@ class ContentService(pb_grpc.ContentServicer):
                                                             request.offset + request.size)
             offset = request.offset
             while offset < end:
-                data = await asyncio.to_thread(reader.read_at, offset,
-                                               min(READ_CHUNK, end - offset))
+                if data is None:
+                    data = await asyncio.to_thread(reader.read_at, offset,
+                                                   min(READ_CHUNK, end - offset))
                 if not data:
                     break
                 yield pb.ReadContentResponse(offset=offset, data=data)
                 offset += len(data)
+                data = None
         finally:
             reader.close()
+
+    def _open_read(self, ns: str, digest: str, offset: int, size: int):
+        """The reader of ``digest`` and its first chunk from ``offset`` (None when the
+        offset is past the end: the caller reports that)."""
+        reader = self.store.reader(ns, digest)
+        try:
+            if offset > reader.size:
+                return reader, None
+            end = reader.size if size == 0 else min(reader.size, offset + size)
+            return reader, reader.read_at(offset, min(READ_CHUNK, end - offset))
+        except BaseException:
+            reader.close()
+            raise
 
     async def Status(self, request, context):
         st = await asyncio.to_thread(self.store.status, namespace(context), request.ref)

@@ -40,7 +40,7 @@ class ImagesService(pb_grpc.ImagesServicer):
         pb_grpc.add_ImagesServicer_to_server(self, server)
 
     async def Get(self, request, context):
-        img = await asyncio.to_thread(self.images.get, namespace(context), request.name)
+        img = self.images.get(namespace(context), request.name)  # one record: on the loop
         return pb.GetImageResponse(image=image_to_pb(img))
 
     async def List(self, request, context):

@@ -37,7 +37,7 @@ class NamespacesService(pb_grpc.NamespacesServicer):
         pb_grpc.add_NamespacesServicer_to_server(self, server)
 
     async def Get(self, request, context):
-        ns = await asyncio.to_thread(self.store.get, request.name)
+        ns = self.store.get(request.name)  # one record: on the loop (ctrd.metadata.db)
         return pb.GetNamespaceResponse(namespace=_to_pb(ns))
 
     async def List(self, request, context):

@@ -42,7 +42,8 @@ class TasksService(pb_grpc.TasksServicer):
         pb_grpc.add_TasksServicer_to_server(self, server)
 
     async def _container(self, ns: str, id_: str):
-        return await asyncio.to_thread(self.containers.get, ns, id_)
+        # One record: read on the loop (see ctrd.metadata.db), no worker-thread hop.
+        return self.containers.get(ns, id_)
 
     async def _task(self, context, id_: str):
         ns = namespace(context)

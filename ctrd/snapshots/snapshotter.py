@@ -1,5 +1,7 @@
 """The snapshotter contract: records and Protocol (see the package docstring for the
-lifecycle). Methods are blocking (file system work): async callers use worker threads.
+lifecycle). Methods are blocking (file system work): async callers use worker threads, except
+that a snapshotter whose ``quick_reads`` attribute is true (ours: their metadata is a local
+LMDB) has ``stat`` and ``mounts`` cheap enough to call on the event loop.
 Errors are ``ctrd.errdefs`` errors: NotFound, AlreadyExists, FailedPrecondition (e.g. removing
 a snapshot with children, committing a view), InvalidArgument."""
 

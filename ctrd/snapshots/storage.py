@@ -319,6 +319,10 @@ class DirSnapshotter:
     reused, so a leftover can never be mistaken for a live snapshot.
     """
 
+    # stat and mounts are LMDB reads (a read transaction never waits for a writer): cheap
+    # enough for callers to run them on the event loop.
+    quick_reads = True
+
     def __init__(self, root: str, async_remove: bool = False) -> None:
         self.root = os.path.abspath(root)
         os.makedirs(self.root, mode=0o700, exist_ok=True)
