@@ -721,13 +721,14 @@ def scenario_tasks(tools: Tools, res: Results, daemons: list[str], repeats: int,
                    workdir: str, counts_text: str) -> list[str]:
     """Per daemon: `ctr run --rm IMG true` latency (sequential), the time until 20
     concurrently started containers all run, and shim memory per running container (PSS,
-    RSS) with N containers running `sleep`."""
+    RSS) with N containers running `sleep`: PSS 2 s after the last start (``_2s``: before
+    ksmd merged anything, i.e. as on a host without ksmd) and once ksmd's merging settled."""
     image = "localhost/bench/busybox:latest"
     archive = _busybox_archive(workdir)
     counts = [int(c) for c in counts_text.split(",") if c.strip()]
     figs = ["run_rm_true", "start_20_concurrent"]
     for n in counts:
-        figs += [f"shim_pss_per_ctr_{n}", f"shim_rss_per_ctr_{n}"]
+        figs += [f"shim_pss_per_ctr_{n}_2s", f"shim_pss_per_ctr_{n}", f"shim_rss_per_ctr_{n}"]
     for kind in daemons:
         d = tools.daemon(kind)
         try:
@@ -762,6 +763,9 @@ def scenario_tasks(tools: Tools, res: Results, daemons: list[str], repeats: int,
                 for i in range(n):
                     _ctr(tools, d, "run", "-d", image, f"m{n}-{i}", "sleep", "1000")
                 time.sleep(2.0)  # settle
+                pids = _shim_pids(d)
+                pss = sum(smaps_rollup(p).get("Pss", 0) for p in pids) / 1024
+                res.add(f"shim_pss_per_ctr_{n}_2s", kind, pss / n, "MiB")
                 waited = ksm_settle()  # same wait for both daemons
                 if waited:
                     log(f"tasks: {kind}: waited {waited:.1f} s for ksmd's merging to settle")
