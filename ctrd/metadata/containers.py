@@ -129,7 +129,8 @@ def _prefixed(what: str, e: InvalidArgument) -> InvalidArgument:
 
 
 class ContainerStore:
-    """Container records over one :class:`DB`. Blocking: call from a worker thread."""
+    """Container records over one :class:`DB`. Blocking: call from a worker thread, except
+    :meth:`get` (one LMDB read: fine on the event loop, see :mod:`ctrd.metadata.db`)."""
 
     def __init__(self, db: DB) -> None:
         self.db = db

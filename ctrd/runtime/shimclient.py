@@ -280,6 +280,7 @@ class ShimTask(BundleTask):
         self.runtime = runtime
         self.command = command
         self.gone: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.created_pid = 0  # the init pid the shim's Create answered (0: none said)
 
     async def call(self, method: str, request: Any, response_type: type | None = None,
                    timeout: float | None = CALL_TIMEOUT) -> Any:
@@ -291,8 +292,10 @@ class ShimTask(BundleTask):
                                       metadata={NAMESPACE_KEY: self.namespace})
 
     async def create(self, **fields: Any) -> Any:
-        return await self.call("Create", _pb().CreateTaskRequest(id=self.id, **fields),
+        resp = await self.call("Create", _pb().CreateTaskRequest(id=self.id, **fields),
                                _pb().CreateTaskResponse, CREATE_TIMEOUT)
+        self.created_pid = resp.pid
+        return resp
 
     async def state(self, exec_id: str = "") -> Any:
         return await self.call("State", _pb().StateRequest(id=self.id, exec_id=exec_id),

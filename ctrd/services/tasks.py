@@ -73,8 +73,9 @@ class TasksService(pb_grpc.TasksServicer):
         else:
             raise errdefs.AlreadyExists(f"task {request.container_id}")
         task = await self.manager.create(ns, request.container_id, opts)
-        state = await task.state()
-        return pb.CreateTaskResponse(container_id=request.container_id, pid=state.pid)
+        # The shim's Create answered the pid (ours and runc's do): no State round trip then.
+        pid = task.created_pid or (await task.state()).pid
+        return pb.CreateTaskResponse(container_id=request.container_id, pid=pid)
 
     async def Start(self, request, context):
         task = await self._task(context, request.container_id)
