@@ -23,6 +23,7 @@ from ctrd.errdefs import FailedPrecondition
 from ctrd.plugins.registry import PluginSet, Registry
 
 log = logging.getLogger("ctrd")
+WARM_DELAY = 0.3  # seconds after boot before the services clients ask later are built
 
 
 def _prepare_dir(path: str) -> None:
@@ -166,15 +167,24 @@ class Daemon:
     async def _warm_up(self) -> None:
         """Build lazily loaded services one at a time while the loop is idle, in the order
         clients usually need them (``ctr version`` first). Each build is a few ms of imports
-        on the loop thread; a call that arrives meanwhile waits at most for one of them."""
+        on the loop thread; a call that arrives meanwhile waits at most for one of them.
+        The services clients ask first are built at once; the rest after
+        :data:`WARM_DELAY`: a client that polled for the socket calls within that time, and
+        builds running then held its first call up by ~70 ms (imports hold the GIL that
+        gRPC's poller thread needs to hand the call over)."""
         order = ["io.containerd.grpc.v1.version", "io.containerd.grpc.v1.introspection"]
         plugins = sorted(self.plugins or (), key=lambda p: (
             order.index(p.registration.uri) if p.registration.uri in order else len(order)))
+        delayed = False
         for p in plugins:
             warm = getattr(p.instance, "warm", None) if p.error is None else None
             if warm is None:
                 continue
-            await asyncio.sleep(0)
+            if not delayed and p.registration.uri not in order:
+                delayed = True
+                await asyncio.sleep(WARM_DELAY)
+            else:
+                await asyncio.sleep(0)
             try:
                 warm()
             except Exception:  # noqa: BLE001 - the first real call will report it
