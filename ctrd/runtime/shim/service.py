@@ -163,7 +163,7 @@ class TaskService:
             checkpoint=r.checkpoint,
             io=ev.TaskIO(stdin=r.stdin, stdout=r.stdout, stderr=r.stderr,
                          terminal=r.terminal)))
-        log.info("task created", id=r.id, pid=init.pid, runtime=init.runtime.binary)
+        log.debug("task created", id=r.id, pid=init.pid, runtime=init.runtime.binary)
         return api.CreateTaskResponse(pid=init.pid)
 
     def Start(self, r: api.StartRequest, ctx) -> api.StartResponse:

@@ -35,7 +35,7 @@ def serve(id: str, namespace: str, bundle: str, listener, socket_path: str,
     server = Server(loop)
     server.register_service(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
     server.serve(listener)
-    log.info("shim serving", id=id, namespace=namespace, address=socket_path, pid=os.getpid())
+    log.debug("shim serving", id=id, namespace=namespace, address=socket_path, pid=os.getpid())
     try:
         loop.run()
         # Answer the Shutdown call and deliver the last events (e.g. /tasks/delete).
@@ -48,5 +48,5 @@ def serve(id: str, namespace: str, bundle: str, listener, socket_path: str,
                 os.unlink(p)
             except FileNotFoundError:
                 pass
-        log.info("shim exiting", id=id)
+        log.debug("shim exiting", id=id)
         loop.close()
