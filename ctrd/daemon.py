@@ -177,9 +177,12 @@ class Daemon:
             order.index(p.registration.uri) if p.registration.uri in order else len(order)))
         delayed = False
         for p in plugins:
-            warm = getattr(p.instance, "warm", None) if p.error is None else None
-            if warm is None:
+            # Looked up on the class: probing a LazyObject's instance for it (e.g. the event
+            # exchange) would build the object, imports and all, right when the first client
+            # call is due.
+            if p.error is not None or getattr(type(p.instance), "warm", None) is None:
                 continue
+            warm = p.instance.warm
             if not delayed and p.registration.uri not in order:
                 delayed = True
                 await asyncio.sleep(WARM_DELAY)
