@@ -4,24 +4,69 @@
     ctrd config default      # the full default config, every plugin's section included
     ctrd config dump         # the effective config (file + flags)
 
-argparse, not click: this is the daemon's start path, and every import counts there.
+argparse, not click: this is the daemon's start path, and every import counts there. The
+common daemon command lines (only the value options above, as ``--opt value`` or
+``--opt=value``) are read by :func:`_fast_args` without importing argparse (~5 ms with the
+``shutil`` and ``gettext`` it pulls in); anything else (help, the ``config`` command, a bad
+value, an abbreviation) goes through argparse, so errors and help read as before.
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import argparse
+
+# What _fast_args accepts: option -> (destination, allowed values or None for any).
+_LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "panic")
+_VALUE_OPTIONS: dict[str, tuple[str, tuple[str, ...] | None]] = {
+    "-c": ("config", None), "--config": ("config", None),
+    "--root": ("root", None), "--state": ("state", None),
+    "-a": ("address", None), "--address": ("address", None),
+    "-l": ("log_level", _LOG_LEVELS), "--log-level": ("log_level", _LOG_LEVELS),
+    "--log-format": ("log_format", ("text", "json")),
+}
 
 
-def _parser() -> argparse.ArgumentParser:
+def _fast_args(argv: list[str]) -> SimpleNamespace | None:
+    """The namespace argparse would build for ``argv``, when ``argv`` only holds the value
+    options of :data:`_VALUE_OPTIONS` with plain values; None when argparse must decide."""
+    ns = SimpleNamespace(config=None, root=None, state=None, address=None, log_level=None,
+                         log_format=None, version=False, command=None)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and "=" in arg:
+            opt, _, value = arg.partition("=")
+            i += 1
+        else:
+            if i + 1 >= len(argv):
+                return None
+            opt, value = arg, argv[i + 1]
+            i += 2
+            # argparse reads a value that starts with "-" as an option (or a negative number).
+            if value.startswith("-"):
+                return None
+        spec = _VALUE_OPTIONS.get(opt)
+        if spec is None or not value or (spec[1] is not None and value not in spec[1]):
+            return None
+        setattr(ns, spec[0], value)
+    return ns
+
+
+def _parser() -> "argparse.ArgumentParser":
+    import argparse
+
     p = argparse.ArgumentParser(prog="ctrd", description="A containerd-compatible container "
                                 "runtime daemon.")
     p.add_argument("-c", "--config", help="path to the TOML config file (version 2)")
     p.add_argument("--root", help="persistent data directory (default /var/lib/ctrd)")
     p.add_argument("--state", help="ephemeral state directory (default /run/ctrd)")
     p.add_argument("-a", "--address", help="gRPC socket path (default /run/ctrd/ctrd.sock)")
-    p.add_argument("-l", "--log-level", choices=["trace", "debug", "info", "warn", "warning",
-                                                 "error", "fatal", "panic"])
+    p.add_argument("-l", "--log-level", choices=list(_LOG_LEVELS))
     p.add_argument("--log-format", choices=["text", "json"])
     p.add_argument("--version", "-v", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
@@ -30,7 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(args: argparse.Namespace):
+def _load(args: "argparse.Namespace | SimpleNamespace"):
     from ctrd.config import load
 
     result = load(args.config)
@@ -63,7 +108,9 @@ def config_toml(cfg, registry) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _fast_args(sys.argv[1:] if argv is None else argv)
+    if args is None:
+        args = _parser().parse_args(argv)
     from ctrd import __version__, log
     from ctrd.errdefs import CtrdError
 
