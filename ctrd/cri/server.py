@@ -27,7 +27,6 @@ import base64
 import json
 import logging
 import os
-import secrets
 import signal as _signal
 import time
 from typing import Any
@@ -52,7 +51,9 @@ def now_ns() -> int:
 
 
 def new_id() -> str:
-    return secrets.token_hex(32)
+    # secrets.token_hex does exactly this; the secrets module (hmac, hashlib, random) is
+    # not worth importing at every daemon start for it.
+    return os.urandom(32).hex()
 
 
 def encode_msg(msg) -> str:
@@ -1045,7 +1046,7 @@ class CRIRuntime:
         task = self.manager.get(NAMESPACE, meta.id)
         c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)
         process = cri_spec.exec_process(json.loads(c.spec.value), cmd, tty=False)
-        exec_id = secrets.token_hex(16)
+        exec_id = os.urandom(16).hex()
         from google.protobuf import any_pb2
 
         spec_any = any_pb2.Any(

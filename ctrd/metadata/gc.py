@@ -20,7 +20,6 @@ Records read here (JSON values): ``content``/``snapshots``/``images``/``containe
 
 from __future__ import annotations
 
-import calendar
 import json
 import logging
 import time
@@ -58,6 +57,7 @@ class Stats:
 def parse_rfc3339(value: str) -> float | None:
     """Seconds since the epoch, or None if ``value`` is not RFC 3339 (ignored, as
     containerd logs and ignores an invalid expiry)."""
+    import calendar  # here, not at the top: only leases with an expiry need it
     import datetime
 
     try:

@@ -22,7 +22,6 @@ import errno
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from typing import Iterator, Sequence
@@ -237,6 +236,8 @@ def mounted(mounts: Sequence[Mount], prefix: str = "ctrd-mount-",
             dir: str | None = None) -> Iterator[str]:
     """Mount ``mounts`` at a new temporary directory and yield its path; on exit (even on
     error) unmount everything there and remove the directory."""
+    import tempfile
+
     target = tempfile.mkdtemp(prefix=prefix, dir=dir)
     try:
         mount_all(mounts, target)

@@ -25,12 +25,9 @@ named by id). Error texts are containerd's (``storage/bolt.go``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 import struct
-import tempfile
 import threading
 import time
 from contextlib import contextmanager
@@ -42,6 +39,9 @@ import lmdb
 from ctrd.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, quote
 from ctrd.identifiers import updated_labels
 from ctrd.snapshots.snapshotter import Info, Kind, Usage
+
+# hashlib, shutil and tempfile are imported where they are used: opening a snapshotter (the
+# daemon's start) needs none of them.
 
 SCHEMA_VERSION = 1
 # LMDB keys are at most 511 bytes; longer names are stored under 0xff + sha256 (0xff never
@@ -61,6 +61,8 @@ class Snapshot:
 def record_key(name: str) -> bytes:
     raw = name.encode("utf-8", "surrogatepass")
     if len(raw) > MAX_KEY:
+        import hashlib
+
         raw = b"\xff" + hashlib.sha256(raw).hexdigest().encode()
     return raw
 
@@ -379,6 +381,9 @@ class DirSnapshotter:
                 labels: dict[str, str] | None) -> list:
         # The directory is made inside the write transaction, which serialises it with
         # cleanup(): cleanup never sees a half-made "new-" directory of a live create.
+        import shutil
+        import tempfile
+
         with self.ms.update() as t:
             s = create_snapshot(t, kind, key, parent, labels)
             td = tempfile.mkdtemp(prefix="new-", dir=self.snapshots_dir)
@@ -417,6 +422,8 @@ class DirSnapshotter:
                 os.rename(renamed, path)
             raise
         if renamed and not self.async_remove:
+            import shutil
+
             shutil.rmtree(renamed, ignore_errors=True)
 
     def walk(self, match: Callable[[Info], bool] | None = None) -> Iterator[Info]:
@@ -429,6 +436,8 @@ class DirSnapshotter:
             ids = id_map(t)
             stale = [os.path.join(self.snapshots_dir, d)
                      for d in os.listdir(self.snapshots_dir) if d not in ids]
+        import shutil
+
         for d in stale:
             shutil.rmtree(d, ignore_errors=True)
 
