@@ -26,16 +26,35 @@ def plugin_to_pb(p: Plugin) -> pb.Plugin:
     return out
 
 
-def server_uuid(root: Path) -> str:
-    """The daemon's UUID, made once and kept in ``<root>/uuid`` (a damaged file is replaced)."""
-    import uuid  # only here: it drags in `platform`, a few ms of every start-up
+def _canonical_uuid(text: str) -> str:
+    """``text`` as ``uuid.UUID(text)`` would print it (ValueError where it would raise):
+    hex digits, with or without hyphens, braces or a ``urn:uuid:`` prefix."""
+    h = text.replace("urn:", "").replace("uuid:", "").strip("{}").replace("-", "")
+    if len(h) != 32:
+        raise ValueError("badly formed hexadecimal UUID string")
+    h = f"{int(h, 16):032x}"  # int() rejects non-hex the way UUID() does
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
+
+def _uuid4() -> str:
+    """A random (version 4) UUID, as ``str(uuid.uuid4())``."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    return _canonical_uuid(b.hex())
+
+
+def server_uuid(root: Path) -> str:
+    """The daemon's UUID, made once and kept in ``<root>/uuid`` (a damaged file is replaced).
+
+    Without the uuid module: it imports ``platform`` and more (~5 ms), and this runs for the
+    first ``ctr version`` after every start."""
     path = root / "uuid"
     try:
-        return str(uuid.UUID(path.read_text().strip()))
+        return _canonical_uuid(path.read_text().strip())
     except (OSError, ValueError):
         pass
-    value = str(uuid.uuid4())
+    value = _uuid4()
     tmp = path.with_suffix(".tmp")
     tmp.write_text(value)
     os.replace(tmp, path)
