@@ -10,7 +10,9 @@ Contract:
   value of the wrong type or out of range is a :class:`ConfigError` naming the key.
 - :func:`encode` turns a config dataclass back into TOML-ready dicts (``ctrd config default``).
 
-Config dataclasses declare their TOML names and checks with :func:`setting`.
+Config dataclasses declare their TOML names and checks with :func:`setting`. Give each one a
+docstring: ``@dataclass`` builds a missing one from ``inspect.signature``, paid at every
+daemon start.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def _non_negative(value: int) -> str | None:
 
 @dataclass
 class GRPCConfig:
+    """``[grpc]``: the API socket."""
+
     address: str = setting(DEFAULT_ADDRESS, doc="unix socket path of the gRPC API")
     uid: int = setting(0, check=_non_negative, doc="owner of the socket")
     gid: int = setting(0, check=_non_negative, doc="group of the socket (mode 0660)")
@@ -66,6 +70,8 @@ class GRPCConfig:
 
 @dataclass
 class TTRPCConfig:
+    """``[ttrpc]``: the socket shims publish events to."""
+
     address: str = setting("", doc='ttrpc socket for shims; "" means "<grpc address>.ttrpc"')
     uid: int = setting(0, check=_non_negative)
     gid: int = setting(0, check=_non_negative)
@@ -73,12 +79,16 @@ class TTRPCConfig:
 
 @dataclass
 class DebugConfig:
+    """``[debug]``: logging."""
+
     level: str = setting("info", check=_one_of(*LOG_LEVELS))
     format: str = setting("text", check=_one_of("text", "json"))
 
 
 @dataclass
 class ServerConfig:
+    """The whole file; plugin sections stay raw tables until the registry decodes them."""
+
     version: int = setting(2, check=_one_of(2), doc="config schema version (only 2)")
     root: str = setting(DEFAULT_ROOT, doc="persistent data: content, metadata, snapshots")
     state: str = setting(DEFAULT_STATE, doc="ephemeral data: sockets, bundles, FIFOs")
@@ -96,6 +106,8 @@ class ServerConfig:
 
 @dataclass
 class LoadResult:
+    """What :func:`load` read, and the warnings it had."""
+
     config: ServerConfig
     warnings: list[str]
 

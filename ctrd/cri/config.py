@@ -96,6 +96,8 @@ class CNISection:
 
 @_section
 class AuthConfig:
+    """Registry credentials (``configs.<host>.auth``, ``auths.<host>``)."""
+
     username: str = setting("")
     password: str = setting("")
     auth: str = setting("", doc="base64 of username:password")
@@ -104,6 +106,8 @@ class AuthConfig:
 
 @_section
 class TLSConfig:
+    """``configs.<host>.tls``."""
+
     insecure_skip_verify: bool = setting(False)
     ca_file: str = setting("")
     cert_file: str = setting("")
@@ -112,12 +116,16 @@ class TLSConfig:
 
 @_section
 class RegistryHostConfig:
+    """``[...cri.registry.configs.<host>]``."""
+
     auth: AuthConfig | None = setting(None)
     tls: TLSConfig | None = setting(None)
 
 
 @_section
 class Mirror:
+    """``[...cri.registry.mirrors.<host>]``."""
+
     endpoint: list[str] = setting(default_factory=list)
 
 
@@ -135,12 +143,16 @@ class RegistrySection:
 
 @_section
 class StreamingTLS:
+    """``[...cri.x509_key_pair_streaming]``."""
+
     tls_cert_file: str = setting("")
     tls_key_file: str = setting("")
 
 
 @_section
 class ImageDecryption:
+    """``[...cri.image_decryption]``: accepted, not implemented."""
+
     key_model: str = setting("node")
 
 

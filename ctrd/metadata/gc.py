@@ -42,6 +42,8 @@ Node = tuple[str, str, str]  # (type, namespace, key); snapshot keys are "<snaps
 
 @dataclass
 class Stats:
+    """What one collection removed and how long it took."""
+
     removed: dict[str, int] = field(default_factory=dict)
     snapshotters: set[str] = field(default_factory=set)  # whose snapshot records were swept
     snapshots_deleted: int = 0

@@ -25,6 +25,8 @@ from ctrd.metadata.db import DB, get_json, key, name_of, prefix, put_json, scan
 
 @dataclass
 class Descriptor:
+    """An image's target (OCI descriptor)."""
+
     media_type: str
     digest: str
     size: int
@@ -33,6 +35,8 @@ class Descriptor:
 
 @dataclass
 class Image:
+    """An image record: a name for a target descriptor."""
+
     name: str
     target: Descriptor
     labels: dict[str, str] = field(default_factory=dict)

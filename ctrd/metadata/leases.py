@@ -26,6 +26,8 @@ GC_FLAT = "containerd.io/gc.flat"
 
 @dataclass
 class Lease:
+    """A lease record (the resources it holds are kept apart)."""
+
     id: str
     created_at: float = 0.0
     labels: dict[str, str] = field(default_factory=dict)

@@ -17,6 +17,8 @@ NAMESPACED_BUCKETS: list[tuple[str, str]] = [("images", "images"), ("content", "
 
 @dataclass
 class Namespace:
+    """A namespace record."""
+
     name: str
     labels: dict[str, str] = field(default_factory=dict)
 

@@ -82,6 +82,8 @@ def _positive(v: int) -> str | None:
 
 @dataclass
 class MetadataConfig:
+    """``[plugins."io.containerd.metadata.v1.lmdb"]``."""
+
     map_size: int = setting(1 << 32, check=_positive,
                             doc="LMDB map size in bytes: the metadata's maximum size "
                                 "(address space, not disk)")
@@ -189,6 +191,8 @@ def _positive_float(v: float) -> str | None:
 
 @dataclass
 class TransferConfig:
+    """``[plugins."io.containerd.grpc.v1.transfer"]``."""
+
     config_path: str = setting("", doc="registry hosts directory in containerd's certs.d "
                                         "layout (<dir>/<host>/hosts.toml); empty: none")
     progress_timeout: float = setting(30.0, check=_positive_float,
@@ -233,6 +237,8 @@ def _init_leases_service(ic: InitContext):
 
 @dataclass
 class ShimSpec:
+    """One ``[...task.shims."<runtime name>"]`` table."""
+
     binary: str = setting("", doc="shim binary: a name looked up next to ctrd's interpreter "
                                   "and on PATH, or a path")
     options: dict = setting(default_factory=dict,
@@ -247,6 +253,8 @@ def _default_shims() -> dict:
 
 @dataclass
 class RuntimeConfig:
+    """``[plugins."io.containerd.runtime.v2.task"]``."""
+
     shims: dict[str, ShimSpec] = setting(
         default_factory=_default_shims,
         doc="runtime names served by a given shim binary; other names resolve as in "

@@ -21,6 +21,8 @@ GROUP = "ctrd.plugins"
 
 @dataclass(frozen=True)
 class EntryPoint:
+    """One ``name = value`` line of a distribution's ``entry_points.txt``."""
+
     name: str
     value: str  # "module" or "module:attr.path"
     dist: str

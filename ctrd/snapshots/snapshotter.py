@@ -23,6 +23,8 @@ class Kind(enum.IntEnum):
 
 @dataclass
 class Info:
+    """A snapshot as Stat/Walk report it."""
+
     name: str  # the key of an active snapshot or view, the name of a committed one
     kind: Kind
     parent: str = ""  # name of the committed parent ("" for none)
@@ -33,6 +35,8 @@ class Info:
 
 @dataclass
 class Usage:
+    """Disk usage of a snapshot's own layer."""
+
     size: int = 0  # bytes
     inodes: int = 0
 
