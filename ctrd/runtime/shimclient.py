@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import shutil
 import stat
 import sys
 from dataclasses import dataclass
@@ -67,6 +66,8 @@ def resolve_binary(name_or_path: str) -> str:
     here = os.path.join(os.path.dirname(sys.executable), name_or_path)
     if os.access(here, os.X_OK):
         return here
+    import shutil  # here: it pulls bz2 and lzma in at import
+
     found = shutil.which(name_or_path)
     if found:
         return found
