@@ -49,7 +49,11 @@ def my_template(direct) -> int:
     """The template of the test's fake daemon (found by its socket name)."""
     name = template_socket(direct.fake_daemon)
     for pid in template_pids():
-        if cmdline(pid)[-1] == "@" + name:
+        try:
+            cmd = cmdline(pid)
+        except OSError:
+            continue
+        if cmd and cmd[-1] == "@" + name:  # empty: it exited since template_pids() saw it
             return pid
     return 0
 
