@@ -19,6 +19,7 @@ DEADLINE_EXCEEDED = 4
 NOT_FOUND = 5
 ALREADY_EXISTS = 6
 PERMISSION_DENIED = 7
+RESOURCE_EXHAUSTED = 8
 FAILED_PRECONDITION = 9
 ABORTED = 10
 UNIMPLEMENTED = 12
@@ -61,6 +62,17 @@ class Unavailable(CtrdError):
     kind, code = "unavailable", UNAVAILABLE
 
 
+class ResourceExhausted(CtrdError):
+    """A bound was reached: too many in-flight streaming requests, a message over the size
+    limit. containerd 1.6's errdefs has no such kind: the places that answer
+    RESOURCE_EXHAUSTED (the CRI streaming request cache, ttrpc's frame limit) build the
+    status themselves, with a message that does not end in a kind (subclasses that keep such
+    text set ``args`` to it). Its ``FromGRPC`` reads code 8 as unknown; ctrd's clients keep
+    the kind, named as containerd's later errdefs name it."""
+
+    kind, code = "resource exhausted", RESOURCE_EXHAUSTED
+
+
 class NotImplemented_(CtrdError):
     kind, code = "not implemented", UNIMPLEMENTED
 
@@ -86,7 +98,7 @@ class SkipPlugin(CtrdError):
 _BY_CODE: dict[int, type[CtrdError]] = {
     cls.code: cls
     for cls in (InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Unavailable,
-                NotImplemented_, Canceled, DeadlineExceeded)
+                ResourceExhausted, NotImplemented_, Canceled, DeadlineExceeded)
 }
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import struct
 
+from ctrd import errdefs
+
 HEADER = struct.Struct(">IIBB")
 HEADER_SIZE = HEADER.size
 MAX_PAYLOAD = 4 << 20
@@ -20,7 +22,8 @@ TYPE_REQUEST = 1
 TYPE_RESPONSE = 2
 TYPE_DATA = 3  # streaming (ttrpc 1.2); answered with UNIMPLEMENTED here
 
-RESOURCE_EXHAUSTED = 8
+# The status an oversized frame gets; the number is errdefs' (the one table of codes).
+RESOURCE_EXHAUSTED = errdefs.RESOURCE_EXHAUSTED
 
 
 class ProtocolError(Exception):
