@@ -539,6 +539,47 @@ def test_streaming_requests_validated_and_tokens_single_use(pod):
     assert pod.cri.exec(cid, ["echo", "alive"]).stdout == b"alive\n"
 
 
+def test_too_many_in_flight_urls_are_resource_exhausted(pod):
+    """The kubelet's request cache (in containerd) holds at most 1000 unused URLs; one more
+    is RESOURCE_EXHAUSTED with its own message, for every kind of URL, until a token is used.
+    Real tokens, all 1000: they cost a gRPC call each."""
+    import grpc
+
+    from spdy_client import SpdyClient
+
+    pb, rt = pod.pb, pod.cri.rt
+    cid = pod.ids["main"]
+    exec_req = pb.ExecRequest(container_id=cid, cmd=["true"], stdout=True)
+    urls = [rt.Exec(exec_req).url for _ in range(999)]
+    urls.append(rt.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.sid, port=[80])).url)
+    assert len(set(urls)) == 1000
+    for call in (lambda: rt.Exec(exec_req),
+                 lambda: rt.Attach(pb.AttachRequest(container_id=cid, stdout=True)),
+                 lambda: rt.PortForward(pb.PortForwardRequest(pod_sandbox_id=pod.sid))):
+        with pytest.raises(grpc.RpcError) as e:
+            call()
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert e.value.details() == "maximum number of in-flight requests exceeded"
+    # validation still comes first: a bad request is refused for what is wrong with it
+    with pytest.raises(grpc.RpcError) as e:
+        rt.Exec(pb.ExecRequest(container_id=cid, cmd=["true"]))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+    async def use(u):  # consumes the token (no protocol in common: 403)
+        c = await SpdyClient.connect(u, ["v99.channel.k8s.io"])
+        assert c.status == 403
+
+    # a used token makes room for exactly one more; the daemon serves on
+    asyncio.run(use(urls[0]))
+    url = rt.Exec(exec_req).url
+    assert url not in urls
+    with pytest.raises(grpc.RpcError) as e:
+        rt.Exec(exec_req)
+    assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert pod.cri.exec(cid, ["echo", "alive"]).stdout == b"alive\n"
+    assert rt.Version(pb.VersionRequest()).runtime_name
+
+
 def test_get_container_events_in_order(cri):
     pb = cri.pb
     got = []

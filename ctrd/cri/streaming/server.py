@@ -5,7 +5,8 @@ Contract (the kubelet's streaming server, which containerd embeds):
 
 - :meth:`StreamingServer.get_exec` / ``get_attach`` / ``get_port_forward`` validate the
   request, keep it under a random token (:class:`RequestCache`: 1 minute TTL, at most 1000
-  outstanding) and return ``http://<address>:<port>/{exec,attach,portforward}/<token>``.
+  outstanding: one more is RESOURCE_EXHAUSTED until a token is used or expires) and return
+  ``http://<address>:<port>/{exec,attach,portforward}/<token>``.
 - ``GET``/``POST`` on that path consumes the token (an unknown, used or expired one: 404),
   then: ``Upgrade: websocket`` -> a WebSocket with a channel subprotocol; otherwise the SPDY
   handshake (``X-Stream-Protocol-Version`` negotiated in the client's order: 403 when none
@@ -48,6 +49,18 @@ class Backend(Protocol):
                            gone: asyncio.Event) -> None: ...
 
 
+class TooManyInFlight(errdefs.ResourceExhausted):
+    """The request cache is full (RESOURCE_EXHAUSTED). The kubelet's streaming package, which
+    containerd embeds, makes this status itself (``NewErrorTooManyInFlight``) and containerd
+    passes it through, so the message is exactly this text, with no kind after it."""
+
+    MESSAGE = "maximum number of in-flight requests exceeded"
+
+    def __init__(self) -> None:
+        super().__init__(self.MESSAGE)
+        self.args = (self.MESSAGE,)
+
+
 @dataclass
 class _Entry:
     kind: str
@@ -78,7 +91,7 @@ class RequestCache:
     def insert(self, kind: str, request: Any) -> str:
         self._evict()
         if len(self._entries) >= self.max_in_flight:
-            raise errdefs.Unavailable("maximum number of in-flight requests exceeded")
+            raise TooManyInFlight()
         while True:
             tok = base64.urlsafe_b64encode(secrets.token_bytes(TOKEN_BYTES)).decode().rstrip("=")
             if tok not in self._entries:
