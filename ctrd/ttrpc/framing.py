@@ -63,6 +63,11 @@ class OversizedFrame:
         return (f"OversizedFrame(stream_id={self.stream_id}, type={self.type}, "
                 f"length={self.length})")
 
+    @property
+    def message(self) -> str:
+        """The RESOURCE_EXHAUSTED status message, worded as Go ttrpc's (containerd 1.6)."""
+        return f"message length {self.length} exceed maximum message size of {MAX_PAYLOAD}"
+
 
 def encode(stream_id: int, type_: int, payload: bytes, flags: int = 0) -> bytes:
     if len(payload) > MAX_PAYLOAD:

@@ -127,8 +127,7 @@ class Server:
                 for frame in decoder.feed(data):
                     if isinstance(frame, framing.OversizedFrame):
                         self._respond(writer, frame.stream_id, framing.RESOURCE_EXHAUSTED,
-                                      f"message length {frame.length} exceeds maximum "
-                                      f"message size of {framing.MAX_PAYLOAD}")
+                                      frame.message)
                     elif frame.type != framing.TYPE_REQUEST:
                         self._respond(writer, frame.stream_id, errdefs.UNIMPLEMENTED,
                                       f"ttrpc message type {frame.type} is not supported")

@@ -175,9 +175,7 @@ class Server:
             return
         for frame in c.decoder.feed(data):
             if isinstance(frame, framing.OversizedFrame):
-                self._respond(c, frame.stream_id, framing.RESOURCE_EXHAUSTED,
-                              f"message length {frame.length} exceeds maximum message size "
-                              f"of {framing.MAX_PAYLOAD}")
+                self._respond(c, frame.stream_id, framing.RESOURCE_EXHAUSTED, frame.message)
             elif frame.type != framing.TYPE_REQUEST:
                 self._respond(c, frame.stream_id, errdefs.UNIMPLEMENTED,
                               f"ttrpc message type {frame.type} is not supported")
