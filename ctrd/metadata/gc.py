@@ -82,32 +82,83 @@ def label_refs(ns: str, labels: dict[str, str]) -> Iterator[Node]:
             yield (SNAPSHOT, ns, f"{snapshotter}/{v}")
 
 
+# Per process: the roots of each container record as last read, with the record itself (raw
+# key -> (raw value, roots)). A container record carries its OCI spec, KiBs that GC does not
+# need and that made json.loads of every container the bulk of a collection's marking (runs
+# after every ``ctr run``, inside the write transaction). A hit needs the stored bytes to equal
+# the record read now, so any change to a record (labels, snapshot key, spec...) is parsed
+# afresh; comparing bytes is ~100x cheaper than parsing or hashing them (blake2b of a 4.5 KiB
+# record costs as much as json.loads). Every collection rebuilds it from the records it read
+# (deleted containers leave it), keeping at most _CONTAINER_CACHE_BYTES of records.
+_container_roots: dict[bytes, tuple[bytes, tuple[Node, ...]]] = {}
+_CONTAINER_CACHE_BYTES = 32 << 20
+
+
+def _container_refs(ns: str, rec: dict) -> Iterator[Node]:
+    if rec.get("snapshotter") and rec.get("snapshot_key"):
+        yield (SNAPSHOT, ns, f"{rec['snapshotter']}/{rec['snapshot_key']}")
+    yield from label_refs(ns, rec.get("labels", {}))
+
+
 class _Graph:
-    """Reads nodes and their edges from one transaction."""
+    """Reads nodes and their edges from one transaction.
+
+    Each record is parsed at most once per collection: :meth:`roots` reads every record of
+    the buckets the sweep judges (leases, ingests, content, snapshots) and keeps them in
+    :attr:`seen`, where :meth:`record` and the sweep find them (nothing writes between mark
+    and sweep: one transaction)."""
+
+    SWEPT = ("leases", "ingests", "content", "snapshots")
 
     def __init__(self, db: DB, txn, now: float) -> None:
         self.db, self.txn, self.now = db, txn, now
+        # bucket -> raw key -> (key parts with the full name, record), in key order
+        self.seen: dict[str, dict[bytes, tuple[list[str], dict]]] = {b: {} for b in self.SWEPT}
 
     def items(self, bucket: str) -> Iterator[tuple[list[str], dict]]:
         n = 3 if bucket == "snapshots" else 2
+        keep = self.seen.get(bucket)
         for k, v in scan(self.txn, self.db.bucket(bucket), b""):
             rec = json.loads(v)
             parts = split(k, n)
             parts[-1] = name_of(k, rec, n)
+            if keep is not None:
+                keep[k] = (parts, rec)
             yield parts, rec
 
     def record(self, node: Node) -> dict | None:
         type_, ns, k = node
         if type_ == CONTENT:
-            raw = self.txn.get(key(ns, k), db=self.db.bucket("content"))
+            bucket, raw_key = "content", key(ns, k)
         elif type_ == SNAPSHOT:
             snapshotter, _, name = k.partition("/")
-            raw = self.txn.get(key(ns, snapshotter, name), db=self.db.bucket("snapshots"))
+            bucket, raw_key = "snapshots", key(ns, snapshotter, name)
         elif type_ == INGEST:
-            raw = self.txn.get(key(ns, k), db=self.db.bucket("ingests"))
+            bucket, raw_key = "ingests", key(ns, k)
         else:
             return None
+        hit = self.seen[bucket].get(raw_key)
+        if hit is not None:
+            return hit[1]
+        raw = self.txn.get(raw_key, db=self.db.bucket(bucket))
         return None if raw is None else json.loads(raw)
+
+    def container_roots(self) -> Iterator[Node]:
+        """What every container holds (its snapshot and label references), through
+        :data:`_container_roots`, which this rebuilds."""
+        global _container_roots
+        cache, fresh, size = _container_roots, {}, 0
+        for k, v in scan(self.txn, self.db.bucket("containers"), b""):
+            hit = cache.get(k)
+            if hit is not None and hit[0] == v:
+                nodes = hit[1]
+            else:
+                nodes = tuple(_container_refs(split(k)[0], json.loads(v)))
+            if size + len(v) <= _CONTAINER_CACHE_BYTES:
+                fresh[k] = (v, nodes)
+                size += len(v)
+            yield from nodes
+        _container_roots = fresh
 
     def roots(self) -> Iterator[tuple[Node, bool]]:
         """(node, flat) for every root."""
@@ -143,11 +194,8 @@ class _Graph:
         for (ns, digest), rec in self.items("content"):
             if GC_ROOT in rec.get("labels", {}):
                 yield (CONTENT, ns, digest), False
-        for (ns, _), rec in self.items("containers"):
-            if rec.get("snapshotter") and rec.get("snapshot_key"):
-                yield (SNAPSHOT, ns, f"{rec['snapshotter']}/{rec['snapshot_key']}"), False
-            for n in label_refs(ns, rec.get("labels", {})):
-                yield n, False
+        for n in self.container_roots():
+            yield n, False
         for (ns, snapshotter, name), rec in self.items("snapshots"):
             if GC_ROOT in rec.get("labels", {}):
                 yield (SNAPSHOT, ns, f"{snapshotter}/{name}"), False
@@ -190,15 +238,14 @@ def collect(db: DB, backing=None, now: float | None = None) -> Stats:
         marked = graph.mark()
         doomed: list[tuple[str, bytes]] = []
         for bucket, type_ in (("leases", LEASE), ("ingests", INGEST), ("content", CONTENT)):
-            for parts, rec in graph.items(bucket):
-                ns, k = parts
-                if (type_, ns, k) not in marked:
-                    doomed.append((bucket, key(ns, k)))
+            for k, ((ns, name), rec) in graph.seen[bucket].items():
+                if (type_, ns, name) not in marked:
+                    doomed.append((bucket, k))
                     if type_ == INGEST and not rec.get("expected"):
                         aborted.append(rec["bref"])
-        for (ns, snapshotter, name), _ in graph.items("snapshots"):
+        for k, ((ns, snapshotter, name), _) in graph.seen["snapshots"].items():
             if (SNAPSHOT, ns, f"{snapshotter}/{name}") not in marked:
-                doomed.append(("snapshots", key(ns, snapshotter, name)))
+                doomed.append(("snapshots", k))
                 stats.snapshotters.add(snapshotter)
         for bucket, k in doomed:
             txn.delete(k, db=db.bucket(bucket))
