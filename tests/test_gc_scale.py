@@ -179,10 +179,33 @@ def test_records_written_without_the_store_are_read_as_json(md):
 
 
 def test_reuse_is_bounded(md, monkeypatch):
-    monkeypatch.setattr(gc, "_CONTAINER_CACHE_BYTES", 1)
+    for reuse in gc._REUSE.values():
+        monkeypatch.setattr(reuse, "limit", 1)
     a = put(md, "ns", b"a")
-    ContainerStore(md.db).create("ns", container("c1", labels={REF: a}))
+    md.snapshotters["native"].prepare("ns", "snap")
+    ContainerStore(md.db).create("ns", container("c1", labels={REF: a}, snapshotter="native",
+                                                 snapshot_key="snap"))
+    for _ in range(2):
+        md.collect()
+        assert has_blob(md, "ns", a) and snapshots(md) == ["snap"]
+    assert all(reuse.entries == {} for reuse in gc._REUSE.values())
+
+
+def test_changed_snapshot_and_content_records_are_read_afresh(md):
+    """Parsed snapshot and content records are reused only while their bytes are the same:
+    a label that roots or references something takes effect at the next collection."""
+    s = md.snapshotters["native"]
+    s.prepare("ns", "snap")
+    a, b = put(md, "ns", b"a"), put(md, "ns", b"b")
+    md.content.update("ns", a, {"containerd.io/gc.root": "1", REF: b}, ["labels"])
     md.collect()
+    assert snapshots(md) == [] and has_blob(md, "ns", a) and has_blob(md, "ns", b)
+    s.prepare("ns", "snap")
+    s.update("ns", "snap", {"containerd.io/gc.root": "1"}, ["labels"])
+    md.content.update("ns", a, {"containerd.io/gc.root": "1"}, ["labels"])
     md.collect()
-    assert has_blob(md, "ns", a)
-    assert gc._container_roots == {}
+    assert snapshots(md) == ["snap"] and has_blob(md, "ns", a) and not has_blob(md, "ns", b)
+    s.update("ns", "snap", {}, ["labels"])
+    md.content.update("ns", a, {}, ["labels"])
+    md.collect()
+    assert snapshots(md) == [] and not has_blob(md, "ns", a)

@@ -16,6 +16,11 @@ their own plugins (later capabilities register a cleanup with :func:`collect`'s 
 Records read here (JSON values): ``content``/``snapshots``/``images``/``containers`` with a
 ``labels`` map; ``images`` with ``target.digest``; ``containers`` with ``snapshotter`` and
 ``snapshot_key``; ``snapshots`` (key ``<ns>\\0<snapshotter>\\0<name>``) with ``parent``.
+
+Cost: a collection runs after every lease deletion (every ``ctr run``) and holds the write
+transaction, so it reads each record once, and reuses what the previous collection of the
+process derived from a record whose bytes have not changed (:class:`_Reuse`): a container
+costs a byte comparison of its record instead of json.loads of its OCI spec.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ctrd.errdefs import NotFound
 from ctrd.metadata.db import DB, key, name_of, scan, split
@@ -82,16 +87,46 @@ def label_refs(ns: str, labels: dict[str, str]) -> Iterator[Node]:
             yield (SNAPSHOT, ns, f"{snapshotter}/{v}")
 
 
-# Per process: the roots of each container record as last read, with the record itself (raw
-# key -> (raw value, roots)). A container record carries its OCI spec, KiBs that GC does not
-# need and that made json.loads of every container the bulk of a collection's marking (runs
-# after every ``ctr run``, inside the write transaction). A hit needs the stored bytes to equal
-# the record read now, so any change to a record (labels, snapshot key, spec...) is parsed
-# afresh; comparing bytes is ~100x cheaper than parsing or hashing them (blake2b of a 4.5 KiB
-# record costs as much as json.loads). Every collection rebuilds it from the records it read
-# (deleted containers leave it), keeping at most _CONTAINER_CACHE_BYTES of records.
-_container_roots: dict[bytes, tuple[bytes, tuple[Node, ...]]] = {}
-_CONTAINER_CACHE_BYTES = 32 << 20
+class _Reuse:
+    """What collections derive from the records of one bucket, kept from one collection to
+    the next (per process): raw key -> (raw value, what was derived from it).
+
+    Collections run after every lease deletion (every ``ctr run``) inside the write
+    transaction, and parsing every record was most of their cost: a container record
+    carries its OCI spec (KiBs that GC does not need), every container brings a snapshot
+    record. A hit needs the stored bytes to equal the record read now, so any change to a
+    record is parsed afresh; comparing bytes is ~100x cheaper than parsing them or hashing
+    them (blake2b of a 4.5 KiB record costs as much as json.loads). Each pass over the
+    bucket rebuilds the entries from the records it read (deleted records leave), keeping
+    records up to ``limit`` bytes in all. What is derived is shared between collections:
+    read-only."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.entries: dict[bytes, tuple[bytes, Any]] = {}
+
+    def derive(self, rows: Iterable[tuple[bytes, bytes]], fn: Callable[[bytes, bytes], Any]
+               ) -> Iterator[tuple[bytes, Any]]:
+        """(key, fn(key, value)) for each row, fn called only for rows not seen as they are."""
+        entries, fresh, size = self.entries, {}, 0
+        for k, v in rows:
+            hit = entries.get(k)
+            if hit is not None and hit[0] == v:
+                derived = hit[1]
+            else:
+                derived = fn(k, v)
+            if size + len(v) <= self.limit:
+                fresh[k] = (v, derived)
+                size += len(v)
+            yield k, derived
+        self.entries = fresh
+
+
+# Containers keep only their roots (a few nodes) besides their bytes; other buckets keep
+# parsed records, several times their small JSON text.
+_REUSE = {"containers": _Reuse(32 << 20),
+          **{b: _Reuse(4 << 20) for b in ("leases", "images", "ingests", "content",
+                                           "snapshots")}}
 
 
 def _container_refs(ns: str, rec: dict) -> Iterator[Node]:
@@ -113,18 +148,24 @@ class _Graph:
     def __init__(self, db: DB, txn, now: float) -> None:
         self.db, self.txn, self.now = db, txn, now
         # bucket -> raw key -> (key parts with the full name, record), in key order
-        self.seen: dict[str, dict[bytes, tuple[list[str], dict]]] = {b: {} for b in self.SWEPT}
+        self.seen: dict[str, dict[bytes, tuple[tuple[str, ...], dict]]] = {b: {} for b in self.SWEPT}
 
-    def items(self, bucket: str) -> Iterator[tuple[list[str], dict]]:
+    def items(self, bucket: str) -> Iterator[tuple[tuple[str, ...], dict]]:
+        """(key parts with the full name, record) of every record of ``bucket``."""
         n = 3 if bucket == "snapshots" else 2
-        keep = self.seen.get(bucket)
-        for k, v in scan(self.txn, self.db.bucket(bucket), b""):
+
+        def parse(k: bytes, v: bytes) -> tuple[tuple[str, ...], dict]:
             rec = json.loads(v)
             parts = split(k, n)
             parts[-1] = name_of(k, rec, n)
+            return tuple(parts), rec
+
+        keep = self.seen.get(bucket)
+        rows = scan(self.txn, self.db.bucket(bucket), b"")
+        for k, item in _REUSE[bucket].derive(rows, parse):
             if keep is not None:
-                keep[k] = (parts, rec)
-            yield parts, rec
+                keep[k] = item
+            yield item
 
     def record(self, node: Node) -> dict | None:
         type_, ns, k = node
@@ -144,21 +185,11 @@ class _Graph:
         return None if raw is None else json.loads(raw)
 
     def container_roots(self) -> Iterator[Node]:
-        """What every container holds (its snapshot and label references), through
-        :data:`_container_roots`, which this rebuilds."""
-        global _container_roots
-        cache, fresh, size = _container_roots, {}, 0
-        for k, v in scan(self.txn, self.db.bucket("containers"), b""):
-            hit = cache.get(k)
-            if hit is not None and hit[0] == v:
-                nodes = hit[1]
-            else:
-                nodes = tuple(_container_refs(split(k)[0], json.loads(v)))
-            if size + len(v) <= _CONTAINER_CACHE_BYTES:
-                fresh[k] = (v, nodes)
-                size += len(v)
+        """What every container holds: its snapshot and label references."""
+        rows = scan(self.txn, self.db.bucket("containers"), b"")
+        for _, nodes in _REUSE["containers"].derive(
+                rows, lambda k, v: tuple(_container_refs(split(k)[0], json.loads(v)))):
             yield from nodes
-        _container_roots = fresh
 
     def roots(self) -> Iterator[tuple[Node, bool]]:
         """(node, flat) for every root."""
