@@ -29,8 +29,13 @@ def validate(s: str) -> str:
 
 
 def validate_label(key: str, value: str) -> None:
-    """A label's key and value together fit in 4096 bytes (UTF-8)."""
-    if len(key.encode()) + len(value.encode()) > MAX_LABEL_SIZE:
+    """A label's key and value are text (encodable as UTF-8: a lone surrogate from a Python
+    caller is not) and together fit in 4096 bytes."""
+    try:
+        size = len(key.encode()) + len(value.encode())
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"label is not valid UTF-8, key: {key[:10]!r}") from None
+    if size > MAX_LABEL_SIZE:
         raise InvalidArgument(f"label key and value greater than maximum size "
                               f"({MAX_LABEL_SIZE} bytes), key: {key[:10]}")
 
