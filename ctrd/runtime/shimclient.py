@@ -208,17 +208,12 @@ class ShimCommand:
                 s.connect("\0" + name)
             except OSError:
                 return None
-            s.settimeout(START_SHIM_TIMEOUT)
-            s.sendall(request)
-            s.shutdown(socket.SHUT_WR)
-            out = bytearray()
-            while chunk := s.recv(65536):
-                out += chunk
+            out = cli.exchange(s, request, START_SHIM_TIMEOUT)
         except OSError:
             return None
         finally:
             s.close()
-        status, _, text = bytes(out).partition(b"\0")
+        status, _, text = out.partition(b"\0")
         if status == b"ok":
             return _parse_address(text.decode(errors="replace"))
         if status == b"err":

@@ -5,8 +5,9 @@ Deliberately lean: no asyncio (its import costs ~9 MB RSS and ~60 ms), no grpc, 
 no dataclasses. One thread, one epoll loop (:mod:`.loop`); runtime commands run synchronously
 and are waited for by pid, so the SIGCHLD reaper never steals their exit codes.
 
-Modules: :mod:`.cli` (argv, ``start``/``delete``, :func:`.cli.serve`), :mod:`.service` (the Task
-service), :mod:`.process` (init and exec processes), :mod:`.runtime` (OCI runtime CLI),
+Modules: :mod:`.cli` (argv, ``start``/``delete``), :mod:`.template` (the fork server),
+:mod:`.serving` (a shim's main), :mod:`.service` (the Task service), :mod:`.process` (init
+and exec processes), :mod:`.runtime` (OCI runtime CLI),
 :mod:`.stdio` (FIFOs, file URIs, pty copy), :mod:`.reaper`, :mod:`.events` (publisher),
 :mod:`.server` (ttrpc server on the loop), :mod:`.mount` (rootfs), :mod:`.log`.
 """

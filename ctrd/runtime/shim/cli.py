@@ -238,17 +238,25 @@ def _ask(name: str, request: bytes, debug: bool) -> bytes | None:
                     return None
             time.sleep(nap)
             nap = min(nap * 2, 0.05)
-        s.settimeout(TEMPLATE_ANSWER)
-        s.sendall(request)
-        s.shutdown(_socket.SHUT_WR)
-        out = bytearray()
-        while chunk := s.recv(65536):
-            out += chunk
-        return bytes(out)
+        return exchange(s, request, TEMPLATE_ANSWER)
     except OSError:
         return b""
     finally:
         s.close()
+
+
+def exchange(s, request: bytes, timeout: float) -> bytes:
+    """Send a start request on a socket connected to a template and read its whole answer
+    (the template answers, then closes). OSError on a timeout or a broken connection."""
+    import _socket  # built in: start imports no socket module
+
+    s.settimeout(timeout)
+    s.sendall(request)
+    s.shutdown(_socket.SHUT_WR)
+    out = bytearray()
+    while chunk := s.recv(65536):
+        out += chunk
+    return bytes(out)
 
 
 def start(a: Args) -> int:
@@ -309,6 +317,8 @@ def start_inprocess(a: Args, options: bytes) -> int:
             if null > 2:
                 os.close(null)
             _adjust_oom_score(daemon)
+            from ctrd.runtime.shim.serving import serve
+
             serve(a.id, a.namespace, bundle, listener, path,
                   os.environ.get("TTRPC_ADDRESS", ""), opts, a.debug)
             code = 0
@@ -317,14 +327,6 @@ def start_inprocess(a: Args, options: bytes) -> int:
     listener.close()
     sys.stdout.write(address)
     return 0
-
-
-def serve(id: str, namespace: str, bundle: str, listener, socket_path: str,
-          ttrpc_address: str, options=None, debug: bool = False) -> None:
-    """:func:`ctrd.runtime.shim.serving.serve` (imported only when a shim serves)."""
-    from ctrd.runtime.shim.serving import serve as _serve
-
-    _serve(id, namespace, bundle, listener, socket_path, ttrpc_address, options, debug)
 
 
 def delete(a: Args) -> int:
@@ -396,6 +398,8 @@ def main(argv: list[str] | None = None) -> int:
             listener = _listen(path)
             if listener is None:
                 raise UsageError(f"a shim is already serving {path}")
+            from ctrd.runtime.shim.serving import serve
+
             serve(a.id, a.namespace, a.bundle or os.getcwd(), listener, path,
                   os.environ.get("TTRPC_ADDRESS", ""), None, a.debug)
             return 0

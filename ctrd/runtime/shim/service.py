@@ -73,7 +73,7 @@ def read_options(bundle: str) -> oci_pb2.Options:
 
 
 class TaskService:
-    """Lifecycle: built by :func:`ctrd.runtime.shim.cli.serve`; ``on_shutdown`` is called
+    """Lifecycle: built by :func:`ctrd.runtime.shim.serving.serve`; ``on_shutdown`` is called
     (from the loop) once Shutdown found no task left."""
 
     def __init__(self, loop: Loop, namespace: str, publisher: Publisher,
