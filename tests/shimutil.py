@@ -78,11 +78,14 @@ def stale_sockets(before: set[str]) -> set[str]:
     return out
 
 
-def wait_until(cond, timeout: float = 10.0, interval: float = 0.05) -> bool:
+def wait_until(cond, timeout: float = 10.0, interval: float = 0.05):
+    """Poll ``cond`` until it returns something truthy (returned) or ``timeout`` passes (its
+    last value is returned)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if cond():
-            return True
+        v = cond()
+        if v:
+            return v
         time.sleep(interval)
     return cond()
 

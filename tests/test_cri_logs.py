@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import os
 import re
-import time
 
 import pytest
+
+from shimutil import wait_until
 
 from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
 from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
@@ -32,16 +33,6 @@ def _entries(path: str) -> list[tuple[str, str, bytes]]:
     return out
 
 
-def _wait_for(pred, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
-
-
 def test_log_format_split_and_reopen(cri_factory, tmp_root):  # noqa: F811
     c = cri_factory()
     pb = c.pb
@@ -61,7 +52,7 @@ def test_log_format_split_and_reopen(cri_factory, tmp_root):  # noqa: F811
             return None
         return e if sum(1 for s, t, _ in e if t == "F") >= 4 else None
 
-    entries = _wait_for(ready)
+    entries = wait_until(ready, timeout=20)
     assert entries, open(path, "rb").read()[:500] if os.path.exists(path) else "no log file"
     full = [(s, line) for s, t, line in entries if t == "F"]
     assert ("stdout", b"out-1") in full and ("stderr", b"err-1") in full
@@ -77,7 +68,8 @@ def test_log_format_split_and_reopen(cri_factory, tmp_root):  # noqa: F811
     c.rt.ReopenContainerLog(pb.ReopenContainerLogRequest(container_id=cid))
     assert os.path.exists(path)
     c.sh(cid, "touch /tmp/go")
-    after = _wait_for(lambda: [x for x in _entries(path) if x[2] == b"after-reopen"])
+    after = wait_until(lambda: [x for x in _entries(path) if x[2] == b"after-reopen"],
+                       timeout=20)
     assert after == [("stdout", "F", b"after-reopen")]
     assert not [x for x in _entries(path + ".1") if x[2] == b"after-reopen"]
 

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from shimutil import wait_until
+
 from conftest import ctr
 from taskutil import SHIM_KINDS, mounts_under, task_daemon
 
@@ -31,23 +33,13 @@ def tasks(d) -> dict[str, tuple[int, str]]:
     return out
 
 
-def wait_for(pred, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
-
-
 def test_kill9_daemon_tasks_survive(daemon, start_ctrd):
     d = daemon
     for c in ("c1", "c2", "c3"):
         r = ctr(d.address, "run", "-d", d.image, c, "sleep", "1000")
         assert r.returncode == 0, r.stderr
-    assert wait_for(lambda: all(s == "RUNNING" for _, s in tasks(d).values())
-                    and len(tasks(d)) == 3)
+    assert wait_until(lambda: all(s == "RUNNING" for _, s in tasks(d).values())
+                      and len(tasks(d)) == 3, timeout=15)
     pids = {k: p for k, (p, _) in tasks(d).items()}
 
     os.kill(d.proc.pid, signal.SIGKILL)
@@ -56,7 +48,7 @@ def test_kill9_daemon_tasks_survive(daemon, start_ctrd):
 
     d2 = start_ctrd(config_text=d.config_text, name="ctrd")
     d.holder[0] = d2
-    t = wait_for(lambda: tasks(d2).get("c3", (0, ""))[1] == "STOPPED" and tasks(d2))
+    t = wait_until(lambda: tasks(d2).get("c3", (0, ""))[1] == "STOPPED" and tasks(d2), timeout=15)
     assert t["c1"][1] == "RUNNING" and t["c2"][1] == "RUNNING", t
     assert t["c3"][1] == "STOPPED", t
 
@@ -64,7 +56,7 @@ def test_kill9_daemon_tasks_survive(daemon, start_ctrd):
     assert r.returncode == 0, r.stderr
     assert r.stdout == "still-here\n"
     assert ctr(d2.address, "tasks", "kill", "-s", "KILL", "c2").returncode == 0
-    assert wait_for(lambda: tasks(d2)["c2"][1] == "STOPPED")
+    assert wait_until(lambda: tasks(d2)["c2"][1] == "STOPPED", timeout=15)
     r = ctr(d2.address, "tasks", "rm", "c3")
     assert r.returncode == 0, r.stderr
     assert "137" in r.stderr, r.stderr  # ctr warns with the non-zero exit status
@@ -82,13 +74,15 @@ def test_kill9_shim_reports_stopped_and_releases(daemon, tmp_root):
     d = daemon
     r = ctr(d.address, "run", "-d", d.image, "victim", "sleep", "1000")
     assert r.returncode == 0, r.stderr
-    assert wait_for(lambda: tasks(d).get("victim", (0, ""))[1] == "RUNNING")
+    assert wait_until(lambda: tasks(d).get("victim", (0, ""))[1] == "RUNNING", timeout=15)
     init = tasks(d)["victim"][0]
     shim = _shim_pid(d, "victim")
     assert shim != d.proc.pid
     os.kill(shim, signal.SIGKILL)
-    assert wait_for(lambda: tasks(d).get("victim", (0, ""))[1] == "STOPPED"), tasks(d)
-    assert wait_for(lambda: not os.path.exists(f"/proc/{init}")), "container outlived its shim"
+    assert wait_until(lambda: tasks(d).get("victim", (0, ""))[1] == "STOPPED",
+                      timeout=15), tasks(d)
+    assert wait_until(lambda: not os.path.exists(f"/proc/{init}"),
+                      timeout=15), "container outlived its shim"
     bundle = d.state / "io.containerd.runtime.v2.task" / "default" / "victim"
     assert not bundle.exists()
     assert not [m for m in mounts_under(tmp_root) if "victim" in m]
@@ -104,7 +98,7 @@ def test_hung_shim_does_not_block_others(daemon):
     for c in ("ok1", "hung"):
         r = ctr(d.address, "run", "-d", d.image, c, "sleep", "1000")
         assert r.returncode == 0, r.stderr
-    assert wait_for(lambda: len(tasks(d)) == 2)
+    assert wait_until(lambda: len(tasks(d)) == 2, timeout=15)
     shim = _shim_pid(d, "hung")
     os.kill(shim, signal.SIGSTOP)
     try:
@@ -116,4 +110,4 @@ def test_hung_shim_does_not_block_others(daemon):
         assert r.returncode == 0 and r.stdout == "fine\n", r.stderr
     finally:
         os.kill(shim, signal.SIGCONT)
-    assert wait_for(lambda: tasks(d)["hung"][1] == "RUNNING")
+    assert wait_until(lambda: tasks(d)["hung"][1] == "RUNNING", timeout=15)
