@@ -713,7 +713,21 @@ def _systemd(cri: CRIConfig, handler: RuntimeHandler | None) -> bool:
     return bool(opts.get("SystemdCgroup") or opts.get("systemd_cgroup") or cri.systemd_cgroup)
 
 
+def _set_cgroups_path(linux: dict, sandbox, sandbox_config, cri, handler, id_: str) -> None:
+    """``linux.cgroupsPath`` of a pod's or a container's spec (containerd's rule): under the
+    pod's cgroup parent (the sandbox's recorded one, else its config's), named for ``id_``;
+    without a parent, systemd's ``:cri-containerd:<id>`` or none (the runtime's default)."""
+    parent = sandbox.cgroup_parent if sandbox.cgroup_parent is not None \
+        else sandbox_config.linux.cgroup_parent
+    systemd = _systemd(cri, handler)
+    if parent:
+        linux["cgroupsPath"] = cgroups_path(parent, id_, systemd)
+    elif systemd:
+        linux["cgroupsPath"] = f":cri-containerd:{id_}"
+
+
 # -- namespaces -----------------------------------------------------------------------------
+
 
 def _set_namespace(linux: dict[str, Any], kind: str, path: str | None, host: bool) -> None:
     """Join ``path`` (or a new namespace when None), replacing an entry of the same type in
@@ -1067,13 +1081,7 @@ def container_spec(container_id: str, config: Any, sandbox_config: Any,
     else:
         if config.linux.HasField("resources"):
             apply_resources(spec, config.linux.resources, cri, host)
-        parent = sandbox.cgroup_parent if sandbox.cgroup_parent is not None \
-            else sandbox_config.linux.cgroup_parent
-        systemd = _systemd(cri, handler)
-        if parent:
-            linux["cgroupsPath"] = cgroups_path(parent, container_id, systemd)
-        elif systemd:
-            linux["cgroupsPath"] = f":cri-containerd:{container_id}"
+        _set_cgroups_path(linux, sandbox, sandbox_config, cri, handler, container_id)
 
     annotations = spec.setdefault("annotations", {})
     if handler is not None:
@@ -1310,13 +1318,7 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
     if cri.disable_cgroup:
         linux.pop("cgroupsPath", None)
     else:
-        parent = sandbox.cgroup_parent if sandbox.cgroup_parent is not None \
-            else sandbox_config.linux.cgroup_parent
-        systemd = _systemd(cri, handler)
-        if parent:
-            linux["cgroupsPath"] = cgroups_path(parent, sandbox_id, systemd)
-        elif systemd:
-            linux["cgroupsPath"] = f":cri-containerd:{sandbox_id}"
+        _set_cgroups_path(linux, sandbox, sandbox_config, cri, handler, sandbox_id)
         linux.setdefault("resources", {})["cpu"] = {"shares": DEFAULT_SANDBOX_CPU_SHARES}
 
     annotations: dict[str, str] = {}
