@@ -22,9 +22,8 @@ import grpc
 import pytest
 
 from conftest import ctr
-from taskutil import mounts_under, processes_under, reap
 from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import CRI, cri_config
+from test_cri_runtime import CRI, cri_config, teardown
 
 pytestmark = pytest.mark.integration
 
@@ -121,28 +120,7 @@ def pause_factory(start_ctrd, tmp_root, registry, testnet):  # noqa: F811 - fixt
     try:
         yield make
     finally:
-        leftovers: list[str] = []
-        for c in made:
-            pb = c.pb
-            try:
-                for s in c.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items:
-                    c.remove_pod(s.id)
-                leftovers += [f"container {x.id}" for x in
-                              c.rt.ListContainers(pb.ListContainersRequest()).containers]
-                leftovers += _k8s_objects(c.daemon.address)
-            finally:
-                c.close()
-                d = c.daemon
-                leftovers += [f"process {p}" for p in processes_under(tmp_root)
-                              if p != d.proc.pid]
-                leftovers += [f"mount {m}" for m in mounts_under(tmp_root)]
-                leftovers += [f"lease {x}" for x in c.net.leases()]
-                sandboxes = d.state / "io.containerd.grpc.v1.cri" / "sandboxes"
-                if sandboxes.exists():
-                    leftovers += [f"pod dir {x.name}" for x in sandboxes.iterdir()]
-                d.stop()
-        reap(tmp_root)
-        assert not leftovers, leftovers
+        teardown(made, tmp_root, extra=lambda c: _k8s_objects(c.daemon.address))
 
 
 def _ppid(pid: int) -> int:

@@ -167,27 +167,35 @@ def cri_factory(start_ctrd, tmp_root, registry, testnet):  # noqa: F811
     try:
         yield make
     finally:
-        leftovers: list[str] = []
-        for c in made:
-            pb = c.pb
-            try:
-                for s in c.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items:
-                    c.remove_pod(s.id)
-                leftovers += [f"container {x.id}" for x in
-                              c.rt.ListContainers(pb.ListContainersRequest()).containers]
-            finally:
-                c.close()
-                d = c.daemon
-                leftovers += [f"process {p}" for p in processes_under(tmp_root)
-                              if p != d.proc.pid]
-                leftovers += [f"mount {m}" for m in mounts_under(tmp_root)]
-                leftovers += [f"lease {x}" for x in c.net.leases()]
-                sandboxes = d.state / "io.containerd.grpc.v1.cri" / "sandboxes"
-                if sandboxes.exists():
-                    leftovers += [f"pod dir {x.name}" for x in sandboxes.iterdir()]
-                d.stop()
-        reap(tmp_root)
-        assert not leftovers, leftovers
+        teardown(made, tmp_root)
+
+
+def teardown(made: list, tmp_root, extra=lambda c: []) -> None:
+    """Remove every pod of the CRI clients ``made``, stop their daemons, reap what is left
+    under ``tmp_root``; then fail on anything still there (containers, processes, mounts, CNI
+    leases, pod dirs, and ``extra(c)``'s findings)."""
+    leftovers: list[str] = []
+    for c in made:
+        pb = c.pb
+        try:
+            for s in c.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items:
+                c.remove_pod(s.id)
+            leftovers += [f"container {x.id}" for x in
+                          c.rt.ListContainers(pb.ListContainersRequest()).containers]
+            leftovers += extra(c)
+        finally:
+            c.close()
+            d = c.daemon
+            leftovers += [f"process {p}" for p in processes_under(tmp_root)
+                          if p != d.proc.pid]
+            leftovers += [f"mount {m}" for m in mounts_under(tmp_root)]
+            leftovers += [f"lease {x}" for x in c.net.leases()]
+            sandboxes = d.state / "io.containerd.grpc.v1.cri" / "sandboxes"
+            if sandboxes.exists():
+                leftovers += [f"pod dir {x.name}" for x in sandboxes.iterdir()]
+            d.stop()
+    reap(tmp_root)
+    assert not leftovers, leftovers
 
 
 @pytest.fixture
