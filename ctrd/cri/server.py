@@ -97,6 +97,9 @@ class CRIRuntime:
         self._inflight: dict[str, asyncio.Future] = {}  # name -> its create in flight
         self._sandbox_pull: asyncio.Future | None = None  # the sandbox image's pull
         self._puller = None  # an ImageService for that pull (built on first use)
+        from ctrd.cri.streaming.attach_io import Relays
+
+        self.attach_io = Relays(state)  # log-less containers' output, for attach
 
     # --- container lifecycle events (GetContainerEvents) ----------------------------------
 
@@ -841,6 +844,9 @@ class CRIRuntime:
             os.makedirs(os.path.dirname(stdin), mode=0o700, exist_ok=True)
             if not os.path.exists(stdin):
                 os.mkfifo(stdin, 0o600)
+        if not meta.log_path:  # no log file to follow: attach reads the output's FIFOs
+            relay = self.attach_io.open(meta.id, config.tty)
+            stdout, stderr = relay.stdout_path, relay.stderr_path
         mounts = await asyncio.to_thread(self.snapshotter().mounts, NAMESPACE, meta.id)
         options = None
         if c.runtime.options is not None:
@@ -862,6 +868,7 @@ class CRIRuntime:
                 await self.manager.delete(NAMESPACE, meta.id)
                 raise
         except errdefs.CtrdError as e:
+            self.attach_io.close(meta.id)
             self.records.update_container(meta.id, state=st.EXITED, finished_at=now_ns(),
                                           exit_code=128, reason="StartError",
                                           message=str(e))
@@ -989,7 +996,8 @@ class CRIRuntime:
             await asyncio.to_thread(self.snapshotter().remove, NAMESPACE, meta.id)
         except errdefs.NotFound:
             pass
-        _rmtree(os.path.join(self.state, "containers", meta.id))  # the stdin FIFO's dir
+        self.attach_io.close(meta.id)
+        _rmtree(os.path.join(self.state, "containers", meta.id))  # the stdio FIFOs' dir
         self.records.remove_container(meta.id)
         self._exited.pop(meta.id, None)
         self._emit("deleted", meta.id, meta.sandbox_id)
@@ -1186,6 +1194,7 @@ class CRIRuntime:
             if status.state in (st.RUNNING, st.UNKNOWN):
                 # still watched: its shim may answer later
                 self.records.update_container(id_, state=st.RUNNING)
+                self._reopen_output(id_)
                 self._monitor(id_, task)
             return
         if ts.status == task_pb2.CREATED:
@@ -1210,7 +1219,23 @@ class CRIRuntime:
                 # died after the task's start, before the status was written
                 changes.update(pid=ts.pid, started_at=now_ns(), exit_code=0, reason="")
             self.records.update_container(id_, **changes)
+            self._reopen_output(id_)
             self._monitor(id_, task)
+
+    def _reopen_output(self, id_: str) -> None:
+        """A running log-less container's output FIFOs are read again (attach_io)."""
+        meta, _ = self.records.container(id_)
+        if meta.log_path:
+            return
+        from ctrd.cri.streaming.attach_io import fifo_paths
+
+        if not os.path.exists(fifo_paths(self.state, id_, False)[0]):
+            return  # started by a ctrd that gave it no FIFOs
+        tty = not os.path.exists(fifo_paths(self.state, id_, False)[1])
+        try:
+            self.attach_io.open(id_, tty)
+        except OSError as e:
+            log.warning("container %s: reopen its output: %s", id_, e)
 
     async def _delete_task(self, id_: str) -> None:
         try:
