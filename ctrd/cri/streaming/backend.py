@@ -149,6 +149,12 @@ async def _cancel(*tasks) -> None:
         await asyncio.gather(*live, return_exceptions=True)
 
 
+async def _drain(src) -> None:
+    """Read a client channel nobody uses to its EOF (so it never fills the session)."""
+    while await src.read():
+        pass
+
+
 async def _relay_out(sub, s: Streams) -> None:
     """A log-less container's output (:mod:`.attach_io`) into the client's stdout/stderr
     until it ended; a client that went away ends it."""
@@ -353,6 +359,8 @@ class CRIBackend:
                     ends.add(stdin)      # stdin EOF: the client detaches
                 if s.stdout is None and s.stderr is None:
                     ends = {stdin}
+            elif s.stdin is not None:  # the container has no stdin: the client's is dropped
+                extra.append(asyncio.ensure_future(_drain(s.stdin)))
             if s.resize is not None:
                 extra.append(asyncio.ensure_future(_resize_loop(
                     s.resize, lambda w, h: task.resize_pty("", w, h))))
