@@ -97,6 +97,7 @@ class CRIRuntime:
         self._inflight: dict[str, asyncio.Future] = {}  # name -> its create in flight
         self._sandbox_pull: asyncio.Future | None = None  # the sandbox image's pull
         self._puller = None  # an ImageService for that pull (built on first use)
+        self._features: dict[str, Any] = {}  # handler name -> its probed features
 
     # --- container lifecycle events (GetContainerEvents) ----------------------------------
 
@@ -212,6 +213,20 @@ class CRIRuntime:
             "streamServerPort": self.config.stream_server_port}),
             "golang": "n/a (ctrd is Python)", "lastCNILoadStatus": load or "OK"}
         return conds, info
+
+    def deprecations(self) -> dict[str, str]:
+        """Deprecation warnings ({id: message}) for the ``ContainerdHasNoDeprecationWarnings``
+        condition: none reported yet."""
+        return {}
+
+    def handler_features(self, name: str, handler) -> Any:
+        """A handler's runtime.v1 RuntimeHandlerFeatures (probed once, kept)."""
+        from ctrd.cri import runtime_status as rs
+
+        hit = self._features.get(name)
+        if hit is None:
+            hit = self._features[name] = rs.HandlerFeatures()
+        return hit
 
     def update_runtime_config(self, pod_cidr: str) -> None:
         """Remember the node's pod CIDR; with a ``conf_template`` configured, write the CNI
