@@ -32,6 +32,7 @@ import time
 from typing import Any
 
 from ctrd import errdefs
+from ctrd.cri import identity, stop_signal
 from ctrd.cri import store as st
 from ctrd.cri.config import CRIConfig
 
@@ -283,6 +284,8 @@ class CRIRuntime:
         if not md.name or not md.namespace or not md.uid:
             raise errdefs.InvalidArgument("sandbox config must include metadata with name, "
                                           "namespace and uid")
+        identity.check_policy(config.linux.security_context.supplemental_groups_policy)
+        identity.check_groups(config.linux.security_context.supplemental_groups)
         handler_name, handler = self.handler(runtime_handler)
         pause = self._pause_kind(config)
         image = pod_init = None
@@ -719,6 +722,7 @@ class CRIRuntime:
         md = config.metadata
         if not md.name:
             raise errdefs.InvalidArgument("container config must include metadata with name")
+        config_stop_signal = stop_signal.from_enum(config.stop_signal)
         pod = self.sandbox_config(smeta).metadata
         id_ = new_id()
         name = "_".join([md.name, pod.name, pod.namespace, pod.uid, str(md.attempt)])
@@ -749,7 +753,9 @@ class CRIRuntime:
                                     image=config.image.image, log_path=log_path,
                                     snapshotter=self.snapshotter_name,
                                     runtime_handler=smeta.runtime_handler,
-                                    stop_signal=str(cfg.get("StopSignal") or ""),
+                                    stop_signal=config_stop_signal or str(
+                                        cfg.get("StopSignal") or "").strip(),
+                                    user=identity.container_user(spec),
                                     created_at=now_ns())
             labels = {**_filter_labels(config.labels), st.KIND_LABEL: "container"}
             image_name = (image.repo_tags or image.repo_digests or [image.id])[0]
@@ -949,7 +955,7 @@ class CRIRuntime:
                                           exit_code=255, reason="Unknown")
             return
         if timeout > 0:
-            sig = _signal_number(meta.stop_signal) or _signal.SIGTERM
+            sig = stop_signal.number(meta.stop_signal)
             try:
                 await task.kill(sig)
             except errdefs.NotFound:
@@ -1334,18 +1340,6 @@ def _exit_reason(code: int, oom: bool) -> str:
 
 _STATE_NAMES = {st.CREATED: "CONTAINER_CREATED", st.RUNNING: "CONTAINER_RUNNING",
                 st.EXITED: "CONTAINER_EXITED", st.UNKNOWN: "CONTAINER_UNKNOWN"}
-
-
-def _signal_number(name: str) -> int:
-    """A stop signal as images spell it (SIGTERM, TERM, 15); 0 when unknown."""
-    name = name.strip().upper()
-    if not name:
-        return 0
-    if name.isdigit():
-        return int(name)
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    return int(getattr(_signal, name, 0))
 
 
 def memory_cgroup_of(pid: int, mountpoint: str = "/sys/fs/cgroup") -> str:

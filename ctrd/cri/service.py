@@ -8,6 +8,7 @@ import json
 
 from ctrd.api.cri.runtime.v1 import api_pb2 as pb
 from ctrd.api.cri.runtime.v1 import api_pb2_grpc as pb_grpc
+from ctrd.cri import stop_signal
 from ctrd.cri import store as st
 from ctrd.cri.server import CRIRuntime, decode_msg
 from ctrd.cri.stats_methods import StatsMethods
@@ -165,7 +166,10 @@ class RuntimeService(StatsMethods, StreamingMethods, pb_grpc.RuntimeServiceServi
         out = pb.ContainerStatus(
             **fields, started_at=status.started_at, finished_at=status.finished_at,
             exit_code=status.exit_code, reason=status.reason, message=status.message,
-            mounts=config.mounts, log_path=meta.log_path)
+            mounts=config.mounts, log_path=meta.log_path,
+            user=pb.ContainerUser(linux=pb.LinuxContainerUser(**meta.user))
+            if meta.user else None,
+            stop_signal=stop_signal.to_enum(meta.stop_signal))
         resp = pb.ContainerStatusResponse(status=out)
         if request.verbose:
             from google.protobuf import json_format
