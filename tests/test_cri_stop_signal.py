@@ -107,3 +107,33 @@ def test_unknown_stop_signal_refused(cri):  # noqa: F811
     assert cri.status(cid).stop_signal == pb.SIGKILL
     assert _stop(cri, cid).exit_code == 137
     cri.remove_pod(sid)
+
+
+def test_signal_names_and_numbers():
+    """Every runtime.v1 Signal maps to a Linux signal and back; image spellings as moby's
+    ParseSignal reads them; what a stop sends for names that are no signal."""
+    import signal
+
+    from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+    from ctrd.cri import stop_signal as ss
+    from ctrd.errdefs import InvalidArgument
+
+    assert list(ss.ENUM_NAMES) == [pb.Signal.Name(i) for i in range(len(pb.Signal.keys()))]
+    for value in range(1, len(ss.ENUM_NAMES)):
+        name = ss.from_enum(value)
+        assert ss.parse(name) is not None, name
+        assert ss.to_enum(name) == value, name
+    assert ss.from_enum(pb.SIGRTMAXMINUS3) == "SIGRTMAX-3" and ss.parse("SIGRTMAX-3") == 61
+    assert ss.parse("SIGRTMIN") == 34 and ss.parse("rtmin+15") == 49
+    assert ss.parse("SIGRTMAX") == 64
+    for spelling in ("SIGUSR1", "USR1", "usr1", "10"):
+        assert ss.parse(spelling) == signal.SIGUSR1, spelling
+        assert ss.to_enum(spelling) == pb.SIGUSR1, spelling
+    assert ss.to_enum("SIGCLD") == pb.SIGCLD and ss.to_enum("17") == pb.SIGCHLD
+    for bad in ("SIGNOPE", "0", "65", "-1", "", "SIG"):
+        assert ss.parse(bad) is None, bad
+        assert ss.number(bad) == signal.SIGTERM, bad
+        assert ss.to_enum(bad) == pb.SIGTERM, bad
+    assert ss.from_enum(pb.RUNTIME_DEFAULT) == ""
+    with pytest.raises(InvalidArgument, match="stop_signal"):
+        ss.from_enum(len(ss.ENUM_NAMES))

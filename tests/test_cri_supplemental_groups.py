@@ -139,3 +139,20 @@ def test_hostile_groups_and_policies(cri):  # noqa: F811
         pb, supplemental_groups=[(1 << 31) - 1]))
     assert (1 << 31) - 1 in _ids(cri, cid, "1")[2]
     cri.remove_pod(sid)
+
+
+def test_additional_gids_rules():
+    from ctrd.cri import identity
+    from ctrd.errdefs import InvalidArgument
+
+    assert identity.additional_gids(identity.MERGE, 10, [30, 20], [40, 10]) == [10, 20, 30, 40]
+    assert identity.additional_gids(identity.STRICT, 10, [30, 20], [40]) == [10, 40]
+    assert identity.additional_gids(identity.STRICT, 0, [], []) == [0]
+    with pytest.raises(InvalidArgument, match="supplemental_groups_policy 2"):
+        identity.additional_gids(2, 0, [], [])
+    with pytest.raises(InvalidArgument, match="supplemental_groups entry -1"):
+        identity.check_groups([1, -1])
+    assert identity.container_user({"process": {"user": {"uid": 1, "gid": 2,
+                                                         "additionalGids": [2, 3]}}}) == \
+        {"uid": 1, "gid": 2, "supplemental_groups": [2, 3]}
+    assert identity.container_user({}) == {}

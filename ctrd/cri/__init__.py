@@ -7,6 +7,10 @@ Pieces, each usable without gRPC:
 - :mod:`netns`   -- pod namespaces pinned by bind mounts (network; IPC/UTS without a pause);
 - :mod:`cni`     -- running CNI plugins (ADD/DEL/CHECK) from a conflist, results parsed;
 - :mod:`spec`    -- the OCI specs of a pod's containers and of its pause / pod init;
+- :mod:`runtime_features` -- what a handler's OCI runtime can do (``<runtime> features``):
+  recursive read-only mounts;
+- :mod:`identity` -- supplemental groups policy (Merge, Strict), ContainerStatus.user;
+- :mod:`stop_signal` -- the stop signal StopContainer sends and ContainerStatus reports;
 - :mod:`images`  -- image references as the kubelet sees them, pulls through ctrd's pull;
 - :mod:`sandbox`, :mod:`container` -- lifecycles over ctrd's containers store and the task
   manager (CRI objects are ctrd containers in namespace ``k8s.io``; their CRI metadata rides

@@ -21,8 +21,9 @@ kubelet:
 - CRI fields newer than containerd 1.6 that ctrd does not implement (idmap and image
   mounts, CDI devices, ambient capabilities) are refused rather than silently ignored;
 - supplementary groups from the image's ``/etc/group`` are those of the user the container
-  runs as (containerd looks up the groups of ``run_as_user``, or of uid 0 when only the
-  image names a user);
+  runs as (containerd 1.6 looked up the groups of ``run_as_user``, or of uid 0 when only the
+  image names a user; 2.3.4 does as ctrd), and only under the Merge
+  ``supplemental_groups_policy`` (:mod:`ctrd.cri.identity`);
 - capability names are accepted with or without ``CAP_`` (containerd always prefixes);
 - AppArmor: ``RuntimeDefault`` uses containerd's ``cri-containerd.apparmor.d`` profile when it
   is loaded (ctrd does not generate and load it); on a host without AppArmor every AppArmor
