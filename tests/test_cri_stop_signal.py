@@ -82,11 +82,16 @@ def test_sigkill_after_the_timeout(cri):  # noqa: F811
 
 
 def test_stop_signal_survives_a_restart(cri):  # noqa: F811
+    """A restarted ctrd (kill -9) still knows each container's stop signal and user."""
     pb = cri.pb
     sid, pconf = cri.run_pod("restart")
     cid = _start(cri, sid, pconf, "c", stop_signal=pb.SIGUSR1)
     cri.restart()
-    assert cri.status(cid).stop_signal == pb.SIGUSR1
+    cs = cri.status(cid)
+    assert cs.stop_signal == pb.SIGUSR1
+    # the user ContainerStatus reports is kept with the container too
+    assert (cs.user.linux.uid, cs.user.linux.gid, list(cs.user.linux.supplemental_groups)) \
+        == (0, 0, [0])
     assert _stop(cri, cid).exit_code == 41
     cri.remove_pod(sid)
 
