@@ -98,6 +98,7 @@ class CRIRuntime:
         self._inflight: dict[str, asyncio.Future] = {}  # name -> its create in flight
         self._sandbox_pull: asyncio.Future | None = None  # the sandbox image's pull
         self._puller = None  # an ImageService for that pull (built on first use)
+        self._features: dict[str, Any] = {}  # handler name -> its probed features
 
     # --- container lifecycle events (GetContainerEvents) ----------------------------------
 
@@ -214,6 +215,20 @@ class CRIRuntime:
             "golang": "n/a (ctrd is Python)", "lastCNILoadStatus": load or "OK"}
         return conds, info
 
+    def deprecations(self) -> dict[str, str]:
+        """Deprecation warnings ({id: message}) for the ``ContainerdHasNoDeprecationWarnings``
+        condition: none reported yet."""
+        return {}
+
+    def handler_features(self, name: str, handler) -> Any:
+        """A handler's runtime.v1 RuntimeHandlerFeatures (probed once, kept)."""
+        from ctrd.cri import runtime_status as rs
+
+        hit = self._features.get(name)
+        if hit is None:
+            hit = self._features[name] = rs.HandlerFeatures()
+        return hit
+
     def update_runtime_config(self, pod_cidr: str) -> None:
         """Remember the node's pod CIDR; with a ``conf_template`` configured, write the CNI
         config from it (containerd's template fields .PodCIDR, .PodCIDRRanges, .Routes)."""
@@ -304,7 +319,9 @@ class CRIRuntime:
             d = self._sandbox_dir(id_)
             os.makedirs(d, mode=0o711)
             undo.append(lambda: _rmtree(d))
-            hostname = config.hostname or (os.uname().nodename if host_net else md.name)
+            # No hostname in the config: the node's, as containerd (os.Hostname()), also
+            # for a pod with its own UTS namespace (a pod name is often no valid hostname).
+            hostname = config.hostname or os.uname().nodename
             await asyncio.to_thread(_write_sandbox_files, d, config, hostname, host_net)
             if not host_ipc:
                 await asyncio.to_thread(_mount_shm, d)
@@ -645,8 +662,12 @@ class CRIRuntime:
 
     async def stop_pod_sandbox(self, id_: str) -> None:
         """Containers killed, then the pause/init (SIGKILL), CNI DEL, namespaces released;
-        NOTREADY. Safe to repeat, and on whatever is already gone."""
-        meta, status = self.records.sandbox(id_)
+        NOTREADY. Safe to repeat, and on whatever is already gone; an unknown id is not an
+        error (the CRI contract: the kubelet retries stops; containerd 2.x answers OK)."""
+        try:
+            meta, status = self.records.sandbox(id_)
+        except errdefs.NotFound:
+            return
         for cmeta, cstatus in self.records.containers_of(meta.id):
             if cstatus.state in (st.RUNNING, st.UNKNOWN):
                 await self.stop_container(cmeta.id, 0)
@@ -944,7 +965,12 @@ class CRIRuntime:
         return bool(status.memory_cgroup) and cgroup_oom_kills(status.memory_cgroup) > 0
 
     async def stop_container(self, id_: str, timeout: int) -> None:
-        meta, status = self.records.container(id_)
+        """The stop signal, ``timeout`` seconds, SIGKILL. Idempotent: a stopped container or
+        an unknown id is not an error (the CRI contract; containerd 2.x answers OK)."""
+        try:
+            meta, status = self.records.container(id_)
+        except errdefs.NotFound:
+            return
         if status.state not in (st.RUNNING, st.UNKNOWN):
             return
         ev = self._exited.setdefault(meta.id, asyncio.Event())

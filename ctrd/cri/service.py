@@ -39,16 +39,27 @@ class RuntimeService(StatsMethods, StreamingMethods, pb_grpc.RuntimeServiceServi
                                   runtime_api_version=RUNTIME_API_VERSION)
 
     async def Status(self, request, context):
+        from ctrd.cri import runtime_status as rs
+
         conds, info = await asyncio.to_thread(self.rt.status)
+        conds.append(rs.deprecation_condition(self.rt.deprecations(), []))
         resp = pb.StatusResponse(status=pb.RuntimeStatus(conditions=[
             pb.RuntimeCondition(type=t, status=s, reason=r, message=m)
-            for t, s, r, m in conds]))
-        for name, h in self.rt.config.containerd.runtimes.items():
-            resp.runtime_handlers.add(name=name, features=pb.RuntimeHandlerFeatures(
-                recursive_read_only_mounts=False, user_namespaces=False))
+            for t, s, r, m in conds]), features=pb.RuntimeFeatures(
+                supplemental_groups_policy=True, user_namespaces_host_network=True))
+        for h in rs.runtime_handlers(self.rt.config, self.rt.handler_features):
+            resp.runtime_handlers.add(name=h.name, features=pb.RuntimeHandlerFeatures(
+                recursive_read_only_mounts=h.features.recursive_read_only_mounts,
+                user_namespaces=h.features.user_namespaces))
         if request.verbose:
             resp.info.update(info)
         return resp
+
+    async def RuntimeConfig(self, request, context):
+        from ctrd.cri import runtime_status as rs
+
+        return pb.RuntimeConfigResponse(linux=pb.LinuxRuntimeConfiguration(
+            cgroup_driver=rs.cgroup_driver(self.rt.config)))
 
     async def UpdateRuntimeConfig(self, request, context):
         await asyncio.to_thread(self.rt.update_runtime_config,
