@@ -164,8 +164,14 @@ def test_recursive_read_only_hostile(cri_factory, tree):  # noqa: F811
                              recursive_read_only=True, propagation=prop))
         assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, e.details()
         assert "recursive_read_only" in e.details() and name in e.details(), e.details()
+    # what the kubelet reads first: Status advertises rro for runc (and the unnamed
+    # default, which is runc), not for crun 1.8
+    handlers = {h.name: h.features.recursive_read_only_mounts
+                for h in cri.rt.Status(pb.StatusRequest()).runtime_handlers}
+    crun_can = subprocess.run(["crun", "features"], capture_output=True).returncode == 0
+    assert handlers == {"": True, "runc": True, "crun": crun_can}, handlers
     # a handler whose runtime cannot (crun 1.8: no `features`): refused, as containerd
-    if subprocess.run(["crun", "features"], capture_output=True).returncode != 0:
+    if not crun_can:
         csid, cpconf = cri.run_pod("rro-crun", handler="crun")
         e = refused(pb.Mount(host_path=missing, container_path="/v", readonly=True,
                              recursive_read_only=True), csid, cpconf)

@@ -34,7 +34,8 @@ MAX_FEATURES_SIZE = 1 << 20      # real documents are ~2 KiB
 RRO_MIN_KERNEL = (5, 12)         # mount_setattr(2) with AT_RECURSIVE
 
 # runtime types whose shim drives a runc-compatible CLI named by the BinaryName option
-RUNC_TYPES = ("io.containerd.runc.v1", "io.containerd.runc.v2", "io.containerd.ctrd.v2")
+RUNC_TYPES = ("io.containerd.runc.v1", "io.containerd.runc.v2",
+              "io.containerd.runtime.v1.linux", "io.containerd.ctrd.v2")
 
 _lock = threading.Lock()
 _cache: dict[tuple[str, int, int], dict[str, Any] | None] = {}

@@ -32,7 +32,7 @@ import time
 from typing import Any
 
 from ctrd import errdefs
-from ctrd.cri import identity, stop_signal
+from ctrd.cri import identity, runtime_features, stop_signal
 from ctrd.cri import store as st
 from ctrd.cri.config import CRIConfig
 
@@ -226,7 +226,10 @@ class CRIRuntime:
 
         hit = self._features.get(name)
         if hit is None:
-            hit = self._features[name] = rs.HandlerFeatures()
+            shim = getattr(self.manager, "shims", {}).get(handler.runtime_type, ("", {}))
+            hit = self._features[name] = rs.HandlerFeatures(
+                recursive_read_only_mounts=runtime_features.recursive_read_only_supported(
+                    handler, shim[1]))
         return hit
 
     def update_runtime_config(self, pod_cidr: str) -> None:
@@ -823,7 +826,7 @@ class CRIRuntime:
         if smeta.pause and not sstatus.pid:
             raise errdefs.FailedPrecondition(f"sandbox {smeta.id} has no running process")
         sandbox = self._sandbox_facts(smeta, sstatus.pid)
-        _, handler = self.handler(smeta.runtime_handler)
+        handler_name, handler = self.handler(smeta.runtime_handler)
         mounts = snap.mounts(NAMESPACE, id_)
         with mounted(mounts, dir=self.state) as rootfs:
             # With a pause container the pod's sysctls are in its spec only (containerd);
@@ -833,7 +836,9 @@ class CRIRuntime:
                 id_, config, sandbox_config, image.config, sandbox, rootfs, self.config,
                 handler, image_name=config.image.image,
                 sysctls=None if smeta.pause == "image" else cri_spec.pod_sysctls(
-                    sandbox_config))
+                    sandbox_config),
+                rro_supported=self.handler_features(handler_name, handler)
+                .recursive_read_only_mounts)
 
     def _task_io(self, meta: st.ContainerMeta) -> tuple[str, str]:
         """stdout/stderr URIs: the kubelet's log file, written in its format by the shim."""

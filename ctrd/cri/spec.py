@@ -999,7 +999,8 @@ def container_spec(container_id: str, config: Any, sandbox_config: Any,
                    sysctls: Mapping[str, str] | None = None,
                    base_spec: Mapping[str, Any] | None = None,
                    host: HostFacts | None = None,
-                   mountinfo: str = "/proc/self/mountinfo") -> dict[str, Any]:
+                   mountinfo: str = "/proc/self/mountinfo",
+                   rro_supported: bool | None = None) -> dict[str, Any]:
     """The OCI spec for CRI container ``container_id``.
 
     ``config``/``sandbox_config``: the CreateContainer request's ``runtime.v1``
@@ -1012,6 +1013,8 @@ def container_spec(container_id: str, config: Any, sandbox_config: Any,
     ``target_pid_ns``: the PID namespace of the target container in TARGET mode.
     ``sysctls``: put in the spec (see :func:`pod_sysctls`). ``base_spec``: instead of loading
     the handler's base_runtime_spec file. ``host``: host facts (default: probed).
+    ``rro_supported``: whether the handler can make recursive read-only mounts (default:
+    probed, :func:`ctrd.cri.runtime_features.recursive_read_only_supported`).
 
     Errors: InvalidArgument for a malformed request, NotFound for a user/group/profile that
     does not exist, FailedPrecondition when the host cannot do what is asked.
@@ -1067,8 +1070,9 @@ def container_spec(container_id: str, config: Any, sandbox_config: Any,
 
     # mounts (SELinux relabelling is off: enable_selinux is not implemented)
     cri_mounts = [MountRequest.from_cri(m) for m in config.mounts]
-    rro = any(m.recursive_read_only for m in cri_mounts) and \
-        runtime_features.recursive_read_only_supported(handler)
+    rro = any(m.recursive_read_only for m in cri_mounts) and (
+        rro_supported if rro_supported is not None
+        else runtime_features.recursive_read_only_supported(handler))
     apply_mounts(spec, cri_mounts, pod_mounts(config, sandbox), mountinfo, rro)
 
     if not cri.disable_proc_mount:
