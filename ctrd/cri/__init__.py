@@ -28,6 +28,10 @@ file name away). Each RPC module holds that call's core (a mixin of
   parsed once) and their status files;
 - :mod:`helpers`, :mod:`sandbox_files` -- what the modules share; a pod's hostname, hosts,
   resolv.conf and /dev/shm;
+- :mod:`runtime_features` -- what a handler's OCI runtime can do (``<runtime> features``,
+  probed once per binary): recursive read-only mounts;
+- :mod:`identity` -- supplemental groups policy (Merge, Strict), ContainerStatus.user;
+- :mod:`stop_signal` -- the stop signal StopContainer sends and ContainerStatus reports;
 - :mod:`config`  -- containerd's CRI config schema and defaults;
 - :mod:`netns`   -- pod namespaces pinned by bind mounts (network; IPC/UTS without a pause);
 - :mod:`cni`     -- running CNI plugins (ADD/DEL/CHECK) from a conflist, results parsed;

@@ -9,6 +9,7 @@ import asyncio
 import os
 
 from ctrd import errdefs
+from ctrd.cri import identity, stop_signal
 from ctrd.cri import store as st
 from ctrd.cri.helpers import NAMESPACE, cri_pb, filter_labels, log, new_id, now_ns
 
@@ -30,6 +31,7 @@ class ContainerCreate:
         md = config.metadata
         if not md.name:
             raise errdefs.InvalidArgument("container config must include metadata with name")
+        config_stop_signal = stop_signal.from_enum(config.stop_signal)
         pod = self.sandbox_config(smeta).metadata
         id_ = new_id()
         name = "_".join([md.name, pod.name, pod.namespace, pod.uid, str(md.attempt)])
@@ -60,7 +62,9 @@ class ContainerCreate:
                                     image=config.image.image, log_path=log_path,
                                     snapshotter=self.snapshotter_name,
                                     runtime_handler=smeta.runtime_handler,
-                                    stop_signal=str(cfg.get("StopSignal") or ""),
+                                    stop_signal=config_stop_signal or str(
+                                        cfg.get("StopSignal") or "").strip(),
+                                    user=identity.container_user(spec),
                                     created_at=now_ns())
             st.with_config(meta, config)
             labels = {**filter_labels(config.labels), st.KIND_LABEL: "container"}
@@ -91,7 +95,7 @@ class ContainerCreate:
         if smeta.pause and not sstatus.pid:
             raise errdefs.FailedPrecondition(f"sandbox {smeta.id} has no running process")
         sandbox = self._sandbox_facts(smeta, sstatus.pid)
-        _, handler = self.handler(smeta.runtime_handler)
+        handler_name, handler = self.handler(smeta.runtime_handler)
         mounts = snap.mounts(NAMESPACE, id_)
         with mounted(mounts, dir=self.state) as rootfs:
             # With a pause container the pod's sysctls are in its spec only (containerd);
@@ -101,7 +105,9 @@ class ContainerCreate:
                 id_, config, sandbox_config, image.config, sandbox, rootfs, self.config,
                 handler, image_name=config.image.image,
                 sysctls=None if smeta.pause == "image" else cri_spec.pod_sysctls(
-                    sandbox_config))
+                    sandbox_config),
+                rro_supported=self.handler_features(handler_name, handler)
+                .recursive_read_only_mounts)
 
 
 class ContainerCreateRPC:

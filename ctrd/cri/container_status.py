@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
+from ctrd.cri import stop_signal
 from ctrd.cri import store as st
 from ctrd.cri.helpers import cri_pb
 
@@ -35,7 +36,10 @@ class ContainerStatusRPC:
         out = pb.ContainerStatus(
             **fields, started_at=status.started_at, finished_at=status.finished_at,
             exit_code=status.exit_code, reason=status.reason, message=status.message,
-            mounts=config.mounts, log_path=meta.log_path)
+            mounts=config.mounts, log_path=meta.log_path,
+            user=pb.ContainerUser(linux=pb.LinuxContainerUser(**meta.user))
+            if meta.user else None,
+            stop_signal=stop_signal.to_enum(meta.stop_signal))
         resp = pb.ContainerStatusResponse(status=out)
         if request.verbose:
             from google.protobuf import json_format

@@ -7,8 +7,9 @@ import asyncio
 import signal as _signal
 
 from ctrd import errdefs
+from ctrd.cri import stop_signal
 from ctrd.cri import store as st
-from ctrd.cri.helpers import NAMESPACE, cri_pb, now_ns, signal_number
+from ctrd.cri.helpers import NAMESPACE, cri_pb, now_ns
 
 
 class ContainerStop:
@@ -31,7 +32,7 @@ class ContainerStop:
                                           exit_code=255, reason="Unknown")
             return
         if timeout > 0:
-            sig = signal_number(meta.stop_signal) or _signal.SIGTERM
+            sig = stop_signal.number(meta.stop_signal)
             try:
                 await task.kill(sig)
             except errdefs.NotFound:

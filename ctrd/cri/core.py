@@ -162,7 +162,12 @@ class CRIState:
 
         hit = self._features.get(name)
         if hit is None:
-            hit = self._features[name] = rs.HandlerFeatures()
+            from ctrd.cri import runtime_features
+
+            shim = getattr(self.manager, "shims", {}).get(handler.runtime_type, ("", {}))
+            hit = self._features[name] = rs.HandlerFeatures(
+                recursive_read_only_mounts=runtime_features.recursive_read_only_supported(
+                    handler, shim[1]))
         return hit
 
     def _sandbox_dir(self, id_: str) -> str:

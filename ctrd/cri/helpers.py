@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal as _signal
 import time
 from typing import Any
 
@@ -34,26 +33,32 @@ def cri_pb():
         _PB = api_pb2
     return _PB
 
+
 def now_ns() -> int:
     return time.time_ns()
+
 
 def new_id() -> str:
     # secrets.token_hex does exactly this; the secrets module (hmac, hashlib, random) is
     # not worth importing at every daemon start for it.
     return os.urandom(32).hex()
 
+
 def rmtree(path: str) -> None:
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)
 
+
 def filter_labels(labels) -> dict[str, str]:
     return {k: v for k, v in dict(labels).items() if k != st.KIND_LABEL}
+
 
 def mount_pb(m) -> Any:
     from ctrd.api.containerd.types import mount_pb2
 
     return mount_pb2.Mount(type=m.type, source=m.source, options=list(m.options))
+
 
 def listdir(d: str) -> list[str]:
     try:
@@ -61,24 +66,14 @@ def listdir(d: str) -> list[str]:
     except FileNotFoundError:
         return []
 
+
 def exit_reason(code: int, oom: bool) -> str:
     if oom:
         return "OOMKilled"
     return "Completed" if code == 0 else "Error"
-
 STATE_NAMES = {st.CREATED: "CONTAINER_CREATED", st.RUNNING: "CONTAINER_RUNNING",
                 st.EXITED: "CONTAINER_EXITED", st.UNKNOWN: "CONTAINER_UNKNOWN"}
 
-def signal_number(name: str) -> int:
-    """A stop signal as images spell it (SIGTERM, TERM, 15); 0 when unknown."""
-    name = name.strip().upper()
-    if not name:
-        return 0
-    if name.isdigit():
-        return int(name)
-    if not name.startswith("SIG"):
-        name = "SIG" + name
-    return int(getattr(_signal, name, 0))
 
 def memory_cgroup_of(pid: int, mountpoint: str = "/sys/fs/cgroup") -> str:
     """The directory of ``pid``'s memory cgroup: the v1 memory controller's, else the v2
@@ -102,6 +97,7 @@ def memory_cgroup_of(pid: int, mountpoint: str = "/sys/fs/cgroup") -> str:
         return os.path.join(base, v2.lstrip("/"))
     return ""
 
+
 def cgroup_oom_kills(cgroup_dir: str) -> int:
     """How many processes the kernel's OOM killer killed in ``cgroup_dir``: ``oom_kill`` of
     memory.oom_control (v1) or memory.events (v2); 0 when unknown."""
@@ -114,8 +110,6 @@ def cgroup_oom_kills(cgroup_dir: str) -> int:
         except (OSError, ValueError):
             continue
     return 0
-
-
 STREAM_BATCH = 500  # items per message of the Stream* list calls (as StreamImages)
 
 

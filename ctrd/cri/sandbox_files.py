@@ -7,12 +7,14 @@ import os
 
 SHM_SIZE = 64 << 20  # containerd's defaultShmSize
 
+
 def copy_or(path: str, fallback: str) -> str:
     try:
         with open(path) as f:
             return f.read(1 << 20)
     except OSError:
         return fallback
+
 
 def write_sandbox_files(d: str, config, hostname: str, host_net: bool) -> None:
     """hostname, hosts and resolv.conf for the pod's containers (bind-mounted by the spec)."""
@@ -37,6 +39,7 @@ def write_sandbox_files(d: str, config, hostname: str, host_net: bool) -> None:
     for name in ("hostname", "hosts", "resolv.conf"):
         os.chmod(os.path.join(d, name), 0o644)
 
+
 def mount_shm(d: str) -> None:
     from ctrd.snapshots.mount import mount
     from ctrd.snapshots.snapshotter import Mount
@@ -46,6 +49,7 @@ def mount_shm(d: str) -> None:
     mount(Mount(type="tmpfs", source="shm",
                 options=["nosuid", "noexec", "nodev", "mode=1777", f"size={SHM_SIZE}"]),
           target)
+
 
 def unmount_shm(d: str) -> None:
     from ctrd.snapshots.mount import unmount_all

@@ -11,6 +11,7 @@ import asyncio
 import os
 
 from ctrd import errdefs
+from ctrd.cri import identity
 from ctrd.cri import store as st
 from ctrd.cri.helpers import (
     NAMESPACE,
@@ -38,6 +39,8 @@ class SandboxRun:
         if not md.name or not md.namespace or not md.uid:
             raise errdefs.InvalidArgument("sandbox config must include metadata with name, "
                                           "namespace and uid")
+        identity.check_policy(config.linux.security_context.supplemental_groups_policy)
+        identity.check_groups(config.linux.security_context.supplemental_groups)
         handler_name, handler = self.handler(runtime_handler)
         pause = self._pause_kind(config)
         image = pod_init = None

@@ -92,8 +92,10 @@ class ContainerMeta:
     log_path: str = ""         # absolute, "" when no log
     snapshotter: str = ""
     runtime_handler: str = ""
-    stop_signal: str = ""
+    stop_signal: str = ""      # the config's, else the image's (ctrd.cri.stop_signal)
     created_at: int = 0
+    # ContainerStatus.user.linux: uid, gid, supplemental_groups (ctrd.cri.identity)
+    user: dict = field(default_factory=dict)
 
 
 @dataclass
