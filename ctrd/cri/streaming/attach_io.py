@@ -196,6 +196,19 @@ class Relays:
         self._relays[container_id] = relay
         return relay
 
+    def reopen(self, container_id: str) -> OutputRelay | None:
+        """After a daemon restart: the relay of a running container whose output FIFOs
+        exist (a container with a log file has none; tty: no stderr FIFO). A failure is
+        logged: the container still runs, attach then has no output."""
+        out, err = fifo_paths(self.state_dir, container_id, False)
+        if not os.path.exists(out):
+            return None
+        try:
+            return self.open(container_id, tty=not os.path.exists(err))
+        except OSError as e:
+            log.warning("container %s: reopen its output FIFOs: %s", container_id, e)
+            return None
+
     def get(self, container_id: str) -> OutputRelay | None:
         return self._relays.get(container_id)
 

@@ -200,10 +200,10 @@ class CRIBackend:
     def check_container(self, container_id: str) -> None:
         meta, status = self.rt.records.container(container_id)
         if status.state != st.RUNNING:
-            from ctrd.cri.server import _STATE_NAMES
+            from ctrd.cri.helpers import STATE_NAMES
 
             raise errdefs.FailedPrecondition(
-                f"container is in {_STATE_NAMES.get(status.state, 'unknown')} state")
+                f"container is in {STATE_NAMES.get(status.state, 'unknown')} state")
 
     def check_sandbox(self, sandbox_id: str) -> None:
         meta, status = self.rt.records.sandbox(sandbox_id)
@@ -321,11 +321,8 @@ class CRIBackend:
         signal): with ``stdin_once`` and no tty the container's stdin is closed (CloseIO) and
         the output still flows until the container stops; otherwise the client detaches --
         the session ends and the container's stdin stays open for the next attach."""
-        from ctrd.cri.server import decode_msg
-        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
-
         meta, task = self._running(req.container_id)
-        config = decode_msg(pb.ContainerConfig, meta.config)
+        config = st.config_of(meta)
         if s.stdout is None and s.stderr is None and not (s.stdin is not None and config.stdin):
             return None  # nothing to copy either way (containerd returns at once too)
         relay = None if meta.log_path else self.rt.attach_io.get(meta.id)
