@@ -388,7 +388,10 @@ class WsSession(_Session):
                             closed = True
                             break
                 if self.proto.state is not State.OPEN and not self._closing and not closed:
-                    self.failure = self.failure or f"connection failed: {self.proto.close_exc}"
+                    sent = self.proto.close_sent
+                    self.failure = self.failure or (
+                        f"connection failed: {sent.code} {sent.reason}" if sent is not None
+                        else "connection failed")
                     log.debug("WebSocket session: %s", self.failure)
                     closed = True
                 self.flush()
