@@ -5,7 +5,9 @@
   half-close with FIN.
 - :class:`WsSession`: WebSocket (the ``websockets`` package's sans-I/O
   ``ServerProtocol``) -- channels are the first byte of each message (the base64 protocols:
-  an ASCII digit, then base64 text); v5 adds a close signal (255, channel).
+  an ASCII digit, then base64 text); v5 adds a close signal (255, channel). Protocol
+  errors (bad framing, a message over the size limit, a bad close signal) fail the
+  connection with a close frame and end the session like a peer that went away.
 
 Both give the protocol handlers the same two shapes: :class:`InChannel` (``await read()``,
 ``b""`` at EOF) and an output with ``await write(data)`` and ``await close()``. Lifecycle:

@@ -12,10 +12,22 @@ The server waits (the stream creation timeout) for the streams the request asked
 stdin/stdout/stderr as set, resize with a tty (v3+). Then the backend runs; at the end the
 status goes to the error stream, every stream is half-closed, the session closed.
 
-WebSocket (subprotocol): channels are message prefixes 0 stdin, 1 stdout, 2 stderr, 3 error,
-4 resize; ``base64.*`` variants send text; ``v4.*``/``v5`` report a Status JSON, others text;
-``v5.channel.k8s.io`` lets the client close stdin with (255, 0). The server first sends an
-empty message on the lowest writable channel (stdout, else stderr, else error).
+WebSocket (subprotocol, the client's first one the server knows; none offered: ""):
+channels are message prefixes 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize; ``base64.*``
+variants send text (an ASCII digit, then base64; a message that is not base64 is dropped);
+``v4.*``/``v5`` report a Status JSON, others text. ``v5.channel.k8s.io`` lets the client
+half-close a channel with (255, n) -- stdin's EOF, which ends an exec's input and detaches
+an attach; a close signal of another length or for a channel past 4 fails the connection
+(wsstream ends it too). Messages for other channels, or for stdin/resize when not asked for,
+are dropped. The server first sends an empty message on the lowest writable channel (stdout,
+else stderr, else error). A client that breaks the framing or sends a message over the
+server's limit gets the connection failed (1002/1009), and the session ends as if it had
+gone away (an exec's process is killed).
+
+containerd 2.3.4's embedded kubelet streaming server offers "", ``channel.k8s.io``,
+``base64.channel.k8s.io``, ``v4.channel.k8s.io`` and ``v4.base64.channel.k8s.io`` on
+WebSocket; ctrd also serves ``v5.channel.k8s.io`` (what kubectl speaks to an API server),
+so a client offering v5 first gets v5 here where containerd would pick its next offer.
 
 The backend is ``async fn(streams: Streams) -> int | None`` (an exit code for exec, None for
 attach); it must return soon after ``streams.gone`` is set (the client went away).
