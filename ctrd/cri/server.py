@@ -575,6 +575,8 @@ class CRIRuntime:
         """PodSandboxStatus verbose info (containerd's shape, the fields ctrd has)."""
         from google.protobuf import json_format
 
+        from ctrd.cri import sandbox_update_resources
+
         ready = status.state == st.SANDBOX_READY
         return {
             "pid": status.pid, "processStatus": "running" if ready else "stopped",
@@ -586,7 +588,8 @@ class CRIRuntime:
             "runtimeHandler": meta.runtime_handler, "runtimeType": meta.runtime_type,
             "netns": meta.netns, "ipcns": meta.ipc, "utsns": meta.uts,
             "cniResult": status.cni_result,
-            "config": json_format.MessageToDict(self.sandbox_config(meta))}
+            "config": json_format.MessageToDict(self.sandbox_config(meta)),
+            **sandbox_update_resources.info_fields(status)}
 
     def _make_namespaces(self, id_: str, d: str, hostname: str, kinds: list[str]
                          ) -> dict[str, str]:

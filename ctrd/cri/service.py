@@ -68,6 +68,13 @@ class RuntimeService(StatsMethods, StreamingMethods, pb_grpc.RuntimeServiceServi
         await self.rt.remove_pod_sandbox(request.pod_sandbox_id)
         return pb.RemovePodSandboxResponse()
 
+    async def UpdatePodSandboxResources(self, request, context):
+        from ctrd.cri import sandbox_update_resources
+
+        await asyncio.to_thread(sandbox_update_resources.update_pod_sandbox_resources,
+                                self.rt, request)
+        return pb.UpdatePodSandboxResourcesResponse()
+
     def _sandbox_pb(self, meta: st.SandboxMeta, status: st.SandboxStatus):
         config = self.rt.sandbox_config(meta)
         return config, dict(

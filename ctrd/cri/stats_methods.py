@@ -201,3 +201,17 @@ class StatsMethods:
         out = await asyncio.gather(*(asyncio.to_thread(self._sandbox_stats, m, s)
                                      for m, s in chosen))
         return pb.ListPodSandboxStatsResponse(stats=list(out))
+
+    async def ListMetricDescriptors(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+        from ctrd.cri import sandbox_metrics
+
+        return pb.ListMetricDescriptorsResponse(
+            descriptors=sandbox_metrics.list_metric_descriptors())
+
+    async def ListPodSandboxMetrics(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+        from ctrd.cri import sandbox_metrics
+
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=await asyncio.to_thread(
+            sandbox_metrics.list_pod_sandbox_metrics, self.rt))
