@@ -1,6 +1,8 @@
 """RuntimeService stats methods (mixed into :class:`ctrd.cri.service.RuntimeService`, whose
 ``self.rt`` is the CRI core): ContainerStats, ListContainerStats, PodSandboxStats,
-ListPodSandboxStats.
+ListPodSandboxStats, and the metrics pair ListMetricDescriptors / ListPodSandboxMetrics
+(built by :mod:`ctrd.cri.sandbox_metrics`). Which fields are filled, and how, follows
+containerd 2.3.4 (see :mod:`ctrd.cri.stats`).
 
 Figures are read by the daemon straight from the cgroups (the container's cgroup from its
 spec's ``linux.cgroupsPath``, the pod's from its ``cgroup_parent``) and the pod's network
@@ -11,7 +13,6 @@ writable layer is the snapshot's upper directory (walked in a thread).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 
 from ctrd import errdefs
@@ -69,48 +70,47 @@ class StatsMethods:
             self._tracker = cs.CpuRateTracker()
         return self._tracker
 
-    def _container_stats(self, meta: st.ContainerMeta, status: st.ContainerStatus):
-        """One container's stats message (blocking: cgroup reads, the layer walk)."""
+    def _container_stats_and_pids(self, meta: st.ContainerMeta, status: st.ContainerStatus):
+        """One container's stats message and its pids.current (blocking: cgroup reads, the
+        layer walk). A container without a running task reports its writable layer only."""
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+        from ctrd.cri import stats_sources as src
         from ctrd.cri.server import decode_msg
-        from ctrd.runtime import cgroups
 
         rt = self.rt
         ts = cs.now_ns()
         metrics = None
-        try:
-            c = rt.containers.get(NAMESPACE, meta.id)
-        except errdefs.NotFound:
-            c = None
-        if c is not None and status.state == st.RUNNING:
-            try:
-                path = json.loads(c.spec.value).get("linux", {}).get("cgroupsPath", "")
-                if path:
-                    metrics = cgroups.load_path(path).metrics()
-            except (errdefs.CtrdError, OSError, ValueError):
-                metrics = None  # exited meanwhile
+        if status.state == st.RUNNING:
+            metrics = src.cgroup_metrics(src.container_cgroup(rt, meta.id))
         layer = None
-        try:
-            snap = rt.snapshotter()
-            upper = next((o.split("=", 1)[1] for m in snap.mounts(NAMESPACE, meta.id)
-                          for o in m.options if o.startswith("upperdir=")), None)
-            if upper is None:  # native snapshotter: the bind source is the layer
-                upper = next((m.source for m in snap.mounts(NAMESPACE, meta.id)
-                              if m.type == "bind"), None)
-            if upper and os.path.isdir(upper):
-                root = str(getattr(getattr(snap, "backing", None), "root", "")
-                           or os.path.dirname(os.path.dirname(upper)))
-                layer = cs.writable_layer_usage(upper, root)
-        except (errdefs.CtrdError, OSError):
-            layer = None
+        where = src.writable_layer_dir(rt, meta.id)
+        if where is not None:
+            try:
+                layer = cs.writable_layer_usage(*where)
+            except (errdefs.CtrdError, OSError):
+                layer = None  # removed meanwhile
+        if layer is None:
+            # containerd reports zeros when its snapshot usage cache has no entry
+            layer = cs.FilesystemUsage(ts, self._image_fs_root(), used_bytes=0, inodes_used=0)
         stats = cs.container_stats(metrics, ts, self.tracker, meta.id, layer)
         config = decode_msg(pb.ContainerConfig, meta.config)
-        return pb.ContainerStats(
+        msg = pb.ContainerStats(
             attributes=pb.ContainerAttributes(id=meta.id, metadata=config.metadata,
                                               labels=config.labels,
                                               annotations=config.annotations),
             cpu=_cpu(pb, stats.cpu), memory=_mem(pb, stats.memory),
             writable_layer=_fs(pb, stats.writable_layer))
+        return msg, stats.pids
+
+    def _container_stats(self, meta: st.ContainerMeta, status: st.ContainerStatus):
+        return self._container_stats_and_pids(meta, status)[0]
+
+    def _image_fs_root(self) -> str:
+        try:
+            snap = self.rt.snapshotter()
+        except errdefs.CtrdError:
+            return ""
+        return str(getattr(getattr(snap, "backing", None), "root", "") or "")
 
     async def ContainerStats(self, request, context):
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
@@ -137,41 +137,44 @@ class StatsMethods:
             chosen.append((meta, status))
         out = await asyncio.gather(*(asyncio.to_thread(self._container_stats, m, s)
                                      for m, s in chosen))
+        # samples of removed containers and pods go (the tracker stays bounded by the node)
+        self.tracker.retain(set(self.rt.records.containers) | set(self.rt.records.sandboxes))
         return pb.ListContainerStatsResponse(stats=list(out))
 
     def _sandbox_stats(self, meta: st.SandboxMeta, status: st.SandboxStatus):
+        """containerd 2.3.4's podSandboxStats: Unavailable unless the pod is ready; cpu and
+        memory of its cgroup parent (left out when it has none yet: in ctrd's no-pause mode
+        runc makes the directory with the first container), every interface of its netns
+        but ``lo``, its containers' stats, and their pids as the pod's process count."""
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
-        from ctrd.runtime import cgroups
+        from ctrd.cri import stats_sources as src
 
         rt = self.rt
+        if status.state != st.SANDBOX_READY:
+            raise errdefs.Unavailable(f"failed to get pod sandbox stats since sandbox "
+                                      f"container {meta.id!r} is not in ready state")
         config = rt.sandbox_config(meta)
         ts = cs.now_ns()
-        metrics = None
-        parent = config.linux.cgroup_parent
-        if parent and status.state == st.SANDBOX_READY:
-            try:
-                metrics = cgroups.load_path(parent).metrics()
-            except (errdefs.CtrdError, OSError):
-                metrics = None
+        metrics = src.pod_cgroup_metrics(config.linux.cgroup_parent)
         network = None
-        if meta.netns and status.state == st.SANDBOX_READY and os.path.exists(meta.netns):
+        if meta.netns and os.path.exists(meta.netns):
             try:
-                network = cs.network_usage(meta.netns)
+                network = cs.network_usage(meta.netns, timestamp=ts)
             except (errdefs.CtrdError, OSError):
                 network = None
-        containers = [self._container_stats(m, s) for m, s in rt.records.containers_of(meta.id)]
+        pairs = [self._container_stats_and_pids(m, s)
+                 for m, s in sorted(rt.records.containers_of(meta.id),
+                                    key=lambda c: c[0].created_at)]
         ps = cs.sandbox_stats(metrics, ts, self.tracker, meta.id, None, [])
         linux = pb.LinuxPodSandboxStats(cpu=_cpu(pb, ps.cpu), memory=_mem(pb, ps.memory),
-                                        containers=containers)
+                                        containers=[m for m, _ in pairs])
         if network is not None:
             linux.network.CopyFrom(pb.NetworkUsage(
                 timestamp=network.timestamp,
                 default_interface=_iface(pb, network.default_interface),
                 interfaces=[_iface(pb, i) for i in network.interfaces]))
-        if ps.process is not None:
-            linux.process.CopyFrom(pb.ProcessUsage(
-                timestamp=ps.process.timestamp,
-                process_count=_u64(pb, ps.process.process_count)))
+        linux.process.CopyFrom(pb.ProcessUsage(
+            timestamp=ts, process_count=pb.UInt64Value(value=sum(p for _, p in pairs))))
         return pb.PodSandboxStats(
             attributes=pb.PodSandboxAttributes(id=meta.id, metadata=config.metadata,
                                                labels=config.labels,
@@ -197,9 +200,12 @@ class StatsMethods:
                 if f.label_selector and not st.labels_match(
                         f.label_selector, self.rt.sandbox_config(meta).labels):
                     continue
+            if status.state != st.SANDBOX_READY:
+                continue  # containerd skips them (its podSandboxStats is Unavailable)
             chosen.append((meta, status))
         out = await asyncio.gather(*(asyncio.to_thread(self._sandbox_stats, m, s)
                                      for m, s in chosen))
+        self.tracker.retain(set(self.rt.records.containers) | set(self.rt.records.sandboxes))
         return pb.ListPodSandboxStatsResponse(stats=list(out))
 
     async def ListMetricDescriptors(self, request, context):
