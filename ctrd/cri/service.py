@@ -86,11 +86,24 @@ class RuntimeService(StatsMethods, StreamingMethods, pb_grpc.RuntimeServiceServi
                 ip=status.ip if status.state == st.SANDBOX_READY else "",
                 additional_ips=[pb.PodIP(ip=ip) for ip in status.additional_ips]
                 if status.state == st.SANDBOX_READY else []),
-            linux=pb.LinuxPodSandboxStatus(namespaces=pb.Namespace(options=nsopts)))
+            linux=pb.LinuxPodSandboxStatus(namespaces=pb.Namespace(
+                # as given: containerd leaves options unset when the config has none
+                options=nsopts if config.linux.security_context.HasField(
+                    "namespace_options") else None)))
         resp = pb.PodSandboxStatusResponse(status=out)
         if request.verbose:
-            resp.info["info"] = json.dumps(self.rt.sandbox_info(meta, status))
+            spec = await asyncio.to_thread(self._spec_of, meta.id) if meta.pause else None
+            resp.info["info"] = json.dumps(self.rt.sandbox_info(meta, status, spec))
         return resp
+
+    def _spec_of(self, id_: str) -> dict | None:
+        """The OCI spec of container record ``id_`` in k8s.io (None: no such record)."""
+        from ctrd import errdefs
+
+        try:
+            return json.loads(self.rt.containers.get("k8s.io", id_).spec.value)
+        except errdefs.NotFound:
+            return None
 
     async def ListPodSandbox(self, request, context):
         f = request.filter if request.HasField("filter") else None
@@ -162,20 +175,22 @@ class RuntimeService(StatsMethods, StreamingMethods, pb_grpc.RuntimeServiceServi
                 fields["image"] = pb.ImageSpec(image=image.repo_tags[0])
             if image.repo_digests:
                 fields["image_ref"] = image.repo_digests[0]
+        from ctrd.cri import status_info
+
+        c = await asyncio.to_thread(self.rt.containers.get, "k8s.io", meta.id)
+        spec = json.loads(c.spec.value)
         out = pb.ContainerStatus(
             **fields, started_at=status.started_at, finished_at=status.finished_at,
             exit_code=status.exit_code, reason=status.reason, message=status.message,
-            mounts=config.mounts, log_path=meta.log_path)
+            mounts=config.mounts, log_path=meta.log_path,
+            resources=status_info.container_resources(spec))
         resp = pb.ContainerStatusResponse(status=out)
         if request.verbose:
-            from google.protobuf import json_format
-
-            c = await asyncio.to_thread(self.rt.containers.get, "k8s.io", meta.id)
             resp.info["info"] = json.dumps({
                 "sandboxID": meta.sandbox_id, "pid": status.pid, "removing": status.removing,
                 "snapshotKey": meta.id, "snapshotter": meta.snapshotter,
-                "runtimeType": c.runtime.name, "config": json_format.MessageToDict(config),
-                "runtimeSpec": json.loads(c.spec.value)})
+                "runtimeType": c.runtime.name, "runtimeOptions": None,
+                "config": status_info.go_json(config), "runtimeSpec": spec})
         return resp
 
     async def UpdateContainerResources(self, request, context):
