@@ -204,8 +204,6 @@ class CRIRuntime:
         except Exception as e:  # noqa: BLE001 - a broken CNI setup is a condition, not a crash
             ok, reason, message, load = False, "NetworkPluginNotReady", f"cni: {e}", str(e)
         conds.append(("NetworkReady", ok, "" if ok else reason, "" if ok else message))
-        # containerd 2.x's third condition; ctrd has no deprecated settings to warn about
-        conds.append(("ContainerdHasNoDeprecationWarnings", True, "", ""))
         info = {"config": json.dumps({
             "containerd": {"snapshotter": self.snapshotter_name,
                            "defaultRuntimeName": self.config.containerd.default_runtime_name},
