@@ -46,6 +46,7 @@ PAUSE_CMD = "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"
 
 # Paths other branches of issue 14 own: their differences are listed with this note.
 OWNERS = {
+    "status.conditions*": "(lead) ContainerdHasNoDeprecationWarnings: on main (1d70a09)",
     "*status.user*": "(d) ContainerStatus.user",
     "*status.stop_signal": "(d) stop signal",
     "*image_id": "(e) consistent image ids",

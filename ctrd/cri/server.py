@@ -589,7 +589,8 @@ class CRIRuntime:
         config = status_info.go_json(self.sandbox_config(meta))
         cni_result = status_info.cni_result_info(status.cni_result)
         info = {
-            "pid": status.pid, "processStatus": "running" if ready else "stopped",
+            # containerd 2.3.4 after StopPodSandbox: "deleted" (its pause task is gone)
+            "pid": status.pid, "processStatus": "running" if ready else "deleted",
             "netNamespaceClosed": not status.network_ready,
             "image": meta.image if meta.pause == "image" else "",
             "imageId": meta.image_id, "pause": meta.pause or "none",

@@ -7,6 +7,7 @@ daemon state (tests/test_cri_compare.py compares the answers with containerd's).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from ctrd.api.cri.runtime.v1 import api_pb2 as pb
@@ -20,8 +21,37 @@ def go_json(msg) -> dict:
     names (``log_directory``), enums as numbers, unset fields left out."""
     from google.protobuf import json_format
 
-    return json_format.MessageToDict(msg, preserving_proto_field_name=True,
-                                     use_integers_for_enums=True)
+    out = json_format.MessageToDict(msg, preserving_proto_field_name=True,
+                                    use_integers_for_enums=True)
+    _int64_as_numbers(msg, out)
+    return out
+
+
+_INT64 = {3, 4, 6, 16, 18}  # FieldDescriptor.TYPE_INT64, UINT64, FIXED64, SFIXED64, SINT64
+
+
+def _int64_as_numbers(msg, out: dict) -> None:
+    """Proto3 JSON writes 64-bit integers as strings; Go's json.Marshal as numbers."""
+    for fd, v in msg.ListFields():
+        name = fd.name
+        if name not in out:
+            continue
+        if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
+            vfd = fd.message_type.fields_by_name["value"]
+            if vfd.message_type is not None:
+                for k in v:
+                    _int64_as_numbers(v[k], out[name][str(k)])
+            elif vfd.type in _INT64:
+                out[name] = {k: int(x) for k, x in out[name].items()}
+        elif fd.message_type is not None:
+            if isinstance(out[name], list):
+                for m, d in zip(v, out[name]):
+                    _int64_as_numbers(m, d)
+            else:
+                _int64_as_numbers(v, out[name])
+        elif fd.type in _INT64:
+            out[name] = [int(x) for x in out[name]] if isinstance(out[name], list) \
+                else int(out[name])
 
 
 def container_resources(spec: dict) -> pb.ContainerResources:
@@ -88,8 +118,11 @@ def cni_config_info(cni) -> dict:
         c = n.config
         nets.append({"Config": {
             "Name": c.name, "CNIVersion": c.cni_version,
-            "Plugins": [{"Network": {"type": p.get("type", ""),
-                                     "ipam": p.get("ipam") or {}}} for p in c.plugins],
-            "Source": c.source}, "IFName": n.ifname})
+            # libcni's NetConf keeps only the type of the ipam section; Source: the JSON
+            "Plugins": [{"Network": {"type": p.get("type", ""), "ipam": {
+                "type": p["ipam"]["type"]} if isinstance(p.get("ipam"), dict)
+                and "type" in p["ipam"] else {}}, "Source": json.dumps(p)}
+                for p in c.plugins],
+            "Source": json.dumps(c.raw) if c.raw else ""}, "IFName": n.ifname})
     return {"PluginDirs": list(cni.bin_dirs), "PluginConfDir": cni.conf_dir,
             "PluginMaxConfNum": cni.max_conf_num, "Prefix": cni.prefix, "Networks": nets}
