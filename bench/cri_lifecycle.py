@@ -11,6 +11,12 @@ for a host-network pod with one busybox ``sleep`` container, through the CRI gRP
 - ``create_start``: CreateContainer + StartContainer;
 - ``stop_remove``: StopPodSandbox + RemovePodSandbox (the running container included).
 
+``--network host`` (default) runs host-network pods (no CNI); ``--network bridge`` gives
+every pod a network namespace and an address on one bridge network (Debian's bridge +
+host-local plugins in /usr/lib/cni, no masquerade, one conflist shared by every daemon, as on
+a node): RunPodSandbox then includes the CNI ADD, StopPodSandbox the DEL. The bridge is
+deleted at the end.
+
 Daemons (``--daemons``, default all):
 
 - ``ctrd``: its default, no pause container (ctrd pins the pod's namespaces itself);
@@ -33,7 +39,10 @@ the end, on failure and Ctrl-C too (bench/run.py's Tools.stop_all).
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
+import re
 import shutil
 import statistics
 import subprocess
@@ -55,10 +64,13 @@ BUSYBOX, PAUSE = cri_exec.BUSYBOX, cri_exec.PAUSE
 KINDS = ("ctrd", "ctrd-pause", "containerd2", "containerd")
 CONTAINERDS = ("containerd2", "containerd")
 FIGURES = ("run_pod_sandbox", "create_start", "stop_remove")
+CNI_BIN = "/usr/lib/cni"
 
 
 class LifecycleDaemon(cri_exec.CRIDaemon):
     """cri_exec's daemons plus ``containerd2`` (containerd 2.3.4, its own binaries)."""
+
+    conflist: str = ""  # --network bridge: the CNI conflist every daemon gets
 
     def __init__(self, kind: str, workdir: str, tools) -> None:
         env = None
@@ -70,14 +82,29 @@ class LifecycleDaemon(cri_exec.CRIDaemon):
 
     def argv(self) -> list[str]:
         if self.kind != "containerd2":
-            return super().argv()
+            argv = super().argv()
+            cfg = argv[argv.index("--config") + 1]
+            with open(cfg) as f:
+                text = f.read()
+            # the CNI plugins are Debian's; the conf dir is the one the config names
+            m = re.search(r'conf_dir = "([^"]+)"', text)
+            with open(cfg, "w") as f:
+                f.write(text.replace(m.group(0), m.group(0) + f'\n  bin_dir = "{CNI_BIN}"'))
+            self._write_conflist(m.group(1))
+            return argv
         cfg = os.path.join(self.dir, "config.toml")
-        os.makedirs(os.path.join(self.dir, "cni"), exist_ok=True)
+        conf_dir = os.path.join(self.dir, "cni")
+        self._write_conflist(conf_dir)
         with open(cfg, "w") as f:
-            f.write(containerd2.config_text(Path(self.dir), cni_bin_dirs=["/usr/lib/cni"],
-                                            cni_conf_dir=os.path.join(self.dir, "cni"),
-                                            sandbox_image=PAUSE))
+            f.write(containerd2.config_text(Path(self.dir), cni_bin_dirs=[CNI_BIN],
+                                            cni_conf_dir=conf_dir, sandbox_image=PAUSE))
         return [str(containerd2.CONTAINERD), "--config", cfg]
+
+    def _write_conflist(self, conf_dir: str) -> None:
+        os.makedirs(conf_dir, exist_ok=True)
+        if self.conflist:
+            with open(os.path.join(conf_dir, "10-bench.conflist"), "w") as f:
+                f.write(self.conflist)
 
     @property
     def ctr(self) -> str:
@@ -87,7 +114,7 @@ class LifecycleDaemon(cri_exec.CRIDaemon):
 class Lifecycle:
     """A CRI client on one daemon, the images imported; :meth:`once` times one pod."""
 
-    def __init__(self, d: LifecycleDaemon, tars: dict[str, Path]) -> None:
+    def __init__(self, d: LifecycleDaemon, tars: dict[str, Path], host_net: bool) -> None:
         import grpc
 
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
@@ -111,8 +138,10 @@ class Lifecycle:
             if time.monotonic() > deadline:
                 raise benchrun.BenchError(f"{d.kind}: {BUSYBOX} not seen by its CRI")
             time.sleep(0.1)
-        # the kubelet's namespace options for a host-network pod (PID per container)
-        ns = pb.NamespaceOption(network=pb.NODE, pid=pb.CONTAINER, ipc=pb.POD)
+        # the kubelet's namespace options (PID per container)
+        self.host_net = host_net
+        ns = pb.NamespaceOption(network=pb.NODE if host_net else pb.POD, pid=pb.CONTAINER,
+                                ipc=pb.POD)
         self.pod_linux = pb.LinuxPodSandboxConfig(
             security_context=pb.LinuxSandboxSecurityContext(namespace_options=ns))
         self.container_linux = pb.LinuxContainerConfig(
@@ -124,7 +153,8 @@ class Lifecycle:
         config = pb.PodSandboxConfig(
             metadata=pb.PodSandboxMetadata(name=f"life{n}", namespace="bench",
                                            uid=f"life-{n}"),
-            linux=self.pod_linux)  # host network: no hostname (runc: no own UTS ns)
+            # host network: no hostname (runc refuses one without a UTS namespace)
+            hostname="" if self.host_net else f"life{n}", linux=self.pod_linux)
         t0 = time.perf_counter()
         sid = self.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=config),
                                     timeout=120).pod_sandbox_id
@@ -157,8 +187,9 @@ class Lifecycle:
             self.channel.close()
 
 
-def report(samples: dict[tuple[str, str], list[float]], kinds: list[str], pods: int) -> str:
-    lines = [f"host-network pod lifecycle through the CRI, {pods} pods per daemon "
+def report(samples: dict[tuple[str, str], list[float]], kinds: list[str], pods: int,
+           network: str = "host") -> str:
+    lines = [f"{network}-network pod lifecycle through the CRI, {pods} pods per daemon "
              "(interleaved): ms, p50 [min..max]"]
     for fig in FIGURES:
         row = [f"{fig:16}"]
@@ -179,6 +210,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pods", type=int, default=20, help="pods per daemon (timed)")
     ap.add_argument("--daemons", default=",".join(KINDS), help=f"of {', '.join(KINDS)}")
+    ap.add_argument("--network", choices=("host", "bridge"), default="host",
+                    help="host-network pods, or pods on a CNI bridge network")
     ap.add_argument("--ctr", default="ctr")
     ap.add_argument("--containerd", default="/usr/bin/containerd",
                     help="containerd 1.6 (kind containerd)")
@@ -195,19 +228,27 @@ def main() -> int:
     tools = benchrun.Tools(args, work)
     lives: dict[str, Lifecycle] = {}
     samples: dict[tuple[str, str], list[float]] = {}
+    bridge = f"ctblife{os.getpid() % 100000}"
     try:
+        if args.network == "bridge":
+            LifecycleDaemon.conflist = json.dumps({
+                "cniVersion": "1.0.0", "name": bridge, "plugins": [{
+                    "type": "bridge", "bridge": bridge, "isGateway": True, "ipMasq": False,
+                    "ipam": {"type": "host-local", "ranges": [[{"subnet": _free_subnet()}]],
+                             "routes": [{"dst": "0.0.0.0/0"}],
+                             "dataDir": os.path.join(work, "ipam")}}]})
         tars = cri_exec.build_images(Path(work) / "images")
         for k in kinds:
             d = LifecycleDaemon(k, work, tools)
             d.start()
-            lives[k] = Lifecycle(d, tars)
+            lives[k] = Lifecycle(d, tars, host_net=args.network == "host")
         for i in range(args.pods + 1):  # round 0 warms up (pause pulled/unpacked), uncounted
             for k in kinds:
                 got = lives[k].once(i)
                 if i:
                     for fig, v in got.items():
                         samples.setdefault((fig, k), []).append(v)
-        print(report(samples, kinds, args.pods))
+        print(report(samples, kinds, args.pods, args.network))
         return 0
     finally:
         for life in lives.values():
@@ -216,7 +257,20 @@ def main() -> int:
             except Exception as e:  # noqa: BLE001 - keep cleaning
                 print(f"cleanup {life.kind}: {e}", file=sys.stderr)
         tools.stop_all()
+        if args.network == "bridge":
+            subprocess.run(["ip", "link", "del", bridge], capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _free_subnet() -> str:
+    """A 10.x.y.0/24 no route of this host uses."""
+    routes = subprocess.run(["ip", "-4", "route", "show", "table", "all"],
+                            capture_output=True, text=True).stdout
+    for _ in range(200):
+        net = f"10.{random.randint(200, 250)}.{random.randint(0, 255)}"
+        if f"{net}." not in routes:
+            return f"{net}.0/24"
+    raise benchrun.BenchError("no free 10.x.y.0/24")
 
 
 if __name__ == "__main__":
