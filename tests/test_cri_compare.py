@@ -71,6 +71,10 @@ INFO_KEYS_NOT_COMPARED = ("runtimeSpec", "cniResult.Interfaces",
                           "sandboxMetadata.Metadata")
 
 
+# PodSandboxStatus info in pause mode: top-level values populated alike (not their insides)
+INFO_PRESENCE = fd.Rules(ignore=["*.*"])
+
+
 def _mask(bases: list[str]):
     """Normaliser: each daemon's own dir -> <base>, 64-hex ids -> <hex>, IPv4 -> <ip>."""
     def norm(v):
@@ -124,14 +128,20 @@ class Ref:
         self.channel.close()
 
 
+@pytest.fixture(scope="module")
+def pause_image(registry, tmp_path_factory) -> str:
+    """The pause image's reference in the registry (both daemons pull it on the first pod)."""
+    return _push_pause(registry, tmp_path_factory.mktemp("cmp-pause"))
+
+
 @pytest.fixture
-def containerd234(registry, testnet):  # noqa: F811
+def containerd234(registry, testnet, pause_image):  # noqa: F811
     """containerd 2.3.4 on ``testnet`` with the pause image pinned; teardown: its pods
     removed through the CRI, the daemon stopped, mounts under its dir detached, dir removed."""
     base = Path(tempfile.mkdtemp(prefix="ctrd-cmp-c2-", dir="/tmp"))
     ref = None
+    pause = pause_image
     try:
-        pause = _push_pause(registry, base / "pause-layout")
         d = containerd2.Containerd2.start(
             base / "d", cni_bin_dirs=[testnet.bin_dir, CNI_BIN], cni_conf_dir=testnet.conf_dir,
             sandbox_image=pause, plain_http=[registry.address])
@@ -170,16 +180,21 @@ def _pids_under(base: Path) -> list[int]:
     return list(processes_under(base))
 
 
-@pytest.fixture
-def ctrd_cri(start_ctrd, tmp_root, registry, testnet):  # noqa: F811
-    """ctrd with the CRI tests' config, pulling from the registry over plain http."""
+@pytest.fixture(params=["no-pause", "pause"])
+def ctrd_cri(request, start_ctrd, tmp_root, registry, testnet, pause_image):  # noqa: F811
+    """ctrd with the CRI tests' config, pulling from the registry over plain http: in its
+    default mode (no pause container) or with the pause image as ``sandbox_image``."""
     certs = tmp_root / "certs.d"
     containerd2.write_plain_http_hosts(certs, registry.address)
     testnet.write([testnet.bridge_conf(ip_masq=False)])
     config = cri_config(testnet, f'  [plugins."io.containerd.grpc.v1.cri".registry]\n'
                                  f'    config_path = "{certs}"\n')
+    if request.param == "pause":
+        head = '[plugins."io.containerd.grpc.v1.cri"]\n'
+        config = config.replace(head, head + f'  sandbox_image = "{pause_image}"\n', 1)
     c = CRI(start_ctrd(config_text=config), start_ctrd, config)
     c.net = testnet
+    c.mode = request.param
     try:
         yield c
     finally:
@@ -222,7 +237,7 @@ def _wait_exited(c, cid: str, timeout: float = 30.0):
         time.sleep(0.05)
 
 
-def _scenario(c, image: str, base: str, hostdir: str) -> dict:
+def _scenario(c, image: str, base: str, hostdir: str, pause: str = "") -> dict:
     """Drive one runtime through the comparison scenario; every answer, by name."""
     pb = c.pb
     out: dict = {}
@@ -241,6 +256,9 @@ def _scenario(c, image: str, base: str, hostdir: str) -> dict:
     sid = c.rt.RunPodSandbox(pb.RunPodSandboxRequest(config=pconf)).pod_sandbox_id
     out["PodSandboxStatus(ready)"] = c.rt.PodSandboxStatus(pb.PodSandboxStatusRequest(
         pod_sandbox_id=sid, verbose=True))
+    if pause:  # pulled for the first pod
+        out["ImageStatus(pause)"] = c.img.ImageStatus(pb.ImageStatusRequest(
+            image=pb.ImageSpec(image=pause)))
     out["ListPodSandbox"] = list(c.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items)
 
     def create(name, command, image=image, **kw):
@@ -399,13 +417,16 @@ def _info_json(resp) -> dict | None:
 
 
 def test_cri_answers_match_containerd_2_3_4(ctrd_cri, containerd234, registry, tmp_root):
+    """ctrd_cri: ctrd's default (no pause container) and its pause mode, each against
+    containerd 2.3.4 (always with its pause container)."""
     image = registry.ref("busybox")
     hostdir = tempfile.mkdtemp(prefix="ctrd-cmp-host-", dir="/tmp")
     try:
         ref_base = str(containerd234.d.base)
         ctrd_base = str(tmp_root / "ctrd")
-        ref = _scenario(containerd234, image, os.path.join(ref_base, "logs"), hostdir)
-        got = _scenario(ctrd_cri, image, os.path.join(ctrd_base, "logs"), hostdir)
+        pause = containerd234.pause if ctrd_cri.mode == "pause" else ""
+        ref = _scenario(containerd234, image, os.path.join(ref_base, "logs"), hostdir, pause)
+        got = _scenario(ctrd_cri, image, os.path.join(ctrd_base, "logs"), hostdir, pause)
     finally:
         shutil.rmtree(hostdir, ignore_errors=True)
     if os.environ.get("CTRD_CMP_DUMP"):  # both sides' answers, for a human to read
@@ -432,6 +453,13 @@ def test_cri_answers_match_containerd_2_3_4(ctrd_cri, containerd234, registry, t
         if ia is not None or ib is not None:
             diffs += fd.key_diff(where, ia or {}, ib or {}, owners=OWNERS, depth=2,
                                  ignore=CTRD_ONLY_INFO_KEYS + INFO_KEYS_NOT_COMPARED)
+            if ctrd_cri.mode == "pause" and where.startswith("PodSandboxStatus"):
+                # with a pause container ctrd's pod info is populated as containerd's (its
+                # pid, image, snapshot, spec); without one those are empty by design
+                diffs += fd.diff(f"{where} info", {k: v for k, v in (ia or {}).items()
+                                                   if k not in CTRD_ONLY_INFO_KEYS},
+                                 {k: v for k, v in (ib or {}).items()
+                                  if k not in CTRD_ONLY_INFO_KEYS}, INFO_PRESENCE)
     # Status's verbose info keys (config, cniconfig, golang, lastCNILoadStatus...)
     diffs += fd.key_diff("Status", dict(ref["Status"].info), dict(got["Status"].info),
                          owners=OWNERS)

@@ -591,7 +591,8 @@ class CRIRuntime:
         info = {
             # containerd 2.3.4 after StopPodSandbox: "deleted" (its pause task is gone)
             "pid": status.pid, "processStatus": "running" if ready else "deleted",
-            "netNamespaceClosed": not status.network_ready,
+            # containerd: false for a host-network pod (no netns to close)
+            "netNamespaceClosed": bool(meta.netns) and not status.network_ready,
             "image": meta.image if meta.pause == "image" else "",
             "imageId": meta.image_id, "pause": meta.pause or "none",
             "snapshotKey": meta.snapshot_key,
