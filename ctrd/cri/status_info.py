@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ctrd.api.cri.runtime.v1 import api_pb2 as pb
-
 __all__ = ["cni_config_info", "cni_result_info", "container_resources", "go_json",
            "sandbox_metadata"]
 
@@ -54,9 +52,11 @@ def _int64_as_numbers(msg, out: dict) -> None:
                 else int(out[name])
 
 
-def container_resources(spec: dict) -> pb.ContainerResources:
+def container_resources(spec: dict):
     """containerd's ``copyResourcesToStatus``: the limits the container's spec holds (set at
     create, replaced by UpdateContainerResources), ``linux`` present for a Linux spec."""
+    from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+
     out = pb.ContainerResources()
     linux = spec.get("linux")
     if linux is None:
