@@ -32,6 +32,9 @@ file name away). Each RPC module holds that call's core (a mixin of
   probed once per binary): recursive read-only mounts;
 - :mod:`identity` -- supplemental groups policy (Merge, Strict), ContainerStatus.user;
 - :mod:`stop_signal` -- the stop signal StopContainer sends and ContainerStatus reports;
+- :mod:`status_info` -- status pieces containerd derives from its records: ContainerStatus
+  resources (from the spec), verbose info in Go's JSON shape (config, cniResult,
+  sandboxMetadata), Status's cniconfig;
 - :mod:`config`  -- containerd's CRI config schema and defaults;
 - :mod:`netns`   -- pod namespaces pinned by bind mounts (network; IPC/UTS without a pause);
 - :mod:`cni`     -- running CNI plugins (ADD/DEL/CHECK) from a conflist, results parsed;
