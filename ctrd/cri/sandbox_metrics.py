@@ -407,7 +407,6 @@ def _container_metrics(rt, meta, status, base: list[str]):
     from ctrd.cri import stats as cs
     from ctrd.cri import stats_sources as src
     from ctrd.cri import store as st
-    from ctrd.cri.server import decode_msg
 
     pb = _pb()
     if status.state != st.RUNNING:
@@ -417,7 +416,7 @@ def _container_metrics(rt, meta, status, base: list[str]):
     metrics = src.cgroup_metrics(cg)
     if metrics is None:
         raise errdefs.NotFound(f"no metrics for container {meta.id}")
-    config = decode_msg(pb.ContainerConfig, meta.config)
+    config = st.config_of(meta)
     labels = base + [config.metadata.name, meta.id, config.image.user_specified_image]
     ts = time.time_ns()
     b = _Builder(labels, ts)

@@ -65,36 +65,43 @@ def check_resources(field: str, r) -> None:
 def resources_json(linux) -> dict[str, Any]:
     """A LinuxContainerResources as containerd's Go JSON shows ``ContainerResources``:
     ``{"linux": {...}}`` with proto field names, numbers as numbers, zero values left out."""
-    def conv(msg) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for fd, value in msg.ListFields():
-            if fd.message_type is not None and fd.message_type.GetOptions().map_entry:
-                out[fd.name] = dict(value)
-            elif fd.label == fd.LABEL_REPEATED:
-                out[fd.name] = [conv(v) if fd.message_type is not None else v for v in value]
-            elif fd.message_type is not None:
-                out[fd.name] = conv(value)
-            else:
-                out[fd.name] = value
-        return out
-    return {"linux": conv(linux)}
+    from ctrd.cri import status_info
+
+    return {"linux": status_info.go_json(linux)}
 
 
-def update_pod_sandbox_resources(rt, request) -> None:
-    """Record ``request.overhead`` / ``request.resources`` on the sandbox (NotFound for an
-    unknown id, InvalidArgument for hostile values; nothing recorded then). An unset field
-    is recorded as ``{}`` (containerd's ``ContainerResources{Linux: nil}`` in JSON)."""
-    meta, _ = rt.records.sandbox(request.pod_sandbox_id)
-    overhead = request.overhead if request.HasField("overhead") else None
-    resources = request.resources if request.HasField("resources") else None
-    if overhead is not None:
-        check_resources("overhead", overhead)
-    if resources is not None:
-        check_resources("resources", resources)
-    rt.records.update_sandbox(
-        meta.id,
-        overhead=resources_json(overhead) if overhead is not None else {},
-        resources=resources_json(resources) if resources is not None else {})
+class SandboxUpdateResources:
+    """Mixed into CRIRuntime."""
+
+    def update_pod_sandbox_resources(self, id_: str, overhead, resources) -> None:
+        """Record ``overhead`` / ``resources`` (LinuxContainerResources or None: unset) on
+        sandbox ``id_``: NotFound for an unknown id, InvalidArgument for hostile values
+        (nothing recorded then). An unset one is recorded as ``{}`` (containerd's
+        ``ContainerResources{Linux: nil}`` in JSON). Blocking (the status file)."""
+        meta, _ = self.records.sandbox(id_)
+        if overhead is not None:
+            check_resources("overhead", overhead)
+        if resources is not None:
+            check_resources("resources", resources)
+        self.records.update_sandbox(
+            meta.id,
+            overhead=resources_json(overhead) if overhead is not None else {},
+            resources=resources_json(resources) if resources is not None else {})
+
+
+class SandboxUpdateResourcesRPC:
+    """Mixed into RuntimeService."""
+
+    async def UpdatePodSandboxResources(self, request, context):
+        import asyncio
+
+        from ctrd.cri.helpers import cri_pb
+
+        await asyncio.to_thread(
+            self.rt.update_pod_sandbox_resources, request.pod_sandbox_id,
+            request.overhead if request.HasField("overhead") else None,
+            request.resources if request.HasField("resources") else None)
+        return cri_pb().UpdatePodSandboxResourcesResponse()
 
 
 def info_fields(status) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Shared by the stats RPCs (:mod:`ctrd.cri.stats_methods`) and the metrics RPCs
 (:mod:`ctrd.cri.sandbox_metrics`). Each function takes the CRI core (``rt``, a
-:class:`ctrd.cri.server.CRIRuntime`) and blocks (file reads): call it from a thread.
+:class:`ctrd.cri.core.CRIRuntime`) and blocks (file reads): call it from a thread.
 
 - a container's cgroup: ``linux.cgroupsPath`` of its OCI spec (ctrd reads cgroups itself
   rather than asking the shim, so a stats call does not wake every shim);
@@ -20,7 +20,7 @@ import json
 import os
 
 from ctrd import errdefs
-from ctrd.cri.server import NAMESPACE
+from ctrd.cri.helpers import NAMESPACE
 
 
 def container_spec(rt, cid: str) -> dict | None:
