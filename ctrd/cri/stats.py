@@ -28,7 +28,7 @@ sandbox_stats_linux.go) and so the kubelet's expectations:
 - network: /proc/net/dev counters of the pod's network namespace, ``lo`` left out; the
   default interface is ``eth0`` (containerd's ``defaultIfName``), else the first one.
 - processes: :func:`process_usage` is pids.current of a cgroup; a pod's count in the CRI is
-  the sum over its containers (:func:`pod_process_count`), as containerd 2.3.4 reports it.
+  the sum over its containers (:func:`pids_current`), as containerd 2.3.4 reports it.
 """
 
 from __future__ import annotations
@@ -123,7 +123,6 @@ class ContainerStats:
     cpu: CpuUsage | None = None
     memory: MemoryUsage | None = None
     writable_layer: FilesystemUsage | None = None
-    pids: int = 0        # pids.current of its cgroup (0 without a task): the pod's count
 
 
 @dataclass
@@ -432,8 +431,6 @@ def container_stats(metrics, timestamp: int, tracker: CpuRateTracker | None = No
     if cs.cpu is not None and tracker is not None:
         tracker.rate(key, cs.cpu)
     cs.memory = memory_usage(metrics, timestamp)
-    if metrics.HasField("pids"):
-        cs.pids = metrics.pids.current
     return cs
 
 
@@ -453,6 +450,9 @@ def sandbox_stats(metrics, timestamp: int, tracker: CpuRateTracker | None = None
     return ps
 
 
-def pod_process_count(containers: list[ContainerStats]) -> int:
-    """containerd 2.3.4's pod ``process_count``: its containers' pids.current, summed."""
-    return sum(c.pids for c in containers)
+def pids_current(metrics) -> int:
+    """pids.current of a container's cgroup metrics (0 without metrics: no task). containerd
+    2.3.4's pod ``process_count`` is this, summed over the pod's containers."""
+    if metrics is None or not metrics.HasField("pids"):
+        return 0
+    return metrics.pids.current

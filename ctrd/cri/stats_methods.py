@@ -99,7 +99,7 @@ class StatsMethods:
                                               annotations=config.annotations),
             cpu=_cpu(pb, stats.cpu), memory=_mem(pb, stats.memory),
             writable_layer=_fs(pb, stats.writable_layer))
-        return msg, stats.pids
+        return msg, cs.pids_current(metrics)
 
     def _container_stats(self, meta: st.ContainerMeta, status: st.ContainerStatus):
         return self._container_stats_and_pids(meta, status)[0]
