@@ -195,7 +195,8 @@ def test_spec_and_rlimit_metrics():
     sp = _by_name(sm.spec_metrics(spec, LABELS, 1))
     assert sp["container_spec_cpu_period"][0].value.value == 100000
     assert sp["container_spec_memory_limit_bytes"][0].value.value == 1 << 20
-    assert sp["container_spec_memory_swap_limit_bytes"][0].value.value == 2**64 - 1  # Go's uint64(-1)
+    # Go's uint64(-1)
+    assert sp["container_spec_memory_swap_limit_bytes"][0].value.value == 2**64 - 1
     assert "container_spec_memory_reservation_limit_bytes" not in sp
     assert sm.spec_metrics({}, LABELS, 1) == []
     pr = _by_name(sm.process_metrics(None, spec, 3, 1, LABELS, 1))
