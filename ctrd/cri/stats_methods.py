@@ -2,7 +2,11 @@
 ``self.rt`` is the CRI core): ContainerStats, ListContainerStats, PodSandboxStats,
 ListPodSandboxStats, and the metrics pair ListMetricDescriptors / ListPodSandboxMetrics
 (built by :mod:`ctrd.cri.sandbox_metrics`). Which fields are filled, and how, follows
-containerd 2.3.4 (see :mod:`ctrd.cri.stats`).
+containerd 2.3.4 (see :mod:`ctrd.cri.stats`), with two differences: ContainerStats fills
+``usage_nano_cores`` from the second sample on (containerd's single-container call never does;
+its list does), and containerd 2.3.4's background CPU collector (a sample per container every
+second, so even a first list call has a rate) is not there: ctrd's rate comes from the
+previous call's sample, as containerd's fallback computes it.
 
 Figures are read by the daemon straight from the cgroups (the container's cgroup from its
 spec's ``linux.cgroupsPath``, the pod's from its ``cgroup_parent``) and the pod's network
