@@ -84,8 +84,9 @@ def _scenario(c, image: str, parent: str) -> dict:
     }
 
 
-def test_stats_and_metrics_match_containerd_2_3_4(ctrd_cri, containerd234, registry,  # noqa: F811
-                                                  cgroup_parents):
+def test_stats_and_metrics_match_containerd_2_3_4(cgroup_parents, ctrd_cri,  # noqa: F811
+                                                  containerd234, registry):
+    # cgroup_parents first: set up first, torn down last (after both daemons' pods are gone)
     image = registry.ref("busybox")
     ours = _scenario(ctrd_cri, image, cgroup_parents[0])
     ref = _scenario(containerd234, image, cgroup_parents[1])
@@ -95,7 +96,7 @@ def test_stats_and_metrics_match_containerd_2_3_4(ctrd_cri, containerd234, regis
 
 @pytest.fixture
 def cgroup_parents():
-    """Two pod cgroup parents (one per daemon); removed at the end."""
+    """Two pod cgroup parents (one per daemon); removed at the end, children first."""
     import os
     import subprocess
 
