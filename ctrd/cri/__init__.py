@@ -21,9 +21,11 @@ file name away). Each RPC module holds that call's core (a mixin of
   RemoveContainer, ContainerStatus, ListContainers (and StreamContainers),
   UpdateContainerResources, ReopenContainerLog, ExecSync, CheckpointContainer (refused);
 - :mod:`sandbox_update_resources` -- UpdatePodSandboxResources (recorded, as containerd);
-- :mod:`stats_methods`        -- ContainerStats, ListContainerStats, PodSandboxStats,
-  ListPodSandboxStats (figures from :mod:`stats`, read through :mod:`stats_sources`),
-  ListMetricDescriptors and ListPodSandboxMetrics (built by :mod:`sandbox_metrics`);
+- :mod:`container_stats`, :mod:`sandbox_stats` -- ContainerStats, ListContainerStats,
+  PodSandboxStats, ListPodSandboxStats (and their Stream* forms; figures from :mod:`stats`,
+  read through :mod:`stats_sources`);
+- :mod:`sandbox_metrics`      -- ListMetricDescriptors, ListPodSandboxMetrics (and
+  StreamPodSandboxMetrics): containerd's metric names from the cgroups;
 - :mod:`podsandbox`           -- the pod's own process: pause container or pod init;
 - :mod:`restart`              -- recovery at start from the records and the live tasks;
 - :mod:`store`                -- the records (dataclasses; the kubelet's configs in JSON form,

@@ -24,11 +24,13 @@ start time in nanoseconds, as containerd 2.3.4 sends it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
 
 from ctrd import errdefs
+from ctrd.cri.helpers import cri_pb
 
 log = logging.getLogger("ctrd.cri.metrics")
 
@@ -153,14 +155,9 @@ LABEL_KEYS: dict[str, tuple[str, ...]] = {
 COUNTER, GAUGE = 0, 1  # runtime.v1 MetricType
 
 
-def _pb():
-    from ctrd.api.cri.runtime.v1 import api_pb2 as pb
-    return pb
-
-
 def list_metric_descriptors() -> list:
     """Every ``runtime.v1.MetricDescriptor`` containerd 2.3.4 lists on Linux."""
-    pb = _pb()
+    pb = cri_pb()
     return [pb.MetricDescriptor(name=n, help=h, label_keys=list(k))
             for group in DESCRIPTORS.values() for n, h, k in group]
 
@@ -177,7 +174,7 @@ class _Builder:
         self.labels, self.ts, self.out = list(labels), timestamp, []
 
     def add(self, name: str, kind: int, value: int, *extra: str) -> None:
-        pb = _pb()
+        pb = cri_pb()
         self.out.append(pb.Metric(name=name, timestamp=self.ts, metric_type=kind,
                                   label_values=self.labels + list(extra),
                                   value=pb.UInt64Value(value=_u64(int(value)))))
@@ -408,7 +405,7 @@ def _container_metrics(rt, meta, status, base: list[str]):
     from ctrd.cri import stats_sources as src
     from ctrd.cri import store as st
 
-    pb = _pb()
+    pb = cri_pb()
     if status.state != st.RUNNING:
         raise errdefs.NotFound(f"no running task for container {meta.id}")
     spec = src.container_spec(rt, meta.id)
@@ -443,7 +440,7 @@ def _container_metrics(rt, meta, status, base: list[str]):
 def _pod_metrics(rt, meta, config):
     from ctrd.cri import stats as cs
 
-    pb = _pb()
+    pb = cri_pb()
     md = config.metadata
     base = [md.name, md.namespace]
     pm = pb.PodSandboxMetrics(pod_sandbox_id=meta.id)
@@ -488,3 +485,28 @@ def list_pod_sandbox_metrics(rt) -> list:
                 log.debug("container %s: no metrics: %s", cmeta.id, e)
         out.append(pm)
     return out
+
+
+class SandboxMetricsRPC:
+    """Mixed into RuntimeService: ListMetricDescriptors, ListPodSandboxMetrics (and
+    StreamPodSandboxMetrics)."""
+
+    async def ListMetricDescriptors(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+
+        return pb.ListMetricDescriptorsResponse(
+            descriptors=list_metric_descriptors())
+
+    async def ListPodSandboxMetrics(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+
+        return pb.ListPodSandboxMetricsResponse(pod_metrics=await asyncio.to_thread(
+            list_pod_sandbox_metrics, self.rt))
+
+    async def StreamPodSandboxMetrics(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+        from ctrd.cri.helpers import batches
+
+        metrics = await asyncio.to_thread(list_pod_sandbox_metrics, self.rt)
+        for part in batches(metrics):
+            yield pb.StreamPodSandboxMetricsResponse(pod_sandbox_metrics=part)

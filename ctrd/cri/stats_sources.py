@@ -1,6 +1,6 @@
 """Where the CRI plugin's stats and metrics figures come from, per container and per pod.
 
-Shared by the stats RPCs (:mod:`ctrd.cri.stats_methods`) and the metrics RPCs
+Shared by the stats RPCs (:mod:`ctrd.cri.container_stats`, :mod:`ctrd.cri.sandbox_stats`) and the metrics RPCs
 (:mod:`ctrd.cri.sandbox_metrics`). Each function takes the CRI core (``rt``, a
 :class:`ctrd.cri.core.CRIRuntime`) and blocks (file reads): call it from a thread.
 
