@@ -20,8 +20,12 @@ file name away). Each RPC module holds that call's core (a mixin of
   :mod:`container_checkpoint` -- CreateContainer, StartContainer, StopContainer,
   RemoveContainer, ContainerStatus, ListContainers (and StreamContainers),
   UpdateContainerResources, ReopenContainerLog, ExecSync, CheckpointContainer (refused);
-- :mod:`stats_methods`        -- ContainerStats, ListContainerStats, PodSandboxStats,
-  ListPodSandboxStats (figures from :mod:`stats`);
+- :mod:`sandbox_update_resources` -- UpdatePodSandboxResources (recorded, as containerd);
+- :mod:`container_stats`, :mod:`sandbox_stats` -- ContainerStats, ListContainerStats,
+  PodSandboxStats, ListPodSandboxStats (and their Stream* forms; figures from :mod:`stats`,
+  read through :mod:`stats_sources`);
+- :mod:`sandbox_metrics`      -- ListMetricDescriptors, ListPodSandboxMetrics (and
+  StreamPodSandboxMetrics): containerd's metric names from the cgroups;
 - :mod:`podsandbox`           -- the pod's own process: pause container or pod init;
 - :mod:`restart`              -- recovery at start from the records and the live tasks;
 - :mod:`store`                -- the records (dataclasses; the kubelet's configs in JSON form,
@@ -32,6 +36,9 @@ file name away). Each RPC module holds that call's core (a mixin of
   probed once per binary): recursive read-only mounts;
 - :mod:`identity` -- supplemental groups policy (Merge, Strict), ContainerStatus.user;
 - :mod:`stop_signal` -- the stop signal StopContainer sends and ContainerStatus reports;
+- :mod:`status_info` -- status pieces containerd derives from its records: ContainerStatus
+  resources (from the spec), verbose info in Go's JSON shape (config, cniResult,
+  sandboxMetadata), Status's cniconfig;
 - :mod:`config`  -- containerd's CRI config schema and defaults;
 - :mod:`netns`   -- pod namespaces pinned by bind mounts (network; IPC/UTS without a pause);
 - :mod:`cni`     -- running CNI plugins (ADD/DEL/CHECK) from a conflist, results parsed;

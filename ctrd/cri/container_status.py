@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 
-from ctrd.cri import stop_signal
+from ctrd.cri import status_info, stop_signal
 from ctrd.cri import store as st
 from ctrd.cri.helpers import cri_pb
 
@@ -33,21 +33,21 @@ class ContainerStatusRPC:
                 fields["image"] = pb.ImageSpec(image=image.repo_tags[0])
             if image.repo_digests:
                 fields["image_ref"] = image.repo_digests[0]
+        c = await asyncio.to_thread(self.rt.containers.get, "k8s.io", meta.id)
+        spec = json.loads(c.spec.value)
         out = pb.ContainerStatus(
             **fields, started_at=status.started_at, finished_at=status.finished_at,
             exit_code=status.exit_code, reason=status.reason, message=status.message,
             mounts=config.mounts, log_path=meta.log_path,
+            resources=status_info.container_resources(spec),
             user=pb.ContainerUser(linux=pb.LinuxContainerUser(**meta.user))
             if meta.user else None,
             stop_signal=stop_signal.to_enum(meta.stop_signal))
         resp = pb.ContainerStatusResponse(status=out)
         if request.verbose:
-            from google.protobuf import json_format
-
-            c = await asyncio.to_thread(self.rt.containers.get, "k8s.io", meta.id)
             resp.info["info"] = json.dumps({
                 "sandboxID": meta.sandbox_id, "pid": status.pid, "removing": status.removing,
                 "snapshotKey": meta.id, "snapshotter": meta.snapshotter,
-                "runtimeType": c.runtime.name, "config": json_format.MessageToDict(config),
-                "runtimeSpec": json.loads(c.spec.value)})
+                "runtimeType": c.runtime.name, "runtimeOptions": None,
+                "config": status_info.go_json(config), "runtimeSpec": spec})
         return resp

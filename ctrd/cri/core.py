@@ -31,6 +31,7 @@ from ctrd.cri.sandbox_remove import SandboxRemove
 from ctrd.cri.sandbox_run import SandboxRun
 from ctrd.cri.sandbox_status import SandboxStatusCore
 from ctrd.cri.sandbox_stop import SandboxStop
+from ctrd.cri.sandbox_update_resources import SandboxUpdateResources
 
 
 class CRIState:
@@ -302,7 +303,8 @@ class CRIState:
 
 
 class CRIRuntime(CRIState, RuntimeStatusCore, SandboxRun, PodProcess, SandboxStop,
-                 SandboxRemove, SandboxStatusCore, SandboxList, ContainerCreate,
+                 SandboxRemove, SandboxStatusCore, SandboxList, SandboxUpdateResources,
+                 ContainerCreate,
                  ContainerStart, ContainerStop, ContainerRemove, ContainerList,
                  ContainerUpdate, ContainerLogReopen, ContainerExec, Restart):
     """The CRI core: pod sandboxes and containers over ctrd's metadata, snapshotters and task

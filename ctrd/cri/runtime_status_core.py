@@ -8,7 +8,7 @@ import asyncio
 import json
 import os
 
-from ctrd.cri.helpers import cri_pb
+from ctrd.cri.helpers import cri_pb, log
 
 
 class RuntimeStatusCore:
@@ -16,6 +16,8 @@ class RuntimeStatusCore:
 
     def status(self) -> tuple[list[tuple[str, bool, str, str]], dict[str, str]]:
         """Conditions (type, status, reason, message) and verbose info."""
+        from ctrd.cri import status_info
+
         conds = [("RuntimeReady", True, "", "")]
         try:
             ns = self.cni.status()
@@ -31,7 +33,12 @@ class RuntimeStatusCore:
             "enableSelinux": self.config.enable_selinux,
             "streamServerAddress": self.config.stream_server_address,
             "streamServerPort": self.config.stream_server_port}),
-            "golang": "n/a (ctrd is Python)", "lastCNILoadStatus": load or "OK"}
+            "golang": "n/a (ctrd is Python)", "lastCNILoadStatus": load or "OK",
+            "lastCNILoadStatus.default": load or "OK"}
+        try:
+            info["cniconfig"] = json.dumps(status_info.cni_config_info(self.cni))
+        except Exception as e:  # noqa: BLE001 - as go-cni: logged, the answer still given
+            log.warning("cni config info: %s", e)
         return conds, info
 
     def update_runtime_config(self, pod_cidr: str) -> None:

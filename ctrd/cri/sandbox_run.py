@@ -76,7 +76,7 @@ class SandboxRun:
                 paths = await asyncio.to_thread(self._make_namespaces, id_, d, hostname, kinds)
                 undo.append(lambda: self._drop_namespaces(paths))
             meta = st.SandboxMeta(id=id_, name=name, config={},
-                                  runtime_handler=handler_name,
+                                  runtime_handler=runtime_handler,  # as asked (containerd)
                                   runtime_type=handler.runtime_type,
                                   netns=paths.get("net", ""), ipc=paths.get("ipc", ""),
                                   uts=paths.get("uts", ""), dir=d, created_at=now_ns(),

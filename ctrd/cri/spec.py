@@ -701,6 +701,9 @@ def apply_resources(spec: dict[str, Any], r: Any, cri: CRIConfig, host: HostFact
     mem: dict[str, Any] = {}
     if r.memory_limit_in_bytes:
         mem["limit"] = r.memory_limit_in_bytes
+        # swap = memory by default: the container does not swap unless asked (containerd)
+        if not r.memory_swap_limit_in_bytes and host.swap:
+            mem["swap"] = r.memory_limit_in_bytes
     if r.memory_swap_limit_in_bytes and host.swap:
         mem["swap"] = r.memory_swap_limit_in_bytes
     if mem:

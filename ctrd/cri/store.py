@@ -79,6 +79,9 @@ class SandboxStatus:
     cni_result: dict = field(default_factory=dict)
     network_ready: bool = False  # CNI ADD done and not yet torn down
     pid: int = 0               # the pause / pod init process (0: none, or it exited)
+    # UpdatePodSandboxResources' last values as ContainerResources JSON (None: never called)
+    overhead: dict | None = None
+    resources: dict | None = None
 
 
 @dataclass
