@@ -365,3 +365,46 @@ def test_attach_to_log_less_container_after_ctrd_restart(cri):
     cri.restart(before_start=while_down)
     assert cri.status(cid).state == cri.pb.CONTAINER_RUNNING
     asyncio.run(once("after"))
+
+
+@needs_crictl
+@pytest.mark.parametrize("log", [True, False], ids=["log-file", "no-log-file"])
+def test_crictl_attach_tty(cri, log):
+    """``crictl attach -it`` on its own terminal (a pty made here) to a tty ``sh``: a command
+    typed there runs and its output comes back; ``exit`` ends the container and crictl."""
+    import pty
+
+    cid = shell(cri, "ttysh", log=log, tty=True)
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([CRICTL, "--runtime-endpoint", "unix://" + cri.daemon.address,
+                             "attach", "-i", "-t", cid], stdin=slave, stdout=slave,
+                            stderr=subprocess.PIPE, close_fds=True)
+    os.close(slave)
+    seen = b""
+    try:
+        deadline = time.monotonic() + 30
+        sent = False
+        while b"sum=42" not in seen:
+            assert time.monotonic() < deadline and proc.poll() is None, (seen, proc.poll())
+            if not sent:
+                time.sleep(0.5)  # not asserted: lets crictl put its terminal in raw mode
+                os.write(master, b"echo sum=$((40+2))\r")
+                sent = True
+            import select
+
+            if select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:
+                    break
+        os.write(master, b"exit\r")
+        assert proc.wait(30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+        os.close(master)
+    assert b"sum=42" in seen
+    cs = cri.wait_exited(cid)
+    assert (cs.state, cs.exit_code) == (cri.pb.CONTAINER_EXITED, 0)
