@@ -83,6 +83,10 @@ class CRIRuntime:
         self.config = config
         self.root = root
         self.state = state
+        if os.path.isdir(state):
+            # containerd's CRI state dir is 0711: a user-namespaced pod's root reaches its
+            # files (hosts, resolv.conf, shm) and ctrd's idmapped volume clones below it
+            os.chmod(state, 0o711)
         self.hooks = hooks
         self.containers = ContainerStore(md.db)
         self.records = st.Records(root)
@@ -296,6 +300,7 @@ class CRIRuntime:
         undo: list = [lambda: self.records.release(name)]
         try:
             nsopts = config.linux.security_context.namespace_options
+            pu = _pod_userns(config)
             host_net = nsopts.network == pb.NODE
             host_ipc = nsopts.ipc == pb.NODE
             d = self._sandbox_dir(id_)
@@ -312,14 +317,16 @@ class CRIRuntime:
             if not host_ipc and pause != "image":
                 kinds.append("ipc")
             paths: dict[str, str] = {}
-            if kinds:
-                paths = await asyncio.to_thread(self._make_namespaces, id_, d, hostname, kinds)
+            if kinds or pu:
+                paths = await asyncio.to_thread(self._make_namespaces, id_, d, hostname, kinds,
+                                                pu)
                 undo.append(lambda: self._drop_namespaces(paths))
             meta = st.SandboxMeta(id=id_, name=name, config=encode_msg(config),
                                   runtime_handler=handler_name,
                                   runtime_type=handler.runtime_type,
                                   netns=paths.get("net", ""), ipc=paths.get("ipc", ""),
-                                  uts=paths.get("uts", ""), dir=d, created_at=now_ns(),
+                                  uts=paths.get("uts", ""), userns=paths.get("user", ""),
+                                  dir=d, created_at=now_ns(),
                                   pause=pause)
             if image is not None:
                 meta.image, meta.image_id, meta.snapshot_key = \
@@ -429,7 +436,8 @@ class CRIRuntime:
                 pidns = f"{proc}/pid"
         return cri_spec.SandboxFacts(
             id=meta.id, netns_path=meta.netns or None, ipcns_path=ipc, utsns_path=uts,
-            pidns_path=pidns,
+            pidns_path=pidns, userns_path=meta.userns or None,
+            userns=_pod_userns(self.sandbox_config(meta)) if meta.userns else None,
             shm_path=None if host_ipc else os.path.join(meta.dir, "shm"),
             hostname_path=os.path.join(meta.dir, "hostname"),
             hosts_path=os.path.join(meta.dir, "hosts"),
@@ -584,14 +592,18 @@ class CRIRuntime:
             "snapshotKey": meta.snapshot_key,
             "snapshotter": self.snapshotter_name,
             "runtimeHandler": meta.runtime_handler, "runtimeType": meta.runtime_type,
-            "netns": meta.netns, "ipcns": meta.ipc, "utsns": meta.uts,
+            "netns": meta.netns, "ipcns": meta.ipc, "utsns": meta.uts, "userns": meta.userns,
             "cniResult": status.cni_result,
             "config": json_format.MessageToDict(self.sandbox_config(meta))}
 
-    def _make_namespaces(self, id_: str, d: str, hostname: str, kinds: list[str]
-                         ) -> dict[str, str]:
+    def _make_namespaces(self, id_: str, d: str, hostname: str, kinds: list[str],
+                         pu=None) -> dict[str, str]:
         from ctrd.cri import netns
 
+        if pu is not None:
+            from ctrd.cri import userns
+
+            return userns.create_pod_namespaces(self._netns_base(), hostname, kinds, pu)
         pns = netns.create_pod_namespaces(self._netns_base(), hostname, tuple(kinds))
         return dict(pns.paths)
 
@@ -653,8 +665,8 @@ class CRIRuntime:
         if status.network_ready:
             await self._teardown_network(meta, self.sandbox_config(meta))
             self.records.update_sandbox(meta.id, network_ready=False)
-        paths = {k: p for k, p in (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts))
-                 if p}
+        paths = {k: p for k, p in (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts),
+                                   ("user", meta.userns)) if p}
         if paths:
             await asyncio.to_thread(self._drop_namespaces, paths)
         self.records.update_sandbox(meta.id, state=st.SANDBOX_NOTREADY)
@@ -691,7 +703,7 @@ class CRIRuntime:
         with netns.PIN_DIR_LOCK:
             if self.records.sandboxes:
                 return  # a pod came meanwhile
-            for kind in ("net", "ipc", "uts"):
+            for kind in ("net", "ipc", "uts", "user"):
                 d = os.path.join(base, f"{kind}ns")
                 try:
                     if os.listdir(d):
@@ -730,18 +742,22 @@ class CRIRuntime:
                 raise errdefs.NotFound(f"failed to resolve image {config.image.image!r}: "
                                        "not found")
             _, handler = self.handler(smeta.runtime_handler)
+            pu = _container_userns(config, self.sandbox_config(smeta))
             snap = self.snapshotter()
             # The new snapshot is held by a lease until the container record references it
             # (containerd's client does the same): a GC in between would collect it.
             lease = await asyncio.to_thread(self._create_lease, id_)
             undo.append(lambda: self._delete_lease(lease))
-            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id, None, lease)
+            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id,
+                                    _userns().snapshot_labels(pu), lease)
             undo.append(lambda: snap.remove(NAMESPACE, id_))
+            vdir = _userns().volumes_dir(self.state, id_)
+            undo.append(lambda: _userns().release_volumes(vdir))
             log_path = ""
             if config.log_path and sandbox_config.log_directory:
                 log_path = os.path.join(sandbox_config.log_directory, config.log_path)
             spec = await asyncio.to_thread(self._build_spec, id_, smeta, config,
-                                           sandbox_config, image, snap)
+                                           sandbox_config, image, snap, pu)
             cfg = image.config.get("config") if isinstance(image.config.get("config"),
                                                            dict) else {}
             meta = st.ContainerMeta(id=id_, name=name, sandbox_id=smeta.id,
@@ -788,7 +804,7 @@ class CRIRuntime:
             pass
 
     def _build_spec(self, id_: str, smeta: st.SandboxMeta, config, sandbox_config, image,
-                    snap) -> dict:
+                    snap, pu=None) -> dict:
         from ctrd.cri import spec as cri_spec
         from ctrd.snapshots.mount import mounted
 
@@ -798,6 +814,9 @@ class CRIRuntime:
         sandbox = self._sandbox_facts(smeta, sstatus.pid)
         _, handler = self.handler(smeta.runtime_handler)
         mounts = snap.mounts(NAMESPACE, id_)
+        # runc 1.1 makes no idmapped mounts: CRI mounts with id mappings bind ctrd's clones
+        config, _ = _userns().prepare_volumes(config, pu,
+                                              _userns().volumes_dir(self.state, id_))
         with mounted(mounts, dir=self.state) as rootfs:
             # With a pause container the pod's sysctls are in its spec only (containerd);
             # otherwise they go into each container's spec (runc applies them inside the
@@ -989,6 +1008,9 @@ class CRIRuntime:
             await asyncio.to_thread(self.snapshotter().remove, NAMESPACE, meta.id)
         except errdefs.NotFound:
             pass
+        # idmapped volume clones detached first: the tree below holds them
+        await asyncio.to_thread(_userns().release_volumes,
+                                _userns().volumes_dir(self.state, meta.id))
         _rmtree(os.path.join(self.state, "containers", meta.id))  # the stdin FIFO's dir
         self.records.remove_container(meta.id)
         self._exited.pop(meta.id, None)
@@ -1318,12 +1340,37 @@ def _listdir(d: str) -> list[str]:
         return []
 
 
+def _userns():
+    from ctrd.cri import userns
+
+    return userns
+
+
+def _pod_userns(config):
+    """The pod's user namespace (ctrd.cri.userns.PodUserns) or None; InvalidArgument for
+    bad options, FailedPrecondition where the kernel cannot do it."""
+    pu = _userns().parse(config.linux.security_context.namespace_options,
+                         "linux.security_context.namespace_options")
+    if pu is not None and not _userns().supported():
+        raise errdefs.FailedPrecondition("user namespaces with idmapped mounts are not "
+                                         "supported on this host")
+    return pu
+
+
+def _container_userns(config, sandbox_config):
+    """The container's user namespace: its options must equal its pod's."""
+    _userns().check_container(config.linux.security_context.namespace_options,
+                              sandbox_config.linux.security_context.namespace_options)
+    return _pod_userns(sandbox_config)
+
+
 def _pins_alive(meta: st.SandboxMeta) -> bool:
     """Whether every namespace pin of the sandbox is still a live namespace."""
     from ctrd.cri import netns
 
     return all(netns.is_pinned(p, kind) for kind, p in
-               (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts)) if p)
+               (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts),
+                ("user", meta.userns)) if p)
 
 
 def _exit_reason(code: int, oom: bool) -> str:

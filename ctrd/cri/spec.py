@@ -200,6 +200,10 @@ class SandboxFacts:
     hosts_path: str | None = None      # bound at /etc/hosts
     resolv_conf_path: str | None = None  # bound at /etc/resolv.conf
     cgroup_parent: str | None = None   # None: the sandbox config's linux.cgroup_parent
+    # the pod's pinned user namespace and its maps (a ctrd.cri.userns.PodUserns); None: the
+    # host's user namespace
+    userns_path: str | None = None
+    userns: Any = None
 
 
 # -- annotations ----------------------------------------------------------------------------
@@ -770,9 +774,9 @@ def apply_namespaces(spec: dict[str, Any], sc: Any, sandbox: SandboxFacts,
         _set_namespace(linux, "pid", target_pid_ns, False)
     else:
         raise InvalidArgument(f"unknown pid namespace mode {mode}")
-    if ns.HasField("userns_options") and ns.userns_options.mode != NS_NODE:
-        raise InvalidArgument("user namespaces are not supported")
-    linux["namespaces"] = [n for n in linux["namespaces"] if n.get("type") != "user"]
+    from ctrd.cri import userns
+
+    userns.apply_to_spec(linux, sandbox.userns_path, sandbox.userns)
 
 
 # -- security profiles ----------------------------------------------------------------------
@@ -1303,6 +1307,9 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
             spec["hostname"] = sandbox_config.hostname
     _set_namespace(linux, "ipc", sandbox.ipcns_path, nsopts.ipc == NS_NODE)
     _set_namespace(linux, "pid", None, nsopts.pid == NS_NODE)
+    from ctrd.cri import userns
+
+    userns.apply_to_spec(linux, sandbox.userns_path, sandbox.userns)
     if host.cgroup2:
         _set_namespace(linux, "cgroup", None, False)
 
@@ -1310,7 +1317,7 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
     if not host_net:
         if cri.enable_unprivileged_ports:
             sysctls.setdefault("net.ipv4.ip_unprivileged_port_start", "0")
-        if cri.enable_unprivileged_icmp:
+        if cri.enable_unprivileged_icmp and sandbox.userns is None:  # containerd: not in a userns
             sysctls.setdefault("net.ipv4.ping_group_range", "0 2147483647")
     if sysctls:
         linux["sysctl"] = sysctls
