@@ -461,7 +461,8 @@ class CRIRuntime:
             snap = self.snapshotter()
             lease = await asyncio.to_thread(self._create_lease, id_)
             undo.append(lambda: self._delete_lease(lease))
-            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id, None, lease)
+            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id,
+                                    _userns().snapshot_labels(sandbox.userns), lease)
             undo.append(lambda: self._remove_snapshot(id_))
             mounts = await asyncio.to_thread(snap.mounts, NAMESPACE, id_)
             rootfs = [_mount_pb(m) for m in mounts]

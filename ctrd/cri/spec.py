@@ -1287,14 +1287,16 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
             proc["user"]["additionalGids"] = sorted(gids)
         shm = DEV_SHM if nsopts.ipc == NS_NODE else sandbox.shm_path
         if shm:
+            # containerd: nosuid,nodev,noexec always -- in a user namespace the read-only
+            # remount of a bind must keep the source's locked flags, or it is EPERM
             spec["mounts"].append({"destination": DEV_SHM, "type": "bind", "source": shm,
-                                   "options": ["rbind", "ro"]})
+                                   "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
             spec["mounts"] = [m for m in spec["mounts"]
                               if not (m["destination"] == DEV_SHM and m["type"] == "tmpfs")]
         if sandbox.resolv_conf_path:
             spec["mounts"].append({"destination": RESOLV_CONF, "type": "bind",
                                    "source": sandbox.resolv_conf_path,
-                                   "options": ["rbind", "ro"]})
+                                   "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
 
     # namespaces (the default spec has new pid, ipc, uts, mount and network ones)
     if host_net:
