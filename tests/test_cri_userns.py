@@ -46,18 +46,18 @@ def _userns(pb, mode=None, uids=((0, HOST_ID, SIZE),), gids=((0, HOST_ID, SIZE),
         gids=[pb.IDMapping(container_id=c, host_id=h, length=n) for c, h, n in gids])
 
 
-def _linux_pod(pb, us):
+def _linux_pod(pb, us, network=None):
     return pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
-        namespace_options=pb.NamespaceOption(userns_options=us)))
+        namespace_options=pb.NamespaceOption(userns_options=us, network=network or pb.POD)))
 
 
-def _linux_ctr(pb, us):
+def _linux_ctr(pb, us, network=None):
     return pb.LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
-        namespace_options=pb.NamespaceOption(userns_options=us)))
+        namespace_options=pb.NamespaceOption(userns_options=us, network=network or pb.POD)))
 
 
-def _run(c, name, us, **kw):
-    return c.run_pod(name, linux=_linux_pod(c.pb, us), **kw)
+def _run(c, name, us, network=None, **kw):
+    return c.run_pod(name, linux=_linux_pod(c.pb, us, network), **kw)
 
 
 def _volume(tmp_root, name="vol"):
@@ -117,6 +117,20 @@ def test_pod_userns_rootfs_and_volumes(cri, tmp_root):
     assert not [m for m in mounts_under(tmp_root) if "idmapped" in m]
     assert (mapped / "new").read_text() == "w\n"  # the volume's files are untouched
     cri.remove_pod(sid)
+
+
+def test_pod_userns_with_host_network(cri, tmp_root):
+    """containerd allows it: the pod's user namespace, the host's netns, /sys bound ro."""
+    pb = cri.pb
+    us = _userns(pb)
+    sid, pconf = _run(cri, "hostnet", us, network=pb.NODE)
+    cid = cri.create(sid, pconf, "c1", LOOP, linux=_linux_ctr(pb, us, pb.NODE))
+    pid = cri.pid(cid)
+    assert _uid_map(cri.sh(cid, "cat /proc/self/uid_map")) == [["0", str(HOST_ID), str(SIZE)]]
+    assert os.readlink(f"/proc/{pid}/ns/net") == os.readlink("/proc/self/ns/net")
+    assert cri.sh(cid, "ls /sys/class/net")  # the host's sysfs, readable
+    cri.remove_pod(sid)
+    assert not _leftovers(cri, tmp_root)
 
 
 def test_node_mode_runs_as_before(cri):

@@ -754,7 +754,7 @@ def apply_namespaces(spec: dict[str, Any], sc: Any, sandbox: SandboxFacts,
     """containerd's WithPodNamespaces: the pod's network, IPC and UTS namespaces (or the
     host's), the PID namespace per the container's NamespaceOption (CONTAINER: a new one;
     POD: the pod's; NODE: the host's; TARGET: another container's), a new mount namespace,
-    no user namespace."""
+    the pod's user namespace if it has one (:func:`ctrd.cri.userns.apply_to_spec`)."""
     linux = spec.setdefault("linux", {})
     _set_namespace(linux, "network", sandbox.netns_path, sandbox.netns_path is None)
     _set_namespace(linux, "ipc", sandbox.ipcns_path, sandbox.ipcns_path is None)
@@ -774,9 +774,13 @@ def apply_namespaces(spec: dict[str, Any], sc: Any, sandbox: SandboxFacts,
         _set_namespace(linux, "pid", target_pid_ns, False)
     else:
         raise InvalidArgument(f"unknown pid namespace mode {mode}")
+    if ns.HasField("userns_options") and ns.userns_options.mode != NS_NODE and \
+            sandbox.userns is None:
+        raise InvalidArgument("user namespaces: the container asks for a pod user namespace "
+                              "its pod does not have")
     from ctrd.cri import userns
 
-    userns.apply_to_spec(linux, sandbox.userns_path, sandbox.userns)
+    userns.apply_to_spec(spec, sandbox.userns_path, sandbox.userns)
 
 
 # -- security profiles ----------------------------------------------------------------------
@@ -1255,6 +1259,8 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
         proc["args"] = [POD_INIT_PATH, "sh", "-c", POD_INIT_SCRIPT]
         proc["env"] = [f"PATH={posixpath.dirname(POD_INIT_PATH)}"]
         proc["user"] = {"uid": 65535, "gid": 65535}
+        if sandbox.userns is not None and sandbox.userns.to_host_ids(65535) is None:
+            proc["user"] = {"uid": 0, "gid": 0}  # a short pod mapping: its root, no caps
         proc["capabilities"] = {k: [] for k in ("bounding", "effective", "permitted")}
         # an empty rootfs: proc and a /dev, the busybox, nothing else to protect
         spec["mounts"] = [m for m in spec["mounts"] if m["destination"] in ("/proc", "/dev")]
@@ -1311,7 +1317,7 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
     _set_namespace(linux, "pid", None, nsopts.pid == NS_NODE)
     from ctrd.cri import userns
 
-    userns.apply_to_spec(linux, sandbox.userns_path, sandbox.userns)
+    userns.apply_to_spec(spec, sandbox.userns_path, sandbox.userns)
     if host.cgroup2:
         _set_namespace(linux, "cgroup", None, False)
 

@@ -62,6 +62,11 @@ class PodUserns:
         """The host (uid, gid) of the pod's root."""
         return idmap.to_host(list(self.uids), 0), idmap.to_host(list(self.gids), 0)
 
+    def to_host_ids(self, cid: int) -> tuple[int, int] | None:
+        """The host (uid, gid) of container uid = gid = ``cid``; None when unmapped."""
+        ids = idmap.to_host(list(self.uids), cid), idmap.to_host(list(self.gids), cid)
+        return None if -1 in ids else ids
+
     def spec_maps(self) -> tuple[list[dict], list[dict]]:
         """OCI ``linux.uidMappings``, ``gidMappings``."""
         def conv(maps):
@@ -132,14 +137,23 @@ def snapshot_labels(pu: PodUserns | None) -> dict[str, str]:
             LABEL_GIDMAPPING: idmap.format_map(list(pu.gids))}
 
 
-def apply_to_spec(linux: dict, userns_path: str | None, pu: PodUserns | None) -> None:
-    """Join the pod's user namespace (``userns_path``) with its maps, or none: the host's."""
+def apply_to_spec(spec: dict, userns_path: str | None, pu: PodUserns | None) -> None:
+    """Join the pod's user namespace (``userns_path``) with its maps, or none: the host's.
+    With the host's network namespace (not owned by the pod's user namespace, so sysfs
+    cannot be mounted) /sys is bound read-only instead, as containerd does (its ``rro``:
+    runc 1.1 has no recursive read-only, so the bind is ``ro``)."""
+    linux = spec.setdefault("linux", {})
     nss = [n for n in linux.get("namespaces", []) if n.get("type") != "user"]
     linux.pop("uidMappings", None)
     linux.pop("gidMappings", None)
     if pu is not None and userns_path:
         nss.append({"type": "user", "path": userns_path})
         linux["uidMappings"], linux["gidMappings"] = pu.spec_maps()
+        if not any(n.get("type") == "network" for n in nss):
+            spec["mounts"] = [m for m in spec.get("mounts", [])
+                              if m.get("destination") != "/sys"] + [
+                {"destination": "/sys", "type": "bind", "source": "/sys",
+                 "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]}]
     linux["namespaces"] = nss
 
 

@@ -190,14 +190,14 @@ class OverlaySnapshotter(DirSnapshotter):
         if not s.parent_ids:
             return [Mount("bind", self._upper(s.id),
                           remap + ["ro" if s.kind == Kind.VIEW else "rw", "rbind"])]
-        options = remap
+        options = list(remap)
         if self.index_off:
             options.append("index=off")
         if self.userxattr:
             options.append("userxattr")
         if s.kind == Kind.ACTIVE:
             options += [f"workdir={self._work(s.id)}", f"upperdir={self._upper(s.id)}"]
-        elif len(s.parent_ids) == 1 and not remap:
-            return [Mount("bind", self._upper(s.parent_ids[0]), ["ro", "rbind"])]
+        elif len(s.parent_ids) == 1:
+            return [Mount("bind", self._upper(s.parent_ids[0]), remap + ["ro", "rbind"])]
         options.append("lowerdir=" + ":".join(self._upper(p) for p in s.parent_ids))
         return [Mount("overlay", "overlay", options)]
