@@ -97,6 +97,10 @@ def test_pod_userns_rootfs_and_volumes(cri, tmp_root):
     # the pod's own namespaces: the netns belongs to the pod's user namespace
     own = os.readlink(f"/proc/{pid}/ns/user")
     assert own != os.readlink("/proc/self/ns/user")
+    # the pod's files are bound idmapped (containerd): the pod's root owns and may write them
+    assert cri.sh(cid, "stat -c '%u %g' /etc/hosts /etc/resolv.conf /etc/hostname").split() \
+        == ["0", "0"] * 3
+    cri.sh(cid, "echo '10.9.9.9 extra' >> /etc/hosts")
     # a plain volume: host root's files are unmapped (nobody) inside; the host's dir as it was
     assert cri.sh(cid, "stat -c %u /plain/hostfile").strip() == "65534"
     # an idmapped volume: host root's files are the pod root's; writes land as host root
@@ -114,7 +118,8 @@ def test_pod_userns_rootfs_and_volumes(cri, tmp_root):
     # the clone of the idmapped volume goes with its container
     cri.rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
     cri.rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
-    assert not [m for m in mounts_under(tmp_root) if "idmapped" in m]
+    assert not [m for m in mounts_under(tmp_root) if cid in m]
+    assert [m for m in mounts_under(tmp_root) if cid2 in m and "idmapped" in m]
     assert (mapped / "new").read_text() == "w\n"  # the volume's files are untouched
     cri.remove_pod(sid)
 

@@ -816,8 +816,9 @@ class CRIRuntime:
         _, handler = self.handler(smeta.runtime_handler)
         mounts = snap.mounts(NAMESPACE, id_)
         # runc 1.1 makes no idmapped mounts: CRI mounts with id mappings bind ctrd's clones
-        config, _ = _userns().prepare_volumes(config, pu,
-                                              _userns().volumes_dir(self.state, id_))
+        vdir = _userns().volumes_dir(self.state, id_)
+        config, _ = _userns().prepare_volumes(config, pu, vdir)
+        sandbox = _userns().idmap_pod_files(sandbox, pu, vdir)
         with mounted(mounts, dir=self.state) as rootfs:
             # With a pause container the pod's sysctls are in its spec only (containerd);
             # otherwise they go into each container's spec (runc applies them inside the

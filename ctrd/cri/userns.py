@@ -272,6 +272,41 @@ def prepare_volumes(config: Any, pu: PodUserns | None, vdir: str) -> tuple[Any, 
     return out, vols
 
 
+POD_FILES = ("hostname_path", "hosts_path", "resolv_conf_path")
+
+
+def idmap_pod_files(sandbox: Any, pu: PodUserns | None, vdir: str) -> Any:
+    """containerd binds the pod's /etc/hostname, /etc/hosts and /etc/resolv.conf with the
+    pod's id mappings, so the pod's root owns them (and may write them). ``sandbox`` (a
+    :class:`ctrd.cri.spec.SandboxFacts`) with those paths moved to idmapped clones of the
+    files under ``vdir`` (released by :func:`release_volumes`); unchanged without ``pu``.
+    /dev/shm stays as it is (containerd: an empty tmpfs, 1777)."""
+    import dataclasses
+
+    if pu is None:
+        return sandbox
+    files = {k: getattr(sandbox, k) for k in POD_FILES
+             if getattr(sandbox, k) and os.path.isfile(getattr(sandbox, k))}
+    if not files:
+        return sandbox
+    os.makedirs(vdir, mode=0o711, exist_ok=True)
+    os.chmod(os.path.dirname(vdir), 0o711)
+    nsfd = idmap.userns_fd(list(pu.uids), list(pu.gids))
+    moved = {}
+    try:
+        for k, src in files.items():
+            target = os.path.join(vdir, os.path.basename(src))
+            os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444))
+            idmap.clone_idmapped(src, target, nsfd, recursive=False)
+            moved[k] = target
+    except BaseException:
+        release_volumes(vdir)
+        raise
+    finally:
+        os.close(nsfd)
+    return dataclasses.replace(sandbox, **moved)
+
+
 def release_volumes(vols: Volumes | str) -> None:
     """Detach and remove every clone under the volumes dir (idempotent; works after a
     restart from the dir alone). Detach first: removing a tree with a live clone in it
