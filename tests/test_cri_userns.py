@@ -46,9 +46,10 @@ def _userns(pb, mode=None, uids=((0, HOST_ID, SIZE),), gids=((0, HOST_ID, SIZE),
         gids=[pb.IDMapping(container_id=c, host_id=h, length=n) for c, h, n in gids])
 
 
-def _linux_pod(pb, us, network=None):
+def _linux_pod(pb, us, network=None, pid=None):
     return pb.LinuxPodSandboxConfig(security_context=pb.LinuxSandboxSecurityContext(
-        namespace_options=pb.NamespaceOption(userns_options=us, network=network or pb.POD)))
+        namespace_options=pb.NamespaceOption(userns_options=us, network=network or pb.POD,
+                                             pid=pid or pb.POD)))
 
 
 def _linux_ctr(pb, us, network=None):
@@ -56,8 +57,8 @@ def _linux_ctr(pb, us, network=None):
         namespace_options=pb.NamespaceOption(userns_options=us, network=network or pb.POD)))
 
 
-def _run(c, name, us, network=None, **kw):
-    return c.run_pod(name, linux=_linux_pod(c.pb, us, network), **kw)
+def _run(c, name, us, network=None, pid=None, **kw):
+    return c.run_pod(name, linux=_linux_pod(c.pb, us, network, pid), **kw)
 
 
 def _volume(tmp_root, name="vol"):
@@ -66,6 +67,21 @@ def _volume(tmp_root, name="vol"):
     (d / "hostfile").write_text("from the host\n")
     os.chown(d / "hostfile", 0, 0)
     return d
+
+
+def _owner(ns_path: str) -> int:
+    """The inode of the user namespace that owns namespace ``ns_path`` (NS_GET_USERNS)."""
+    import fcntl
+
+    fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        ufd = fcntl.ioctl(fd, 0xB701)
+        try:
+            return os.fstat(ufd).st_ino
+        finally:
+            os.close(ufd)
+    finally:
+        os.close(fd)
 
 
 def _uid_map(text: str) -> list[list[str]]:
@@ -122,6 +138,29 @@ def test_pod_userns_rootfs_and_volumes(cri, tmp_root):
     assert [m for m in mounts_under(tmp_root) if cid2 in m and "idmapped" in m]
     assert (mapped / "new").read_text() == "w\n"  # the volume's files are untouched
     cri.remove_pod(sid)
+
+
+def test_pod_userns_without_pod_process(cri, tmp_root):
+    """PID CONTAINER: no pod init; the containers join ctrd's pins, all in the userns."""
+    pb = cri.pb
+    us = _userns(pb)
+    sid, pconf = _run(cri, "noinit", us, pid=pb.CONTAINER)
+    status, info = cri.pod_status(sid, verbose=True)
+    assert status.linux.namespaces.options.userns_options.mode == pb.POD
+    assert info["pid"] == 0 and info["userns"]
+    cid = cri.create(sid, pconf, "c1", LOOP, linux=_linux_ctr(pb, us))
+    pid = cri.pid(cid)
+    assert os.stat(f"/proc/{pid}/ns/user").st_ino == os.stat(info["userns"]).st_ino
+    for kind, pin in (("net", info["netns"]), ("ipc", info["ipcns"]), ("uts", info["utsns"])):
+        assert os.stat(f"/proc/{pid}/ns/{kind}").st_ino == os.stat(pin).st_ino
+        # made inside the pod's user namespace (containerd: setupNetnsWithinUserns)
+        assert _owner(pin) == os.stat(info["userns"]).st_ino
+    assert cri.sh(cid, "hostname").strip() == "noinit"
+    assert _uid_map(cri.sh(cid, "cat /proc/self/uid_map")) == [["0", str(HOST_ID), str(SIZE)]]
+    # the pod's root owns its IPC namespace: it may create a message queue mount point
+    cri.sh(cid, "grep -q ' /dev/mqueue ' /proc/self/mountinfo")
+    cri.remove_pod(sid)
+    assert not _leftovers(cri, tmp_root)
 
 
 def test_pod_userns_with_host_network(cri, tmp_root):
@@ -246,6 +285,8 @@ def test_pause_mode_userns(pause_factory, pause_ref, tmp_root):  # noqa: F811
     pid = c.pid(cid)
     for ns in ("user", "net", "ipc", "uts"):
         assert os.readlink(f"/proc/{pid}/ns/{ns}") == os.readlink(f"/proc/{pause_pid}/ns/{ns}")
+        if ns != "user":
+            assert _owner(f"/proc/{pid}/ns/{ns}") == os.stat(f"/proc/{pid}/ns/user").st_ino
     with open(f"/proc/{pause_pid}/uid_map") as f:
         assert _uid_map(f.read()) == [["0", str(HOST_ID), str(SIZE)]]
     c.remove_pod(sid)

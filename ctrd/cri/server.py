@@ -1253,6 +1253,10 @@ class CRIRuntime:
                 log.info("removing orphaned sandbox dir %s", name)
                 _unmount_shm(os.path.join(d, name))
                 _rmtree(os.path.join(d, name))
+        # idmapped volume clones of containers that never got a record (a crash mid-create)
+        for name in _listdir(os.path.join(self.state, "containers")):
+            if name not in self.records.containers:
+                _userns().release_volumes(_userns().volumes_dir(self.state, name))
         for kind, ids in (("sandboxes", sandboxes), ("containers", set(self.records.containers))):
             for name in _listdir(os.path.join(self.root, kind)):
                 if name not in ids:
