@@ -5,6 +5,8 @@ Pieces, each usable without gRPC:
 
 - :mod:`config`  -- containerd 1.6's CRI config schema and defaults;
 - :mod:`netns`   -- pod namespaces pinned by bind mounts (network; IPC/UTS without a pause);
+- :mod:`userns`  -- pod user namespaces (``userns_options``): validation, the pinned user
+  namespace that owns the pod's others, idmapped volumes, :func:`userns.supported`;
 - :mod:`cni`     -- running CNI plugins (ADD/DEL/CHECK) from a conflist, results parsed;
 - :mod:`spec`    -- the OCI specs of a pod's containers and of its pause / pod init;
 - :mod:`images`  -- image references as the kubelet sees them, pulls through ctrd's pull;
