@@ -41,6 +41,8 @@ file name away). Each RPC module holds that call's core (a mixin of
   sandboxMetadata), Status's cniconfig;
 - :mod:`config`  -- containerd's CRI config schema and defaults;
 - :mod:`netns`   -- pod namespaces pinned by bind mounts (network; IPC/UTS without a pause);
+- :mod:`userns`  -- pod user namespaces (``userns_options``): validation, the pinned user
+  namespace that owns the pod's others, idmapped volumes, :func:`userns.supported`;
 - :mod:`cni`     -- running CNI plugins (ADD/DEL/CHECK) from a conflist, results parsed;
 - :mod:`spec`, :mod:`seccomp` -- the OCI specs of a pod's containers and of its pause / pod init;
 - :mod:`images`, :mod:`image_service`, :mod:`registry` -- image references as the kubelet

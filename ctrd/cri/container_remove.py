@@ -8,6 +8,7 @@ import os
 
 from ctrd import errdefs
 from ctrd.cri import store as st
+from ctrd.cri import userns
 from ctrd.cri.helpers import NAMESPACE, cri_pb, rmtree
 
 
@@ -35,6 +36,8 @@ class ContainerRemove:
         except errdefs.NotFound:
             pass
         self.attach_io.close(meta.id)
+        # idmapped volume clones detached first: the tree below holds them
+        await asyncio.to_thread(userns.release_volumes, userns.volumes_dir(self.state, meta.id))
         rmtree(os.path.join(self.state, "containers", meta.id))  # the stdio FIFOs' dir
         self.records.remove_container(meta.id)
         self._exited.pop(meta.id, None)

@@ -33,7 +33,7 @@ class SandboxStatusCore:
             "snapshotKey": meta.snapshot_key,
             "snapshotter": self.snapshotter_name,
             "runtimeType": meta.runtime_type, "runtimeOptions": None,
-            "netns": meta.netns, "ipcns": meta.ipc, "utsns": meta.uts,
+            "netns": meta.netns, "ipcns": meta.ipc, "utsns": meta.uts, "userns": meta.userns,
             "cniResult": cni_result, "config": config, "runtimeSpec": runtime_spec,
             "sandboxMetadata": status_info.sandbox_metadata(meta, status, config, cni_result)}
         if meta.runtime_handler:  # containerd: omitempty

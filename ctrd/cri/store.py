@@ -60,6 +60,7 @@ class SandboxMeta:
     netns: str = ""            # pinned network namespace file ("" for host network)
     ipc: str = ""              # pinned IPC namespace file ("" for host IPC)
     uts: str = ""              # pinned UTS namespace file ("" for host network)
+    userns: str = ""           # pinned user namespace file ("" without a pod userns)
     dir: str = ""              # the sandbox's state dir (hosts, resolv.conf, hostname, shm)
     created_at: int = 0        # ns
     # The pod's own process, a task with the sandbox's id: "" none (namespaces pinned by
