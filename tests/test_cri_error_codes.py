@@ -32,9 +32,8 @@ from test_cri_compare import containerd234, pause_image  # noqa: F401 - fixtures
 from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
 from test_cri_runtime import CRI, cri_config, teardown
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(not containerd2.available(),
-                                 reason=f"containerd 2.3.4 not in {containerd2.BIN_DIR}")]
+needs_containerd = pytest.mark.skipif(not containerd2.available(),
+                                      reason=f"containerd 2.3.4 not in {containerd2.BIN_DIR}")
 
 UNKNOWN = "0" * 64
 HOSTILE = {"unknown": UNKNOWN, "empty": "", "dotdot": "../../etc", "nul": "\x00",
@@ -103,6 +102,11 @@ CTRD_OWN: dict[str, tuple[str, str]] = {
     # "_<ns>_<uid>_0"); ctrd keeps refusing it naming the field (the kubelet always sends
     # all three)
     "RunPodSandbox(metadata without name)": ("INVALID_ARGUMENT", "metadata.name is required"),
+    # containerd writes -5 into the cgroup and reports runc's failure (UNKNOWN, "failed to
+    # write "-5""); ctrd refuses the hostile value up front naming the field, the cgroup
+    # untouched (tests/test_cri_runtime_resources.py)
+    "UpdateContainerResources(negative memory)": ("INVALID_ARGUMENT",
+                                                  "memory_limit_in_bytes must not be negative"),
 }
 
 
@@ -297,6 +301,17 @@ def _matrix(c, image: str, registry_address: str, logroot: str) -> dict[str, tup
     out["UpdateContainerResources(exited)"] = _code(lambda: rt.UpdateContainerResources(
         pb.UpdateContainerResourcesRequest(container_id=exited, linux=pb.LinuxContainerResources(
             cpu_shares=256))))
+    out["UpdateContainerResources(negative memory)"] = _code(
+        lambda: rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
+            container_id=running, linux=pb.LinuxContainerResources(memory_limit_in_bytes=-5))))
+    F, PF = pb.ContainerFilter, pb.PodSandboxFilter
+    for what, bad in HOSTILE.items():
+        out[f"ListContainers(filter {what} id)"] = _code(lambda: rt.ListContainers(
+            pb.ListContainersRequest(filter=F(id=bad))))
+        out[f"ListPodSandbox(filter {what} id)"] = _code(lambda: rt.ListPodSandbox(
+            pb.ListPodSandboxRequest(filter=PF(id=bad))))
+        out[f"ListContainers(filter {what} pod id)"] = _code(lambda: rt.ListContainers(
+            pb.ListContainersRequest(filter=F(pod_sandbox_id=bad))))
     out["ContainerStats(exited)"] = _code(lambda: rt.ContainerStats(
         pb.ContainerStatsRequest(container_id=exited)))
     out["StopContainer(exited)"] = _code(lambda: rt.StopContainer(
@@ -347,6 +362,8 @@ def _matrix(c, image: str, registry_address: str, logroot: str) -> dict[str, tup
     return out
 
 
+@pytest.mark.integration
+@needs_containerd
 def test_error_codes_match_containerd_2_3_4(containerd234, ctrd_side, registry,  # noqa: F811
                                             tmp_root):
     image = registry.ref("busybox")
@@ -378,3 +395,35 @@ def test_error_codes_match_containerd_2_3_4(containerd234, ctrd_side, registry, 
                 problems.append(f"{case}: key word {word!r} not in ctrd's {gmsg!r} "
                                 f"(containerd: {msg!r})")
     assert not problems, "\n".join(problems)
+
+
+def test_lookup_by_prefix_answers_as_containerds_truncindex():
+    """A unique prefix finds; no match: NotFound; an empty id or a prefix of several ids:
+    Unknown (containerd's "prefix can't be empty", "Multiple IDs found with provided
+    prefix"), which the kubelet must not take for "gone"."""
+    from ctrd import errdefs
+    from ctrd.cri.store import _lookup
+
+    table = {"abc1": 1, "abc2": 2, "def": 3}
+    assert _lookup(table, "abc1", "container") == 1
+    assert _lookup(table, "d", "container") == 3
+    with pytest.raises(errdefs.NotFound, match="not found"):
+        _lookup(table, "x", "container")
+    with pytest.raises(errdefs.Unknown, match="Multiple IDs found with provided prefix: abc"):
+        _lookup(table, "abc", "container")
+    e = pytest.raises(errdefs.Unknown, _lookup, table, "", "sandbox").value
+    assert errdefs.to_status(e) == (errdefs.UNKNOWN, "an error occurred when try to find "
+                                                     'sandbox "": prefix can\'t be empty')
+
+
+def test_long_status_messages_keep_their_kind():
+    """A message over the trailer bound is cut in the middle: its ": not found" end stays,
+    so a client's FromGRPC still reads the kind."""
+    from ctrd import errdefs
+    from ctrd.services.grpcutil import MAX_MESSAGE, bounded
+
+    msg = str(errdefs.NotFound("find container " + "a" * 5000))
+    cut = bounded(msg)
+    assert len(cut) <= MAX_MESSAGE and cut.endswith('a: not found') and "(truncated)" in cut
+    assert isinstance(errdefs.from_status(errdefs.NOT_FOUND, cut), errdefs.NotFound)
+    assert bounded("short") == "short"
