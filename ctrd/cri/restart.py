@@ -19,7 +19,8 @@ def pins_alive(meta: st.SandboxMeta) -> bool:
     from ctrd.cri import netns
 
     return all(netns.is_pinned(p, kind) for kind, p in
-               (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts)) if p)
+               (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts),
+                ("user", meta.userns)) if p)
 
 
 class Restart:
@@ -174,6 +175,12 @@ class Restart:
                 log.info("removing orphaned sandbox dir %s", name)
                 unmount_shm(os.path.join(d, name))
                 rmtree(os.path.join(d, name))
+        # idmapped volume clones of containers that never got a record (a crash mid-create)
+        from ctrd.cri import userns
+
+        for name in listdir(os.path.join(self.state, "containers")):
+            if name not in self.records.containers:
+                userns.release_volumes(userns.volumes_dir(self.state, name))
         for kind, ids in (("sandboxes", sandboxes), ("containers", set(self.records.containers))):
             for name in listdir(os.path.join(self.root, kind)):
                 if name not in ids:
