@@ -85,6 +85,19 @@ class DeadlineExceeded(CtrdError):
     kind, code = "context deadline exceeded", DEADLINE_EXCEEDED
 
 
+class Unknown(CtrdError):
+    """An error containerd reports without an errdefs kind (a plain Go error): code UNKNOWN,
+    the message as is, no ``": <kind>"`` suffix. Used where containerd 2.3.4's CRI answers
+    UNKNOWN (an empty id, a container in the wrong state for StartContainer, ExecSync, Attach,
+    a bad image reference...), so the kubelet and crictl see the code containerd gives."""
+
+    kind, code = "unknown", UNKNOWN
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(detail)
+        self.args = (detail or self.kind,)
+
+
 class SkipPlugin(CtrdError):
     """Raised by a plugin's init to say it does not apply here (not an error).
 

@@ -319,11 +319,12 @@ def test_pull_errors_name_the_image(cri_daemon, registry):
     assert f'failed to pull and unpack image "{missing}"' in err.details()
     assert "not found" in err.details()
 
+    # containerd 2.3.4 answers an unparsable reference with a plain error: UNKNOWN
     err = rpc_error(cri.pull, "Not A Ref!")
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "Not A Ref!" in err.details()
+    assert err.code() == grpc.StatusCode.UNKNOWN
+    assert "Not A Ref!" in err.details() and "invalid reference format" in err.details()
     err = rpc_error(cri.pull, "")
-    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.code() == grpc.StatusCode.UNKNOWN
 
     # Bad base64 in the auth: refused before anything is fetched.
     err = rpc_error(cri.pull, registry.ref("busybox"), auth="***")
@@ -344,7 +345,8 @@ def test_pull_from_a_registry_that_never_answers_times_out(cri_daemon):
         d, cri = cri_daemon('image_pull_progress_timeout = "1s"\n')
         ref = f"127.0.0.1:{port}/test/stall:latest"
         err = rpc_error(cri.pull, ref)
-        assert err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+        # containerd 2.3.4: DEADLINE_EXCEEDED ("net/http: timeout awaiting response headers")
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert f'failed to pull and unpack image "{ref}"' in err.details()
         assert ctr_images(d.address) == {}
         assert ctr_lines(d.address, "leases", "ls") == []

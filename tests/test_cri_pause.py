@@ -260,7 +260,7 @@ def test_pause_killed_from_host_pod_notready(pause_factory, pause_ref):
     assert cri.status(c).state == pb.CONTAINER_RUNNING
     with pytest.raises(grpc.RpcError) as e:
         cri.create(sid, pconf, "late", ["sleep", "1"])
-    assert e.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert e.value.code() == grpc.StatusCode.UNKNOWN  # containerd 2.3.4's: a plain error
     cri.remove_pod(sid)
     assert _k8s_objects(cri.daemon.address) == []
 

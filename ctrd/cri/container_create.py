@@ -27,21 +27,28 @@ class ContainerCreate:
     async def _create_container(self, sandbox_id: str, config, sandbox_config) -> str:
         smeta, sstatus = self.records.sandbox(sandbox_id)
         if sstatus.state != st.SANDBOX_READY:
-            raise errdefs.FailedPrecondition(f"sandbox {smeta.id} is not ready")
+            # containerd 2.3.4's words and code (a plain error: UNKNOWN)
+            raise errdefs.Unknown(f"sandbox container {errdefs.quote(smeta.id)} is not running")
         md = config.metadata
+        if not config.HasField("metadata"):
+            raise errdefs.Unknown("container config must include metadata")
+        if not sandbox_config.HasField("metadata"):
+            raise errdefs.Unknown("pod sandbox config must include metadata")
         if not md.name:
             raise errdefs.InvalidArgument("container config must include metadata with name")
         config_stop_signal = stop_signal.from_enum(config.stop_signal)
         pod = self.sandbox_config(smeta).metadata
         id_ = new_id()
         name = "_".join([md.name, pod.name, pod.namespace, pod.uid, str(md.attempt)])
-        self.records.reserve(name, id_)
+        self.records.reserve(name, id_, "container")
         undo: list = [lambda: self.records.release(name)]
         try:
-            image = await asyncio.to_thread(self.images.find, config.image.image)
+            ref = config.image.image
+            if not ref:  # containerd 2.3.4: "...: ambiguous digest string", UNKNOWN
+                raise errdefs.Unknown('failed to resolve image "": no image reference')
+            image = await asyncio.to_thread(self.images.find, ref)
             if image is None:
-                raise errdefs.NotFound(f"failed to resolve image {config.image.image!r}: "
-                                       "not found")
+                raise errdefs.NotFound(f"failed to resolve image {errdefs.quote(ref)}")
             _, handler = self.handler(smeta.runtime_handler)
             pu = userns.container_userns(config, self.sandbox_config(smeta))
             snap = self.snapshotter()

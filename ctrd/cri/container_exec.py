@@ -10,7 +10,7 @@ import signal as _signal
 
 from ctrd import errdefs
 from ctrd.cri import store as st
-from ctrd.cri.helpers import EXEC_OUTPUT_LIMIT, NAMESPACE, cri_pb
+from ctrd.cri.helpers import EXEC_OUTPUT_LIMIT, NAMESPACE, STATE_NAMES, cri_pb
 
 
 class ContainerExec:
@@ -21,10 +21,14 @@ class ContainerExec:
         from ctrd.cri import spec as cri_spec
 
         meta, status = self.records.container(id_)
+        # containerd 2.3.4's words and codes: plain errors (UNKNOWN); an empty command is
+        # refused by runc there ("args must not be empty"), here before the shim is asked
         if status.state != st.RUNNING:
-            raise errdefs.FailedPrecondition(f"container {meta.id} is not running")
+            raise errdefs.Unknown(f"failed to exec in container: container is in "
+                                  f"{STATE_NAMES[status.state]} state")
         if not cmd:
-            raise errdefs.InvalidArgument("exec command must not be empty")
+            raise errdefs.Unknown("failed to exec in container: exec command must not be "
+                                  "empty: args must not be empty")
         task = self.manager.get(NAMESPACE, meta.id)
         c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)
         process = cri_spec.exec_process(json.loads(c.spec.value), cmd, tty=False)
@@ -40,7 +44,12 @@ class ContainerExec:
                             terminal=False, spec=spec_any)
             try:
                 waiter = asyncio.ensure_future(task.wait(exec_id))
-                await task.start(exec_id)
+                try:
+                    await task.start(exec_id)
+                except errdefs.CtrdError as e:  # the runtime's words, in containerd's frame
+                    waiter.cancel()
+                    raise type(e)(f"failed to exec in container: failed to start exec "
+                                  f"{errdefs.quote(exec_id)}: {e.detail}") from None
                 try:
                     resp = await asyncio.wait_for(asyncio.shield(waiter),
                                                   timeout if timeout > 0 else None)

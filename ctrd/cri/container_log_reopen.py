@@ -13,7 +13,7 @@ class ContainerLogReopen:
     async def reopen_log(self, id_: str) -> None:
         meta, status = self.records.container(id_)
         if status.state != st.RUNNING:
-            raise errdefs.FailedPrecondition("container is not running")
+            raise errdefs.Unknown("container is not running")  # containerd 2.3.4: UNKNOWN
         task = self.manager.get(NAMESPACE, meta.id)
         await task.update(None, {REOPEN_LOG_ANNOTATION: "1"})
 

@@ -29,11 +29,13 @@ class ContainerStart:
     async def start_container(self, id_: str) -> None:
         meta, status = self.records.container(id_)
         if status.state != st.CREATED:
-            raise errdefs.FailedPrecondition(
-                f"container {meta.id} is in {STATE_NAMES[status.state]} state")
+            # containerd 2.3.4's words and code (plain errors: UNKNOWN)
+            raise errdefs.Unknown(
+                f"failed to set starting state for container {errdefs.quote(meta.id)}: "
+                f"container is in {STATE_NAMES[status.state]} state")
         smeta, sstatus = self.records.sandbox(meta.sandbox_id)
         if sstatus.state != st.SANDBOX_READY:
-            raise errdefs.FailedPrecondition(f"sandbox container {smeta.id} is not running")
+            raise errdefs.Unknown(f"sandbox container {errdefs.quote(smeta.id)} is not running")
         from ctrd.runtime.manager import CreateOpts
 
         c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)

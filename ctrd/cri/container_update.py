@@ -7,24 +7,22 @@ import json
 
 from ctrd import errdefs
 from ctrd.cri import store as st
-from ctrd.cri.helpers import NAMESPACE, SPEC_TYPE, STATE_NAMES, cri_pb
+from ctrd.cri.helpers import NAMESPACE, SPEC_TYPE, cri_pb
 
 
 class ContainerUpdate:
     """Mixed into CRIRuntime."""
 
     async def update_resources(self, id_: str, linux) -> None:
-        """containerd's UpdateContainerResources: only a RUNNING or CREATED container; the
-        stored spec takes the new resources, then a running task gets them; if the runtime
-        refuses, the stored spec is put back (so spec and cgroup never disagree)."""
+        """containerd 2.3.4's UpdateContainerResources: in any state, the stored spec takes the
+        new resources (a container not running gets them when it starts, or keeps them as its
+        record); then a running task gets them -- a task already gone is no error. If the
+        runtime refuses, the stored spec is put back (so spec and cgroup never disagree)."""
         from ctrd.cri import spec as cri_spec
         from ctrd.metadata.containers import AnyValue
 
         meta, status = self.records.container(id_)
         async with self._update_lock:
-            if status.state not in (st.RUNNING, st.CREATED):
-                raise errdefs.FailedPrecondition(
-                    f"container {meta.id} is in {STATE_NAMES[status.state]} state")
             c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)
             old = c.spec
             spec = json.loads(c.spec.value)
@@ -41,6 +39,8 @@ class ContainerUpdate:
                 await task.update(any_pb2.Any(
                     type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
                     value=json.dumps(resources).encode()), {})
+            except errdefs.NotFound:
+                return  # the task exited meanwhile: the spec is the record (as containerd)
             except BaseException:
                 c.spec = old
                 await asyncio.to_thread(self.containers.update, NAMESPACE, c, ["spec"])

@@ -115,8 +115,9 @@ class CRIState:
         name = name or self.config.containerd.default_runtime_name
         h = self.config.containerd.runtimes.get(name)
         if h is None:
-            raise errdefs.NotFound(f'failed to get sandbox runtime: no runtime for "{name}" '
-                                   'is configured')
+            # a plain error in containerd 2.3.4 (UNKNOWN), not a NotFound
+            raise errdefs.Unknown(f'failed to get sandbox runtime: no runtime for "{name}" '
+                                  'is configured')
         return name, h
 
     def runtime_options(self, handler) -> Any:

@@ -144,10 +144,16 @@ class ImageService(pb_grpc.ImageServiceServicer):
 
     async def PullImage(self, request, context):
         image = request.image.image
+        # containerd 2.3.4 answers a reference it cannot parse, and a registry it cannot
+        # reach, with plain errors (UNKNOWN); a missing image stays NOT_FOUND
         if not image:
-            raise errdefs.InvalidArgument("image reference is required")
+            raise errdefs.Unknown('failed to parse image reference "": invalid reference format')
+        try:
+            name = pull_name(image)
+        except errdefs.InvalidArgument as e:
+            raise errdefs.Unknown(f"{e.detail}: invalid reference format") from None
         auth = PullAuth.from_pb(request.auth) if request.HasField("auth") else None
-        key = (str(pull_name(image)), _fingerprint(request.auth) if auth else "")
+        key = (str(name), _fingerprint(request.auth) if auth else "")
         fut = self._inflight.get(key)
         if fut is None:
             fut = asyncio.ensure_future(asyncio.to_thread(self.pull, image, auth))
@@ -160,7 +166,10 @@ class ImageService(pb_grpc.ImageServiceServicer):
                     f.exception()  # retrieved: a caller that left must not leave a warning
 
             fut.add_done_callback(done)
-        image_id = await asyncio.shield(fut)
+        try:
+            image_id = await asyncio.shield(fut)
+        except errdefs.Unavailable as e:  # containerd: "failed to do request: ...", UNKNOWN
+            raise errdefs.Unknown(e.detail or str(e)) from None
         return pb.PullImageResponse(image_ref=image_id)
 
     async def ListImages(self, request, context):

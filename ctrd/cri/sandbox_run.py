@@ -36,6 +36,8 @@ class SandboxRun:
     async def _run_pod_sandbox(self, config, runtime_handler: str = "") -> str:
         pb = cri_pb()
         md = config.metadata
+        if not config.HasField("metadata"):  # containerd 2.3.4: a plain error, UNKNOWN
+            raise errdefs.Unknown("sandbox config must include metadata")
         if not md.name or not md.namespace or not md.uid:
             raise errdefs.InvalidArgument("sandbox config must include metadata with name, "
                                           "namespace and uid")

@@ -70,6 +70,11 @@ class SandboxStatsRPC:
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
 
         meta, status = self.rt.records.sandbox(request.pod_sandbox_id)
+        if status.state != st.SANDBOX_READY:  # containerd 2.3.4's words and code
+            q = errdefs.quote(meta.id)
+            raise errdefs.Unavailable(
+                f"failed to decode pod sandbox metrics {meta.id}: failed to get pod sandbox "
+                f"stats since sandbox container {q} is not in ready state")
         return pb.PodSandboxStatsResponse(
             stats=await asyncio.to_thread(self._sandbox_stats, meta, status))
 

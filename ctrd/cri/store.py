@@ -129,12 +129,19 @@ class Records:
 
     # --- names ----------------------------------------------------------------------------
 
-    def reserve(self, name: str, id_: str) -> None:
+    def reserve(self, name: str, id_: str, what: str = "sandbox") -> None:
+        """``name`` taken for ``id_``; held by another id: FailedPrecondition (containerd's
+        registrar error is a conflict, which its errdefs send as FAILED_PRECONDITION), the
+        message as containerd's (``what``: "sandbox" or "container")."""
         with self._lock:
             owner = self._names.get(name)
             if owner is not None and owner != id_:
-                raise errdefs.AlreadyExists(
-                    f"failed to reserve name {name!r}: name {name!r} is reserved for {owner!r}")
+                q = errdefs.quote
+                hint = ("; check if another CreateContainer request is in progress"
+                        if what == "container" else "")
+                raise errdefs.FailedPrecondition(
+                    f"failed to reserve {what} name {q(name)}{hint}: name {q(name)} is "
+                    f"reserved for {q(owner)}")
             self._names[name] = id_
 
     def release(self, name: str) -> None:
@@ -169,16 +176,10 @@ class Records:
         self.save_status("sandboxes", meta.id, status)
 
     def sandbox(self, id_: str) -> tuple[SandboxMeta, SandboxStatus]:
-        """By full id or a unique prefix (the kubelet and crictl use truncated ids)."""
+        """By full id or a unique prefix (the kubelet and crictl use truncated ids); errors
+        as :func:`_lookup`'s."""
         with self._lock:
-            hit = self.sandboxes.get(id_)
-            if hit is None and id_:
-                hits = [v for k, v in self.sandboxes.items() if k.startswith(id_)]
-                hit = hits[0] if len(hits) == 1 else None
-        if hit is None:
-            raise errdefs.NotFound(f"an error occurred when try to find sandbox {id_!r}: "
-                                   "does not exist")
-        return hit
+            return _lookup(self.sandboxes, id_, "sandbox")
 
     def update_sandbox(self, id_: str, **changes) -> SandboxStatus:
         with self._lock:
@@ -204,15 +205,9 @@ class Records:
         self.save_status("containers", meta.id, status)
 
     def container(self, id_: str) -> tuple[ContainerMeta, ContainerStatus]:
+        """By full id or a unique prefix; errors as :func:`_lookup`'s."""
         with self._lock:
-            hit = self.containers.get(id_)
-            if hit is None and id_:
-                hits = [v for k, v in self.containers.items() if k.startswith(id_)]
-                hit = hits[0] if len(hits) == 1 else None
-        if hit is None:
-            raise errdefs.NotFound(f"an error occurred when try to find container {id_!r}: "
-                                   "does not exist")
-        return hit
+            return _lookup(self.containers, id_, "container")
 
     def update_container(self, id_: str, **changes) -> ContainerStatus:
         with self._lock:
@@ -307,3 +302,22 @@ def meta_from_ext(cls, value: bytes):
     elif not isinstance(meta.config, dict):
         return None
     return meta
+
+
+def _lookup(table: dict, id_: str, what: str):
+    """``table[id_]``, or the one entry whose id starts with ``id_`` -- as containerd's
+    truncindex answers: :class:`~ctrd.errdefs.NotFound` for no match, but
+    :class:`~ctrd.errdefs.Unknown` (a plain error there, so the kubelet does not take it for
+    "gone") for an empty id and for a prefix of several ids."""
+    where = f"an error occurred when try to find {what} {errdefs.quote(id_)}"
+    if not id_:
+        raise errdefs.Unknown(f"{where}: prefix can't be empty")
+    hit = table.get(id_)
+    if hit is not None:
+        return hit
+    hits = [v for k, v in table.items() if k.startswith(id_)]
+    if len(hits) > 1:
+        raise errdefs.Unknown(f"{where}: Multiple IDs found with provided prefix: {id_}")
+    if not hits:
+        raise errdefs.NotFound(f"{where}: does not exist")
+    return hits[0]

@@ -47,7 +47,11 @@ USER_AGENT = "ctrd/0.1"
 
 
 class _Retryable(Exception):
-    """A connection error or 5xx worth another attempt."""
+    """A connection error or 5xx worth another attempt; ``timeout``: the registry did not
+    answer in time (the last attempt's failure is then a DeadlineExceeded, as containerd's
+    "timeout awaiting response headers" is)."""
+
+    timeout = False
 
 
 @dataclass
@@ -244,7 +248,9 @@ class Registry:
                 raw = conn.getresponse()
             except (OSError, http.client.HTTPException) as e:
                 conn.close()
-                raise _Retryable(f"{method} {url}: {e}") from None
+                err = _Retryable(f"{method} {url}: {e}")
+                err.timeout = isinstance(e, TimeoutError)
+                raise err from None
             if raw.status in (301, 302, 303, 307, 308) and raw.getheader("Location"):
                 new = urllib.parse.urljoin(url, raw.getheader("Location"))
                 conn.close()
@@ -290,7 +296,7 @@ class Registry:
                 resp = self._send(method, url, h, body, ep)
             except _Retryable as e:
                 if attempt >= self.retries or (body is not None and not isinstance(body, bytes)):
-                    raise Unavailable(str(e)) from None
+                    raise (DeadlineExceeded if e.timeout else Unavailable)(str(e)) from None
                 attempt += 1
                 time.sleep(self.backoff * 2 ** (attempt - 1))
                 continue

@@ -49,12 +49,22 @@ def lease(context: aio.ServicerContext) -> str | None:
 
 # Status messages travel in HTTP/2 trailers, which clients cap at 8 KiB in all.
 MAX_MESSAGE = 4096
+_KEEP_TAIL = 256  # a cut message keeps its end: the ": <kind>" suffix clients parse
+
+
+def bounded(message: str) -> str:
+    """``message`` within :data:`MAX_MESSAGE` characters: over it, its middle is cut (an echo
+    of a 5000-character id, say) and the end -- where containerd's errors say what kind
+    they are, ``...: not found`` -- is kept."""
+    if len(message) <= MAX_MESSAGE:
+        return message
+    mark = "... (truncated) ..."
+    return message[:MAX_MESSAGE - _KEEP_TAIL - len(mark)] + mark + message[-_KEEP_TAIL:]
 
 
 async def _abort(context: aio.ServicerContext, err: BaseException, method: str) -> None:
     code, message = errdefs.to_status(err)
-    if len(message) > MAX_MESSAGE:
-        message = message[:MAX_MESSAGE - 14] + "... (truncated)"
+    message = bounded(message)
     if code == errdefs.UNKNOWN and not isinstance(err, errdefs.CtrdError):
         log.error("unexpected error in %s", method, exc_info=err)
     await context.abort(grpc.StatusCode(_CODES[code]), message)

@@ -202,13 +202,14 @@ class CRIBackend:
         if status.state != st.RUNNING:
             from ctrd.cri.helpers import STATE_NAMES
 
-            raise errdefs.FailedPrecondition(
+            raise errdefs.Unknown(  # containerd 2.3.4: a plain error, UNKNOWN
                 f"container is in {STATE_NAMES.get(status.state, 'unknown')} state")
 
     def check_sandbox(self, sandbox_id: str) -> None:
         meta, status = self.rt.records.sandbox(sandbox_id)
         if status.state != st.SANDBOX_READY:
-            raise errdefs.FailedPrecondition(f"sandbox {meta.id} is not running")
+            # containerd 2.3.4's words and code (a plain error: UNKNOWN)
+            raise errdefs.Unknown("sandbox container is not running")
 
     # --- exec -----------------------------------------------------------------------------
 
