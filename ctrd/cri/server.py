@@ -130,6 +130,21 @@ class CRIRuntime:
             self._images = ImageIndex(self.md)
         return self._images
 
+    @property
+    def image_volumes(self):
+        """The pods' image volumes (:mod:`ctrd.cri.image_mount`)."""
+        from ctrd.cri.image_mount import ImageVolumes
+
+        return ImageVolumes(self.md, self.state, self.snapshotter_name, self.images.find)
+
+    def _release_image_volumes(self, pod_id: str) -> None:
+        """Release the pod's image volumes that none of its remaining containers mounts."""
+        from ctrd.cri.image_mount import image_mount_paths
+
+        paths = [p for c, _ in self.records.containers_of(pod_id)
+                 for p in image_mount_paths(decode_msg(_pb().ContainerConfig, c.config).mounts)]
+        self.image_volumes.release_unused(pod_id, paths)
+
     # --- helpers --------------------------------------------------------------------------
 
     @property
@@ -657,6 +672,7 @@ class CRIRuntime:
                  if p}
         if paths:
             await asyncio.to_thread(self._drop_namespaces, paths)
+        await asyncio.to_thread(self.image_volumes.cleanup, meta.id)  # containerd: at stop
         self.records.update_sandbox(meta.id, state=st.SANDBOX_NOTREADY)
 
     async def remove_pod_sandbox(self, id_: str) -> None:
@@ -675,6 +691,7 @@ class CRIRuntime:
         await asyncio.to_thread(self._delete_record, meta.id)
         if meta.snapshot_key:
             await asyncio.to_thread(self._remove_snapshot, meta.snapshot_key)
+        await asyncio.to_thread(self.image_volumes.cleanup, meta.id, True)
         self.records.remove_sandbox(meta.id)
         self._exited.pop(meta.id, None)
         if not self.records.sandboxes:
@@ -730,6 +747,12 @@ class CRIRuntime:
                 raise errdefs.NotFound(f"failed to resolve image {config.image.image!r}: "
                                        "not found")
             _, handler = self.handler(smeta.runtime_handler)
+            # image volumes (Mount.image): checked, mounted, the mounts rewritten to binds
+            from ctrd.cri import image_mount
+
+            image_mount.validate(config.mounts)
+            made = await asyncio.to_thread(self.image_volumes.prepare, smeta.id, config.mounts)
+            undo.append(lambda: self.image_volumes.release(smeta.id, made))
             snap = self.snapshotter()
             # The new snapshot is held by a lease until the container record references it
             # (containerd's client does the same): a GC in between would collect it.
@@ -991,6 +1014,7 @@ class CRIRuntime:
             pass
         _rmtree(os.path.join(self.state, "containers", meta.id))  # the stdin FIFO's dir
         self.records.remove_container(meta.id)
+        await asyncio.to_thread(self._release_image_volumes, meta.sandbox_id)
         self._exited.pop(meta.id, None)
         self._emit("deleted", meta.id, meta.sandbox_id)
 
@@ -1229,6 +1253,10 @@ class CRIRuntime:
                 log.info("removing orphaned sandbox dir %s", name)
                 _unmount_shm(os.path.join(d, name))
                 _rmtree(os.path.join(d, name))
+        volumes = self.image_volumes
+        for name in volumes.orphans(sandboxes):
+            log.info("removing orphaned image volumes of sandbox %s", name)
+            volumes.cleanup(name, delete_lease=True)
         for kind, ids in (("sandboxes", sandboxes), ("containers", set(self.records.containers))):
             for name in _listdir(os.path.join(self.root, kind)):
                 if name not in ids:
