@@ -16,6 +16,9 @@ Images (OCI image layouts, ``index.json`` + ``oci-layout`` + ``blobs/sha256``):
                    0600 and empty files, a file whiteout, an opaque dir, a whiteout of one
                    hardlink name, a >255-byte path (PAX), a unicode name, per-layer mtimes
 ``fat-zstd``       the same tars recompressed with zstd (``tar+zstd``): same diff_ids
+``busybox-groups`` ``busybox`` + a layer whose /etc/passwd and /etc/group put user ``app``
+                   (1000:1000, the config's User) in groups 2001 and 2002 (not 2003)
+``busybox-stopsig`` ``busybox`` with ``StopSignal: SIGUSR1`` in its config
 =================  ==========================================================================
 
 API::
@@ -80,6 +83,8 @@ REFS = {
     "busybox-multi": ("test/busybox", "multi"),
     "fat": ("test/fat", "latest"),
     "fat-zstd": ("test/fat", "zstd"),
+    "busybox-groups": ("test/busybox", "groups"),
+    "busybox-stopsig": ("test/busybox", "stopsig"),
 }
 
 
@@ -441,9 +446,56 @@ def build_fat(out: Path) -> dict[str, Image]:
     return images
 
 
+# ---------------------------------------------------------------------------- variants
+
+GROUPS_PASSWD = (b"root:x:0:0:root:/root:/bin/sh\n"
+                 b"app:x:1000:1000:app:/home:/bin/sh\n"
+                 b"other:x:1001:1001:other:/home:/bin/sh\n")
+GROUPS_GROUP = (b"root:x:0:\napp:x:1000:\naudio:x:2001:app\nvideo:x:2002:other,app\n"
+                b"staff:x:2003:other\n")
+
+
+def _variant(out: Path, name: str, tag: str, base: Image, extra_layer=None,
+             **config) -> Image:
+    """``base``'s (single-layer) image plus an optional layer, its config's ``config``
+    updated with ``config``."""
+    L = Layout(name, out / name)
+    base_manifest = json.loads(base.read_blob(base.digest))
+    layers = []
+    for ldesc, diff in zip(base_manifest["layers"], base.diff_ids):
+        L.put(base.read_blob(ldesc["digest"]), ldesc["mediaType"])
+        L.image.diff_ids.append(diff)
+        layers.append((ldesc, diff))
+    hist = ["tests/images.py: busybox"]
+    if extra_layer is not None:
+        X = Layer(L, EPOCH + 1000)
+        extra_layer(X)
+        layers.append(X.close())
+        hist.append(f"tests/images.py: {name}")
+    cfg = _config(HOST_ARCH, [d for _, d in layers], hist)
+    cfg["config"].update(config)
+    cdesc = L.put_json(cfg, MT_OCI_CONFIG)
+    mdesc = L.put_json({"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST, "config": cdesc,
+                        "layers": [l for l, _ in layers]}, MT_OCI_MANIFEST)
+    return L.finish(mdesc, tag)
+
+
+def build_variants(out: Path, busybox: Image) -> dict[str, Image]:
+    """``busybox-groups`` and ``busybox-stopsig`` (see the table above)."""
+    def groups(X: Layer) -> None:
+        X.file("etc/passwd", GROUPS_PASSWD)
+        X.file("etc/group", GROUPS_GROUP)
+
+    return {"busybox-groups": _variant(out, "busybox-groups", "groups", busybox, groups,
+                                       User="app"),
+            "busybox-stopsig": _variant(out, "busybox-stopsig", "stopsig", busybox,
+                                        StopSignal="SIGUSR1")}
+
+
 def build_images(out: Path) -> dict[str, Image]:
     out = Path(out)
     images = build_busybox(out)
+    images.update(build_variants(out, images["busybox"]))
     images.update(build_fat(out))
     return images
 

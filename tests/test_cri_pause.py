@@ -22,6 +22,7 @@ import grpc
 import pytest
 
 from conftest import ctr
+from shimutil import wait_until
 from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
 from test_cri_runtime import CRI, cri_config, teardown
 
@@ -199,7 +200,7 @@ def test_pause_pod_lifecycle_pulled_on_demand(pause_factory, pause_ref):
     pid = info["pid"]
     assert pid > 0 and info["image"] == pause_ref and info["pause"] == "image"
     assert info["snapshotKey"] == sid and info["imageId"] == img.id
-    assert "while :; do sleep 3600" in _cmdline(pid)
+    assert wait_until(lambda: "while :; do sleep 3600" in _cmdline(pid)), _cmdline(pid)
     # the pause: read-only rootfs, its own IPC/UTS/PID namespaces, the pinned netns,
     # oom_score_adj -998 or clamped to ctrd's own, no_new_privs, the pod's sysctl
     assert os.readlink(f"/proc/{pid}/ns/net") != os.readlink("/proc/self/ns/net")
@@ -360,7 +361,9 @@ def test_pod_init_shares_pid_and_reaps_orphans(pause_factory):
     assert status.state == pb.SANDBOX_READY and status.network.ip
     pid = info["pid"]
     assert info["pause"] == "init" and info["image"] == "" and pid > 0
-    assert _cmdline(pid).startswith("/bin/busybox sh -c trap")
+    # runc start returns once it signalled runc init, which then execs the pod init
+    assert wait_until(lambda: _cmdline(pid).startswith("/bin/busybox sh -c trap")), \
+        _cmdline(pid)
     a = _pod_pid_container(cri, sid, pconf, "a", ["sleep", "1000"])
     b = _pod_pid_container(cri, sid, pconf, "b", ["sh", "-c", "exec sleep 1001"])
     pidns = os.readlink(f"/proc/{pid}/ns/pid")

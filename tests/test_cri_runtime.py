@@ -217,7 +217,8 @@ def test_version_and_status(cri):
     assert v.runtime_name == "ctrd" and v.runtime_api_version == "v1"
     st = cri.rt.Status(pb.StatusRequest(verbose=True))
     conds = {c.type: c.status for c in st.status.conditions}
-    assert conds == {"RuntimeReady": True, "NetworkReady": True}
+    assert conds == {"RuntimeReady": True, "NetworkReady": True,
+                     "ContainerdHasNoDeprecationWarnings": True}
     assert "config" in st.info
 
 

@@ -72,7 +72,13 @@ def test_runtime_handlers(cri_factory):  # noqa: F811
     cri = cri_factory(RUNTIMES)
     pb = cri.pb
     st = cri.rt.Status(pb.StatusRequest(verbose=True))
-    assert sorted(h.name for h in st.runtime_handlers) == ["crun", "runc"]
+    # every handler and the unnamed default (the default handler's features), by name
+    assert [h.name for h in st.runtime_handlers] == ["", "crun", "runc"]
+    by_name = {h.name: h for h in st.runtime_handlers}
+    assert by_name[""].features == by_name["runc"].features
+    assert st.features.supplemental_groups_policy
+    rc = cri.rt.RuntimeConfig(pb.RuntimeConfigRequest())
+    assert rc.linux.cgroup_driver == pb.CGROUPFS  # runc's SystemdCgroup = false
     sid, pconf = cri.run_pod("runc-pod", handler="runc")
     cid = cri.create(sid, pconf, "c", ["sleep", "1000"])
     status, info = cri.pod_status(sid, verbose=True)

@@ -55,14 +55,16 @@ def test_bad_requests(cri):  # noqa: F811
     # unknown and hostile ids
     for bad in ("nosuch", "../../../etc", "\x00", "a" * 5000):
         for call, req in ((cri.rt.PodSandboxStatus, pb.PodSandboxStatusRequest(
-                pod_sandbox_id=bad)), (cri.rt.StopPodSandbox, pb.StopPodSandboxRequest(
-                    pod_sandbox_id=bad)), (cri.rt.ContainerStatus, pb.ContainerStatusRequest(
+                pod_sandbox_id=bad)), (cri.rt.ContainerStatus, pb.ContainerStatusRequest(
                         container_id=bad)), (cri.rt.StartContainer, pb.StartContainerRequest(
                             container_id=bad)), (cri.rt.ExecSync, pb.ExecSyncRequest(
                                 container_id=bad, cmd=["true"]))):
             e = rpc_error(call, req)
             assert e.code() == grpc.StatusCode.NOT_FOUND, (call, bad, e)
-        # removals of what does not exist succeed (the kubelet retries them)
+        # stops and removals of what does not exist succeed (the CRI contract, containerd
+        # 2.x: the kubelet retries them)
+        cri.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=bad))
+        cri.rt.StopContainer(pb.StopContainerRequest(container_id=bad, timeout=0))
         cri.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=bad))
         cri.rt.RemoveContainer(pb.RemoveContainerRequest(container_id=bad))
     e = rpc_error(cri.rt.CreateContainer, pb.CreateContainerRequest(

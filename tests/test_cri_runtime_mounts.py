@@ -118,6 +118,21 @@ def test_pod_files_hostname_and_dns(cri):  # noqa: F811
     cri.remove_pod(sid2)
 
 
+def test_pod_without_hostname_gets_the_nodes(cri):  # noqa: F811
+    """A pod config without hostname and with a name longer than a hostname may be (what
+    conformance suites and controllers send): the node's hostname, as containerd."""
+    node = os.uname().nodename
+    name = "conformance-" + "x" * 90  # > 64 bytes: not a valid hostname
+    sid, pconf = cri.run_pod(name, hostname="")
+    try:
+        cid = cri.create(sid, pconf, "c", ["sleep", "1000"])
+        assert cri.sh(cid, "cat /etc/hostname; uname -n; echo $HOSTNAME") == f"{node}\n" * 3
+        # its own UTS namespace all the same (setting it inside does not touch the host's)
+        assert cri.sh(cid, "readlink /proc/self/ns/uts") != os.readlink("/proc/self/ns/uts")
+    finally:
+        cri.remove_pod(sid)
+
+
 def _ns(cri, cid: str, kind: str) -> str:  # noqa: F811
     return cri.sh(cid, f"readlink /proc/self/ns/{kind}").strip()
 

@@ -620,6 +620,12 @@ def test_resources(tmp_path):
                           "mems": "0"}
     assert res["memory"] == {"limit": 64 << 20, "swap": 64 << 20}
     assert "hugepageLimits" not in res  # disable_hugetlb_controller is containerd's default
+    # no swap asked: swap = memory (no swapping by default, containerd); a swap asked wins
+    for swap, want in ((0, 32 << 20), (96 << 20, 96 << 20), (-1, -1)):
+        r2 = cri.LinuxContainerResources(memory_limit_in_bytes=32 << 20,
+                                         memory_swap_limit_in_bytes=swap)
+        mem = build(tmp_path, container_config(resources=r2))["linux"]["resources"]["memory"]
+        assert mem == {"limit": 32 << 20, "swap": want}, swap
     cfg = CRIConfig(disable_hugetlb_controller=False)
     res = build(tmp_path, container_config(resources=r), cfg=cfg)["linux"]["resources"]
     assert res["hugepageLimits"] == [{"pageSize": "2MB", "limit": 1 << 21}]

@@ -1,17 +1,54 @@
 """The embedded CRI plugin (``io.containerd.grpc.v1.cri``): Kubernetes' runtime.v1
 RuntimeService and ImageService on ctrd's main socket.
 
-Pieces, each usable without gRPC:
+Layout (containerd 2.x's internal/cri/server as the model: finding the code of an RPC is a
+file name away). Each RPC module holds that call's core (a mixin of
+:class:`core.CRIRuntime`, usable without gRPC) and its gRPC adapter (a mixin of
+:class:`service.RuntimeService`, which only converts messages):
 
-- :mod:`config`  -- containerd 1.6's CRI config schema and defaults;
+- :mod:`core`                 -- ``CRIRuntime``: the state, the shared helpers, the mixins put together;
+- :mod:`service`              -- ``RuntimeService``: the adapters put together;
+- :mod:`runtime_status_core`  -- Version, Status, RuntimeConfig, UpdateRuntimeConfig;
+- :mod:`runtime_status`       -- the rules of Status and RuntimeConfig (handlers, features,
+  cgroup driver, deprecation condition) as plain functions;
+- :mod:`sandbox_run`, :mod:`sandbox_stop`, :mod:`sandbox_remove`, :mod:`sandbox_status`,
+  :mod:`sandbox_list`         -- RunPodSandbox, StopPodSandbox, RemovePodSandbox,
+  PodSandboxStatus, ListPodSandbox (and StreamPodSandboxes);
+- :mod:`container_create`, :mod:`container_start`, :mod:`container_stop`,
+  :mod:`container_remove`, :mod:`container_status`, :mod:`container_list`,
+  :mod:`container_update`, :mod:`container_log_reopen`, :mod:`container_exec`,
+  :mod:`container_checkpoint` -- CreateContainer, StartContainer, StopContainer,
+  RemoveContainer, ContainerStatus, ListContainers (and StreamContainers),
+  UpdateContainerResources, ReopenContainerLog, ExecSync, CheckpointContainer (refused);
+- :mod:`stats_methods`        -- ContainerStats, ListContainerStats, PodSandboxStats,
+  ListPodSandboxStats (figures from :mod:`stats`);
+- :mod:`podsandbox`           -- the pod's own process: pause container or pod init;
+- :mod:`restart`              -- recovery at start from the records and the live tasks;
+- :mod:`store`                -- the records (dataclasses; the kubelet's configs in JSON form,
+  parsed once) and their status files;
+- :mod:`helpers`, :mod:`sandbox_files` -- what the modules share; a pod's hostname, hosts,
+  resolv.conf and /dev/shm;
+- :mod:`runtime_features` -- what a handler's OCI runtime can do (``<runtime> features``,
+  probed once per binary): recursive read-only mounts;
+- :mod:`identity` -- supplemental groups policy (Merge, Strict), ContainerStatus.user;
+- :mod:`stop_signal` -- the stop signal StopContainer sends and ContainerStatus reports;
+- :mod:`status_info` -- status pieces containerd derives from its records: ContainerStatus
+  resources (from the spec), verbose info in Go's JSON shape (config, cniResult,
+  sandboxMetadata), Status's cniconfig;
+- :mod:`config`  -- containerd's CRI config schema and defaults;
 - :mod:`netns`   -- pod namespaces pinned by bind mounts (network; IPC/UTS without a pause);
 - :mod:`cni`     -- running CNI plugins (ADD/DEL/CHECK) from a conflist, results parsed;
-- :mod:`spec`    -- the OCI specs of a pod's containers and of its pause / pod init;
-- :mod:`images`  -- image references as the kubelet sees them, pulls through ctrd's pull;
-- :mod:`sandbox`, :mod:`container` -- lifecycles over ctrd's containers store and the task
-  manager (CRI objects are ctrd containers in namespace ``k8s.io``; their CRI metadata rides
-  in a container extension, so a restarted daemon rebuilds its view from the store);
-- :mod:`service` -- the gRPC adapters.
+- :mod:`spec`, :mod:`seccomp` -- the OCI specs of a pod's containers and of its pause / pod init;
+- :mod:`images`, :mod:`image_service`, :mod:`registry` -- image references as the kubelet
+  sees them, the ImageService, pulls through ctrd's pull with the CRI registry config;
+- :mod:`image_mount` -- image volumes (``Mount.image``, ``image_sub_path``): a pod's read-only
+  views of its images, held by the pod's lease, bound into its containers;
+- :mod:`execio`  -- ExecSync's output capture;
+- :mod:`streaming` -- the streaming server (exec/attach/port-forward over SPDY and WebSocket)
+  and the Exec/Attach/PortForward/GetContainerEvents calls.
+
+CRI objects are ctrd containers in namespace ``k8s.io``; their CRI records ride in a
+container extension, so a restarted daemon rebuilds its view from the store.
 
 Sandbox modes
 -------------

@@ -299,3 +299,20 @@ class ImageVolumes:
 def image_mount_paths(mounts: Iterable[Any]) -> list[str]:
     """The host paths of the image-volume mounts of a (rewritten) container config."""
     return [m.host_path for m in mounts if is_image_mount(m) and m.host_path]
+
+
+class ContainerImageMounts:
+    """Mixed into CRIRuntime: the pods' image volumes over its metadata, CRI state dir,
+    snapshotter and image index."""
+
+    @property
+    def image_volumes(self) -> ImageVolumes:
+        return ImageVolumes(self.md, self.state, self.snapshotter_name, self.images.find)
+
+    def release_image_volumes(self, pod_id: str) -> None:
+        """Release the pod's image volumes that none of its remaining containers mounts."""
+        from ctrd.cri import store as st
+
+        paths = [p for c, _ in self.records.containers_of(pod_id)
+                 for p in image_mount_paths(st.config_of(c).mounts)]
+        self.image_volumes.release_unused(pod_id, paths)

@@ -30,8 +30,8 @@ from ctrd import errdefs
 from ctrd.api.cri.runtime.v1 import api_pb2 as pb
 from ctrd.api.cri.runtime.v1 import api_pb2_grpc as pb_grpc
 from ctrd.cri.config import CRIConfig, parse_duration
-from ctrd.cri.images import (MANAGED_LABEL, NAMESPACE, CRIImage, ImageIndex, fs_usage,
-                             image_info_json, repo_names, user_from_image)
+from ctrd.cri.images import (MANAGED_LABEL, NAMESPACE, PINNED_LABEL, CRIImage, ImageIndex,
+                             fs_usage, image_info_json, repo_names, user_from_image)
 from ctrd.cri.registry import CRIRegistry, PullAuth
 from ctrd.images import manifest as m
 
@@ -104,8 +104,11 @@ class ImageService(pb_grpc.ImageServiceServicer):
         image_id = resolved.config_desc.digest
         tag, digest = repo_names(ref, root.digest)
         names = [n for n in (image_id, tag, digest) if n]
+        labels = {MANAGED_LABEL: MANAGED_VALUE}
+        if self.config.sandbox_image and str(pull_name(self.config.sandbox_image)) == ref:
+            labels[PINNED_LABEL] = "pinned"  # containerd's pinned_images (the sandbox image)
         try:
-            self.index.record(names, root, {MANAGED_LABEL: MANAGED_VALUE})
+            self.index.record(names, root, labels)
         except errdefs.CtrdError as e:
             raise type(e)(f"failed to create image references for {errdefs.quote(ref)}: "
                           f"{e.detail}") from e

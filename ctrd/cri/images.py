@@ -203,5 +203,5 @@ def fs_usage(path: str, cache: dict, ttl: float = 10.0) -> tuple[int, int]:
 
 
 def image_info_json(img: CRIImage) -> str:
-    """ImageStatus verbose ``info`` (containerd's imageInfo: chainID, size, imageSpec)."""
-    return json.dumps({"chainID": img.chain_id, "size": img.size, "imageSpec": img.config})
+    """ImageStatus verbose ``info`` (containerd's verboseImageInfo: chainID, imageSpec)."""
+    return json.dumps({"chainID": img.chain_id, "imageSpec": img.config})

@@ -18,12 +18,12 @@ kubelet:
 - requests containerd would pass to runc to fail there (unknown capability names, bad device
   permissions, relative paths, out-of-range ids, unified cgroup v2 keys on cgroup v1) fail here
   with :class:`~ctrd.errdefs.InvalidArgument` naming the field;
-- CRI fields newer than containerd 1.6 that ctrd does not implement (idmap, recursive
-  read-only and image mounts, CDI devices, ambient capabilities) are refused rather than
-  silently ignored;
+- CRI fields newer than containerd 1.6 that ctrd does not implement (idmap and image
+  mounts, CDI devices, ambient capabilities) are refused rather than silently ignored;
 - supplementary groups from the image's ``/etc/group`` are those of the user the container
-  runs as (containerd looks up the groups of ``run_as_user``, or of uid 0 when only the
-  image names a user);
+  runs as (containerd 1.6 looked up the groups of ``run_as_user``, or of uid 0 when only the
+  image names a user; 2.3.4 does as ctrd), and only under the Merge
+  ``supplemental_groups_policy`` (:mod:`ctrd.cri.identity`);
 - capability names are accepted with or without ``CAP_`` (containerd always prefixes);
 - AppArmor: ``RuntimeDefault`` uses containerd's ``cri-containerd.apparmor.d`` profile when it
   is loaded (ctrd does not generate and load it); on a host without AppArmor every AppArmor
@@ -41,7 +41,7 @@ import stat
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping, Sequence
 
-from ctrd.cri import seccomp
+from ctrd.cri import identity, runtime_features, seccomp
 from ctrd.cri.config import CRIConfig, RuntimeHandler
 from ctrd.errdefs import FailedPrecondition, InvalidArgument, NotFound
 from ctrd.oci import oom
@@ -384,18 +384,17 @@ class MountRequest:
     host_path: str
     readonly: bool = False
     propagation: int = PROPAGATION_PRIVATE
+    recursive_read_only: bool = False  # submounts read-only too (runc's ``rro``)
 
     @classmethod
     def from_cri(cls, m: Any) -> MountRequest:
         if m.uidMappings or m.gidMappings:
             raise InvalidArgument(f"mount {m.container_path!r}: idmap mounts are not supported")
-        if m.recursive_read_only:
-            raise InvalidArgument(f"mount {m.container_path!r}: recursive read-only mounts "
-                                  "are not supported")
         if m.HasField("image") and m.image.image and not m.host_path:
             # ctrd.cri.image_mount mounts the image and sets host_path before the spec
             raise InvalidArgument(f"mount {m.container_path!r}: image volume not mounted")
-        return cls(m.container_path, m.host_path, m.readonly, m.propagation)
+        return cls(m.container_path, m.host_path, m.readonly, m.propagation,
+                   m.recursive_read_only)
 
 
 def _unescape_mountinfo(s: str) -> str:
@@ -476,7 +475,7 @@ def _bind_mount(m: MountRequest, linux: dict[str, Any], mountinfo: str) -> dict[
     else:
         raise InvalidArgument(f"mount {dst!r}: unknown propagation {m.propagation}")
     # containerd does not make mounts ro when the rootfs is: only the mount's own flag counts
-    options.append("ro" if m.readonly else "rw")
+    options.append(("rro" if m.recursive_read_only else "ro") if m.readonly else "rw")
     return {"destination": dst, "type": "bind", "source": src, "options": options}
 
 
@@ -504,12 +503,38 @@ def pod_mounts(config: Any, sandbox: SandboxFacts) -> list[MountRequest]:
     return out
 
 
+def check_recursive_read_only(m: MountRequest, supported: bool) -> None:
+    """containerd's rules for ``Mount.recursive_read_only`` (checked before any source
+    directory is made): it needs ``readonly``, private propagation, and a runtime handler
+    that supports it (:mod:`ctrd.cri.runtime_features`)."""
+    if not m.recursive_read_only:
+        return
+    where = f"mount {m.container_path!r} (host_path {m.host_path!r})"
+    if not m.readonly:
+        raise InvalidArgument(f"{where}: recursive_read_only needs readonly (a recursive "
+                              "read-only mount conflicts with a read-write mount)")
+    if m.propagation != PROPAGATION_PRIVATE:
+        name = {PROPAGATION_HOST_TO_CONTAINER: "PROPAGATION_HOST_TO_CONTAINER",
+                PROPAGATION_BIDIRECTIONAL: "PROPAGATION_BIDIRECTIONAL"}.get(
+                    m.propagation, str(m.propagation))
+        raise InvalidArgument(f"{where}: recursive_read_only needs propagation "
+                              f"PROPAGATION_PRIVATE, got {name}")
+    if not supported:
+        # containerd's message starts with cri-api's ErrRROUnsupported
+        raise FailedPrecondition(f"RROUnsupported: runtime handler does not support "
+                                 f"recursive read-only mounts ({where})")
+
+
 def apply_mounts(spec: dict[str, Any], cri_mounts: Sequence[MountRequest],
-                 extra: Sequence[MountRequest], mountinfo: str = "/proc/self/mountinfo") -> None:
+                 extra: Sequence[MountRequest], mountinfo: str = "/proc/self/mountinfo",
+                 rro_supported: bool = False) -> None:
     """containerd's WithMounts: CRI mounts win over the pod's at the same destination; all are
     sorted by depth (stable) so a parent never hides a child; default mounts at a requested
     destination (and everything under /dev if /dev is requested) go; cgroupfs is mounted
-    read-only at /sys/fs/cgroup."""
+    read-only at /sys/fs/cgroup. ``rro_supported``: whether the runtime handler can make
+    recursive read-only mounts (:func:`check_recursive_read_only`)."""
+    for m in cri_mounts:
+        check_recursive_read_only(m, rro_supported)
     cri_dsts = {posixpath.normpath(m.container_path) for m in cri_mounts}
     mounts = list(cri_mounts) + [e for e in extra
                                  if posixpath.normpath(e.container_path) not in cri_dsts]
@@ -676,6 +701,9 @@ def apply_resources(spec: dict[str, Any], r: Any, cri: CRIConfig, host: HostFact
     mem: dict[str, Any] = {}
     if r.memory_limit_in_bytes:
         mem["limit"] = r.memory_limit_in_bytes
+        # swap = memory by default: the container does not swap unless asked (containerd)
+        if not r.memory_swap_limit_in_bytes and host.swap:
+            mem["swap"] = r.memory_limit_in_bytes
     if r.memory_swap_limit_in_bytes and host.swap:
         mem["swap"] = r.memory_swap_limit_in_bytes
     if mem:
@@ -974,7 +1002,8 @@ def container_spec(container_id: str, config: Any, sandbox_config: Any,
                    sysctls: Mapping[str, str] | None = None,
                    base_spec: Mapping[str, Any] | None = None,
                    host: HostFacts | None = None,
-                   mountinfo: str = "/proc/self/mountinfo") -> dict[str, Any]:
+                   mountinfo: str = "/proc/self/mountinfo",
+                   rro_supported: bool | None = None) -> dict[str, Any]:
     """The OCI spec for CRI container ``container_id``.
 
     ``config``/``sandbox_config``: the CreateContainer request's ``runtime.v1``
@@ -987,6 +1016,8 @@ def container_spec(container_id: str, config: Any, sandbox_config: Any,
     ``target_pid_ns``: the PID namespace of the target container in TARGET mode.
     ``sysctls``: put in the spec (see :func:`pod_sysctls`). ``base_spec``: instead of loading
     the handler's base_runtime_spec file. ``host``: host facts (default: probed).
+    ``rro_supported``: whether the handler can make recursive read-only mounts (default:
+    probed, :func:`ctrd.cri.runtime_features.recursive_read_only_supported`).
 
     Errors: InvalidArgument for a malformed request, NotFound for a user/group/profile that
     does not exist, FailedPrecondition when the host cannot do what is asked.
@@ -998,6 +1029,9 @@ def container_spec(container_id: str, config: Any, sandbox_config: Any,
     privileged = sc.privileged
     if config.CDI_devices:
         raise InvalidArgument("CDI devices are not supported")
+    # before anything is made (a missing mount source is created below)
+    identity.check_policy(sc.supplemental_groups_policy)
+    identity.check_groups(sc.supplemental_groups)
 
     # the starting spec: the handler's base spec as is, or containerd's default
     if base_spec is None and handler is not None and handler.base_runtime_spec:
@@ -1038,8 +1072,11 @@ def container_spec(container_id: str, config: Any, sandbox_config: Any,
     proc["env"] = replace_or_append_env(proc["env"], list(img.env) + _env(config))
 
     # mounts (SELinux relabelling is off: enable_selinux is not implemented)
-    apply_mounts(spec, [MountRequest.from_cri(m) for m in config.mounts],
-                 pod_mounts(config, sandbox), mountinfo)
+    cri_mounts = [MountRequest.from_cri(m) for m in config.mounts]
+    rro = any(m.recursive_read_only for m in cri_mounts) and (
+        rro_supported if rro_supported is not None
+        else runtime_features.recursive_read_only_supported(handler))
+    apply_mounts(spec, cri_mounts, pod_mounts(config, sandbox), mountinfo, rro)
 
     if not cri.disable_proc_mount:
         # containerd #5029: the request's lists replace the defaults, empty means none
@@ -1105,12 +1142,12 @@ def container_spec(container_id: str, config: Any, sandbox_config: Any,
         linux.setdefault("sysctl", {}).update(dict(sysctls))
 
     # user and groups: the request's user, else the image's, resolved in the rootfs; the
-    # groups it is a member of there and the request's supplemental groups
+    # groups it is a member of there (Merge policy only) and the request's supplemental
+    # groups (ctrd.cri.identity)
     user = user_string(sc) or img.user
     pu = resolve_user(user, rootfs)
-    gids = set(pu.additional_gids) | {pu.gid}
-    gids |= {_check_id("supplemental group", g) for g in sc.supplemental_groups}
-    proc["user"] = {"uid": pu.uid, "gid": pu.gid, "additionalGids": sorted(gids)}
+    proc["user"] = {"uid": pu.uid, "gid": pu.gid, "additionalGids": identity.additional_gids(
+        sc.supplemental_groups_policy, pu.gid, pu.additional_gids, sc.supplemental_groups)}
 
     apply_apparmor(spec, sc, privileged, host, cri)
     apply_seccomp(spec, _seccomp_profile(sc, cri), privileged, host.seccomp)
@@ -1278,7 +1315,7 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
             pu = resolve_user(user, rootfs)
             uid, gid = pu.uid, pu.gid
         proc["user"] = {"uid": uid, "gid": gid}
-        gids = {_check_id("supplemental group", g) for g in lsc.supplemental_groups}
+        gids = set(identity.check_groups(lsc.supplemental_groups))
         if gids:
             proc["user"]["additionalGids"] = sorted(gids)
         shm = DEV_SHM if nsopts.ipc == NS_NODE else sandbox.shm_path

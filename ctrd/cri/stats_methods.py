@@ -17,7 +17,7 @@ import os
 from ctrd import errdefs
 from ctrd.cri import stats as cs
 from ctrd.cri import store as st
-from ctrd.cri.server import NAMESPACE
+from ctrd.cri.helpers import NAMESPACE
 
 
 def _u64(pb, v):
@@ -72,7 +72,6 @@ class StatsMethods:
     def _container_stats(self, meta: st.ContainerMeta, status: st.ContainerStatus):
         """One container's stats message (blocking: cgroup reads, the layer walk)."""
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
-        from ctrd.cri.server import decode_msg
         from ctrd.runtime import cgroups
 
         rt = self.rt
@@ -104,7 +103,7 @@ class StatsMethods:
         except (errdefs.CtrdError, OSError):
             layer = None
         stats = cs.container_stats(metrics, ts, self.tracker, meta.id, layer)
-        config = decode_msg(pb.ContainerConfig, meta.config)
+        config = st.config_of(meta)
         return pb.ContainerStats(
             attributes=pb.ContainerAttributes(id=meta.id, metadata=config.metadata,
                                               labels=config.labels,
@@ -121,7 +120,6 @@ class StatsMethods:
 
     async def ListContainerStats(self, request, context):
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
-        from ctrd.cri.server import decode_msg
 
         f = request.filter if request.HasField("filter") else None
         chosen = []
@@ -132,7 +130,7 @@ class StatsMethods:
                 if f.pod_sandbox_id and not meta.sandbox_id.startswith(f.pod_sandbox_id):
                     continue
                 if f.label_selector and not st.labels_match(
-                        f.label_selector, decode_msg(pb.ContainerConfig, meta.config).labels):
+                        f.label_selector, st.config_of(meta).labels):
                     continue
             chosen.append((meta, status))
         out = await asyncio.gather(*(asyncio.to_thread(self._container_stats, m, s)

@@ -54,7 +54,7 @@ class SandboxMeta:
 
     id: str
     name: str                  # <pod>_<namespace>_<uid>_<attempt>, unique
-    config: str                # PodSandboxConfig, serialized then base64 (see codec)
+    config: dict               # the PodSandboxConfig as the kubelet sent it (JSON form)
     runtime_handler: str = ""
     runtime_type: str = ""
     netns: str = ""            # pinned network namespace file ("" for host network)
@@ -86,14 +86,16 @@ class ContainerMeta:
     id: str
     name: str                  # <name>_<pod>_<namespace>_<uid>_<attempt>, unique
     sandbox_id: str
-    config: str                # ContainerConfig, serialized then base64
+    config: dict               # the ContainerConfig as the kubelet sent it (JSON form)
     image_ref: str = ""        # the image id (config digest)
     image: str = ""            # what the request asked for (its ImageSpec.image)
     log_path: str = ""         # absolute, "" when no log
     snapshotter: str = ""
     runtime_handler: str = ""
-    stop_signal: str = ""
+    stop_signal: str = ""      # the config's, else the image's (ctrd.cri.stop_signal)
     created_at: int = 0
+    # ContainerStatus.user.linux: uid, gid, supplemental_groups (ctrd.cri.identity)
+    user: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -233,13 +235,71 @@ def labels_match(selector, labels) -> bool:
     return all(labels.get(k) == v for k, v in selector.items())
 
 
+# --- the kubelet's configs in the records -------------------------------------------------
+#
+# A record keeps the config the kubelet sent as its JSON form (protobuf's JSON mapping with
+# the proto field names: readable in ``ctr containers info``, and stable across proto
+# changes). The parsed message is made once per record and kept beside it in memory (not a
+# dataclass field: it is neither compared nor stored), so List and Status calls never decode.
+
+_MESSAGE = "_config_message"
+
+
+def _message_class(meta):
+    from ctrd.api.cri.runtime.v1 import api_pb2
+
+    return api_pb2.PodSandboxConfig if isinstance(meta, SandboxMeta) else api_pb2.ContainerConfig
+
+
+def with_config(meta, message):
+    """``meta`` with ``message`` (the request's config) as its config: its JSON form stored,
+    the message kept for reads. Returns ``meta``."""
+    from google.protobuf import json_format
+
+    meta.config = json_format.MessageToDict(message, preserving_proto_field_name=True)
+    meta.__dict__[_MESSAGE] = message
+    return meta
+
+
+def config_of(meta):
+    """The record's config as its runtime.v1 message (PodSandboxConfig or ContainerConfig),
+    parsed on first use and kept. Callers must not change it."""
+    msg = meta.__dict__.get(_MESSAGE)
+    if msg is None:
+        from google.protobuf import json_format
+
+        msg = _message_class(meta)()
+        try:
+            json_format.ParseDict(meta.config, msg, ignore_unknown_fields=True)
+        except json_format.ParseError as e:
+            raise errdefs.CtrdError(f"CRI record {meta.id}: unreadable config: {e}") from None
+        meta.__dict__[_MESSAGE] = msg
+    return msg
+
+
 def meta_to_ext(meta) -> tuple[str, bytes]:
     return EXT_TYPE, json.dumps(asdict(meta)).encode()
 
 
 def meta_from_ext(cls, value: bytes):
+    """The record stored by :func:`meta_to_ext`; None when unreadable. Records of earlier
+    ctrd versions kept the config as base64 of the serialized message: read as well."""
     try:
         d = json.loads(value)
     except ValueError:
         return None
-    return _from_dict(cls, d) if isinstance(d, dict) else None
+    if not isinstance(d, dict):
+        return None
+    meta = _from_dict(cls, d)
+    if isinstance(meta.config, str):
+        import base64
+
+        msg = _message_class(meta)()
+        try:
+            msg.ParseFromString(base64.b64decode(meta.config))
+        except Exception:  # noqa: BLE001 - a damaged legacy record is skipped, not fatal
+            return None
+        with_config(meta, msg)
+    elif not isinstance(meta.config, dict):
+        return None
+    return meta

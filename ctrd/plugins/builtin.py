@@ -299,7 +299,7 @@ class _CRIServices:
 
 
 async def _init_cri(ic: InitContext):
-    from ctrd.cri.server import CRIRuntime
+    from ctrd.cri.core import CRIRuntime
 
     md, manager, events = ic.get(METADATA), ic.get(RUNTIME_V2), ic.get(EVENT)
     gc = _optional(ic, GC)

@@ -175,10 +175,10 @@ class CRIBackend:
     def check_container(self, container_id: str) -> None:
         meta, status = self.rt.records.container(container_id)
         if status.state != st.RUNNING:
-            from ctrd.cri.server import _STATE_NAMES
+            from ctrd.cri.helpers import STATE_NAMES
 
             raise errdefs.FailedPrecondition(
-                f"container is in {_STATE_NAMES.get(status.state, 'unknown')} state")
+                f"container is in {STATE_NAMES.get(status.state, 'unknown')} state")
 
     def check_sandbox(self, sandbox_id: str) -> None:
         meta, status = self.rt.records.sandbox(sandbox_id)
@@ -290,11 +290,9 @@ class CRIBackend:
     # --- attach ---------------------------------------------------------------------------
 
     async def attach(self, req, s: Streams) -> None:
-        from ctrd.cri.server import decode_msg
-        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
 
         meta, task = self._running(req.container_id)
-        config = decode_msg(pb.ContainerConfig, meta.config)
+        config = st.config_of(meta)
         events = self.rt.subscribe_container_events()
         extra: list[asyncio.Task] = []
         writer = None
