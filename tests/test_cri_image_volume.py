@@ -53,7 +53,8 @@ def _assert_clean(cri, sid: str = "") -> None:
 @pytest.fixture
 def vol(cri, registry, tmp_path):  # noqa: F811
     """(cri, reference, image id) with the volume image pulled through PullImage."""
-    ref, _ = volume_image(registry, tmp_path)
+    ref, img = volume_image(registry, tmp_path)
+    cri.volume_digest = img.digest  # the manifest's: containerd names the volume's dir by it
     pb = cri.pb
     image_id = cri.img.PullImage(pb.PullImageRequest(image=pb.ImageSpec(image=ref))).image_ref
     assert image_id.startswith("sha256:")
@@ -91,7 +92,8 @@ def test_image_volume_files_readonly_status_and_release(vol):
     base = _volumes_dir(cri) / sid
     (m,) = cri.status(c1).mounts
     assert (m.container_path, m.image.image, m.readonly) == ("/vol", image_id, True)
-    assert m.host_path == str(base / image_id.split(":")[1])
+    # named by the manifest digest, as containerd names it
+    assert m.host_path == str(base / cri.volume_digest.split(":")[1])
     assert mounts_under(base) == [m.host_path]
     assert _volume_snapshots(cri) == [m.host_path]
 

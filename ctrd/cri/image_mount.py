@@ -6,7 +6,8 @@ As containerd 2.3's ``internal/cri/server/container_image_mount.go``:
 - the image must already be there (the kubelet pulls it first): it is resolved locally by id
   or reference; a missing one is ``NotFound`` reading ``failed to mount image volume:
   ImageVolumeMountFailed: failed to resolve image "<ref>": not found``;
-- one volume per pod and image, at ``<cri state>/image-volumes/<pod id>/<image hex>``: a
+- one volume per pod and image, at ``<cri state>/image-volumes/<pod id>/<manifest hex>``
+  (the image record's target digest): a
   snapshot keyed by that path on the image's chain id, held by the lease named after the pod
   (so GC keeps the image's layers while the pod exists, also if the image's names are
   removed), mounted there; a second container of the pod that mounts the same image reuses
@@ -26,8 +27,8 @@ Where ctrd differs, and why:
 - a container removal also releases the volumes no other container of its pod still names
   (containerd waits for the pod's stop): a kubelet that removes a container gets its mounts
   back at once, and a later container of the pod mounts the image again;
-- the volume's directory is named by the image id (config digest) rather than the image
-  record's target digest: one volume per image, whichever name the kubelet used;
+- a failure after the volume was mounted (a refused ``image_sub_path``) unmounts it again
+  (containerd 2.3.4 leaves that mount until the pod stops);
 - bad requests are ``InvalidArgument`` naming the field (containerd answers ``Unknown``):
   ``host_path`` set, ``readonly`` false, ``image_sub_path`` absolute, escaping, not a
   directory, missing, or given without ``image``.
@@ -168,8 +169,18 @@ class ImageVolumes:
     def base_dir(self, pod_id: str) -> str:
         return os.path.join(self.state, IMAGE_VOLUME_DIR, pod_id)
 
-    def host_path(self, pod_id: str, image_id: str) -> str:
-        return os.path.join(self.base_dir(pod_id), image_id.split(":", 1)[-1])
+    def host_path(self, pod_id: str, digest: str) -> str:
+        return os.path.join(self.base_dir(pod_id), digest.split(":", 1)[-1])
+
+    def _target_digest(self, img: Any) -> str:
+        """The digest of the image record's target (manifest or index), as containerd names
+        the volume's directory; the image id if no record can be read."""
+        for name in [img.id] + [n for n in img.names if n != img.id]:
+            try:
+                return self.md.images.get(NAMESPACE, name).target.digest
+            except errdefs.NotFound:
+                continue
+        return img.id
 
     def _snapshotter(self):
         s = self.md.snapshotters.get(self.snapshotter_name)
@@ -201,7 +212,7 @@ class ImageVolumes:
                 if img is None:
                     raise _failed(errdefs.NotFound, f"failed to resolve image "
                                                     f"{errdefs.quote(ref)}")
-                target = self.host_path(pod_id, img.id)
+                target = self.host_path(pod_id, self._target_digest(img))
                 if not (os.path.isdir(target) and is_mountpoint(target)):
                     snap = self._snapshotter()
                     self._ensure_lease(pod_id)
