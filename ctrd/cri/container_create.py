@@ -107,11 +107,18 @@ class ContainerCreate:
             # pod's namespaces).
             return cri_spec.container_spec(
                 id_, config, sandbox_config, image.config, sandbox, rootfs, self.config,
-                handler, image_name=config.image.image,
+                handler, image_name=image_annotation_name(config, image),
                 sysctls=None if smeta.pause == "image" else cri_spec.pod_sysctls(
                     sandbox_config),
                 rro_supported=self.handler_features(handler_name, handler)
                 .recursive_read_only_mounts)
+
+
+def image_annotation_name(config, image) -> str:
+    """The ``io.kubernetes.cri.image-name`` annotation, as containerd 2.3: the kubelet's
+    ``user_specified_image`` when given, else the image's first name (containerd's
+    ``References[0]``, its names sorted)."""
+    return config.image.user_specified_image or min(image.names, default=config.image.image)
 
 
 class ContainerCreateRPC:
