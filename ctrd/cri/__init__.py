@@ -20,8 +20,12 @@ file name away). Each RPC module holds that call's core (a mixin of
   :mod:`container_checkpoint` -- CreateContainer, StartContainer, StopContainer,
   RemoveContainer, ContainerStatus, ListContainers (and StreamContainers),
   UpdateContainerResources, ReopenContainerLog, ExecSync, CheckpointContainer (refused);
-- :mod:`stats_methods`        -- ContainerStats, ListContainerStats, PodSandboxStats,
-  ListPodSandboxStats (figures from :mod:`stats`);
+- :mod:`sandbox_update_resources` -- UpdatePodSandboxResources (recorded, as containerd);
+- :mod:`container_stats`, :mod:`sandbox_stats` -- ContainerStats, ListContainerStats,
+  PodSandboxStats, ListPodSandboxStats (and their Stream* forms; figures from :mod:`stats`,
+  read through :mod:`stats_sources`);
+- :mod:`sandbox_metrics`      -- ListMetricDescriptors, ListPodSandboxMetrics (and
+  StreamPodSandboxMetrics): containerd's metric names from the cgroups;
 - :mod:`podsandbox`           -- the pod's own process: pause container or pod init;
 - :mod:`restart`              -- recovery at start from the records and the live tasks;
 - :mod:`store`                -- the records (dataclasses; the kubelet's configs in JSON form,
@@ -37,6 +41,8 @@ file name away). Each RPC module holds that call's core (a mixin of
   sandboxMetadata), Status's cniconfig;
 - :mod:`config`  -- containerd's CRI config schema and defaults;
 - :mod:`netns`   -- pod namespaces pinned by bind mounts (network; IPC/UTS without a pause);
+- :mod:`userns`  -- pod user namespaces (``userns_options``): validation, the pinned user
+  namespace that owns the pod's others, idmapped volumes, :func:`userns.supported`;
 - :mod:`cni`     -- running CNI plugins (ADD/DEL/CHECK) from a conflist, results parsed;
 - :mod:`spec`, :mod:`seccomp` -- the OCI specs of a pod's containers and of its pause / pod init;
 - :mod:`images`, :mod:`image_service`, :mod:`registry` -- image references as the kubelet

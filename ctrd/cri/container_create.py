@@ -9,7 +9,7 @@ import asyncio
 import os
 
 from ctrd import errdefs
-from ctrd.cri import identity, image_mount, stop_signal
+from ctrd.cri import identity, image_mount, stop_signal, userns
 from ctrd.cri import store as st
 from ctrd.cri.helpers import NAMESPACE, cri_pb, filter_labels, log, new_id, now_ns
 
@@ -43,6 +43,7 @@ class ContainerCreate:
                 raise errdefs.NotFound(f"failed to resolve image {config.image.image!r}: "
                                        "not found")
             _, handler = self.handler(smeta.runtime_handler)
+            pu = userns.container_userns(config, self.sandbox_config(smeta))
             # image volumes (Mount.image): checked, mounted, the mounts rewritten to binds
             image_mount.validate(config.mounts)
             made = await asyncio.to_thread(self.image_volumes.prepare, smeta.id, config.mounts)
@@ -52,13 +53,16 @@ class ContainerCreate:
             # (containerd's client does the same): a GC in between would collect it.
             lease = await asyncio.to_thread(self._create_lease, id_)
             undo.append(lambda: self._delete_lease(lease))
-            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id, None, lease)
+            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id,
+                                    userns.snapshot_labels(pu), lease)
             undo.append(lambda: snap.remove(NAMESPACE, id_))
+            vdir = userns.volumes_dir(self.state, id_)
+            undo.append(lambda: userns.release_volumes(vdir))
             log_path = ""
             if config.log_path and sandbox_config.log_directory:
                 log_path = os.path.join(sandbox_config.log_directory, config.log_path)
             spec = await asyncio.to_thread(self._build_spec, id_, smeta, config,
-                                           sandbox_config, image, snap)
+                                           sandbox_config, image, snap, pu)
             cfg = image.config.get("config") if isinstance(image.config.get("config"),
                                                            dict) else {}
             meta = st.ContainerMeta(id=id_, name=name, sandbox_id=smeta.id,
@@ -91,7 +95,7 @@ class ContainerCreate:
             raise
 
     def _build_spec(self, id_: str, smeta: st.SandboxMeta, config, sandbox_config, image,
-                    snap) -> dict:
+                    snap, pu=None) -> dict:
         from ctrd.cri import spec as cri_spec
         from ctrd.snapshots.mount import mounted
 
@@ -101,6 +105,10 @@ class ContainerCreate:
         sandbox = self._sandbox_facts(smeta, sstatus.pid)
         handler_name, handler = self.handler(smeta.runtime_handler)
         mounts = snap.mounts(NAMESPACE, id_)
+        # runc 1.1 makes no idmapped mounts: CRI mounts with id mappings bind ctrd's clones
+        vdir = userns.volumes_dir(self.state, id_)
+        config, _ = userns.prepare_volumes(config, pu, vdir)
+        sandbox = userns.idmap_pod_files(sandbox, pu, vdir)
         with mounted(mounts, dir=self.state) as rootfs:
             # With a pause container the pod's sysctls are in its spec only (containerd);
             # otherwise they go into each container's spec (runc applies them inside the

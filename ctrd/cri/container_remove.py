@@ -8,6 +8,7 @@ import os
 
 from ctrd import errdefs
 from ctrd.cri import store as st
+from ctrd.cri import userns
 from ctrd.cri.helpers import NAMESPACE, cri_pb, rmtree
 
 
@@ -34,6 +35,8 @@ class ContainerRemove:
             await asyncio.to_thread(self.snapshotter().remove, NAMESPACE, meta.id)
         except errdefs.NotFound:
             pass
+        # idmapped volume clones detached first: the tree below holds them
+        await asyncio.to_thread(userns.release_volumes, userns.volumes_dir(self.state, meta.id))
         rmtree(os.path.join(self.state, "containers", meta.id))  # the stdin FIFO's dir
         self.records.remove_container(meta.id)
         await asyncio.to_thread(self.release_image_volumes, meta.sandbox_id)

@@ -32,6 +32,7 @@ from ctrd.cri.sandbox_remove import SandboxRemove
 from ctrd.cri.sandbox_run import SandboxRun
 from ctrd.cri.sandbox_status import SandboxStatusCore
 from ctrd.cri.sandbox_stop import SandboxStop
+from ctrd.cri.sandbox_update_resources import SandboxUpdateResources
 
 
 class CRIState:
@@ -47,6 +48,10 @@ class CRIState:
         self.config = config
         self.root = root
         self.state = state
+        if os.path.isdir(state):
+            # containerd's CRI state dir is 0711: a user-namespaced pod's root reaches its
+            # files (hosts, resolv.conf, shm) and ctrd's idmapped volume clones below it
+            os.chmod(state, 0o711)
         self.hooks = hooks
         self.containers = ContainerStore(md.db)
         self.records = st.Records(root)
@@ -163,12 +168,15 @@ class CRIState:
 
         hit = self._features.get(name)
         if hit is None:
-            from ctrd.cri import runtime_features
+            from ctrd.cri import runtime_features, userns
 
             shim = getattr(self.manager, "shims", {}).get(handler.runtime_type, ("", {}))
+            # user namespaces: ctrd makes the idmapped mounts itself (runc 1.1 cannot),
+            # so any runc-type handler can run them where the kernel can
             hit = self._features[name] = rs.HandlerFeatures(
                 recursive_read_only_mounts=runtime_features.recursive_read_only_supported(
-                    handler, shim[1]))
+                    handler, shim[1]),
+                user_namespaces=userns.supported())
         return hit
 
     def _sandbox_dir(self, id_: str) -> str:
@@ -210,6 +218,7 @@ class CRIState:
         """What the pause/init (``for_pause``) or the pod's containers join: pinned
         namespaces by path, the pause's by /proc/<pid>/ns/*."""
         from ctrd.cri import spec as cri_spec
+        from ctrd.cri import userns
 
         pb = cri_pb()
         nsopts = self.sandbox_config(meta).linux.security_context.namespace_options
@@ -224,15 +233,19 @@ class CRIState:
                 pidns = f"{proc}/pid"
         return cri_spec.SandboxFacts(
             id=meta.id, netns_path=meta.netns or None, ipcns_path=ipc, utsns_path=uts,
-            pidns_path=pidns,
+            pidns_path=pidns, userns_path=meta.userns or None,
+            userns=userns.pod_userns(self.sandbox_config(meta)) if meta.userns else None,
             shm_path=None if host_ipc else os.path.join(meta.dir, "shm"),
             hostname_path=os.path.join(meta.dir, "hostname"),
             hosts_path=os.path.join(meta.dir, "hosts"),
             resolv_conf_path=os.path.join(meta.dir, "resolv.conf"))
 
-    def _make_namespaces(self, id_: str, d: str, hostname: str, kinds: list[str]
-                         ) -> dict[str, str]:
-        from ctrd.cri import netns
+    def _make_namespaces(self, id_: str, d: str, hostname: str, kinds: list[str],
+                         pu=None) -> dict[str, str]:
+        from ctrd.cri import netns, userns
+
+        if pu is not None:  # the pod's own user namespace, the others created inside it
+            return userns.create_pod_namespaces(self._netns_base(), hostname, kinds, pu)
 
         pns = netns.create_pod_namespaces(self._netns_base(), hostname, tuple(kinds))
         return dict(pns.paths)
@@ -300,7 +313,8 @@ class CRIState:
 
 
 class CRIRuntime(CRIState, RuntimeStatusCore, SandboxRun, PodProcess, SandboxStop,
-                 SandboxRemove, SandboxStatusCore, SandboxList, ContainerCreate,
+                 SandboxRemove, SandboxStatusCore, SandboxList, SandboxUpdateResources,
+                 ContainerCreate,
                  ContainerStart, ContainerStop, ContainerRemove, ContainerList,
                  ContainerUpdate, ContainerLogReopen, ContainerExec, Restart,
                  ContainerImageMounts):

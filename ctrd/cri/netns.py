@@ -59,9 +59,12 @@ from ctrd.snapshots.snapshotter import Mount
 CLONE_NEWNET = 0x40000000
 CLONE_NEWIPC = 0x08000000
 CLONE_NEWUTS = 0x04000000
+CLONE_NEWUSER = 0x10000000
 
-#: The namespace kinds this module pins, with their clone flags.
-KINDS: dict[str, int] = {"net": CLONE_NEWNET, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
+#: The namespace kinds this module pins, with their clone flags. "user" pins are made by
+#: :mod:`ctrd.cri.userns` (a multi-threaded process cannot unshare a user namespace).
+KINDS: dict[str, int] = {"net": CLONE_NEWNET, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS,
+                         "user": CLONE_NEWUSER}
 
 DEFAULT_NETNS_BASE = "/var/run"  # containerd: netnsMountDir = "/var/run/netns"
 HOST_NAME_MAX = 64

@@ -76,6 +76,7 @@ class PodProcess:
         (the sandbox-id annotation groups the pod's containers into the same shim).
         Appends its undo steps to ``undo``; returns the process's pid."""
         from ctrd.cri import spec as cri_spec
+        from ctrd.cri import userns
         from ctrd.runtime.manager import CreateOpts
         from ctrd.snapshots.mount import mounted
 
@@ -87,7 +88,8 @@ class PodProcess:
             snap = self.snapshotter()
             lease = await asyncio.to_thread(self._create_lease, id_)
             undo.append(lambda: self._delete_lease(lease))
-            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id, None, lease)
+            await asyncio.to_thread(snap.prepare, NAMESPACE, id_, image.chain_id,
+                                    userns.snapshot_labels(sandbox.userns), lease)
             undo.append(lambda: self._remove_snapshot(id_))
             mounts = await asyncio.to_thread(snap.mounts, NAMESPACE, id_)
             rootfs = [mount_pb(m) for m in mounts]

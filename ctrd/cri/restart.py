@@ -19,7 +19,8 @@ def pins_alive(meta: st.SandboxMeta) -> bool:
     from ctrd.cri import netns
 
     return all(netns.is_pinned(p, kind) for kind, p in
-               (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts)) if p)
+               (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts),
+                ("user", meta.userns)) if p)
 
 
 class Restart:
@@ -178,6 +179,12 @@ class Restart:
         for name in volumes.orphans(sandboxes):
             log.info("removing orphaned image volumes of sandbox %s", name)
             volumes.cleanup(name, delete_lease=True)
+        # idmapped volume clones of containers that never got a record (a crash mid-create)
+        from ctrd.cri import userns
+
+        for name in listdir(os.path.join(self.state, "containers")):
+            if name not in self.records.containers:
+                userns.release_volumes(userns.volumes_dir(self.state, name))
         for kind, ids in (("sandboxes", sandboxes), ("containers", set(self.records.containers))):
             for name in listdir(os.path.join(self.root, kind)):
                 if name not in ids:

@@ -49,7 +49,7 @@ class SandboxRemove:
         with netns.PIN_DIR_LOCK:
             if self.records.sandboxes:
                 return  # a pod came meanwhile
-            for kind in ("net", "ipc", "uts"):
+            for kind in ("net", "ipc", "uts", "user"):
                 d = os.path.join(base, f"{kind}ns")
                 try:
                     if os.listdir(d):

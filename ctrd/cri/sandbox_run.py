@@ -11,7 +11,7 @@ import asyncio
 import os
 
 from ctrd import errdefs
-from ctrd.cri import identity
+from ctrd.cri import identity, userns
 from ctrd.cri import store as st
 from ctrd.cri.helpers import (
     NAMESPACE,
@@ -54,6 +54,7 @@ class SandboxRun:
         undo: list = [lambda: self.records.release(name)]
         try:
             nsopts = config.linux.security_context.namespace_options
+            pu = userns.pod_userns(config)
             host_net = nsopts.network == pb.NODE
             host_ipc = nsopts.ipc == pb.NODE
             d = self._sandbox_dir(id_)
@@ -72,14 +73,16 @@ class SandboxRun:
             if not host_ipc and pause != "image":
                 kinds.append("ipc")
             paths: dict[str, str] = {}
-            if kinds:
-                paths = await asyncio.to_thread(self._make_namespaces, id_, d, hostname, kinds)
+            if kinds or pu:
+                paths = await asyncio.to_thread(self._make_namespaces, id_, d, hostname, kinds,
+                                                pu)
                 undo.append(lambda: self._drop_namespaces(paths))
             meta = st.SandboxMeta(id=id_, name=name, config={},
                                   runtime_handler=runtime_handler,  # as asked (containerd)
                                   runtime_type=handler.runtime_type,
                                   netns=paths.get("net", ""), ipc=paths.get("ipc", ""),
-                                  uts=paths.get("uts", ""), dir=d, created_at=now_ns(),
+                                  uts=paths.get("uts", ""), userns=paths.get("user", ""),
+                                  dir=d, created_at=now_ns(),
                                   pause=pause)
             st.with_config(meta, config)
             if image is not None:

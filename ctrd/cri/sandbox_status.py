@@ -18,7 +18,7 @@ class SandboxStatusCore:
         """PodSandboxStatus verbose info: containerd 2.3.4's keys (``runtimeSpec``: the pod
         process's spec, None without one), plus ctrd's own: ``imageId``, ``pause``, the
         pinned ``netns``/``ipcns``/``utsns``."""
-        from ctrd.cri import status_info
+        from ctrd.cri import sandbox_update_resources, status_info
 
         ready = status.state == st.SANDBOX_READY
         config = status_info.go_json(self.sandbox_config(meta))
@@ -33,11 +33,12 @@ class SandboxStatusCore:
             "snapshotKey": meta.snapshot_key,
             "snapshotter": self.snapshotter_name,
             "runtimeType": meta.runtime_type, "runtimeOptions": None,
-            "netns": meta.netns, "ipcns": meta.ipc, "utsns": meta.uts,
+            "netns": meta.netns, "ipcns": meta.ipc, "utsns": meta.uts, "userns": meta.userns,
             "cniResult": cni_result, "config": config, "runtimeSpec": runtime_spec,
             "sandboxMetadata": status_info.sandbox_metadata(meta, status, config, cni_result)}
         if meta.runtime_handler:  # containerd: omitempty
             info["runtimeHandler"] = meta.runtime_handler
+        info.update(sandbox_update_resources.info_fields(status))  # once recorded
         return info
 
 

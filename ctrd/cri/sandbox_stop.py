@@ -31,8 +31,8 @@ class SandboxStop:
         if status.network_ready:
             await self._teardown_network(meta, self.sandbox_config(meta))
             self.records.update_sandbox(meta.id, network_ready=False)
-        paths = {k: p for k, p in (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts))
-                 if p}
+        paths = {k: p for k, p in (("net", meta.netns), ("ipc", meta.ipc), ("uts", meta.uts),
+                                   ("user", meta.userns)) if p}
         if paths:
             await asyncio.to_thread(self._drop_namespaces, paths)
         await asyncio.to_thread(self.image_volumes.cleanup, meta.id)  # containerd: at stop

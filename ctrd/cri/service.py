@@ -13,29 +13,33 @@ from ctrd.cri.container_list import ContainerListRPC
 from ctrd.cri.container_log_reopen import ContainerLogReopenRPC
 from ctrd.cri.container_remove import ContainerRemoveRPC
 from ctrd.cri.container_start import ContainerStartRPC
+from ctrd.cri.container_stats import ContainerStatsRPC
 from ctrd.cri.container_status import ContainerStatusRPC
 from ctrd.cri.container_stop import ContainerStopRPC
 from ctrd.cri.container_update import ContainerUpdateRPC
 from ctrd.cri.core import CRIRuntime
 from ctrd.cri.runtime_status_core import RuntimeStatusRPC
 from ctrd.cri.sandbox_list import SandboxListRPC
+from ctrd.cri.sandbox_metrics import SandboxMetricsRPC
 from ctrd.cri.sandbox_remove import SandboxRemoveRPC
 from ctrd.cri.sandbox_run import SandboxRunRPC
+from ctrd.cri.sandbox_stats import SandboxStatsRPC
 from ctrd.cri.sandbox_status import SandboxStatusRPC
 from ctrd.cri.sandbox_stop import SandboxStopRPC
-from ctrd.cri.stats_methods import StatsMethods
+from ctrd.cri.sandbox_update_resources import SandboxUpdateResourcesRPC
 from ctrd.cri.streaming.methods import StreamingMethods
 
 
 class RuntimeService(RuntimeStatusRPC, SandboxRunRPC, SandboxStopRPC, SandboxRemoveRPC,
-                     SandboxStatusRPC, SandboxListRPC, ContainerCreateRPC, ContainerStartRPC,
+                     SandboxStatusRPC, SandboxListRPC, SandboxUpdateResourcesRPC,
+                     ContainerCreateRPC, ContainerStartRPC,
                      ContainerStopRPC, ContainerRemoveRPC, ContainerStatusRPC, ContainerListRPC,
                      ContainerUpdateRPC, ContainerLogReopenRPC, ContainerExecRPC,
-                     ContainerCheckpointRPC, StatsMethods,
-                     StreamingMethods, pb_grpc.RuntimeServiceServicer):
+                     ContainerCheckpointRPC, ContainerStatsRPC, SandboxStatsRPC,
+                     SandboxMetricsRPC, StreamingMethods, pb_grpc.RuntimeServiceServicer):
     """runtime.v1 RuntimeService over the CRI core ``self.rt``. Exec, Attach, PortForward and
     GetContainerEvents come from :class:`ctrd.cri.streaming.methods.StreamingMethods` (the
-    streaming server's side), the stats calls from :class:`ctrd.cri.stats_methods.StatsMethods`."""
+    streaming server's side)."""
 
     def __init__(self, runtime: CRIRuntime) -> None:
         self.rt = runtime

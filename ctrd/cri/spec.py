@@ -200,6 +200,10 @@ class SandboxFacts:
     hosts_path: str | None = None      # bound at /etc/hosts
     resolv_conf_path: str | None = None  # bound at /etc/resolv.conf
     cgroup_parent: str | None = None   # None: the sandbox config's linux.cgroup_parent
+    # the pod's pinned user namespace and its maps (a ctrd.cri.userns.PodUserns); None: the
+    # host's user namespace
+    userns_path: str | None = None
+    userns: Any = None
 
 
 # -- annotations ----------------------------------------------------------------------------
@@ -778,7 +782,7 @@ def apply_namespaces(spec: dict[str, Any], sc: Any, sandbox: SandboxFacts,
     """containerd's WithPodNamespaces: the pod's network, IPC and UTS namespaces (or the
     host's), the PID namespace per the container's NamespaceOption (CONTAINER: a new one;
     POD: the pod's; NODE: the host's; TARGET: another container's), a new mount namespace,
-    no user namespace."""
+    the pod's user namespace if it has one (:func:`ctrd.cri.userns.apply_to_spec`)."""
     linux = spec.setdefault("linux", {})
     _set_namespace(linux, "network", sandbox.netns_path, sandbox.netns_path is None)
     _set_namespace(linux, "ipc", sandbox.ipcns_path, sandbox.ipcns_path is None)
@@ -798,9 +802,13 @@ def apply_namespaces(spec: dict[str, Any], sc: Any, sandbox: SandboxFacts,
         _set_namespace(linux, "pid", target_pid_ns, False)
     else:
         raise InvalidArgument(f"unknown pid namespace mode {mode}")
-    if ns.HasField("userns_options") and ns.userns_options.mode != NS_NODE:
-        raise InvalidArgument("user namespaces are not supported")
-    linux["namespaces"] = [n for n in linux["namespaces"] if n.get("type") != "user"]
+    if ns.HasField("userns_options") and ns.userns_options.mode != NS_NODE and \
+            sandbox.userns is None:
+        raise InvalidArgument("user namespaces: the container asks for a pod user namespace "
+                              "its pod does not have")
+    from ctrd.cri import userns
+
+    userns.apply_to_spec(spec, sandbox.userns_path, sandbox.userns)
 
 
 # -- security profiles ----------------------------------------------------------------------
@@ -1288,6 +1296,8 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
         proc["args"] = [POD_INIT_PATH, "sh", "-c", POD_INIT_SCRIPT]
         proc["env"] = [f"PATH={posixpath.dirname(POD_INIT_PATH)}"]
         proc["user"] = {"uid": 65535, "gid": 65535}
+        if sandbox.userns is not None and sandbox.userns.to_host_ids(65535) is None:
+            proc["user"] = {"uid": 0, "gid": 0}  # a short pod mapping: its root, no caps
         proc["capabilities"] = {k: [] for k in ("bounding", "effective", "permitted")}
         # an empty rootfs: proc and a /dev, the busybox, nothing else to protect
         spec["mounts"] = [m for m in spec["mounts"] if m["destination"] in ("/proc", "/dev")]
@@ -1320,14 +1330,16 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
             proc["user"]["additionalGids"] = sorted(gids)
         shm = DEV_SHM if nsopts.ipc == NS_NODE else sandbox.shm_path
         if shm:
+            # containerd: nosuid,nodev,noexec always -- in a user namespace the read-only
+            # remount of a bind must keep the source's locked flags, or it is EPERM
             spec["mounts"].append({"destination": DEV_SHM, "type": "bind", "source": shm,
-                                   "options": ["rbind", "ro"]})
+                                   "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
             spec["mounts"] = [m for m in spec["mounts"]
                               if not (m["destination"] == DEV_SHM and m["type"] == "tmpfs")]
         if sandbox.resolv_conf_path:
             spec["mounts"].append({"destination": RESOLV_CONF, "type": "bind",
                                    "source": sandbox.resolv_conf_path,
-                                   "options": ["rbind", "ro"]})
+                                   "options": ["rbind", "ro", "nosuid", "nodev", "noexec"]})
 
     # namespaces (the default spec has new pid, ipc, uts, mount and network ones)
     if host_net:
@@ -1340,6 +1352,9 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
             spec["hostname"] = sandbox_config.hostname
     _set_namespace(linux, "ipc", sandbox.ipcns_path, nsopts.ipc == NS_NODE)
     _set_namespace(linux, "pid", None, nsopts.pid == NS_NODE)
+    from ctrd.cri import userns
+
+    userns.apply_to_spec(spec, sandbox.userns_path, sandbox.userns)
     if host.cgroup2:
         _set_namespace(linux, "cgroup", None, False)
 
@@ -1347,7 +1362,7 @@ def sandbox_spec(sandbox_id: str, sandbox_config: Any,
     if not host_net:
         if cri.enable_unprivileged_ports:
             sysctls.setdefault("net.ipv4.ip_unprivileged_port_start", "0")
-        if cri.enable_unprivileged_icmp:
+        if cri.enable_unprivileged_icmp and sandbox.userns is None:  # containerd: not in a userns
             sysctls.setdefault("net.ipv4.ping_group_range", "0 2147483647")
     if sysctls:
         linux["sysctl"] = sysctls

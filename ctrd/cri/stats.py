@@ -9,22 +9,27 @@ fills the attributes (id, metadata, labels, annotations) from its records. Field
 wraps in ``UInt64Value`` are ``int | None`` here: None means "not reported" (an unset
 wrapper), 0 is a real zero.
 
-Figures follow containerd 1.6/1.7's CRI plugin (pkg/cri/server/container_stats_list_linux.go,
-sandbox_stats_linux.go) and so the kubelet's expectations:
+Figures follow containerd 2.3.4's CRI plugin (internal/cri/server/container_stats_list.go,
+sandbox_stats_linux.go; checked side by side in tests/test_cri_stats_compare.py) and so the
+kubelet's expectations:
 
 - CPU: ``usage_core_nano_seconds`` is cpuacct.usage (v1) or ``usage_usec * 1000`` (v2);
   ``usage_nano_cores`` is the rate between two samples of the same container:
-  ``(usage2 - usage1) / (t2 - t1) * 1e9``, 0 for the first sample or a non-positive interval
-  (:class:`CpuRateTracker` keeps the previous sample per id).
+  ``(usage2 - usage1) / (t2 - t1) * 1e9`` (:class:`CpuRateTracker` keeps the previous sample
+  per id). :meth:`CpuRateTracker.rate` leaves it unset for the first sample, as containerd
+  2.3.4 does; :func:`usage_nano_cores` answers 0 there.
+- swap: containerd 2.3.4 fills no ``ContainerStats.swap`` (on cgroup v1 or v2), nor the PSI
+  or ``io`` fields on cgroup v1; ctrd leaves them unset too.
 - memory: working set = usage - total_inactive_file (v1) / usage - inactive_file (v2), never
   below 0; available = limit - working set unless the limit is "unlimited" (> 2^62), then 0;
   rss = total_rss (v1) / anon (v2); page faults = total_pgfault / pgfault, major likewise.
 - writable layer: bytes (512-byte blocks of each distinct inode) and inodes of the snapshot's
   upper directory, as containerd's snapshotters measure active snapshots (continuity's
   ``fs.DiskUsage``).
-- network: /proc/net/dev counters of the pod's network namespace; the default interface is
-  ``eth0`` (containerd's ``defaultIfName``).
-- processes: pids.current of the pod's cgroup.
+- network: /proc/net/dev counters of the pod's network namespace, ``lo`` left out; the
+  default interface is ``eth0`` (containerd's ``defaultIfName``), else the first one.
+- processes: :func:`process_usage` is pids.current of a cgroup; a pod's count in the CRI is
+  the sum over its containers (:func:`pids_current`), as containerd 2.3.4 reports it.
 """
 
 from __future__ import annotations
@@ -205,6 +210,34 @@ class CpuRateTracker:
                 self._last[key] = CpuUsage(cpu.timestamp, cpu.usage_core_nano_seconds)
         return cpu
 
+    def rate(self, key: str, cpu: CpuUsage) -> CpuUsage:
+        """containerd 2.3.4's getUsageNanoCores (its fallback without a background
+        collector): set ``cpu.usage_nano_cores`` from the last sample of ``key``, or leave it
+        None when there is not enough data -- the first sample (remembered), a sample not
+        newer than the last, or a counter that went backwards (neither remembered)."""
+        with self._lock:
+            prev = self._last.get(key)
+            cur = cpu.usage_core_nano_seconds
+            cpu.usage_nano_cores = None
+            if cur is None:
+                return cpu
+            if prev is None or prev.usage_core_nano_seconds is None:
+                self._last[key] = CpuUsage(cpu.timestamp, cur)
+                return cpu
+            interval = cpu.timestamp - prev.timestamp
+            if interval <= 0 or cur < prev.usage_core_nano_seconds:
+                return cpu
+            cpu.usage_nano_cores = int((cur - prev.usage_core_nano_seconds) / interval
+                                       * 1_000_000_000)
+            self._last[key] = CpuUsage(cpu.timestamp, cur)
+        return cpu
+
+    def retain(self, keys: set[str]) -> None:
+        """Forget every id not in ``keys`` (the containers and sandboxes that still exist)."""
+        with self._lock:
+            for k in [k for k in self._last if k not in keys]:
+                del self._last[k]
+
     def forget(self, key: str) -> None:
         with self._lock:
             self._last.pop(key, None)
@@ -343,10 +376,14 @@ def _network_usage(ifaces: list[NetworkInterfaceUsage], default_interface: str,
                    timestamp: int | None) -> NetworkUsage:
     usage = NetworkUsage(now_ns() if timestamp is None else timestamp)
     for i in ifaces:
+        if i.name == "lo":  # loopback traffic never leaves the pod
+            continue
         if i.name == default_interface:
             usage.default_interface = i
-        if i.name != "lo":  # loopback traffic never leaves the pod
-            usage.interfaces.append(i)
+        usage.interfaces.append(i)
+    if usage.default_interface is None and usage.interfaces:
+        # containerd 2.3.4: without eth0 the first interface is the default
+        usage.default_interface = usage.interfaces[0]
     return usage
 
 
@@ -393,7 +430,7 @@ def container_stats(metrics, timestamp: int, tracker: CpuRateTracker | None = No
         return cs
     cs.cpu = cpu_usage(metrics, timestamp)
     if cs.cpu is not None and tracker is not None:
-        tracker.update(key, cs.cpu)
+        tracker.rate(key, cs.cpu)
     cs.memory = memory_usage(metrics, timestamp)
     return cs
 
@@ -408,7 +445,15 @@ def sandbox_stats(metrics, timestamp: int, tracker: CpuRateTracker | None = None
         return ps
     ps.cpu = cpu_usage(metrics, timestamp)
     if ps.cpu is not None and tracker is not None:
-        tracker.update(key, ps.cpu)
+        tracker.rate(key, ps.cpu)
     ps.memory = memory_usage(metrics, timestamp)
     ps.process = process_usage(metrics, timestamp)
     return ps
+
+
+def pids_current(metrics) -> int:
+    """pids.current of a container's cgroup metrics (0 without metrics: no task). containerd
+    2.3.4's pod ``process_count`` is this, summed over the pod's containers."""
+    if metrics is None or not metrics.HasField("pids"):
+        return 0
+    return metrics.pids.current

@@ -8,7 +8,6 @@ daemon state (tests/test_cri_compare.py compares the answers with containerd's).
 from __future__ import annotations
 
 import json
-from typing import Any
 
 __all__ = ["cni_config_info", "cni_result_info", "container_resources", "go_json",
            "sandbox_metadata"]

@@ -60,6 +60,7 @@ class SandboxMeta:
     netns: str = ""            # pinned network namespace file ("" for host network)
     ipc: str = ""              # pinned IPC namespace file ("" for host IPC)
     uts: str = ""              # pinned UTS namespace file ("" for host network)
+    userns: str = ""           # pinned user namespace file ("" without a pod userns)
     dir: str = ""              # the sandbox's state dir (hosts, resolv.conf, hostname, shm)
     created_at: int = 0        # ns
     # The pod's own process, a task with the sandbox's id: "" none (namespaces pinned by
@@ -79,6 +80,9 @@ class SandboxStatus:
     cni_result: dict = field(default_factory=dict)
     network_ready: bool = False  # CNI ADD done and not yet torn down
     pid: int = 0               # the pause / pod init process (0: none, or it exited)
+    # UpdatePodSandboxResources' last values as ContainerResources JSON (None: never called)
+    overhead: dict | None = None
+    resources: dict | None = None
 
 
 @dataclass

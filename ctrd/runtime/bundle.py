@@ -78,6 +78,25 @@ def _atomic_delete(path: str) -> None:
     _rmtree(hidden)
 
 
+def _chown_to_mapped_root(path: str, spec: bytes) -> None:
+    """A spec with a user namespace: ``path`` (the rootfs dir) belongs to the namespace's
+    root, so a task without rootfs mounts (ctrd's pod init: an empty rootfs) can make its
+    mount points there. The snapshotter does the same for a remapped snapshot."""
+    if b"uidMappings" not in spec:
+        return
+    import json
+
+    try:
+        linux = json.loads(spec).get("linux") or {}
+        ids = []
+        for key in ("uidMappings", "gidMappings"):
+            ids.append(next(m["hostID"] + 0 for m in linux.get(key) or []
+                            if m.get("containerID") == 0))
+    except (ValueError, AttributeError, KeyError, TypeError, StopIteration):
+        return
+    os.lchown(path, ids[0], ids[1])
+
+
 def new_bundle(root: str, state: str, namespace: str, id_: str, spec: bytes) -> Bundle:
     """Create the bundle of task ``id_``; AlreadyExists when one is there (a live task)."""
     try:
@@ -96,6 +115,7 @@ def new_bundle(root: str, state: str, namespace: str, id_: str, spec: bytes) -> 
         # config.json and rootfs/: 0711 on the bundle, as containerd does for remapped specs.
         os.chmod(b.path, 0o711)
         os.mkdir(b.rootfs, 0o711)
+        _chown_to_mapped_root(b.rootfs, spec)
         os.makedirs(os.path.dirname(work), mode=0o711, exist_ok=True)
         _rmtree(work)  # a stale one from a crash
         os.mkdir(work, 0o711)

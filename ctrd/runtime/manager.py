@@ -89,6 +89,11 @@ class TaskManager:
         containerd.runc.v1.Options fields: defaults for containers that do not set them)."""
         self.root = root
         self.state = state
+        for d in (root, state):
+            # containerd's task manager: 0711, so a user-namespaced container's root can
+            # reach its bundle (config.json, rootfs/) below
+            if os.path.isdir(d):
+                os.chmod(d, 0o711)
         self.address = address
         self.ttrpc_address = ttrpc_address
         self.events = events

@@ -146,9 +146,22 @@ def _mount_in(chdir: str, source: str, target: str, fstype: str, flags: int,
 
 
 def mount(m: Mount, target: str) -> None:
-    """Mount one :class:`Mount` at ``target`` (an existing directory)."""
+    """Mount one :class:`Mount` at ``target`` (an existing directory). ``uidmap=`` /
+    ``gidmap=`` options: see :mod:`ctrd.snapshots.idmap` (an overlay on idmapped
+    lowerdirs; a bind drops them)."""
     target = os.path.abspath(target)
     options, chdir = list(m.options), ""
+    if any(o.startswith(("uidmap=", "gidmap=")) for o in options):
+        from ctrd.snapshots import idmap
+
+        options, uids, gids = idmap.split_options(options)
+        if m.type == "overlay":
+            lowers = idmap.IdmappedLowers(options, uids, gids, target + ".idmap")
+            try:
+                mount(Mount(m.type, m.source, lowers.options), target)
+            finally:
+                lowers.release()
+            return
     if m.type == "overlay" and sum(len(o) for o in options) >= PAGE_SIZE - 512:
         chdir, options = compact_lowerdir(options)
     flags, data = parse_options(options)

@@ -21,11 +21,34 @@ from __future__ import annotations
 
 import os
 
+from ctrd.errdefs import InvalidArgument
 from ctrd.snapshots import mount as mountlib
 from ctrd.snapshots.snapshotter import Kind, Mount
 from ctrd.snapshots.storage import DirSnapshotter, Snapshot
 
 TMPFS_MAGIC = 0x01021994
+
+# containerd's snapshots.LabelSnapshotUIDMapping / GIDMapping ("cid:hid:size")
+LABEL_UIDMAPPING = "containerd.io/snapshot/uidmapping"
+LABEL_GIDMAPPING = "containerd.io/snapshot/gidmapping"
+
+
+def remapped_root(labels: dict[str, str]) -> tuple[int, int] | None:
+    """The host (uid, gid) of container id 0 of a snapshot's mapping labels; None without
+    labels. InvalidArgument for a mapping that is malformed or leaves 0 unmapped."""
+    u, g = labels.get(LABEL_UIDMAPPING), labels.get(LABEL_GIDMAPPING)
+    if not u and not g:
+        return None
+    from ctrd.snapshots import idmap
+
+    try:
+        uids, gids = idmap.parse(u or g or ""), idmap.parse(g or u or "")
+    except ValueError as e:
+        raise InvalidArgument(f"snapshot id mapping labels: {e}") from None
+    root = idmap.to_host(uids, 0), idmap.to_host(gids, 0)
+    if -1 in root:
+        raise InvalidArgument("snapshot id mapping leaves container id 0 unmapped")
+    return root
 
 
 def supported(root: str) -> str | None:
@@ -148,16 +171,26 @@ class OverlaySnapshotter(DirSnapshotter):
         if s.kind == Kind.ACTIVE:
             os.mkdir(os.path.join(td, "work"))
             os.chmod(os.path.join(td, "work"), 0o711)
-        if s.parent_ids:
+        root = remapped_root(s.labels)
+        if root is not None:
+            # containerd: a remapped snapshot's own dir belongs to the mapped root, so the
+            # user namespace's root can write its rootfs (the lowers are idmapped at mount)
+            os.lchown(fs, *root)
+        elif s.parent_ids:
             st = os.stat(self._upper(s.parent_ids[0]))
             os.lchown(fs, st.st_uid, st.st_gid)
         return True
 
     def _mounts(self, s: Snapshot) -> list[Mount]:
+        # containerd (remap-ids): the mapping labels become uidmap=/gidmap= options, which
+        # the mount code turns into idmapped lowerdirs (ctrd.snapshots.idmap)
+        remap = [f"{o}={s.labels[k]}" for o, k in (("uidmap", LABEL_UIDMAPPING),
+                                                     ("gidmap", LABEL_GIDMAPPING))
+                 if s.labels.get(k)]
         if not s.parent_ids:
             return [Mount("bind", self._upper(s.id),
-                          ["ro" if s.kind == Kind.VIEW else "rw", "rbind"])]
-        options = []
+                          remap + ["ro" if s.kind == Kind.VIEW else "rw", "rbind"])]
+        options = list(remap)
         if self.index_off:
             options.append("index=off")
         if self.userxattr:
@@ -165,6 +198,6 @@ class OverlaySnapshotter(DirSnapshotter):
         if s.kind == Kind.ACTIVE:
             options += [f"workdir={self._work(s.id)}", f"upperdir={self._upper(s.id)}"]
         elif len(s.parent_ids) == 1:
-            return [Mount("bind", self._upper(s.parent_ids[0]), ["ro", "rbind"])]
+            return [Mount("bind", self._upper(s.parent_ids[0]), remap + ["ro", "rbind"])]
         options.append("lowerdir=" + ":".join(self._upper(p) for p in s.parent_ids))
         return [Mount("overlay", "overlay", options)]

@@ -56,6 +56,7 @@ class Snapshot:
     id: str
     kind: Kind
     parent_ids: list[str] = field(default_factory=list)  # nearest parent first
+    labels: dict[str, str] = field(default_factory=dict)  # e.g. the uid/gid mapping labels
 
 
 def record_key(name: str) -> bytes:
@@ -207,7 +208,8 @@ def get_snapshot(t: Txn, key: str) -> Snapshot:
     kind = Kind(rec["kind"])
     if kind not in (Kind.ACTIVE, Kind.VIEW):
         raise FailedPrecondition(f"requested snapshot {key} not active or view")
-    return Snapshot(str(rec["id"]), kind, _parent_ids(t, rec.get("parent", "")))
+    return Snapshot(str(rec["id"]), kind, _parent_ids(t, rec.get("parent", "")),
+                    dict(rec.get("labels") or {}))
 
 
 def create_snapshot(t: Txn, kind: Kind, key: str, parent: str = "",
@@ -234,7 +236,7 @@ def create_snapshot(t: Txn, kind: Kind, key: str, parent: str = "",
         t.txn.put(_parent_key(prec["id"], sid), key.encode("utf-8", "surrogatepass"),
                   db=t.store.parents)
         parent_ids = _parent_ids(t, parent)
-    return Snapshot(str(sid), kind, parent_ids)
+    return Snapshot(str(sid), kind, parent_ids, dict(labels or {}))
 
 
 def remove(t: Txn, key: str) -> tuple[str, Kind]:

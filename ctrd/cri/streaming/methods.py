@@ -114,8 +114,3 @@ class StreamingMethods:
             ev.containers_statuses.append(resp.status)
         return ev
 
-    async def ListMetricDescriptors(self, request, context):
-        raise errdefs.NotImplemented_("ListMetricDescriptors is not implemented")
-
-    async def ListPodSandboxMetrics(self, request, context):
-        raise errdefs.NotImplemented_("ListPodSandboxMetrics is not implemented")

@@ -66,7 +66,21 @@ def _compact(options: list[str]) -> tuple[str, list[str]]:
 
 
 def mount(type_: str, source: str, options: list[str], target: str) -> None:
-    """Mount one containerd Mount at ``target``."""
+    """Mount one containerd Mount at ``target``. ``uidmap=``/``gidmap=`` options (a
+    user-namespaced pod's rootfs): an overlay is mounted on idmapped clones of its
+    lowerdirs (:mod:`ctrd.snapshots.idmap`); a bind (a layer-less snapshot, chowned to the
+    mapped root by the snapshotter) drops them."""
+    if any(o.startswith(("uidmap=", "gidmap=")) for o in options):
+        from ctrd.snapshots import idmap
+
+        options, uids, gids = idmap.split_options(list(options))
+        if type_ == "overlay":
+            lowers = idmap.IdmappedLowers(options, uids, gids, target + ".idmap")
+            try:
+                mount(type_, source, lowers.options, target)
+            finally:
+                lowers.release()
+            return
     chdir = ""
     if type_ == "overlay" and sum(len(o) + 1 for o in options) >= PAGE - 512:
         chdir, options = _compact(list(options))

@@ -119,7 +119,7 @@ _PREWARM = (
     "ctrd.runtime.shim.events", "ctrd.runtime.shim.log", "ctrd.runtime.shim.loop",
     "ctrd.runtime.shim.mount", "ctrd.runtime.shim.process", "ctrd.runtime.shim.reaper",
     "ctrd.runtime.shim.runtime", "ctrd.runtime.shim.server", "ctrd.runtime.shim.service",
-    "ctrd.runtime.shim.stdio", "ctrd.runtime.cgroups", "re",
+    "ctrd.runtime.shim.stdio", "ctrd.runtime.cgroups", "re", "ctrd.snapshots.idmap",
     "ctrd.api.cgroups.stats.v1.metrics_pb2", "ctrd.api.cgroups.v2.stats.metrics_pb2",
 )
 

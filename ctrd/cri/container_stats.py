@@ -1,0 +1,141 @@
+"""ContainerStats, ListContainerStats (and StreamContainerStats): figures read by the daemon
+straight from the cgroups (the container's cgroup from its spec's ``linux.cgroupsPath``) --
+no call into the shims, so a busy node's stats do not wake every shim; the writable layer is
+the snapshot's upper directory. Which fields are filled, and how, follows containerd 2.3.4
+(see :mod:`ctrd.cri.stats`), with two differences: ContainerStats fills ``usage_nano_cores``
+from the second sample on (containerd's single-container call never does; its list does), and
+containerd 2.3.4's background CPU collector (a sample per container every second, so even a
+first list call has a rate) is not there: ctrd's rate comes from the previous call's sample,
+as containerd's fallback computes it."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ctrd import errdefs
+from ctrd.cri import stats as cs
+from ctrd.cri import store as st
+
+
+def _u64(pb, v):
+    return pb.UInt64Value(value=v) if v is not None else None
+
+
+def _cpu(pb, c):
+    if c is None:
+        return None
+    return pb.CpuUsage(timestamp=c.timestamp,
+                       usage_core_nano_seconds=_u64(pb, c.usage_core_nano_seconds),
+                       usage_nano_cores=_u64(pb, c.usage_nano_cores))
+
+
+def _mem(pb, m):
+    if m is None:
+        return None
+    return pb.MemoryUsage(timestamp=m.timestamp, working_set_bytes=_u64(pb, m.working_set_bytes),
+                          available_bytes=_u64(pb, m.available_bytes),
+                          usage_bytes=_u64(pb, m.usage_bytes), rss_bytes=_u64(pb, m.rss_bytes),
+                          page_faults=_u64(pb, m.page_faults),
+                          major_page_faults=_u64(pb, m.major_page_faults))
+
+
+def _fs(pb, f):
+    if f is None:
+        return None
+    return pb.FilesystemUsage(timestamp=f.timestamp,
+                              fs_id=pb.FilesystemIdentifier(mountpoint=f.mountpoint),
+                              used_bytes=_u64(pb, f.used_bytes),
+                              inodes_used=_u64(pb, f.inodes_used))
+
+
+class ContainerStatsRPC:
+    """Mixed into RuntimeService (``self.rt``: the core). The CPU rate tracker is shared
+    with the pod stats (:mod:`sandbox_stats`)."""
+
+    _tracker: cs.CpuRateTracker | None = None
+
+    @property
+    def tracker(self) -> cs.CpuRateTracker:
+        if self._tracker is None:
+            self._tracker = cs.CpuRateTracker()
+        return self._tracker
+
+    def _container_stats_and_pids(self, meta: st.ContainerMeta, status: st.ContainerStatus):
+        """One container's stats message and its pids.current (blocking: cgroup reads, the
+        layer walk). A container without a running task reports its writable layer only."""
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+        from ctrd.cri import stats_sources as src
+
+        rt = self.rt
+        ts = cs.now_ns()
+        metrics = None
+        if status.state == st.RUNNING:
+            metrics = src.cgroup_metrics(src.container_cgroup(rt, meta.id))
+        layer = None
+        where = src.writable_layer_dir(rt, meta.id)
+        if where is not None:
+            try:
+                layer = cs.writable_layer_usage(*where)
+            except (errdefs.CtrdError, OSError):
+                layer = None  # removed meanwhile
+        if layer is None:
+            # containerd reports zeros when its snapshot usage cache has no entry
+            layer = cs.FilesystemUsage(ts, self._image_fs_root(), used_bytes=0, inodes_used=0)
+        stats = cs.container_stats(metrics, ts, self.tracker, meta.id, layer)
+        config = st.config_of(meta)
+        msg = pb.ContainerStats(
+            attributes=pb.ContainerAttributes(id=meta.id, metadata=config.metadata,
+                                              labels=config.labels,
+                                              annotations=config.annotations),
+            cpu=_cpu(pb, stats.cpu), memory=_mem(pb, stats.memory),
+            writable_layer=_fs(pb, stats.writable_layer))
+        return msg, cs.pids_current(metrics)
+
+    def _container_stats(self, meta: st.ContainerMeta, status: st.ContainerStatus):
+        return self._container_stats_and_pids(meta, status)[0]
+
+    def _image_fs_root(self) -> str:
+        try:
+            snap = self.rt.snapshotter()
+        except errdefs.CtrdError:
+            return ""
+        return str(getattr(getattr(snap, "backing", None), "root", "") or "")
+
+    async def ContainerStats(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+
+        meta, status = self.rt.records.container(request.container_id)
+        return pb.ContainerStatsResponse(
+            stats=await asyncio.to_thread(self._container_stats, meta, status))
+
+    async def ListContainerStats(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+
+        f = request.filter if request.HasField("filter") else None
+        chosen = []
+        for meta, status in list(self.rt.records.containers.values()):
+            if f is not None:
+                if f.id and not meta.id.startswith(f.id):
+                    continue
+                if f.pod_sandbox_id and not meta.sandbox_id.startswith(f.pod_sandbox_id):
+                    continue
+                if f.label_selector and not st.labels_match(
+                        f.label_selector, st.config_of(meta).labels):
+                    continue
+            chosen.append((meta, status))
+        out = await asyncio.gather(*(asyncio.to_thread(self._container_stats, m, s)
+                                     for m, s in chosen))
+        # samples of removed containers and pods go (the tracker stays bounded by the node)
+        self.tracker.retain(set(self.rt.records.containers) | set(self.rt.records.sandboxes))
+        return pb.ListContainerStatsResponse(stats=list(out))
+
+    async def StreamContainerStats(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+        from ctrd.cri.helpers import batches
+
+        req = pb.ListContainerStatsRequest()
+        if request.HasField("filter"):
+            req.filter.CopyFrom(request.filter)
+        stats = list((await self.ListContainerStats(req, context)).stats)
+        for part in batches(stats):
+            yield pb.StreamContainerStatsResponse(container_stats=part)

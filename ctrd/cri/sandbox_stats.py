@@ -1,0 +1,105 @@
+"""PodSandboxStats, ListPodSandboxStats (and StreamPodSandboxStats): the pod's cgroup (from its
+``cgroup_parent``), its network namespace's counters, and its containers' stats
+(:mod:`container_stats`), as containerd 2.3.4 fills them; a pod that is not READY is
+Unavailable (and skipped by the list)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from ctrd import errdefs
+from ctrd.cri import stats as cs
+from ctrd.cri import store as st
+from ctrd.cri.container_stats import _cpu, _mem, _u64
+
+
+def _iface(pb, i):
+    if i is None:
+        return None
+    return pb.NetworkInterfaceUsage(name=i.name, rx_bytes=_u64(pb, i.rx_bytes),
+                                    rx_errors=_u64(pb, i.rx_errors),
+                                    tx_bytes=_u64(pb, i.tx_bytes),
+                                    tx_errors=_u64(pb, i.tx_errors))
+
+
+class SandboxStatsRPC:
+    """Mixed into RuntimeService."""
+
+    def _sandbox_stats(self, meta: st.SandboxMeta, status: st.SandboxStatus):
+        """containerd 2.3.4's podSandboxStats: Unavailable unless the pod is ready; cpu and
+        memory of its cgroup parent (left out when it has none yet: in ctrd's no-pause mode
+        runc makes the directory with the first container), every interface of its netns
+        but ``lo``, its containers' stats, and their pids as the pod's process count."""
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+        from ctrd.cri import stats_sources as src
+
+        rt = self.rt
+        if status.state != st.SANDBOX_READY:
+            raise errdefs.Unavailable(f"failed to get pod sandbox stats since sandbox "
+                                      f"container {meta.id!r} is not in ready state")
+        config = rt.sandbox_config(meta)
+        ts = cs.now_ns()
+        metrics = src.pod_cgroup_metrics(config.linux.cgroup_parent)
+        network = None
+        if meta.netns and os.path.exists(meta.netns):
+            try:
+                network = cs.network_usage(meta.netns, timestamp=ts)
+            except (errdefs.CtrdError, OSError):
+                network = None
+        pairs = [self._container_stats_and_pids(m, s)
+                 for m, s in sorted(rt.records.containers_of(meta.id),
+                                    key=lambda c: c[0].created_at)]
+        ps = cs.sandbox_stats(metrics, ts, self.tracker, meta.id, None, [])
+        linux = pb.LinuxPodSandboxStats(cpu=_cpu(pb, ps.cpu), memory=_mem(pb, ps.memory),
+                                        containers=[m for m, _ in pairs])
+        if network is not None:
+            linux.network.CopyFrom(pb.NetworkUsage(
+                timestamp=network.timestamp,
+                default_interface=_iface(pb, network.default_interface),
+                interfaces=[_iface(pb, i) for i in network.interfaces]))
+        linux.process.CopyFrom(pb.ProcessUsage(
+            timestamp=ts, process_count=pb.UInt64Value(value=sum(p for _, p in pairs))))
+        return pb.PodSandboxStats(
+            attributes=pb.PodSandboxAttributes(id=meta.id, metadata=config.metadata,
+                                               labels=config.labels,
+                                               annotations=config.annotations),
+            linux=linux)
+
+    async def PodSandboxStats(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+
+        meta, status = self.rt.records.sandbox(request.pod_sandbox_id)
+        return pb.PodSandboxStatsResponse(
+            stats=await asyncio.to_thread(self._sandbox_stats, meta, status))
+
+    async def ListPodSandboxStats(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+
+        f = request.filter if request.HasField("filter") else None
+        chosen = []
+        for meta, status in list(self.rt.records.sandboxes.values()):
+            if f is not None:
+                if f.id and not meta.id.startswith(f.id):
+                    continue
+                if f.label_selector and not st.labels_match(
+                        f.label_selector, self.rt.sandbox_config(meta).labels):
+                    continue
+            if status.state != st.SANDBOX_READY:
+                continue  # containerd skips them (its podSandboxStats is Unavailable)
+            chosen.append((meta, status))
+        out = await asyncio.gather(*(asyncio.to_thread(self._sandbox_stats, m, s)
+                                     for m, s in chosen))
+        self.tracker.retain(set(self.rt.records.containers) | set(self.rt.records.sandboxes))
+        return pb.ListPodSandboxStatsResponse(stats=list(out))
+
+    async def StreamPodSandboxStats(self, request, context):
+        from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+        from ctrd.cri.helpers import batches
+
+        req = pb.ListPodSandboxStatsRequest()
+        if request.HasField("filter"):
+            req.filter.CopyFrom(request.filter)
+        stats = list((await self.ListPodSandboxStats(req, context)).stats)
+        for part in batches(stats):
+            yield pb.StreamPodSandboxStatsResponse(pod_sandbox_stats=part)

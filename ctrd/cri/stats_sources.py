@@ -1,0 +1,90 @@
+"""Where the CRI plugin's stats and metrics figures come from, per container and per pod.
+
+Shared by the stats RPCs (:mod:`ctrd.cri.container_stats`, :mod:`ctrd.cri.sandbox_stats`) and the metrics RPCs
+(:mod:`ctrd.cri.sandbox_metrics`). Each function takes the CRI core (``rt``, a
+:class:`ctrd.cri.core.CRIRuntime`) and blocks (file reads): call it from a thread.
+
+- a container's cgroup: ``linux.cgroupsPath`` of its OCI spec (ctrd reads cgroups itself
+  rather than asking the shim, so a stats call does not wake every shim);
+- a container's writable layer: the snapshot's upper directory (overlay) or bind source
+  (native), and the filesystem it lives on;
+- a pod's cgroup: its ``cgroup_parent``.
+
+Every function answers None (or an empty value) for "not there" -- a container that exited
+meanwhile, a snapshot removed -- and never raises for those: stats are best effort.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ctrd import errdefs
+from ctrd.cri.helpers import NAMESPACE
+
+
+def container_spec(rt, cid: str) -> dict | None:
+    """The container's OCI spec (a dict), None if the container record is gone."""
+    try:
+        c = rt.containers.get(NAMESPACE, cid)
+        return json.loads(c.spec.value)
+    except (errdefs.CtrdError, ValueError):
+        return None
+
+
+def container_cgroup(rt, cid: str, spec: dict | None = None):
+    """The container's :class:`ctrd.runtime.cgroups.Cgroup`, None without a cgroupsPath."""
+    from ctrd.runtime import cgroups
+
+    spec = container_spec(rt, cid) if spec is None else spec
+    path = ((spec or {}).get("linux") or {}).get("cgroupsPath", "")
+    if not path:
+        return None
+    try:
+        return cgroups.load_path(path)
+    except errdefs.CtrdError:
+        return None
+
+
+def cgroup_metrics(cg):
+    """``cg.metrics()`` or None when it cannot be read (gone, half removed)."""
+    if cg is None:
+        return None
+    try:
+        return cg.metrics()
+    except (errdefs.CtrdError, OSError, ValueError):
+        return None
+
+
+def pod_cgroup_metrics(cgroup_parent: str):
+    """The metrics of a pod's cgroup parent; None when it is empty, absent or unreadable
+    (in ctrd's no-pause mode the directory exists only once runc made a container's)."""
+    from ctrd.runtime import cgroups
+
+    if not cgroup_parent:
+        return None
+    try:
+        cg = cgroups.load_path(cgroup_parent)
+    except errdefs.CtrdError:
+        return None
+    if not cg.exists():
+        return None
+    return cgroup_metrics(cg)
+
+
+def writable_layer_dir(rt, cid: str) -> tuple[str, str] | None:
+    """(upper directory, image filesystem root) of the container's snapshot, or None."""
+    try:
+        snap = rt.snapshotter()
+        mounts = snap.mounts(NAMESPACE, cid)
+    except (errdefs.CtrdError, OSError):
+        return None
+    upper = next((o.split("=", 1)[1] for m in mounts for o in m.options
+                  if o.startswith("upperdir=")), None)
+    if upper is None:  # native snapshotter: the bind source is the layer
+        upper = next((m.source for m in mounts if m.type == "bind"), None)
+    if not upper or not os.path.isdir(upper):
+        return None
+    root = str(getattr(getattr(snap, "backing", None), "root", "")
+               or os.path.dirname(os.path.dirname(upper)))
+    return upper, root
