@@ -9,6 +9,8 @@ at StopPodSandbox; RemoveImage of an image in use as a volume succeeds and the v
 
 from __future__ import annotations
 
+import subprocess
+
 import grpc
 import pytest
 
@@ -247,3 +249,20 @@ def test_image_volume_survives_ctrd_restart_then_removal_cleans(vol):
     cri.remove_pod(sid)
     assert sid not in _leases(cri)
 
+
+
+def test_image_volume_dir_of_an_unknown_pod_released_at_start(cri):  # noqa: F811
+    """What a crash in the middle of RemovePodSandbox leaves (the pod's record gone, its
+    volume still mounted) is unmounted and removed when ctrd starts again."""
+    stale = _volumes_dir(cri) / ("f" * 64) / ("e" * 64)
+
+    def leave_a_volume():
+        stale.mkdir(parents=True)
+        subprocess.run(["mount", "-t", "tmpfs", "-o", "ro", "tmpfs", str(stale)], check=True)
+
+    try:
+        cri.restart(before_start=leave_a_volume)
+        assert mounts_under(_volumes_dir(cri)) == []
+        assert not stale.parent.exists()
+    finally:
+        subprocess.run(["umount", "-l", str(stale)], capture_output=True)

@@ -46,8 +46,8 @@ class ContainerCreate:
             pu = userns.container_userns(config, self.sandbox_config(smeta))
             # image volumes (Mount.image): checked, mounted, the mounts rewritten to binds
             image_mount.validate(config.mounts)
-            made = await asyncio.to_thread(self.image_volumes.prepare, smeta.id, config.mounts)
-            undo.append(lambda: self.image_volumes.release(smeta.id, made))
+            held = await asyncio.to_thread(self.image_volumes.prepare, smeta.id, config.mounts)
+            undo.append(lambda: self.release_image_volumes(smeta.id, held))
             snap = self.snapshotter()
             # The new snapshot is held by a lease until the container record references it
             # (containerd's client does the same): a GC in between would collect it.
@@ -84,6 +84,7 @@ class ContainerCreate:
             await asyncio.to_thread(self.containers.create, NAMESPACE, rec)
             await asyncio.to_thread(self._delete_lease, lease)
             self.records.add_container(meta, st.ContainerStatus(state=st.CREATED))
+            self.image_volumes.settle(smeta.id, held)  # the record names them now
             self._emit("created", id_, smeta.id)
             return id_
         except BaseException:

@@ -44,6 +44,7 @@ import logging
 import os
 import posixpath
 import stat
+import threading
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -55,6 +56,12 @@ IMAGE_VOLUME_DIR = "image-volumes"
 # containerd's crierrors.ErrImageVolumeMountFailed, which kubelets look for in the message
 MOUNT_FAILED = "ImageVolumeMountFailed"
 NAMESPACE = "k8s.io"
+# One volume is shared by a pod's containers: its mount/unmount and the check whether it is
+# mounted must not interleave (two creates of one pod, or a create and a removal).
+_LOCK = threading.RLock()
+# pod id -> volume path -> how many creates in flight use it (not yet in the records, so a
+# removal's release must count them: the kubelet's container GC runs beside its pod syncs)
+_HELD: dict[str, dict[str, int]] = {}
 
 
 def is_image_mount(m: Any) -> bool:
@@ -197,12 +204,34 @@ class ImageVolumes:
 
     def prepare(self, pod_id: str, mounts: Iterable[Any]) -> list[str]:
         """Mount the image volumes ``mounts`` ask for (CRI Mount messages, rewritten in place
-        to read-only binds of the volumes); returns the volume paths this call mounted (the
-        caller's undo passes them to :meth:`release`). On error, what this call made is
-        undone. Call :func:`validate` first."""
+        to read-only binds of the volumes) and hold them; returns the volume paths held, which
+        the caller passes to :meth:`settle` once its container is in the records (or has
+        failed: then it releases what no container uses). On error, what this call mounted is
+        undone and nothing is held. Call :func:`validate` first."""
+        with _LOCK:
+            used = self._prepare(pod_id, mounts)
+            held = _HELD.setdefault(pod_id, {})
+            for t in used:
+                held[t] = held.get(t, 0) + 1
+            return used
+
+    def settle(self, pod_id: str, held: Iterable[str]) -> None:
+        """Drop the holds :meth:`prepare` took."""
+        with _LOCK:
+            h = _HELD.get(pod_id, {})
+            for t in held:
+                if h.get(t, 0) > 1:
+                    h[t] -= 1
+                else:
+                    h.pop(t, None)
+            if not h:
+                _HELD.pop(pod_id, None)
+
+    def _prepare(self, pod_id: str, mounts: Iterable[Any]) -> list[str]:
         from ctrd.snapshots.mount import is_mountpoint, mount_all
 
         made: list[str] = []
+        used: list[str] = []
         try:
             for m in mounts:
                 if not is_image_mount(m):
@@ -232,6 +261,7 @@ class ImageVolumes:
                     except OSError as e:
                         raise _failed(errdefs.CtrdError, f"failed to mount image volume "
                                                          f"component {target!r}: {e}") from e
+                used.append(target)
                 path = target
                 if m.image_sub_path:
                     path = resolve_sub_path(target, m.image_sub_path,
@@ -240,11 +270,15 @@ class ImageVolumes:
         except BaseException:
             self.release(pod_id, made)
             raise
-        return made
+        return used
 
     def release(self, pod_id: str, targets: Iterable[str]) -> None:
         """Unmount volumes ``targets`` (paths under the pod's dir), remove their snapshots and
         directories. Safe on what is already gone."""
+        with _LOCK:
+            self._release(pod_id, list(targets))
+
+    def _release(self, pod_id: str, targets: list[str]) -> None:
         from ctrd.snapshots.mount import unmount_all
 
         for target in targets:
@@ -280,13 +314,17 @@ class ImageVolumes:
 
     def release_unused(self, pod_id: str, in_use: Iterable[str]) -> None:
         """Release the pod's volumes that no path of ``in_use`` (the ``host_path`` of the
-        pod's remaining containers' image mounts) lies in."""
-        used = set()
+        pod's remaining containers' image mounts) lies in and no create in flight holds."""
+        with _LOCK:
+            self._release_unused(pod_id, list(in_use))
+
+    def _release_unused(self, pod_id: str, in_use: list[str]) -> None:
+        used = set(_HELD.get(pod_id, {}))
         for p in in_use:
             for v in self.volumes(pod_id):
                 if p == v or p.startswith(v + "/"):
                     used.add(v)
-        self.release(pod_id, [v for v in self.volumes(pod_id) if v not in used])
+        self._release(pod_id, [v for v in self.volumes(pod_id) if v not in used])
 
     def cleanup(self, pod_id: str, delete_lease: bool = False) -> None:
         """Release every volume of the pod (containerd's cleanupImageMounts at StopPodSandbox)
@@ -320,10 +358,12 @@ class ContainerImageMounts:
     def image_volumes(self) -> ImageVolumes:
         return ImageVolumes(self.md, self.state, self.snapshotter_name, self.images.find)
 
-    def release_image_volumes(self, pod_id: str) -> None:
-        """Release the pod's image volumes that none of its remaining containers mounts."""
+    def release_image_volumes(self, pod_id: str, held: Iterable[str] = ()) -> None:
+        """Drop ``held`` (a failed create's holds), then release the pod's image volumes
+        that none of its remaining containers mounts."""
         from ctrd.cri import store as st
 
+        self.image_volumes.settle(pod_id, held)
         paths = [p for c, _ in self.records.containers_of(pod_id)
                  for p in image_mount_paths(st.config_of(c).mounts)]
         self.image_volumes.release_unused(pod_id, paths)
