@@ -35,9 +35,10 @@ class ContainerRemove:
             await asyncio.to_thread(self.snapshotter().remove, NAMESPACE, meta.id)
         except errdefs.NotFound:
             pass
+        self.attach_io.close(meta.id)
         # idmapped volume clones detached first: the tree below holds them
         await asyncio.to_thread(userns.release_volumes, userns.volumes_dir(self.state, meta.id))
-        rmtree(os.path.join(self.state, "containers", meta.id))  # the stdin FIFO's dir
+        rmtree(os.path.join(self.state, "containers", meta.id))  # the stdio FIFOs' dir
         self.records.remove_container(meta.id)
         await asyncio.to_thread(self.release_image_volumes, meta.sandbox_id)
         self._exited.pop(meta.id, None)

@@ -49,6 +49,9 @@ class ContainerStart:
             os.makedirs(os.path.dirname(stdin), mode=0o700, exist_ok=True)
             if not os.path.exists(stdin):
                 os.mkfifo(stdin, 0o600)
+        if not meta.log_path:  # no log file to follow: attach reads the output's FIFOs
+            relay = self.attach_io.open(meta.id, config.tty)
+            stdout, stderr = relay.stdout_path, relay.stderr_path
         mounts = await asyncio.to_thread(self.snapshotter().mounts, NAMESPACE, meta.id)
         options = None
         if c.runtime.options is not None:
@@ -70,6 +73,7 @@ class ContainerStart:
                 await self.manager.delete(NAMESPACE, meta.id)
                 raise
         except errdefs.CtrdError as e:
+            self.attach_io.close(meta.id)
             self.records.update_container(meta.id, state=st.EXITED, finished_at=now_ns(),
                                           exit_code=128, reason="StartError",
                                           message=str(e))

@@ -66,6 +66,9 @@ class CRIState:
         self._inflight: dict[str, asyncio.Future] = {}  # name -> its create in flight
         self._sandbox_pull: asyncio.Future | None = None  # the sandbox image's pull
         self._puller = None  # an ImageService for that pull (built on first use)
+        from ctrd.cri.streaming.attach_io import Relays
+
+        self.attach_io = Relays(state)  # log-less containers' output, for attach
         self._features: dict[str, Any] = {}  # handler name -> its probed features
 
     def subscribe_container_events(self, maxsize: int = 1000) -> asyncio.Queue:

@@ -132,6 +132,7 @@ class Restart:
             if status.state in (st.RUNNING, st.UNKNOWN):
                 # still watched: its shim may answer later
                 self.records.update_container(id_, state=st.RUNNING)
+                self.attach_io.reopen(id_)
                 self._monitor(id_, task)
             return
         if ts.status == task_pb2.CREATED:
@@ -156,6 +157,7 @@ class Restart:
                 # died after the task's start, before the status was written
                 changes.update(pid=ts.pid, started_at=now_ns(), exit_code=0, reason="")
             self.records.update_container(id_, **changes)
+            self.attach_io.reopen(id_)
             self._monitor(id_, task)
 
     async def _delete_task(self, id_: str) -> None:

@@ -5,11 +5,14 @@
   stderr read into the client (a TTY exec has stdout only; resizes go to ResizePty). The exit
   status comes from Wait; the process is deleted afterwards and its FIFOs removed. A client
   that goes away gets its process killed (containerd's execInternal does the same).
-- attach: the container's main process. Output follows the container's CRI log file from its
-  end at attach time (the shim writes it; lines ``<ts> <stdout|stderr> <P|F> <text>``), input
-  goes to the container's stdin FIFO (made at start when the container config has stdin);
-  with stdin_once the first attach's stdin EOF closes the container's stdin. The session ends
-  when the container stops or the client goes.
+- attach: the container's main process. Output from attach time on: with a log file,
+  followed from its end (the shim writes it; lines ``<ts> <stdout|stderr> <P|F> <text>``);
+  without one, from the output FIFOs the daemon reads (:mod:`.attach_io`). Input goes to the
+  container's stdin FIFO (made at start when the container config has stdin). At the
+  client's stdin EOF, ``stdin_once`` without a tty closes the container's stdin and the
+  session lasts until the container stops; otherwise the client detaches (the session ends,
+  the container's stdin stays open). The session also ends when the container stops or the
+  client goes.
 - port-forward: a TCP connection to 127.0.0.1:<port> (then [::1]) made inside the pod's
   network namespace (the socket is created there, :func:`ctrd.cri.netns.run_in_ns`), copied
   both ways with half-closes passed on.
@@ -144,6 +147,28 @@ async def _cancel(*tasks) -> None:
         t.cancel()
     if live:
         await asyncio.gather(*live, return_exceptions=True)
+
+
+async def _drain(src) -> None:
+    """Read a client channel nobody uses to its EOF (so it never fills the session)."""
+    while await src.read():
+        pass
+
+
+async def _relay_out(sub, s: Streams) -> None:
+    """A log-less container's output (:mod:`.attach_io`) into the client's stdout/stderr
+    until it ended; a client that went away ends it."""
+    while True:
+        item = await sub.get()
+        if item is None:
+            return
+        stream, data = item
+        dst = s.stdout if (stream == "stdout" or s.tty) else s.stderr
+        if dst is not None:
+            try:
+                await dst.write(data)
+            except ConnectionError:
+                return
 
 
 def parse_cri_log_line(line: bytes) -> tuple[str, bytes] | None:
@@ -290,18 +315,31 @@ class CRIBackend:
     # --- attach ---------------------------------------------------------------------------
 
     async def attach(self, req, s: Streams) -> None:
-
+        """containerd's ContainerIO.Attach: output from now on until it ends (the container
+        stopped) or the client goes; the client's stdin (when the container has one) goes
+        to the container's stdin FIFO. At the client's stdin EOF (SPDY FIN, v5 close
+        signal): with ``stdin_once`` and no tty the container's stdin is closed (CloseIO) and
+        the output still flows until the container stops; otherwise the client detaches --
+        the session ends and the container's stdin stays open for the next attach."""
         meta, task = self._running(req.container_id)
         config = st.config_of(meta)
-        events = self.rt.subscribe_container_events()
+        if s.stdout is None and s.stderr is None and not (s.stdin is not None and config.stdin):
+            return None  # nothing to copy either way (containerd returns at once too)
+        relay = None if meta.log_path else self.rt.attach_io.get(meta.id)
+        sub = relay.subscribe() if relay is not None else None
+        events = self.rt.subscribe_container_events() if sub is None else None
         extra: list[asyncio.Task] = []
         writer = None
         try:
-            stopped = asyncio.Event()
-            if self.rt.records.container(meta.id)[1].state != st.RUNNING:
-                stopped.set()
-            extra.append(asyncio.ensure_future(self._watch_stop(events, meta.id, stopped)))
-            follow = asyncio.ensure_future(self._follow_log(meta.log_path, s, stopped))
+            if sub is not None:
+                output = asyncio.ensure_future(_relay_out(sub, s))
+            else:
+                stopped = asyncio.Event()
+                if self.rt.records.container(meta.id)[1].state != st.RUNNING:
+                    stopped.set()
+                extra.append(asyncio.ensure_future(self._watch_stop(events, meta.id, stopped)))
+                output = asyncio.ensure_future(self._follow_log(meta.log_path, s, stopped))
+            ends = {output}
             if s.stdin is not None and config.stdin:
                 try:
                     fd = os.open(stdin_fifo(self.rt.state, meta.id),
@@ -309,25 +347,37 @@ class CRIBackend:
                 except OSError as e:
                     raise errdefs.FailedPrecondition(f"container stdin: {e.strerror}") from None
                 writer = FdWriter(fd)
-                extra.append(asyncio.ensure_future(
-                    self._pump_in(s.stdin, writer, task, "", close_io=config.stdin_once)))
+                once = config.stdin_once and not s.tty
+                stdin = asyncio.ensure_future(
+                    self._pump_in(s.stdin, writer, task, "", close_io=once))
+                if once:
+                    extra.append(stdin)  # the output goes on until the container stops
+                else:
+                    ends.add(stdin)      # stdin EOF: the client detaches
+                if s.stdout is None and s.stderr is None:
+                    ends = {stdin}
+            elif s.stdin is not None:  # the container has no stdin: the client's is dropped
+                extra.append(asyncio.ensure_future(_drain(s.stdin)))
             if s.resize is not None:
                 extra.append(asyncio.ensure_future(_resize_loop(
                     s.resize, lambda w, h: task.resize_pty("", w, h))))
             gone = asyncio.ensure_future(s.gone.wait())
             try:
-                await asyncio.wait({follow, gone}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(ends | {gone}, return_when=asyncio.FIRST_COMPLETED)
             finally:
                 gone.cancel()
-                await _cancel(follow)
-            if follow.done() and not follow.cancelled() and follow.exception() is not None:
-                raise follow.exception()
+                await _cancel(*ends)
+            if output.done() and not output.cancelled() and output.exception() is not None:
+                raise output.exception()
             return None
         finally:
             await _cancel(*extra)
             if writer is not None:
                 writer.close()
-            self.rt.unsubscribe_container_events(events)
+            if sub is not None:
+                relay.unsubscribe(sub)
+            if events is not None:
+                self.rt.unsubscribe_container_events(events)
 
     @staticmethod
     async def _watch_stop(events: asyncio.Queue, container_id: str,

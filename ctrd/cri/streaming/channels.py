@@ -5,7 +5,9 @@
   half-close with FIN.
 - :class:`WsSession`: WebSocket (the ``websockets`` package's sans-I/O
   ``ServerProtocol``) -- channels are the first byte of each message (the base64 protocols:
-  an ASCII digit, then base64 text); v5 adds a close signal (255, channel).
+  an ASCII digit, then base64 text); v5 adds a close signal (255, channel). Protocol
+  errors (bad framing, a message over the size limit, a bad close signal) fail the
+  connection with a close frame and end the session like a peer that went away.
 
 Both give the protocol handlers the same two shapes: :class:`InChannel` (``await read()``,
 ``b""`` at EOF) and an output with ``await write(data)`` and ``await close()``. Lifecycle:
@@ -315,13 +317,17 @@ class WsSession(_Session):
     channel numbers the client may write (others are dropped, as wsstream does)."""
 
     def __init__(self, reader, writer, protocol, subprotocol: str, inputs: list[int],
-                 idle_timeout: float = 0.0) -> None:
+                 idle_timeout: float = 0.0, channels: int = 0) -> None:
         super().__init__(reader, writer, idle_timeout)
         self.proto = protocol
         self.subprotocol = subprotocol
         self.base64 = "base64" in subprotocol
         self.stream_close = subprotocol == "v5.channel.k8s.io"
         self.inputs = {n: InChannel(self._space_freed) for n in inputs}
+        # how many channels the protocol has (a v5 close signal for another one is a
+        # protocol error, as in wsstream); 0: one past the highest input
+        self.channels = channels or (max(inputs) + 1 if inputs else 0)
+        self.failure = ""  # why the session was failed (a protocol error), "" if it was not
         self._partial: list[bytes] | None = None
         self._partial_text = False
 
@@ -347,7 +353,12 @@ class WsSession(_Session):
         await self._drain()
 
     async def run(self) -> None:
+        """Read messages until the peer closed, went away, or broke the protocol: a bad
+        frame (the websockets library fails the connection: 1002, 1007, 1009 for a message
+        over the size limit) or a bad v5 close signal (failed here with 1002); the failure
+        ends the session like a client that went away."""
         from websockets.frames import Opcode
+        from websockets.protocol import State
 
         try:
             while True:
@@ -371,7 +382,20 @@ class WsSession(_Session):
                     if fr.fin and self._partial is not None:
                         msg = b"".join(self._partial)
                         self._partial = None
-                        self._message(msg, self._partial_text)
+                        err = self._message(msg, self._partial_text)
+                        if err:
+                            log.debug("WebSocket protocol error from the client: %s", err)
+                            self.failure = err
+                            self.proto.fail(1002, err[:120])
+                            closed = True
+                            break
+                if self.proto.state is not State.OPEN and not self._closing and not closed:
+                    sent = self.proto.close_sent
+                    self.failure = self.failure or (
+                        f"connection failed: {sent.code} {sent.reason}" if sent is not None
+                        else "connection failed")
+                    log.debug("WebSocket session: %s", self.failure)
+                    closed = True
                 self.flush()
                 if closed:
                     break
@@ -380,24 +404,32 @@ class WsSession(_Session):
         finally:
             self._lost()
 
-    def _message(self, msg: bytes, text: bool) -> None:
+    def _message(self, msg: bytes, text: bool) -> str:
+        """Route one message (wsstream's rules); a protocol error's text, else ""."""
         if not msg:
-            return
+            return ""
         if self.stream_close and msg[0] == STREAM_CLOSE:
-            if len(msg) == 2 and msg[1] in self.inputs:
+            if len(msg) != 2:
+                return (f"a stream close signal carries one channel byte, got "
+                        f"{len(msg) - 1}")
+            if msg[1] >= self.channels:
+                return f"a stream close signal for channel {msg[1]}, which does not exist"
+            if msg[1] in self.inputs:
                 self.inputs[msg[1]].feed_eof()
-            return
+            return ""
         n = msg[0]
         data = msg[1:]
         if self.base64:
             n -= ord("0")
             try:
-                data = base64.b64decode(data, validate=False)
+                data = base64.b64decode(data, validate=True)
             except ValueError:
-                return
+                log.debug("dropped a message on channel %d: bad base64", n)
+                return ""  # wsstream logs it and goes on
         ch = self.inputs.get(n)
         if ch is not None:
             ch.feed(data)
+        return ""  # channels that do not exist or are not inputs: dropped, as wsstream does
 
     async def aclose(self, code: int = 1000, reason: str = "") -> None:
         if self._closing:

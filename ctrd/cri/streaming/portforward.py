@@ -171,7 +171,7 @@ class _WsPortStream:
 async def serve_ws(reader, writer, proto, subprotocol: str, sandbox_id: str,
                    ports: list[int], forward: Forwarder, idle_timeout: float) -> None:
     sess = WsSession(reader, writer, proto, subprotocol, [2 * i for i in range(len(ports))],
-                     idle_timeout)
+                     idle_timeout, channels=2 * len(ports))
     runner = asyncio.ensure_future(sess.run())
 
     async def one(i: int, port: int) -> None:

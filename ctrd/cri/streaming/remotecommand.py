@@ -12,10 +12,22 @@ The server waits (the stream creation timeout) for the streams the request asked
 stdin/stdout/stderr as set, resize with a tty (v3+). Then the backend runs; at the end the
 status goes to the error stream, every stream is half-closed, the session closed.
 
-WebSocket (subprotocol): channels are message prefixes 0 stdin, 1 stdout, 2 stderr, 3 error,
-4 resize; ``base64.*`` variants send text; ``v4.*``/``v5`` report a Status JSON, others text;
-``v5.channel.k8s.io`` lets the client close stdin with (255, 0). The server first sends an
-empty message on the lowest writable channel (stdout, else stderr, else error).
+WebSocket (subprotocol, the client's first one the server knows; none offered: ""):
+channels are message prefixes 0 stdin, 1 stdout, 2 stderr, 3 error, 4 resize; ``base64.*``
+variants send text (an ASCII digit, then base64; a message that is not base64 is dropped);
+``v4.*``/``v5`` report a Status JSON, others text. ``v5.channel.k8s.io`` lets the client
+half-close a channel with (255, n) -- stdin's EOF, which ends an exec's input and detaches
+an attach; a close signal of another length or for a channel past 4 fails the connection
+(wsstream ends it too). Messages for other channels, or for stdin/resize when not asked for,
+are dropped. The server first sends an empty message on the lowest writable channel (stdout,
+else stderr, else error). A client that breaks the framing or sends a message over the
+server's limit gets the connection failed (1002/1009), and the session ends as if it had
+gone away (an exec's process is killed).
+
+containerd 2.3.4's embedded kubelet streaming server offers "", ``channel.k8s.io``,
+``base64.channel.k8s.io``, ``v4.channel.k8s.io`` and ``v4.base64.channel.k8s.io`` on
+WebSocket; ctrd also serves ``v5.channel.k8s.io`` (what kubectl speaks to an API server),
+so a client offering v5 first gets v5 here where containerd would pick its next offer.
 
 The backend is ``async fn(streams: Streams) -> int | None`` (an exit code for exec, None for
 attach); it must return soon after ``streams.gone`` is set (the client went away).
@@ -116,15 +128,42 @@ def encode_status(status: dict, structured: bool) -> bytes:
     return status.get("message", "").encode()
 
 
+RESIZE_VALUE_LIMIT = 4096  # bytes of one resize JSON value still being waited for
+
+
+def parse_size(obj) -> TerminalSize | None:
+    """A resize value as the kubelet decodes it (Go's encoding/json into ``{Width, Height
+    uint16}``: names matched case-insensitively, the exact one first; a missing or null
+    field is 0, unknown ones ignored); None for anything else."""
+    if not isinstance(obj, dict):
+        return None
+    dims = []
+    for k in ("Width", "Height"):
+        v = obj[k] if k in obj else next(
+            (obj[x] for x in obj if isinstance(x, str) and x.lower() == k.lower()), None)
+        if v is None:
+            v = 0
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 0xFFFF:
+            return None
+        dims.append(v)
+    return TerminalSize(*dims)
+
+
 async def _resize_pump(ch, out: asyncio.Queue) -> None:
     """Decode the resize channel's JSON objects (concatenated, as Go's json.Decoder reads
-    them) into TerminalSize items; stops at EOF or at the first bad value."""
+    them) into TerminalSize items until EOF. After the first bad value (not JSON, not an
+    object of uint16 sizes, or more than RESIZE_VALUE_LIMIT bytes) resizing stops, as in the
+    kubelet, and what else comes on the channel is read and dropped (never left to fill the
+    session's buffers)."""
     dec = json.JSONDecoder()
     buf = ""
+    broken = False
     while True:
         data = await ch.read()
         if not data:
             return
+        if broken:
+            continue
         buf += data.decode("utf-8", "replace")
         while True:
             buf = buf.lstrip()
@@ -132,20 +171,23 @@ async def _resize_pump(ch, out: asyncio.Queue) -> None:
                 break
             try:
                 obj, end = dec.raw_decode(buf)
-            except json.JSONDecodeError:
-                if len(buf) > 4096:
-                    return
+            except json.JSONDecodeError as e:
+                incomplete = (e.pos >= len(buf)
+                              or e.msg.startswith("Unterminated string"))
+                if not incomplete or len(buf) > RESIZE_VALUE_LIMIT:
+                    broken = True  # garbage, not an incomplete value
                 break  # incomplete: wait for more
             buf = buf[end:]
-            if not isinstance(obj, dict):
-                return
-            try:
-                size = TerminalSize(int(obj.get("Width", 0)), int(obj.get("Height", 0)))
-            except (TypeError, ValueError):
-                return
+            size = parse_size(obj)
+            if size is None:
+                broken = True
+                break
             if out.full():
                 out.get_nowait()
             out.put_nowait(size)
+        if broken:
+            log.debug("resize channel: bad value; resizing stops")
+            buf = ""
 
 
 async def _run_backend(backend: Backend, streams: Streams, what: str) -> dict:
@@ -246,8 +288,11 @@ async def serve_spdy(reader, writer, initial: bytes, protocol: str, opts: Option
 async def serve_ws(reader, writer, proto, subprotocol: str, opts: Options, backend: Backend,
                    what: str, idle_timeout: float) -> None:
     """Run one exec/attach session on an accepted WebSocket."""
-    inputs = ([STDIN] if opts.stdin else []) + [RESIZE]
-    sess = WsSession(reader, writer, proto, subprotocol, inputs, idle_timeout)
+    # what comes on a channel nobody reads is dropped (kept, it would fill the session's
+    # buffers and stop the socket's reads): resize is an input with a tty only
+    inputs = ([STDIN] if opts.stdin else []) + ([RESIZE] if opts.tty else [])
+    sess = WsSession(reader, writer, proto, subprotocol, inputs, idle_timeout,
+                     channels=RESIZE + 1)
     runner = asyncio.ensure_future(sess.run())
     try:
         first = STDOUT if opts.stdout else STDERR if opts.stderr else ERROR

@@ -40,6 +40,10 @@ STREAM_CREATION_TIMEOUT = 30.0  # kubelet's DefaultStreamCreationTimeout
 IDLE_TIMEOUT = 4 * 3600.0       # containerd's stream_idle_timeout default
 HEADER_LIMIT = 64 * 1024
 HEADER_TIMEOUT = 30.0
+# The largest WebSocket message taken (bigger: the connection is failed with 1009). The
+# kubelet's x/net/websocket takes 32 MiB; 4 MiB keeps one client's buffered message small,
+# and client-go writes stdin in 32 KiB messages.
+WS_MAX_MESSAGE = 4 << 20
 
 
 class Backend(Protocol):
@@ -341,7 +345,7 @@ class StreamingServer:
         offered = req.header_list("Sec-WebSocket-Protocol")
         chosen = _negotiate(offered, protocols)
         proto = ServerProtocol(select_subprotocol=lambda _p, _offered: chosen or None,
-                               max_size=4 << 20)
+                               max_size=WS_MAX_MESSAGE)
         proto.receive_data(req.raw)
         events = proto.events_received()
         if not events:
