@@ -47,6 +47,8 @@ file name away). Each RPC module holds that call's core (a mixin of
 - :mod:`spec`, :mod:`seccomp` -- the OCI specs of a pod's containers and of its pause / pod init;
 - :mod:`images`, :mod:`image_service`, :mod:`registry` -- image references as the kubelet
   sees them, the ImageService, pulls through ctrd's pull with the CRI registry config;
+- :mod:`image_mount` -- image volumes (``Mount.image``, ``image_sub_path``): a pod's read-only
+  views of its images, held by the pod's lease, bound into its containers;
 - :mod:`execio`  -- ExecSync's output capture;
 - :mod:`streaming` -- the streaming server (exec/attach/port-forward over SPDY and WebSocket)
   and the Exec/Attach/PortForward/GetContainerEvents calls.

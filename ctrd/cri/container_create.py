@@ -9,7 +9,7 @@ import asyncio
 import os
 
 from ctrd import errdefs
-from ctrd.cri import identity, stop_signal, userns
+from ctrd.cri import identity, image_mount, stop_signal, userns
 from ctrd.cri import store as st
 from ctrd.cri.helpers import NAMESPACE, cri_pb, filter_labels, log, new_id, now_ns
 
@@ -51,6 +51,10 @@ class ContainerCreate:
                 raise errdefs.NotFound(f"failed to resolve image {errdefs.quote(ref)}")
             _, handler = self.handler(smeta.runtime_handler)
             pu = userns.container_userns(config, self.sandbox_config(smeta))
+            # image volumes (Mount.image): checked, mounted, the mounts rewritten to binds
+            image_mount.validate(config.mounts)
+            held = await asyncio.to_thread(self.image_volumes.prepare, smeta.id, config.mounts)
+            undo.append(lambda: self.release_image_volumes(smeta.id, held))
             snap = self.snapshotter()
             # The new snapshot is held by a lease until the container record references it
             # (containerd's client does the same): a GC in between would collect it.
@@ -87,6 +91,7 @@ class ContainerCreate:
             await asyncio.to_thread(self.containers.create, NAMESPACE, rec)
             await asyncio.to_thread(self._delete_lease, lease)
             self.records.add_container(meta, st.ContainerStatus(state=st.CREATED))
+            self.image_volumes.settle(smeta.id, held)  # the record names them now
             self._emit("created", id_, smeta.id)
             return id_
         except BaseException:
@@ -118,11 +123,18 @@ class ContainerCreate:
             # pod's namespaces).
             return cri_spec.container_spec(
                 id_, config, sandbox_config, image.config, sandbox, rootfs, self.config,
-                handler, image_name=config.image.image,
+                handler, image_name=image_annotation_name(config, image),
                 sysctls=None if smeta.pause == "image" else cri_spec.pod_sysctls(
                     sandbox_config),
                 rro_supported=self.handler_features(handler_name, handler)
                 .recursive_read_only_mounts)
+
+
+def image_annotation_name(config, image) -> str:
+    """The ``io.kubernetes.cri.image-name`` annotation, as containerd 2.3: the kubelet's
+    ``user_specified_image`` when given, else the image's first name (containerd's
+    ``References[0]``, its names sorted)."""
+    return config.image.user_specified_image or min(image.names, default=config.image.image)
 
 
 class ContainerCreateRPC:

@@ -40,6 +40,7 @@ class ContainerRemove:
         await asyncio.to_thread(userns.release_volumes, userns.volumes_dir(self.state, meta.id))
         rmtree(os.path.join(self.state, "containers", meta.id))  # the stdio FIFOs' dir
         self.records.remove_container(meta.id)
+        await asyncio.to_thread(self.release_image_volumes, meta.sandbox_id)
         self._exited.pop(meta.id, None)
         self._emit("deleted", meta.id, meta.sandbox_id)
 

@@ -17,9 +17,12 @@ class ContainerStatusRPC:
     def _container_fields(self, meta: st.ContainerMeta, status: st.ContainerStatus):
         pb = cri_pb()
         config = st.config_of(meta)
+        # containerd: the ImageSpec as the kubelet sent it (user_specified_image included);
+        # image_ref and image_id the image id (config digest) the container was made from
         return config, dict(id=meta.id, metadata=config.metadata,
-                            image=pb.ImageSpec(image=config.image.image),
-                            image_ref=meta.image_ref, state=status.state,
+                            image=pb.ImageSpec.FromString(config.image.SerializeToString()),
+                            image_ref=meta.image_ref, image_id=meta.image_ref,
+                            state=status.state,
                             created_at=meta.created_at, labels=config.labels,
                             annotations=config.annotations)
 
@@ -27,6 +30,8 @@ class ContainerStatusRPC:
         pb = cri_pb()
         meta, status = self.rt.records.container(request.container_id)
         config, fields = self._container_fields(meta, status)
+        # containerd: the image's first repo tag (user_specified_image not kept) and repo
+        # digest when the image is still there; image_id stays the config digest
         image = await asyncio.to_thread(self.rt.images.find, meta.image_ref)
         if image is not None:
             if image.repo_tags:

@@ -23,6 +23,7 @@ from ctrd.cri.container_start import ContainerStart
 from ctrd.cri.container_stop import ContainerStop
 from ctrd.cri.container_update import ContainerUpdate
 from ctrd.cri.helpers import NAMESPACE, RUNC_OPTIONS_TYPE, SPEC_TYPE, cri_pb, now_ns
+from ctrd.cri.image_mount import ContainerImageMounts
 from ctrd.cri.podsandbox import PodProcess
 from ctrd.cri.restart import Restart
 from ctrd.cri.runtime_status_core import RuntimeStatusCore
@@ -319,6 +320,7 @@ class CRIRuntime(CRIState, RuntimeStatusCore, SandboxRun, PodProcess, SandboxSto
                  SandboxRemove, SandboxStatusCore, SandboxList, SandboxUpdateResources,
                  ContainerCreate,
                  ContainerStart, ContainerStop, ContainerRemove, ContainerList,
-                 ContainerUpdate, ContainerLogReopen, ContainerExec, Restart):
+                 ContainerUpdate, ContainerLogReopen, ContainerExec, Restart,
+                 ContainerImageMounts):
     """The CRI core: pod sandboxes and containers over ctrd's metadata, snapshotters and task
     manager (state in :class:`CRIState`, each RPC's work in the mixin of its module)."""

@@ -177,6 +177,10 @@ class Restart:
                 log.info("removing orphaned sandbox dir %s", name)
                 unmount_shm(os.path.join(d, name))
                 rmtree(os.path.join(d, name))
+        volumes = self.image_volumes
+        for name in volumes.orphans(sandboxes):
+            log.info("removing orphaned image volumes of sandbox %s", name)
+            volumes.cleanup(name, delete_lease=True)
         # idmapped volume clones of containers that never got a record (a crash mid-create)
         from ctrd.cri import userns
 

@@ -32,6 +32,7 @@ class SandboxRemove:
         await asyncio.to_thread(self._delete_record, meta.id)
         if meta.snapshot_key:
             await asyncio.to_thread(self._remove_snapshot, meta.snapshot_key)
+        await asyncio.to_thread(self.image_volumes.cleanup, meta.id, True)  # and its lease
         self.records.remove_sandbox(meta.id)
         self._exited.pop(meta.id, None)
         if not self.records.sandboxes:

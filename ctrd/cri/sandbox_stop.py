@@ -35,6 +35,7 @@ class SandboxStop:
                                    ("user", meta.userns)) if p}
         if paths:
             await asyncio.to_thread(self._drop_namespaces, paths)
+        await asyncio.to_thread(self.image_volumes.cleanup, meta.id)  # containerd: at stop
         self.records.update_sandbox(meta.id, state=st.SANDBOX_NOTREADY)
 
     async def _teardown_network(self, meta: st.SandboxMeta, config) -> None:

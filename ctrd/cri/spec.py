@@ -394,9 +394,9 @@ class MountRequest:
     def from_cri(cls, m: Any) -> MountRequest:
         if m.uidMappings or m.gidMappings:
             raise InvalidArgument(f"mount {m.container_path!r}: idmap mounts are not supported")
-        if m.HasField("image") and m.image.image:
-            raise InvalidArgument(f"mount {m.container_path!r}: image volumes are not "
-                                  "supported")
+        if m.HasField("image") and m.image.image and not m.host_path:
+            # ctrd.cri.image_mount mounts the image and sets host_path before the spec
+            raise InvalidArgument(f"mount {m.container_path!r}: image volume not mounted")
         return cls(m.container_path, m.host_path, m.readonly, m.propagation,
                    m.recursive_read_only)
 
