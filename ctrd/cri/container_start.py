@@ -38,7 +38,9 @@ class ContainerStart:
             raise errdefs.Unknown(f"sandbox container {errdefs.quote(smeta.id)} is not running")
         from ctrd.runtime.manager import CreateOpts
 
-        c = await asyncio.to_thread(self.containers.get, NAMESPACE, meta.id)
+        # single-record LMDB reads on the loop: they never wait for a writer, and a thread
+        # hop costs more than the read (as the containerd services' Get calls do)
+        c = self.containers.get(NAMESPACE, meta.id)
         config = st.config_of(meta)
         if meta.log_path:
             os.makedirs(os.path.dirname(meta.log_path), exist_ok=True)
@@ -54,7 +56,7 @@ class ContainerStart:
         if not meta.log_path:  # no log file to follow: attach reads the output's FIFOs
             relay = self.attach_io.open(meta.id, config.tty)
             stdout, stderr = relay.stdout_path, relay.stderr_path
-        mounts = await asyncio.to_thread(self.snapshotter().mounts, NAMESPACE, meta.id)
+        mounts = self.snapshotter().mounts(NAMESPACE, meta.id)
         options = None
         if c.runtime.options is not None:
             from google.protobuf import any_pb2
@@ -80,11 +82,12 @@ class ContainerStart:
                                           exit_code=128, reason="StartError",
                                           message=str(e))
             raise
-        cgroup = await asyncio.to_thread(self._memory_cgroup, resp.pid, c.spec.value, meta.id)
         self.records.update_container(meta.id, state=st.RUNNING, pid=resp.pid,
-                                      started_at=started, memory_cgroup=cgroup)
+                                      started_at=started)
         self._emit("started", meta.id, meta.sandbox_id)
-        self._monitor(meta.id, task)
+        # the memory cgroup (for OOM kills at exit) is looked up by the watcher, after the
+        # answer: not on StartContainer's path
+        self._monitor(meta.id, task, cgroup_of=(resp.pid, c.spec.value))
 
     def _task_io(self, meta: st.ContainerMeta) -> tuple[str, str]:
         """stdout/stderr URIs: the kubelet's log file, written in its format by the shim."""
@@ -96,11 +99,20 @@ class ContainerStart:
         uri = f"file://{quote(meta.log_path)}?{q}"
         return uri + "&stream=stdout", uri + "&stream=stderr"
 
-    def _monitor(self, id_: str, task) -> None:
+    def _monitor(self, id_: str, task, cgroup_of: tuple[int, bytes] | None = None) -> None:
+        """Watch the container's task until it exits; then its exit code, reason and time
+        are recorded and the task deleted (its shim released). ``cgroup_of`` (init pid,
+        spec): first record the container's memory cgroup (a fresh start)."""
         ev = self._exited.setdefault(id_, asyncio.Event())
         ev.clear()
 
         async def watch():
+            if cgroup_of is not None:
+                cgroup = await asyncio.to_thread(self._memory_cgroup, *cgroup_of, id_)
+                try:
+                    self.records.update_container(id_, memory_cgroup=cgroup)
+                except errdefs.NotFound:
+                    pass
             try:
                 resp = await task.wait()
                 code = resp.exit_status
