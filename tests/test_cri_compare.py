@@ -56,16 +56,13 @@ OWNERS = {
     "*image.image_ref": "(e) image ids / user_specified_image",
     "runtime_handlers*": "(lead/c/d) runtime handler features",
     "features*": "(lead/d) RuntimeFeatures",
-    # not a status builder's: ctrd's spec leaves swap unset where containerd's WithResources
-    # sets it to the memory limit (swap controller present, no swap limit asked)
-    "*memory_swap_limit_in_bytes": "spec.py: swap = memory limit, not fixed on this branch",
 }
 
 
 # Keys of PodSandboxStatus's verbose info that ctrd adds to containerd's (tests and tools
 # read them): its pinned namespaces (containerd has the netns path only, inside
 # sandboxMetadata.NetNSPath), which pod process it runs and the pause image's id.
-CTRD_ONLY_INFO_KEYS = ("netns", "ipcns", "utsns", "pause", "imageId")
+CTRD_ONLY_INFO_KEYS = ("netns", "ipcns", "utsns", "userns", "pause", "imageId")
 # Nested keys whose sets depend on the software, not the answer's shape: the spec
 # (tests/test_cri_spec.py compares specs), the CNI plugins' own interfaces.
 INFO_KEYS_NOT_COMPARED = ("runtimeSpec", "cniResult.Interfaces",
@@ -406,6 +403,17 @@ def _error_codes(c, image: str, pconf) -> dict:
     return out
 
 
+def _runtime_has_idmap(runtime: str = "runc") -> bool:
+    """Whether ``runtime features`` says it makes idmapped mounts (containerd's test for
+    advertising user namespaces)."""
+    r = subprocess.run([runtime, "features"], capture_output=True, text=True)
+    try:
+        ext = json.loads(r.stdout).get("linux", {}).get("mountExtensions") or {}
+    except ValueError:
+        return False
+    return bool((ext.get("idmap") or {}).get("enabled"))
+
+
 def _rules(bases: list[str]) -> fd.Rules:
     norm = _mask(bases)
     return fd.Rules(
@@ -421,6 +429,10 @@ def _rules(bases: list[str]) -> fd.Rules:
             "*used_bytes.value", "*inodes_used.value",
             # the runtime's own name and version
             "runtime_name", "runtime_version", "version",
+            # ctrd differs on purpose: it makes a user-namespaced pod's idmapped mounts
+            # itself, so it runs them with runc 1.1; containerd 2.3.4 asks the runtime for
+            # idmapped mounts (runc >= 1.2). Asserted on its own in the test.
+            "runtime_handlers*.features.user_namespaces",
             # containerd's deprecation condition is its own policy (cgroup v1, its config
             # keys); the condition itself is compared (type, status) below
             "status.conditions[ContainerdHasNoDeprecationWarnings].message",
@@ -477,6 +489,13 @@ def test_cri_answers_match_containerd_2_3_4(ctrd_cri, containerd234, registry, t
     if os.environ.get("CTRD_CMP_DUMP"):  # both sides' answers, for a human to read
         _dump(os.environ["CTRD_CMP_DUMP"], ref, got)
     rules = _rules([ref_base, ctrd_base])
+    from ctrd.cri import userns
+
+    want_userns = userns.supported()
+    assert {h.name: h.features.user_namespaces for h in got["Status"].runtime_handlers} == {
+        h.name: want_userns for h in ref["Status"].runtime_handlers}
+    if not _runtime_has_idmap():
+        assert not any(h.features.user_namespaces for h in ref["Status"].runtime_handlers)
     diffs: list[fd.Diff] = []
     for where, a in ref.items():
         b = got[where]
