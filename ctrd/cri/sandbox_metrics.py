@@ -31,6 +31,7 @@ import time
 
 from ctrd import errdefs
 from ctrd.cri.helpers import cri_pb
+from ctrd.cri.stats import metrics_version
 
 log = logging.getLogger("ctrd.cri.metrics")
 
@@ -180,21 +181,12 @@ class _Builder:
                                   value=pb.UInt64Value(value=_u64(int(value)))))
 
 
-def _version(metrics) -> int:
-    name = metrics.DESCRIPTOR.full_name
-    if name == "io.containerd.cgroups.v1.Metrics":
-        return 1
-    if name == "io.containerd.cgroups.v2.Metrics":
-        return 2
-    raise errdefs.InvalidArgument(f"unexpected metrics type {name!r}")
-
-
 # --- builders ------------------------------------------------------------------------------
 
 def cpu_metrics(metrics, labels: list[str], timestamp: int) -> list:
     """containerd's extractCPUMetrics: seconds are integer (truncated) seconds."""
     b = _Builder(labels, timestamp)
-    if _version(metrics) == 1:
+    if metrics_version(metrics) == 1:
         if not metrics.HasField("cpu") or not metrics.cpu.HasField("usage"):
             return b.out
         u = metrics.cpu.usage
@@ -225,7 +217,7 @@ def cpu_metrics(metrics, labels: list[str], timestamp: int) -> list:
 def memory_metrics(metrics, labels: list[str], timestamp: int) -> list:
     """containerd's extractMemoryMetrics (v1 ``total_*`` figures, v2 memory.stat)."""
     b = _Builder(labels, timestamp)
-    if _version(metrics) == 1:
+    if metrics_version(metrics) == 1:
         if metrics.HasField("memory"):
             m = metrics.memory
             if m.HasField("usage"):
@@ -277,7 +269,7 @@ def disk_io_metrics(metrics, labels: list[str], timestamp: int) -> list:
     """containerd's extractDiskIOMetrics: v1 blkio recursive entries, v2 io.stat per
     ``major:minor``."""
     b = _Builder(labels, timestamp)
-    if _version(metrics) == 1:
+    if metrics_version(metrics) == 1:
         if not metrics.HasField("blkio"):
             return b.out
         bl = metrics.blkio
@@ -316,7 +308,7 @@ def process_metrics(metrics, spec: dict | None, fds: int | None, sockets: int | 
     if metrics is not None and metrics.HasField("pids"):
         b.add("container_processes", GAUGE, metrics.pids.current)
         b.add("container_threads_max", GAUGE, metrics.pids.limit)
-        if _version(metrics) == 2:
+        if metrics_version(metrics) == 2:
             b.add("container_threads", GAUGE, metrics.pids.current)
     for rl in ((spec or {}).get("process") or {}).get("rlimits") or []:
         b.add("container_ulimits_soft", GAUGE, int(rl.get("soft", 0)), str(rl.get("type", "")))

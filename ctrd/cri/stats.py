@@ -153,7 +153,8 @@ def decode_metrics(any_):
     raise errdefs.InvalidArgument(f"unexpected metrics type {any_.type_url!r}")
 
 
-def _version(metrics) -> int:
+def metrics_version(metrics) -> int:
+    """1 or 2: which cgroups Metrics message (v1 or v2 hierarchy) ``metrics`` is."""
     name = metrics.DESCRIPTOR.full_name
     if name == "io.containerd.cgroups.v1.Metrics":
         return 1
@@ -167,7 +168,7 @@ def _version(metrics) -> int:
 def cpu_usage(metrics, timestamp: int) -> CpuUsage | None:
     """CPU time used so far (``usage_nano_cores`` left unset: see :func:`usage_nano_cores`);
     None when the metrics carry no CPU figures."""
-    if _version(metrics) == 1:
+    if metrics_version(metrics) == 1:
         if not metrics.HasField("cpu") or not metrics.cpu.HasField("usage"):
             return None
         return CpuUsage(timestamp, metrics.cpu.usage.total)
@@ -247,7 +248,7 @@ class CpuRateTracker:
 
 def working_set_bytes(metrics) -> int:
     """usage minus inactive file pages (what the kubelet evicts on), at least 0."""
-    if _version(metrics) == 1:
+    if metrics_version(metrics) == 1:
         mem = metrics.memory
         if not mem.HasField("usage"):
             return 0
@@ -259,7 +260,7 @@ def working_set_bytes(metrics) -> int:
 
 def available_bytes(metrics, working_set: int) -> int:
     """limit minus the working set; 0 without a limit (or a working set above it)."""
-    if _version(metrics) == 1:
+    if metrics_version(metrics) == 1:
         limit = metrics.memory.usage.limit
     else:
         limit = metrics.memory.usage_limit
@@ -270,7 +271,7 @@ def available_bytes(metrics, working_set: int) -> int:
 
 def memory_usage(metrics, timestamp: int) -> MemoryUsage | None:
     """runtime.v1 MemoryUsage from cgroup metrics; None when they carry no memory figures."""
-    if _version(metrics) == 1:
+    if metrics_version(metrics) == 1:
         if not metrics.HasField("memory") or not metrics.memory.HasField("usage"):
             return None
         mem = metrics.memory
