@@ -45,8 +45,11 @@ file name away). Each RPC module holds that call's core (a mixin of
   namespace that owns the pod's others, idmapped volumes, :func:`userns.supported`;
 - :mod:`cni`     -- running CNI plugins (ADD/DEL/CHECK) from a conflist, results parsed;
 - :mod:`spec`, :mod:`seccomp` -- the OCI specs of a pod's containers and of its pause / pod init;
-- :mod:`images`, :mod:`image_service`, :mod:`registry` -- image references as the kubelet
-  sees them, the ImageService, pulls through ctrd's pull with the CRI registry config;
+- :mod:`image_service` -- ``ImageService``: the image RPC modules put together:
+  :mod:`image_pull`, :mod:`image_list`, :mod:`image_status`, :mod:`image_remove`,
+  :mod:`imagefs_info` (PullImage, ListImages/StreamImages, ImageStatus, RemoveImage,
+  ImageFsInfo); :mod:`images` (image references as the kubelet sees them, the image index)
+  and :mod:`registry` (pulls with the CRI registry config);
 - :mod:`image_mount` -- image volumes (``Mount.image``, ``image_sub_path``): a pod's read-only
   views of its images, held by the pod's lease, bound into its containers;
 - :mod:`execio`  -- ExecSync's output capture;
