@@ -9,7 +9,7 @@ import asyncio
 import os
 
 from ctrd import errdefs
-from ctrd.cri import identity, image_mount, stop_signal, userns
+from ctrd.cri import image_mount, stop_signal
 from ctrd.cri import store as st
 from ctrd.cri.helpers import NAMESPACE, cri_pb, filter_labels, log, new_id, now_ns
 
@@ -25,6 +25,8 @@ class ContainerCreate:
                                                                       sandbox_config))
 
     async def _create_container(self, sandbox_id: str, config, sandbox_config) -> str:
+        from ctrd.cri import identity, userns  # where used: not at daemon start
+
         smeta, sstatus = self.records.sandbox(sandbox_id)
         if sstatus.state != st.SANDBOX_READY:
             # containerd 2.3.4's words and code (a plain error: UNKNOWN)
@@ -105,6 +107,7 @@ class ContainerCreate:
     def _build_spec(self, id_: str, smeta: st.SandboxMeta, config, sandbox_config, image,
                     snap, pu=None) -> dict:
         from ctrd.cri import spec as cri_spec
+        from ctrd.cri import userns
         from ctrd.snapshots.mount import mounted
 
         _, sstatus = self.records.sandbox(smeta.id)

@@ -8,7 +8,6 @@ import os
 
 from ctrd import errdefs
 from ctrd.cri import store as st
-from ctrd.cri import userns
 from ctrd.cri.helpers import NAMESPACE, cri_pb, rmtree
 
 
@@ -36,6 +35,8 @@ class ContainerRemove:
         except errdefs.NotFound:
             pass
         self.attach_io.close(meta.id)
+        from ctrd.cri import userns  # where used: not at daemon start
+
         # idmapped volume clones detached first: the tree below holds them
         await asyncio.to_thread(userns.release_volumes, userns.volumes_dir(self.state, meta.id))
         rmtree(os.path.join(self.state, "containers", meta.id))  # the stdio FIFOs' dir

@@ -15,37 +15,41 @@ import asyncio
 from ctrd import errdefs
 from ctrd.cri import stats as cs
 from ctrd.cri import store as st
+from ctrd.cri.container_list import ContainerFilter
+
+# ctrd.cri.stats records -> runtime.v1 messages (the pod stats of sandbox_stats use them too;
+# None stays unset, as containerd leaves a figure it does not have)
 
 
-def _u64(pb, v):
+def u64_pb(pb, v):
     return pb.UInt64Value(value=v) if v is not None else None
 
 
-def _cpu(pb, c):
+def cpu_pb(pb, c):
     if c is None:
         return None
     return pb.CpuUsage(timestamp=c.timestamp,
-                       usage_core_nano_seconds=_u64(pb, c.usage_core_nano_seconds),
-                       usage_nano_cores=_u64(pb, c.usage_nano_cores))
+                       usage_core_nano_seconds=u64_pb(pb, c.usage_core_nano_seconds),
+                       usage_nano_cores=u64_pb(pb, c.usage_nano_cores))
 
 
-def _mem(pb, m):
+def memory_pb(pb, m):
     if m is None:
         return None
-    return pb.MemoryUsage(timestamp=m.timestamp, working_set_bytes=_u64(pb, m.working_set_bytes),
-                          available_bytes=_u64(pb, m.available_bytes),
-                          usage_bytes=_u64(pb, m.usage_bytes), rss_bytes=_u64(pb, m.rss_bytes),
-                          page_faults=_u64(pb, m.page_faults),
-                          major_page_faults=_u64(pb, m.major_page_faults))
+    return pb.MemoryUsage(timestamp=m.timestamp, working_set_bytes=u64_pb(pb, m.working_set_bytes),
+                          available_bytes=u64_pb(pb, m.available_bytes),
+                          usage_bytes=u64_pb(pb, m.usage_bytes), rss_bytes=u64_pb(pb, m.rss_bytes),
+                          page_faults=u64_pb(pb, m.page_faults),
+                          major_page_faults=u64_pb(pb, m.major_page_faults))
 
 
-def _fs(pb, f):
+def filesystem_pb(pb, f):
     if f is None:
         return None
     return pb.FilesystemUsage(timestamp=f.timestamp,
                               fs_id=pb.FilesystemIdentifier(mountpoint=f.mountpoint),
-                              used_bytes=_u64(pb, f.used_bytes),
-                              inodes_used=_u64(pb, f.inodes_used))
+                              used_bytes=u64_pb(pb, f.used_bytes),
+                              inodes_used=u64_pb(pb, f.inodes_used))
 
 
 class ContainerStatsRPC:
@@ -87,8 +91,8 @@ class ContainerStatsRPC:
             attributes=pb.ContainerAttributes(id=meta.id, metadata=config.metadata,
                                               labels=config.labels,
                                               annotations=config.annotations),
-            cpu=_cpu(pb, stats.cpu), memory=_mem(pb, stats.memory),
-            writable_layer=_fs(pb, stats.writable_layer))
+            cpu=cpu_pb(pb, stats.cpu), memory=memory_pb(pb, stats.memory),
+            writable_layer=filesystem_pb(pb, stats.writable_layer))
         return msg, cs.pids_current(metrics)
 
     def _container_stats(self, meta: st.ContainerMeta, status: st.ContainerStatus):
@@ -111,18 +115,10 @@ class ContainerStatsRPC:
     async def ListContainerStats(self, request, context):
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
 
-        f = request.filter if request.HasField("filter") else None
-        chosen = []
-        for meta, status in list(self.rt.records.containers.values()):
-            if f is not None:
-                if f.id and not meta.id.startswith(f.id):
-                    continue
-                if f.pod_sandbox_id and not meta.sandbox_id.startswith(f.pod_sandbox_id):
-                    continue
-                if f.label_selector and not st.labels_match(
-                        f.label_selector, st.config_of(meta).labels):
-                    continue
-            chosen.append((meta, status))
+        rf = request.filter
+        chosen = self.rt.list_containers(ContainerFilter(
+            id=rf.id, sandbox_id=rf.pod_sandbox_id, labels=dict(rf.label_selector))
+            if request.HasField("filter") else None)
         out = await asyncio.gather(*(asyncio.to_thread(self._container_stats, m, s)
                                      for m, s in chosen))
         # samples of removed containers and pods go (the tracker stays bounded by the node)

@@ -4,7 +4,6 @@ error (CRI contract)."""
 from __future__ import annotations
 
 import asyncio
-import signal as _signal
 
 from ctrd import errdefs
 from ctrd.cri import stop_signal
@@ -42,15 +41,7 @@ class ContainerStop:
                 return
             except TimeoutError:
                 pass
-        try:
-            await task.kill(_signal.SIGKILL, all_=True)
-        except errdefs.NotFound:
-            pass
-        try:
-            await asyncio.wait_for(ev.wait(), 30)
-        except TimeoutError:
-            raise errdefs.DeadlineExceeded(f"container {meta.id} did not exit after "
-                                           "SIGKILL") from None
+        await self._sigkill_and_await(task, ev, f"container {meta.id}")
 
 
 class ContainerStopRPC:

@@ -272,6 +272,18 @@ class CRIState:
         except errdefs.NotFound:
             pass
 
+    async def _sigkill_and_await(self, task, exited: asyncio.Event, what: str) -> None:
+        """SIGKILL every process of ``task`` and wait until its watcher set ``exited``;
+        DeadlineExceeded naming ``what`` when it does not within 30 s."""
+        try:
+            await task.kill(_signal.SIGKILL, all_=True)
+        except errdefs.NotFound:
+            pass
+        try:
+            await asyncio.wait_for(exited.wait(), 30)
+        except TimeoutError:
+            raise errdefs.DeadlineExceeded(f"{what} did not exit after SIGKILL") from None
+
     async def _kill_and_delete(self, id_: str) -> None:
         """Kill the task ``id_`` (all its processes) and delete it; gone is fine."""
         try:

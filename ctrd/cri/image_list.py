@@ -6,10 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from ctrd.api.cri.runtime.v1 import api_pb2 as pb
+from ctrd.cri.helpers import batches
 from ctrd.cri.images import CRIImage, user_from_image
-
-_STREAM_BATCH = 500  # images per StreamImages message
-
 
 
 def image_pb(img: CRIImage) -> pb.Image:
@@ -37,6 +35,5 @@ class ImageList:
 
     async def StreamImages(self, request, context):
         found = await asyncio.to_thread(self.images, request.filter.image.image)
-        for i in range(0, max(len(found), 1), _STREAM_BATCH):
-            yield pb.StreamImagesResponse(images=[image_pb(x)
-                                                  for x in found[i:i + _STREAM_BATCH]])
+        for part in batches(found):
+            yield pb.StreamImagesResponse(images=[image_pb(x) for x in part])

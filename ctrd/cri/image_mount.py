@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import logging
 import os
 import posixpath
@@ -354,9 +355,12 @@ class ContainerImageMounts:
     """Mixed into CRIRuntime: the pods' image volumes over its metadata, CRI state dir,
     snapshotter and image index."""
 
-    @property
+    @functools.cached_property
     def image_volumes(self) -> ImageVolumes:
-        return ImageVolumes(self.md, self.state, self.snapshotter_name, self.images.find)
+        # one per runtime; the image index is only built when a volume needs an image (the
+        # start-up cleanup of orphaned volumes must not build it)
+        return ImageVolumes(self.md, self.state, self.snapshotter_name,
+                            lambda ref: self.images.find(ref))
 
     def release_image_volumes(self, pod_id: str, held: Iterable[str] = ()) -> None:
         """Drop ``held`` (a failed create's holds), then release the pod's image volumes

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal as _signal
 import time
 
 from ctrd import errdefs
@@ -163,15 +162,7 @@ class PodProcess:
         except errdefs.NotFound:
             return
         ev = self._exited.get(meta.id)
-        try:
-            await task.kill(_signal.SIGKILL, all_=True)
-        except errdefs.NotFound:
-            pass
         if ev is not None and meta.id in self._monitors:
-            try:
-                await asyncio.wait_for(ev.wait(), 30)
-                return
-            except TimeoutError:
-                raise errdefs.DeadlineExceeded(f"sandbox {meta.id}: its process did not exit "
-                                               "after SIGKILL") from None
-        await self._kill_and_delete(meta.id)
+            await self._sigkill_and_await(task, ev, f"sandbox {meta.id}: its process")
+            return
+        await self._kill_and_delete(meta.id)  # unwatched: kill, wait and delete here

@@ -182,10 +182,12 @@ class Restart:
             log.info("removing orphaned image volumes of sandbox %s", name)
             volumes.cleanup(name, delete_lease=True)
         # idmapped volume clones of containers that never got a record (a crash mid-create)
-        from ctrd.cri import userns
+        orphans = [n for n in listdir(os.path.join(self.state, "containers"))
+                   if n not in self.records.containers]
+        if orphans:
+            from ctrd.cri import userns  # only then: not at every daemon start
 
-        for name in listdir(os.path.join(self.state, "containers")):
-            if name not in self.records.containers:
+            for name in orphans:
                 userns.release_volumes(userns.volumes_dir(self.state, name))
         for kind, ids in (("sandboxes", sandboxes), ("containers", set(self.records.containers))):
             for name in listdir(os.path.join(self.root, kind)):

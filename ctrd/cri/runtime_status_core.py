@@ -14,8 +14,11 @@ from ctrd.cri.helpers import cri_pb, log
 class RuntimeStatusCore:
     """Mixed into CRIRuntime."""
 
-    def status(self) -> tuple[list[tuple[str, bool, str, str]], dict[str, str]]:
-        """Conditions (type, status, reason, message) and verbose info."""
+    def status(self) -> tuple[list[tuple[str, bool, str, str]], dict[str, str], list]:
+        """Conditions (type, status, reason, message), verbose info and the runtime handlers
+        (:func:`runtime_status.runtime_handlers`). Blocking: the first call probes each
+        handler's runtime (``runc features``) and the kernel's user namespaces."""
+        from ctrd.cri import runtime_status as rs
         from ctrd.cri import status_info
 
         conds = [("RuntimeReady", True, "", "")]
@@ -25,6 +28,7 @@ class RuntimeStatusCore:
         except Exception as e:  # noqa: BLE001 - a broken CNI setup is a condition, not a crash
             ok, reason, message, load = False, "NetworkPluginNotReady", f"cni: {e}", str(e)
         conds.append(("NetworkReady", ok, "" if ok else reason, "" if ok else message))
+        conds.append(rs.deprecation_condition(self.deprecations(), []))
         info = {"config": json.dumps({
             "containerd": {"snapshotter": self.snapshotter_name,
                            "defaultRuntimeName": self.config.containerd.default_runtime_name},
@@ -39,7 +43,7 @@ class RuntimeStatusCore:
             info["cniconfig"] = json.dumps(status_info.cni_config_info(self.cni))
         except Exception as e:  # noqa: BLE001 - as go-cni: logged, the answer still given
             log.warning("cni config info: %s", e)
-        return conds, info
+        return conds, info, rs.runtime_handlers(self.config, self.handler_features)
 
     def update_runtime_config(self, pod_cidr: str) -> None:
         """Remember the node's pod CIDR; with a ``conf_template`` configured, write the CNI
@@ -77,15 +81,12 @@ class RuntimeStatusRPC:
 
     async def Status(self, request, context):
         pb = cri_pb()
-        from ctrd.cri import runtime_status as rs
-
-        conds, info = await asyncio.to_thread(self.rt.status)
-        conds.append(rs.deprecation_condition(self.rt.deprecations(), []))
+        conds, info, handlers = await asyncio.to_thread(self.rt.status)
         resp = pb.StatusResponse(status=pb.RuntimeStatus(conditions=[
             pb.RuntimeCondition(type=t, status=s, reason=r, message=m)
             for t, s, r, m in conds]), features=pb.RuntimeFeatures(
                 supplemental_groups_policy=True, user_namespaces_host_network=True))
-        for h in rs.runtime_handlers(self.rt.config, self.rt.handler_features):
+        for h in handlers:
             resp.runtime_handlers.add(name=h.name, features=pb.RuntimeHandlerFeatures(
                 recursive_read_only_mounts=h.features.recursive_read_only_mounts,
                 user_namespaces=h.features.user_namespaces))

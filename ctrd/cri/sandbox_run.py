@@ -11,7 +11,6 @@ import asyncio
 import os
 
 from ctrd import errdefs
-from ctrd.cri import identity, userns
 from ctrd.cri import store as st
 from ctrd.cri.helpers import (
     NAMESPACE,
@@ -41,6 +40,8 @@ class SandboxRun:
         if not md.name or not md.namespace or not md.uid:
             raise errdefs.InvalidArgument("sandbox config must include metadata with name, "
                                           "namespace and uid")
+        from ctrd.cri import identity, userns  # where used: not at daemon start
+
         identity.check_policy(config.linux.security_context.supplemental_groups_policy)
         identity.check_groups(config.linux.security_context.supplemental_groups)
         handler_name, handler = self.handler(runtime_handler)

@@ -11,16 +11,17 @@ import os
 from ctrd import errdefs
 from ctrd.cri import stats as cs
 from ctrd.cri import store as st
-from ctrd.cri.container_stats import _cpu, _mem, _u64
+from ctrd.cri.container_stats import cpu_pb, memory_pb, u64_pb
+from ctrd.cri.sandbox_list import SandboxFilter
 
 
 def _iface(pb, i):
     if i is None:
         return None
-    return pb.NetworkInterfaceUsage(name=i.name, rx_bytes=_u64(pb, i.rx_bytes),
-                                    rx_errors=_u64(pb, i.rx_errors),
-                                    tx_bytes=_u64(pb, i.tx_bytes),
-                                    tx_errors=_u64(pb, i.tx_errors))
+    return pb.NetworkInterfaceUsage(name=i.name, rx_bytes=u64_pb(pb, i.rx_bytes),
+                                    rx_errors=u64_pb(pb, i.rx_errors),
+                                    tx_bytes=u64_pb(pb, i.tx_bytes),
+                                    tx_errors=u64_pb(pb, i.tx_errors))
 
 
 class SandboxStatsRPC:
@@ -51,7 +52,7 @@ class SandboxStatsRPC:
                  for m, s in sorted(rt.records.containers_of(meta.id),
                                     key=lambda c: c[0].created_at)]
         ps = cs.sandbox_stats(metrics, ts, self.tracker, meta.id, None, [])
-        linux = pb.LinuxPodSandboxStats(cpu=_cpu(pb, ps.cpu), memory=_mem(pb, ps.memory),
+        linux = pb.LinuxPodSandboxStats(cpu=cpu_pb(pb, ps.cpu), memory=memory_pb(pb, ps.memory),
                                         containers=[m for m, _ in pairs])
         if network is not None:
             linux.network.CopyFrom(pb.NetworkUsage(
@@ -81,18 +82,10 @@ class SandboxStatsRPC:
     async def ListPodSandboxStats(self, request, context):
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
 
-        f = request.filter if request.HasField("filter") else None
-        chosen = []
-        for meta, status in list(self.rt.records.sandboxes.values()):
-            if f is not None:
-                if f.id and not meta.id.startswith(f.id):
-                    continue
-                if f.label_selector and not st.labels_match(
-                        f.label_selector, self.rt.sandbox_config(meta).labels):
-                    continue
-            if status.state != st.SANDBOX_READY:
-                continue  # containerd skips them (its podSandboxStats is Unavailable)
-            chosen.append((meta, status))
+        rf = request.filter
+        # containerd skips the pods that are not READY (their PodSandboxStats: Unavailable)
+        chosen = self.rt.list_sandboxes(SandboxFilter(
+            id=rf.id, labels=dict(rf.label_selector), state=st.SANDBOX_READY))
         out = await asyncio.gather(*(asyncio.to_thread(self._sandbox_stats, m, s)
                                      for m, s in chosen))
         self.tracker.retain(set(self.rt.records.containers) | set(self.rt.records.sandboxes))

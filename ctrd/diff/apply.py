@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, Sequence
 
 from ctrd.diff.compression import DEFAULT_MAX_SIZE, open_decompressed
+from ctrd.diff.rootpath import root_path as _root_path
 from ctrd.errdefs import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,6 @@ OVERLAY_OPAQUE_XATTR = "trusted.overlay.opaque"
 _CHUNK = 1 << 20
 _BLOCK = 512
 _ZERO_BLOCK = bytes(_BLOCK)
-_MAX_LINKS = 255
 _MAX_HEADER_DATA = 1 << 20  # PAX / GNU long-name payloads beyond this are not real layers
 _MAX_NS = (1 << 63) - 1
 # Errors from the machine rather than the layer: passed through as they are.
@@ -573,40 +573,6 @@ class _Applier:
                          follow_symlinks=False)
             except FileNotFoundError:
                 pass
-
-
-def _root_path(root: str, rel: str) -> str:
-    """The real path of ``rel`` inside ``root`` with every symlink on the way, the last
-    component's included, read as if ``root`` were ``/`` (containerd's fs.RootPath): the
-    result never leaves ``root``. Missing components are taken as plain directories."""
-    parts: list[str] = []
-    todo = rel.split("/")[::-1] if rel else []
-    links = 0
-    while todo:
-        comp = todo.pop()
-        if comp in ("", "."):
-            continue
-        if comp == "..":
-            if parts:
-                parts.pop()
-            continue
-        path = root + "/" + "/".join(parts + [comp])
-        try:
-            st = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            parts.append(comp)
-            continue
-        if not stat.S_ISLNK(st.st_mode):
-            parts.append(comp)
-            continue
-        links += 1
-        if links > _MAX_LINKS:
-            raise InvalidArgument(f"too many levels of symbolic links resolving {rel!r}")
-        target = os.readlink(path)
-        if target.startswith("/"):
-            parts = []
-        todo.extend(target.split("/")[::-1])
-    return root + "/" + "/".join(parts) if parts else root
 
 
 def _copy_dir_info(st: os.stat_result, src: str, dst: str) -> None:

@@ -25,7 +25,7 @@ import os
 import stat
 from dataclasses import dataclass, field
 
-from ctrd.diff.apply import _root_path  # containerd's fs.RootPath, shared with layer unpack
+from ctrd.diff.rootpath import root_path as _root_path  # shared with layer unpack
 from ctrd.errdefs import InvalidArgument, NotFound
 
 PASSWD = "/etc/passwd"
