@@ -289,7 +289,10 @@ def meta_from_ext(cls, value: bytes):
         return None
     if not isinstance(d, dict):
         return None
-    meta = _from_dict(cls, d)
+    try:
+        meta = _from_dict(cls, d)
+    except TypeError:  # a required field missing: a damaged record is skipped, not fatal
+        return None
     if isinstance(meta.config, str):
         import base64
 
@@ -300,6 +303,10 @@ def meta_from_ext(cls, value: bytes):
             return None
         with_config(meta, msg)
     elif not isinstance(meta.config, dict):
+        return None
+    try:
+        config_of(meta)  # parsed now (every List needs it): an unreadable one is skipped
+    except errdefs.CtrdError:
         return None
     return meta
 
