@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63ontainerd/events/content.proto\x12\x11\x63ontainerd.events\"\x1f\n\rContentDelete\x12\x0e\n\x06\x64igest\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x63ontainerd/events/content.proto\x12\x11\x63ontainerd.events\"-\n\rContentCreate\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\"\x1f\n\rContentDelete\x12\x0e\n\x06\x64igest\x18\x01 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ctrd.api.containerd.events.content_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CONTENTDELETE']._serialized_start=54
-  _globals['_CONTENTDELETE']._serialized_end=85
+  _globals['_CONTENTCREATE']._serialized_start=54
+  _globals['_CONTENTCREATE']._serialized_end=99
+  _globals['_CONTENTDELETE']._serialized_start=101
+  _globals['_CONTENTDELETE']._serialized_end=132
 # @@protoc_insertion_point(module_scope)

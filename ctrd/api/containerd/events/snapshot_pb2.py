@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n containerd/events/snapshot.proto\x12\x11\x63ontainerd.events\".\n\x0fSnapshotPrepare\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\"+\n\x0eSnapshotCommit\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\x1d\n\x0eSnapshotRemove\x12\x0b\n\x03key\x18\x01 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n containerd/events/snapshot.proto\x12\x11\x63ontainerd.events\"C\n\x0fSnapshotPrepare\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06parent\x18\x02 \x01(\t\x12\x13\n\x0bsnapshotter\x18\x05 \x01(\t\"@\n\x0eSnapshotCommit\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bsnapshotter\x18\x05 \x01(\t\"2\n\x0eSnapshotRemove\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bsnapshotter\x18\x05 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,9 +32,9 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ctrd.api.containerd.events.
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_SNAPSHOTPREPARE']._serialized_start=55
-  _globals['_SNAPSHOTPREPARE']._serialized_end=101
-  _globals['_SNAPSHOTCOMMIT']._serialized_start=103
-  _globals['_SNAPSHOTCOMMIT']._serialized_end=146
-  _globals['_SNAPSHOTREMOVE']._serialized_start=148
-  _globals['_SNAPSHOTREMOVE']._serialized_end=177
+  _globals['_SNAPSHOTPREPARE']._serialized_end=122
+  _globals['_SNAPSHOTCOMMIT']._serialized_start=124
+  _globals['_SNAPSHOTCOMMIT']._serialized_end=188
+  _globals['_SNAPSHOTREMOVE']._serialized_start=190
+  _globals['_SNAPSHOTREMOVE']._serialized_end=240
 # @@protoc_insertion_point(module_scope)

@@ -5,23 +5,29 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class SnapshotPrepare(_message.Message):
-    __slots__ = ("key", "parent")
+    __slots__ = ("key", "parent", "snapshotter")
     KEY_FIELD_NUMBER: _ClassVar[int]
     PARENT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
     key: str
     parent: str
-    def __init__(self, key: _Optional[str] = ..., parent: _Optional[str] = ...) -> None: ...
+    snapshotter: str
+    def __init__(self, key: _Optional[str] = ..., parent: _Optional[str] = ..., snapshotter: _Optional[str] = ...) -> None: ...
 
 class SnapshotCommit(_message.Message):
-    __slots__ = ("key", "name")
+    __slots__ = ("key", "name", "snapshotter")
     KEY_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
     key: str
     name: str
-    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    snapshotter: str
+    def __init__(self, key: _Optional[str] = ..., name: _Optional[str] = ..., snapshotter: _Optional[str] = ...) -> None: ...
 
 class SnapshotRemove(_message.Message):
-    __slots__ = ("key",)
+    __slots__ = ("key", "snapshotter")
     KEY_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOTTER_FIELD_NUMBER: _ClassVar[int]
     key: str
-    def __init__(self, key: _Optional[str] = ...) -> None: ...
+    snapshotter: str
+    def __init__(self, key: _Optional[str] = ..., snapshotter: _Optional[str] = ...) -> None: ...

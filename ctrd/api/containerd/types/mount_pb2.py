@@ -22,15 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ontainerd/types/mount.proto\x12\x10\x63ontainerd.types\"F\n\x05Mount\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0f\n\x07options\x18\x04 \x03(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x63ontainerd/types/mount.proto\x12\x10\x63ontainerd.types\x1a\x1fgoogle/protobuf/timestamp.proto\"F\n\x05Mount\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x0e\n\x06target\x18\x03 \x01(\t\x12\x0f\n\x07options\x18\x04 \x03(\t\"\xde\x01\n\x0b\x41\x63tiveMount\x12&\n\x05mount\x18\x01 \x01(\x0b\x32\x17.containerd.types.Mount\x12.\n\nmounted_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bmount_point\x18\x03 \x01(\t\x12\x35\n\x04\x64\x61ta\x18\x04 \x03(\x0b\x32\'.containerd.types.ActiveMount.DataEntry\x1a+\n\tDataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe3\x01\n\x0e\x41\x63tivationInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12-\n\x06\x61\x63tive\x18\x02 \x03(\x0b\x32\x1d.containerd.types.ActiveMount\x12\'\n\x06system\x18\x03 \x03(\x0b\x32\x17.containerd.types.Mount\x12<\n\x06labels\x18\x04 \x03(\x0b\x32,.containerd.types.ActivationInfo.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ctrd.api.containerd.types.mount_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MOUNT']._serialized_start=50
-  _globals['_MOUNT']._serialized_end=120
+  _globals['_ACTIVEMOUNT_DATAENTRY']._loaded_options = None
+  _globals['_ACTIVEMOUNT_DATAENTRY']._serialized_options = b'8\001'
+  _globals['_ACTIVATIONINFO_LABELSENTRY']._loaded_options = None
+  _globals['_ACTIVATIONINFO_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_MOUNT']._serialized_start=83
+  _globals['_MOUNT']._serialized_end=153
+  _globals['_ACTIVEMOUNT']._serialized_start=156
+  _globals['_ACTIVEMOUNT']._serialized_end=378
+  _globals['_ACTIVEMOUNT_DATAENTRY']._serialized_start=335
+  _globals['_ACTIVEMOUNT_DATAENTRY']._serialized_end=378
+  _globals['_ACTIVATIONINFO']._serialized_start=381
+  _globals['_ACTIVATIONINFO']._serialized_end=608
+  _globals['_ACTIVATIONINFO_LABELSENTRY']._serialized_start=563
+  _globals['_ACTIVATIONINFO_LABELSENTRY']._serialized_end=608
 # @@protoc_insertion_point(module_scope)

@@ -25,9 +25,10 @@ _sym_db = _symbol_database.Default()
 from ctrd.api.containerd.types import descriptor_pb2 as containerd_dot_types_dot_descriptor__pb2
 from ctrd.api.containerd.types import mount_pb2 as containerd_dot_types_dot_mount__pb2
 from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&containerd/services/diff/v1/diff.proto\x12\x1b\x63ontainerd.services.diff.v1\x1a!containerd/types/descriptor.proto\x1a\x1c\x63ontainerd/types/mount.proto\x1a\x19google/protobuf/any.proto\"\xf5\x01\n\x0c\x41pplyRequest\x12*\n\x04\x64iff\x18\x01 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\'\n\x06mounts\x18\x02 \x03(\x0b\x32\x17.containerd.types.Mount\x12I\n\x08payloads\x18\x03 \x03(\x0b\x32\x37.containerd.services.diff.v1.ApplyRequest.PayloadsEntry\x1a\x45\n\rPayloadsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\">\n\rApplyResponse\x12-\n\x07\x61pplied\x18\x01 \x01(\x0b\x32\x1c.containerd.types.Descriptor\"\xf2\x01\n\x0b\x44iffRequest\x12%\n\x04left\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\x12&\n\x05right\x18\x02 \x03(\x0b\x32\x17.containerd.types.Mount\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0b\n\x03ref\x18\x04 \x01(\t\x12\x44\n\x06labels\x18\x05 \x03(\x0b\x32\x34.containerd.services.diff.v1.DiffRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0c\x44iffResponse\x12*\n\x04\x64iff\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor2\xc3\x01\n\x04\x44iff\x12^\n\x05\x41pply\x12).containerd.services.diff.v1.ApplyRequest\x1a*.containerd.services.diff.v1.ApplyResponse\x12[\n\x04\x44iff\x12(.containerd.services.diff.v1.DiffRequest\x1a).containerd.services.diff.v1.DiffResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&containerd/services/diff/v1/diff.proto\x12\x1b\x63ontainerd.services.diff.v1\x1a!containerd/types/descriptor.proto\x1a\x1c\x63ontainerd/types/mount.proto\x1a\x19google/protobuf/any.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x86\x02\n\x0c\x41pplyRequest\x12*\n\x04\x64iff\x18\x01 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12\'\n\x06mounts\x18\x02 \x03(\x0b\x32\x17.containerd.types.Mount\x12I\n\x08payloads\x18\x03 \x03(\x0b\x32\x37.containerd.services.diff.v1.ApplyRequest.PayloadsEntry\x12\x0f\n\x07sync_fs\x18\x04 \x01(\x08\x1a\x45\n\rPayloadsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any:\x02\x38\x01\">\n\rApplyResponse\x12-\n\x07\x61pplied\x18\x01 \x01(\x0b\x32\x1c.containerd.types.Descriptor\"\xa9\x02\n\x0b\x44iffRequest\x12%\n\x04left\x18\x01 \x03(\x0b\x32\x17.containerd.types.Mount\x12&\n\x05right\x18\x02 \x03(\x0b\x32\x17.containerd.types.Mount\x12\x12\n\nmedia_type\x18\x03 \x01(\t\x12\x0b\n\x03ref\x18\x04 \x01(\t\x12\x44\n\x06labels\x18\x05 \x03(\x0b\x32\x34.containerd.services.diff.v1.DiffRequest.LabelsEntry\x12\x35\n\x11source_date_epoch\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\":\n\x0c\x44iffResponse\x12*\n\x04\x64iff\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor2\xc3\x01\n\x04\x44iff\x12^\n\x05\x41pply\x12).containerd.services.diff.v1.ApplyRequest\x1a*.containerd.services.diff.v1.ApplyResponse\x12[\n\x04\x44iff\x12(.containerd.services.diff.v1.DiffRequest\x1a).containerd.services.diff.v1.DiffResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,18 +39,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPLYREQUEST_PAYLOADSENTRY']._serialized_options = b'8\001'
   _globals['_DIFFREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_DIFFREQUEST_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_APPLYREQUEST']._serialized_start=164
-  _globals['_APPLYREQUEST']._serialized_end=409
-  _globals['_APPLYREQUEST_PAYLOADSENTRY']._serialized_start=340
-  _globals['_APPLYREQUEST_PAYLOADSENTRY']._serialized_end=409
-  _globals['_APPLYRESPONSE']._serialized_start=411
-  _globals['_APPLYRESPONSE']._serialized_end=473
-  _globals['_DIFFREQUEST']._serialized_start=476
-  _globals['_DIFFREQUEST']._serialized_end=718
-  _globals['_DIFFREQUEST_LABELSENTRY']._serialized_start=673
-  _globals['_DIFFREQUEST_LABELSENTRY']._serialized_end=718
-  _globals['_DIFFRESPONSE']._serialized_start=720
-  _globals['_DIFFRESPONSE']._serialized_end=778
-  _globals['_DIFF']._serialized_start=781
-  _globals['_DIFF']._serialized_end=976
+  _globals['_APPLYREQUEST']._serialized_start=197
+  _globals['_APPLYREQUEST']._serialized_end=459
+  _globals['_APPLYREQUEST_PAYLOADSENTRY']._serialized_start=390
+  _globals['_APPLYREQUEST_PAYLOADSENTRY']._serialized_end=459
+  _globals['_APPLYRESPONSE']._serialized_start=461
+  _globals['_APPLYRESPONSE']._serialized_end=523
+  _globals['_DIFFREQUEST']._serialized_start=526
+  _globals['_DIFFREQUEST']._serialized_end=823
+  _globals['_DIFFREQUEST_LABELSENTRY']._serialized_start=778
+  _globals['_DIFFREQUEST_LABELSENTRY']._serialized_end=823
+  _globals['_DIFFRESPONSE']._serialized_start=825
+  _globals['_DIFFRESPONSE']._serialized_end=883
+  _globals['_DIFF']._serialized_start=886
+  _globals['_DIFF']._serialized_end=1081
 # @@protoc_insertion_point(module_scope)

@@ -1,6 +1,9 @@
+import datetime
+
 from ctrd.api.containerd.types import descriptor_pb2 as _descriptor_pb2
 from ctrd.api.containerd.types import mount_pb2 as _mount_pb2
 from google.protobuf import any_pb2 as _any_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -10,7 +13,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ApplyRequest(_message.Message):
-    __slots__ = ("diff", "mounts", "payloads")
+    __slots__ = ("diff", "mounts", "payloads", "sync_fs")
     class PayloadsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -21,10 +24,12 @@ class ApplyRequest(_message.Message):
     DIFF_FIELD_NUMBER: _ClassVar[int]
     MOUNTS_FIELD_NUMBER: _ClassVar[int]
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    SYNC_FS_FIELD_NUMBER: _ClassVar[int]
     diff: _descriptor_pb2.Descriptor
     mounts: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
     payloads: _containers.MessageMap[str, _any_pb2.Any]
-    def __init__(self, diff: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ..., mounts: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ..., payloads: _Optional[_Mapping[str, _any_pb2.Any]] = ...) -> None: ...
+    sync_fs: bool
+    def __init__(self, diff: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ..., mounts: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ..., payloads: _Optional[_Mapping[str, _any_pb2.Any]] = ..., sync_fs: _Optional[bool] = ...) -> None: ...
 
 class ApplyResponse(_message.Message):
     __slots__ = ("applied",)
@@ -33,7 +38,7 @@ class ApplyResponse(_message.Message):
     def __init__(self, applied: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ...) -> None: ...
 
 class DiffRequest(_message.Message):
-    __slots__ = ("left", "right", "media_type", "ref", "labels")
+    __slots__ = ("left", "right", "media_type", "ref", "labels", "source_date_epoch")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -46,12 +51,14 @@ class DiffRequest(_message.Message):
     MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
     REF_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_DATE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     left: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
     right: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
     media_type: str
     ref: str
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, left: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ..., right: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ..., media_type: _Optional[str] = ..., ref: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    source_date_epoch: _timestamp_pb2.Timestamp
+    def __init__(self, left: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ..., right: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ..., media_type: _Optional[str] = ..., ref: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., source_date_epoch: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class DiffResponse(_message.Message):
     __slots__ = ("diff",)

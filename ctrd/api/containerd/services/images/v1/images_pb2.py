@@ -28,7 +28,7 @@ from google.protobuf import field_mask_pb2 as google_dot_protobuf_dot_field__mas
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*containerd/services/images/v1/images.proto\x12\x1d\x63ontainerd.services.images.v1\x1a!containerd/types/descriptor.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.containerd.services.images.v1.Image.LabelsEntry\x12,\n\x06target\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\x0fGetImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x10GetImageResponse\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image\"I\n\x12\x43reateImageRequest\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image\"J\n\x13\x43reateImageResponse\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image\"z\n\x12UpdateImageRequest\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\"J\n\x13UpdateImageResponse\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image\"$\n\x11ListImagesRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"J\n\x12ListImagesResponse\x12\x34\n\x06images\x18\x01 \x03(\x0b\x32$.containerd.services.images.v1.Image\"0\n\x12\x44\x65leteImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04sync\x18\x02 \x01(\x08\x32\x94\x04\n\x06Images\x12\x66\n\x03Get\x12..containerd.services.images.v1.GetImageRequest\x1a/.containerd.services.images.v1.GetImageResponse\x12k\n\x04List\x12\x30.containerd.services.images.v1.ListImagesRequest\x1a\x31.containerd.services.images.v1.ListImagesResponse\x12o\n\x06\x43reate\x12\x31.containerd.services.images.v1.CreateImageRequest\x1a\x32.containerd.services.images.v1.CreateImageResponse\x12o\n\x06Update\x12\x31.containerd.services.images.v1.UpdateImageRequest\x1a\x32.containerd.services.images.v1.UpdateImageResponse\x12S\n\x06\x44\x65lete\x12\x31.containerd.services.images.v1.DeleteImageRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*containerd/services/images/v1/images.proto\x12\x1d\x63ontainerd.services.images.v1\x1a!containerd/types/descriptor.proto\x1a\x1bgoogle/protobuf/empty.proto\x1a google/protobuf/field_mask.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x02\n\x05Image\x12\x0c\n\x04name\x18\x01 \x01(\t\x12@\n\x06labels\x18\x02 \x03(\x0b\x32\x30.containerd.services.images.v1.Image.LabelsEntry\x12,\n\x06target\x18\x03 \x01(\x0b\x32\x1c.containerd.types.Descriptor\x12.\n\ncreated_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1f\n\x0fGetImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"G\n\x10GetImageResponse\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image\"\x80\x01\n\x12\x43reateImageRequest\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image\x12\x35\n\x11source_date_epoch\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x13\x43reateImageResponse\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image\"\xb1\x01\n\x12UpdateImageRequest\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image\x12/\n\x0bupdate_mask\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.FieldMask\x12\x35\n\x11source_date_epoch\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"J\n\x13UpdateImageResponse\x12\x33\n\x05image\x18\x01 \x01(\x0b\x32$.containerd.services.images.v1.Image\"$\n\x11ListImagesRequest\x12\x0f\n\x07\x66ilters\x18\x01 \x03(\t\"J\n\x12ListImagesResponse\x12\x34\n\x06images\x18\x01 \x03(\x0b\x32$.containerd.services.images.v1.Image\"n\n\x12\x44\x65leteImageRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04sync\x18\x02 \x01(\x08\x12\x31\n\x06target\x18\x03 \x01(\x0b\x32\x1c.containerd.types.DescriptorH\x00\x88\x01\x01\x42\t\n\x07_target2\x94\x04\n\x06Images\x12\x66\n\x03Get\x12..containerd.services.images.v1.GetImageRequest\x1a/.containerd.services.images.v1.GetImageResponse\x12k\n\x04List\x12\x30.containerd.services.images.v1.ListImagesRequest\x1a\x31.containerd.services.images.v1.ListImagesResponse\x12o\n\x06\x43reate\x12\x31.containerd.services.images.v1.CreateImageRequest\x1a\x32.containerd.services.images.v1.CreateImageResponse\x12o\n\x06Update\x12\x31.containerd.services.images.v1.UpdateImageRequest\x1a\x32.containerd.services.images.v1.UpdateImageResponse\x12S\n\x06\x44\x65lete\x12\x31.containerd.services.images.v1.DeleteImageRequest\x1a\x16.google.protobuf.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -45,20 +45,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETIMAGEREQUEST']._serialized_end=518
   _globals['_GETIMAGERESPONSE']._serialized_start=520
   _globals['_GETIMAGERESPONSE']._serialized_end=591
-  _globals['_CREATEIMAGEREQUEST']._serialized_start=593
-  _globals['_CREATEIMAGEREQUEST']._serialized_end=666
-  _globals['_CREATEIMAGERESPONSE']._serialized_start=668
-  _globals['_CREATEIMAGERESPONSE']._serialized_end=742
-  _globals['_UPDATEIMAGEREQUEST']._serialized_start=744
-  _globals['_UPDATEIMAGEREQUEST']._serialized_end=866
-  _globals['_UPDATEIMAGERESPONSE']._serialized_start=868
-  _globals['_UPDATEIMAGERESPONSE']._serialized_end=942
-  _globals['_LISTIMAGESREQUEST']._serialized_start=944
-  _globals['_LISTIMAGESREQUEST']._serialized_end=980
-  _globals['_LISTIMAGESRESPONSE']._serialized_start=982
-  _globals['_LISTIMAGESRESPONSE']._serialized_end=1056
-  _globals['_DELETEIMAGEREQUEST']._serialized_start=1058
-  _globals['_DELETEIMAGEREQUEST']._serialized_end=1106
-  _globals['_IMAGES']._serialized_start=1109
-  _globals['_IMAGES']._serialized_end=1641
+  _globals['_CREATEIMAGEREQUEST']._serialized_start=594
+  _globals['_CREATEIMAGEREQUEST']._serialized_end=722
+  _globals['_CREATEIMAGERESPONSE']._serialized_start=724
+  _globals['_CREATEIMAGERESPONSE']._serialized_end=798
+  _globals['_UPDATEIMAGEREQUEST']._serialized_start=801
+  _globals['_UPDATEIMAGEREQUEST']._serialized_end=978
+  _globals['_UPDATEIMAGERESPONSE']._serialized_start=980
+  _globals['_UPDATEIMAGERESPONSE']._serialized_end=1054
+  _globals['_LISTIMAGESREQUEST']._serialized_start=1056
+  _globals['_LISTIMAGESREQUEST']._serialized_end=1092
+  _globals['_LISTIMAGESRESPONSE']._serialized_start=1094
+  _globals['_LISTIMAGESRESPONSE']._serialized_end=1168
+  _globals['_DELETEIMAGEREQUEST']._serialized_start=1170
+  _globals['_DELETEIMAGEREQUEST']._serialized_end=1280
+  _globals['_IMAGES']._serialized_start=1283
+  _globals['_IMAGES']._serialized_end=1815
 # @@protoc_insertion_point(module_scope)

@@ -46,10 +46,12 @@ class GetImageResponse(_message.Message):
     def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
 
 class CreateImageRequest(_message.Message):
-    __slots__ = ("image",)
+    __slots__ = ("image", "source_date_epoch")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_DATE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     image: Image
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
+    source_date_epoch: _timestamp_pb2.Timestamp
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., source_date_epoch: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CreateImageResponse(_message.Message):
     __slots__ = ("image",)
@@ -58,12 +60,14 @@ class CreateImageResponse(_message.Message):
     def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ...) -> None: ...
 
 class UpdateImageRequest(_message.Message):
-    __slots__ = ("image", "update_mask")
+    __slots__ = ("image", "update_mask", "source_date_epoch")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MASK_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_DATE_EPOCH_FIELD_NUMBER: _ClassVar[int]
     image: Image
     update_mask: _field_mask_pb2.FieldMask
-    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ...) -> None: ...
+    source_date_epoch: _timestamp_pb2.Timestamp
+    def __init__(self, image: _Optional[_Union[Image, _Mapping]] = ..., update_mask: _Optional[_Union[_field_mask_pb2.FieldMask, _Mapping]] = ..., source_date_epoch: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class UpdateImageResponse(_message.Message):
     __slots__ = ("image",)
@@ -84,9 +88,11 @@ class ListImagesResponse(_message.Message):
     def __init__(self, images: _Optional[_Iterable[_Union[Image, _Mapping]]] = ...) -> None: ...
 
 class DeleteImageRequest(_message.Message):
-    __slots__ = ("name", "sync")
+    __slots__ = ("name", "sync", "target")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SYNC_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
     name: str
     sync: bool
-    def __init__(self, name: _Optional[str] = ..., sync: _Optional[bool] = ...) -> None: ...
+    target: _descriptor_pb2.Descriptor
+    def __init__(self, name: _Optional[str] = ..., sync: _Optional[bool] = ..., target: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ...) -> None: ...

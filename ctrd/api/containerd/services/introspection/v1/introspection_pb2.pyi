@@ -1,5 +1,9 @@
+import datetime
+
 from ctrd.api.containerd.types import platform_pb2 as _platform_pb2
+from google.protobuf import any_pb2 as _any_pb2
 from google.protobuf import empty_pb2 as _empty_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from ctrd.api.google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
@@ -47,7 +51,41 @@ class PluginsResponse(_message.Message):
     def __init__(self, plugins: _Optional[_Iterable[_Union[Plugin, _Mapping]]] = ...) -> None: ...
 
 class ServerResponse(_message.Message):
-    __slots__ = ("uuid",)
+    __slots__ = ("uuid", "pid", "pidns", "deprecations")
     UUID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    PIDNS_FIELD_NUMBER: _ClassVar[int]
+    DEPRECATIONS_FIELD_NUMBER: _ClassVar[int]
     uuid: str
-    def __init__(self, uuid: _Optional[str] = ...) -> None: ...
+    pid: int
+    pidns: int
+    deprecations: _containers.RepeatedCompositeFieldContainer[DeprecationWarning]
+    def __init__(self, uuid: _Optional[str] = ..., pid: _Optional[int] = ..., pidns: _Optional[int] = ..., deprecations: _Optional[_Iterable[_Union[DeprecationWarning, _Mapping]]] = ...) -> None: ...
+
+class DeprecationWarning(_message.Message):
+    __slots__ = ("id", "message", "last_occurrence")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    LAST_OCCURRENCE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    message: str
+    last_occurrence: _timestamp_pb2.Timestamp
+    def __init__(self, id: _Optional[str] = ..., message: _Optional[str] = ..., last_occurrence: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class PluginInfoRequest(_message.Message):
+    __slots__ = ("type", "id", "options")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    id: str
+    options: _any_pb2.Any
+    def __init__(self, type: _Optional[str] = ..., id: _Optional[str] = ..., options: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...
+
+class PluginInfoResponse(_message.Message):
+    __slots__ = ("plugin", "extra")
+    PLUGIN_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_FIELD_NUMBER: _ClassVar[int]
+    plugin: Plugin
+    extra: _any_pb2.Any
+    def __init__(self, plugin: _Optional[_Union[Plugin, _Mapping]] = ..., extra: _Optional[_Union[_any_pb2.Any, _Mapping]] = ...) -> None: ...

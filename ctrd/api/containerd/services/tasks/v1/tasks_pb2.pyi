@@ -16,7 +16,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CreateTaskRequest(_message.Message):
-    __slots__ = ("container_id", "rootfs", "stdin", "stdout", "stderr", "terminal", "checkpoint", "options", "runtime_path")
+    __slots__ = ("container_id", "rootfs", "stdin", "stdout", "stderr", "terminal", "checkpoint", "options", "runtime_path", "task_api_address", "task_api_version")
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     ROOTFS_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
@@ -26,6 +26,8 @@ class CreateTaskRequest(_message.Message):
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_PATH_FIELD_NUMBER: _ClassVar[int]
+    TASK_API_ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    TASK_API_VERSION_FIELD_NUMBER: _ClassVar[int]
     container_id: str
     rootfs: _containers.RepeatedCompositeFieldContainer[_mount_pb2.Mount]
     stdin: str
@@ -35,7 +37,9 @@ class CreateTaskRequest(_message.Message):
     checkpoint: _descriptor_pb2.Descriptor
     options: _any_pb2.Any
     runtime_path: str
-    def __init__(self, container_id: _Optional[str] = ..., rootfs: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ..., stdin: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., terminal: _Optional[bool] = ..., checkpoint: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ..., options: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., runtime_path: _Optional[str] = ...) -> None: ...
+    task_api_address: str
+    task_api_version: int
+    def __init__(self, container_id: _Optional[str] = ..., rootfs: _Optional[_Iterable[_Union[_mount_pb2.Mount, _Mapping]]] = ..., stdin: _Optional[str] = ..., stdout: _Optional[str] = ..., stderr: _Optional[str] = ..., terminal: _Optional[bool] = ..., checkpoint: _Optional[_Union[_descriptor_pb2.Descriptor, _Mapping]] = ..., options: _Optional[_Union[_any_pb2.Any, _Mapping]] = ..., runtime_path: _Optional[str] = ..., task_api_address: _Optional[str] = ..., task_api_version: _Optional[int] = ...) -> None: ...
 
 class CreateTaskResponse(_message.Message):
     __slots__ = ("container_id", "pid")
