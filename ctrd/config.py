@@ -1,7 +1,9 @@
-"""Daemon configuration: containerd's TOML (version 2), decoded into typed dataclasses.
+"""Daemon configuration: containerd's TOML (versions 1 to 4), decoded into typed dataclasses.
 
 Contract:
-- :func:`load` reads a file (or nothing: defaults) into a :class:`ServerConfig`. Top-level keys
+- :func:`load` reads a file (or nothing: defaults) into a :class:`ServerConfig`, with the files
+  its ``imports`` name merged in as containerd does; every version is brought to one shape
+  first (:mod:`ctrd.config_versions`), a version 1 or 2 file reported as a deprecation. Top-level keys
   are containerd's (``root``, ``state``, ``[grpc]``, ``[ttrpc]``, ``[debug]``,
   ``disabled_plugins``, ``required_plugins``, ``[plugins."<type>.<id>"]``); plugin sections
   stay raw until the registry decodes each one into that plugin's own config dataclass with
@@ -53,6 +55,12 @@ def _one_of(*allowed: str) -> Callable[[Any], str | None]:
     return check
 
 
+def _between(low: int, high: int) -> Callable[[Any], str | None]:
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else f"must be between {low} and {high}"
+    return check
+
+
 def _non_negative(value: int) -> str | None:
     return None if value >= 0 else "must not be negative"
 
@@ -81,15 +89,17 @@ class TTRPCConfig:
 class DebugConfig:
     """``[debug]``: logging."""
 
-    level: str = setting("info", check=_one_of(*LOG_LEVELS))
-    format: str = setting("text", check=_one_of("text", "json"))
+    level: str = setting("info", check=_one_of("", *LOG_LEVELS), doc='"": info')
+    format: str = setting("text", check=_one_of("", "text", "json"), doc='"": text')
 
 
 @dataclass
 class ServerConfig:
     """The whole file; plugin sections stay raw tables until the registry decodes them."""
 
-    version: int = setting(2, check=_one_of(2), doc="config schema version (only 2)")
+    version: int = setting(3, check=_between(1, 4),
+                           doc="config schema version: 1 and 2 (containerd 1.x, migrated "
+                               "in memory), 3 and 4 (containerd 2.x)")
     root: str = setting(DEFAULT_ROOT, doc="persistent data: content, metadata, snapshots")
     state: str = setting(DEFAULT_STATE, doc="ephemeral data: sockets, bundles, FIFOs")
     grpc: GRPCConfig = setting(default_factory=GRPCConfig)
@@ -98,6 +108,17 @@ class ServerConfig:
     disabled_plugins: list[str] = setting(default_factory=list)
     required_plugins: list[str] = setting(default_factory=list)
     plugins: dict[str, dict] = setting(default_factory=dict)
+    imports: list[str] = setting(default_factory=list,
+                                 doc="more config files (globs; relative to this file's "
+                                     "directory) merged over this one")
+    # Not from the file (no TOML key): what loading it found.
+    deprecations: list[str] = field(default_factory=list, metadata={"internal": True})
+    renames: Any = field(default=None, metadata={"internal": True})
+
+    def rename(self, text: str) -> str:
+        """A message about a plugin section with the key named as the file spells it (the
+        CRI sections of a version 3 file are folded into one before they are decoded)."""
+        return self.renames.apply(text) if self.renames is not None else text
 
     @property
     def ttrpc_address(self) -> str:
@@ -112,33 +133,106 @@ class LoadResult:
     warnings: list[str]
 
 
-def load(path: str | Path | None) -> LoadResult:
-    """Read and decode a config file; ``None`` gives the defaults."""
-    if path is None:
-        return LoadResult(ServerConfig(), [])
+def _read_toml(path: Path) -> dict:
     import tomllib
 
     try:
-        raw = Path(path).read_bytes()
+        raw = path.read_bytes()
     except OSError as e:
         raise ConfigError(f"config {path}: {e.strerror}") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
         raise ConfigError(f"config {path}: not UTF-8 text at byte {e.start}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config {path}: invalid TOML: {e}") from None
     except RecursionError:
         raise ConfigError(f"config {path}: invalid TOML: nested too deeply") from None
-    version = data.get("version", 1)
-    if version != 2:
-        raise ConfigError(f"config {path}: version = {version!r}: only version = 2 "
-                          "(containerd 1.5+ format) is supported")
+
+
+def _imports(parent: Path, data: dict) -> list[Path]:
+    """The files ``data``'s ``imports`` names (containerd's resolveImports: relative to the
+    parent's directory, globs expanded, a glob that matches nothing is no error)."""
+    import glob
+    import os
+
+    names = data.get("imports", [])
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ConfigError("imports: expected an array of strings")
+    out = []
+    for name in names:
+        p = os.path.normpath(os.path.join(parent.parent, name))
+        out += [Path(m) for m in sorted(glob.glob(p))] if "*" in p else [Path(p)]
+    return out
+
+
+def _merge(to: dict, frm: dict) -> None:
+    """Merge an imported file over ``to`` as containerd's mergeConfig: scalars replaced,
+    arrays joined (no duplicates), tables merged, plugin sections replaced whole."""
+    for key, value in frm.items():
+        if key == "version":
+            continue
+        old = to.get(key)
+        if key == "plugins" and isinstance(old, dict) and isinstance(value, dict):
+            old.update(value)
+        elif isinstance(old, dict) and isinstance(value, dict):
+            _merge(old, value)
+        elif isinstance(old, list) and isinstance(value, list):
+            to[key] = old + [v for v in value if v not in old]
+        else:
+            to[key] = value
+
+
+def load(path: str | Path | None) -> LoadResult:
+    """Read and decode a config file (and its imports); ``None`` gives the defaults."""
+    if path is None:
+        return LoadResult(ServerConfig(), [])
+    from ctrd import config_versions as cv
+    from ctrd import deprecation
+
+    path = Path(path)
+    data = _read_toml(path)
+    try:
+        version = cv.file_version(data)
+        data = cv.to_v2(data) if version <= 2 else cv.to_v3(data)
+    except ConfigError as e:
+        raise ConfigError(f"config {path}: {e.detail}") from None
+    pending, seen = _imports(path, data), {path.resolve()}
+    while pending:
+        imp = pending.pop(0)
+        if imp.resolve() in seen:
+            continue
+        seen.add(imp.resolve())
+        more = _read_toml(imp)
+        try:
+            v = cv.file_version(more)
+            if v > version:
+                raise ConfigError(f"version = {v}: higher than the version of {path} "
+                                  f"({version})")
+            more = cv.to_v2(more) if version <= 2 else cv.to_v3(more)
+        except ConfigError as e:
+            raise ConfigError(f"config {imp}: {e.detail}") from None
+        pending += _imports(imp, more)
+        _merge(data, more)
+    data["version"] = version
+    deprecations: list[str] = []
+    renames = None
+    if version <= 2:
+        deprecations.append(deprecation.CONFIG_VERSION)
+    elif isinstance(data.get("plugins"), dict):
+        renames = cv.Renames()
+        try:
+            cv.fold_cri(data["plugins"], renames, deprecations)
+        except ConfigError as e:
+            raise ConfigError(f"config {path}: {e.detail}") from None
+    if version >= 3:
+        cv.cri_plugin_names(data)
     warnings: list[str] = []
     try:
         cfg = decode(ServerConfig, data, "", warnings)
     except ConfigError as e:
         raise ConfigError(f"config {path}: {e.detail}") from None
+    cfg.deprecations, cfg.renames = deprecations, renames
     return LoadResult(cfg, [f"config {path}: {w}" for w in warnings])
 
 
@@ -146,7 +240,8 @@ def _key_of(f: dataclasses.Field) -> str:
     return f.metadata.get("key") or f.name
 
 
-def _join(prefix: str, key: str) -> str:
+def join_key(prefix: str, key: str) -> str:
+    """``prefix.key`` as messages name a key (quoted where TOML would need it)."""
     part = key if key.replace("_", "").replace("-", "").isalnum() else f'"{key}"'
     return f"{prefix}.{part}" if prefix else part
 
@@ -164,14 +259,14 @@ def decode(cls: type, data: Any, where: str, warnings: list[str]) -> Any:
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a table, got {_tname(data)}")
     hints = typing.get_type_hints(cls)
-    fields = {_key_of(f): f for f in dataclasses.fields(cls)}
+    fields = {_key_of(f): f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs = {}
     for key, value in data.items():
         f = fields.get(key)
         if f is None:
-            warnings.append(f"unknown key {_join(where, key)} ignored")
+            warnings.append(f"unknown key {join_key(where, key)} ignored")
             continue
-        path = _join(where, key)
+        path = join_key(where, key)
         value = _convert(hints[f.name], value, path, warnings)
         check = f.metadata.get("check")
         if check is not None and (problem := check(value)):
@@ -198,7 +293,7 @@ def _convert(tp: Any, value: Any, path: str, warnings: list[str]) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a table, got {_tname(value)}")
         _, item = typing.get_args(tp)
-        return {k: _convert(item, v, _join(path, k), warnings) for k, v in value.items()}
+        return {k: _convert(item, v, join_key(path, k), warnings) for k, v in value.items()}
     if tp is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{path}: expected a table, got {_tname(value)}")
@@ -215,6 +310,8 @@ def encode(obj: Any) -> dict[str, Any]:
     """A config dataclass as a TOML-ready dict (None values dropped: TOML has no null)."""
     out: dict[str, Any] = {}
     for f in dataclasses.fields(obj):
+        if f.metadata.get("internal"):
+            continue
         value = getattr(obj, f.name)
         if dataclasses.is_dataclass(value):
             value = encode(value)

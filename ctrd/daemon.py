@@ -112,7 +112,8 @@ class Daemon:
             for problem in self.registry.discover():
                 log.error("could not load a plugin package", extra={"error": problem})
         self.plugins = await self.registry.load(
-            cfg, self.warnings, properties={"root": cfg.root, "state": cfg.state})
+            cfg, self.warnings, properties={"root": cfg.root, "state": cfg.state,
+                                     "deprecations": cfg.deprecations})
         for w in self.warnings:
             log.warning(w)
 

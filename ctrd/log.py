@@ -64,5 +64,5 @@ def setup(level: str = "info", fmt: str = "text", stream=None) -> None:
     handler.setFormatter(JSONFormatter() if fmt == "json" else LogfmtFormatter())
     root = logging.getLogger("ctrd")
     root.handlers[:] = [handler]
-    root.setLevel(LEVELS[level])
+    root.setLevel(LEVELS[level or "info"])  # "" in a config: the default, as containerd
     root.propagate = False

@@ -1,8 +1,9 @@
 """``ctrd``: run the daemon, or print its config.
 
     ctrd [-c CONFIG] [--root DIR] [--state DIR] [-a ADDRESS] [-l LEVEL]
-    ctrd config default      # the full default config, every plugin's section included
-    ctrd config dump         # the effective config (file + flags)
+    ctrd config default      # the full default config (version 3), every plugin's section
+    ctrd config dump         # the effective config (file + flags), as version 3
+    ctrd config migrate      # the config file (-c) as version 3 (its imports left as they are)
 
 argparse, not click: this is the daemon's start path, and every import counts there. The
 common daemon command lines (only the value options above, as ``--opt value`` or
@@ -14,6 +15,7 @@ value, an abbreviation) goes through argparse, so errors and help read as before
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import TYPE_CHECKING
 
@@ -62,7 +64,8 @@ def _parser() -> "argparse.ArgumentParser":
 
     p = argparse.ArgumentParser(prog="ctrd", description="A containerd-compatible container "
                                 "runtime daemon.")
-    p.add_argument("-c", "--config", help="path to the TOML config file (version 2)")
+    p.add_argument("-c", "--config", help="path to the TOML config file (containerd's format, "
+                   "version 1 to 4)")
     p.add_argument("--root", help="persistent data directory (default /var/lib/ctrd)")
     p.add_argument("--state", help="ephemeral state directory (default /run/ctrd)")
     p.add_argument("-a", "--address", help="gRPC socket path (default /run/ctrd/ctrd.sock)")
@@ -71,7 +74,7 @@ def _parser() -> "argparse.ArgumentParser":
     p.add_argument("--version", "-v", action="store_true", help="print the version and exit")
     sub = p.add_subparsers(dest="command")
     c = sub.add_parser("config", help="print configuration")
-    c.add_argument("what", choices=["default", "dump"])
+    c.add_argument("what", choices=["default", "dump", "migrate"])
     return p
 
 
@@ -99,12 +102,33 @@ def config_toml(cfg, registry) -> str:
 
     from ctrd.config import encode
 
+    from ctrd.config_versions import CRI, OUTPUT, split_cri
+
     data = encode(cfg)
     plugins = {uri: encode(c) for uri, c in registry.default_configs().items()}
     for uri, section in cfg.plugins.items():
         plugins.setdefault(uri, {}).update(section)
+    if CRI in plugins:  # ctrd's one CRI table, as the version 3 sections
+        plugins.update(split_cri(plugins[CRI]))
+    data["version"] = OUTPUT
     data["plugins"] = dict(sorted(plugins.items()))
     return tomli_w.dumps(data)
+
+
+def migrate_toml(path: str | None) -> str:
+    """The config file at ``path`` in the version 3 shape: only what the file sets, as
+    containerd's ``config migrate`` (imported files are not read)."""
+    import tomli_w
+
+    from ctrd.config import ConfigError, _read_toml
+    from ctrd.config_versions import to_v3
+
+    if path is None:
+        raise ConfigError("config migrate: no config file (use -c FILE)")
+    try:
+        return tomli_w.dumps(to_v3(_read_toml(Path(path))))
+    except ConfigError as e:
+        raise ConfigError(f"config {path}: {e.detail}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -116,6 +140,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.version:
         print(f"ctrd {__version__}")
+        return 0
+    if args.command == "config" and args.what == "migrate":
+        try:
+            sys.stdout.write(migrate_toml(args.config))
+        except CtrdError as e:
+            print(f"ctrd: {e}", file=sys.stderr)
+            return 1
         return 0
     try:
         cfg, warnings = _load(args)
@@ -134,11 +165,13 @@ def main(argv: list[str] | None = None) -> int:
             for uri, section in cfg.plugins.items():  # validate what we print
                 reg = next((r for r in registry.registrations if r.uri == uri), None)
                 if reg is not None and reg.config is not None:
+                    found: list[str] = []
                     try:
-                        decode(reg.config, section, f'plugins."{uri}"', warnings)
+                        decode(reg.config, section, f'plugins."{uri}"', found)
                     except CtrdError as e:
-                        print(f"ctrd: {e}", file=sys.stderr)
+                        print(f"ctrd: {cfg.rename(str(e))}", file=sys.stderr)
                         return 1
+                    warnings += [cfg.rename(w) for w in found]
             for w in warnings:
                 print(f"ctrd: warning: {w}", file=sys.stderr)
         sys.stdout.write(config_toml(cfg, registry))

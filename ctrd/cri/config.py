@@ -196,6 +196,35 @@ class CRIConfig:
                                                      "instead of /var/run/netns")
     enable_unprivileged_ports: bool = setting(False)
     enable_unprivileged_icmp: bool = setting(False)
+    enable_cdi: bool = setting(True, doc="containerd 2.x's; accepted, ctrd injects no CDI "
+                                         "devices (false is reported as deprecated)")
+    ignore_deprecation_warnings: list[str] = setting(
+        default_factory=list, doc="deprecation ids the CRI status's "
+                                  "ContainerdHasNoDeprecationWarnings condition leaves out")
     image_pull_progress_timeout: str = setting("1m0s", check=_duration_check,
                                                doc="a pull that makes no progress this long "
                                                    "fails")
+
+
+def deprecated_settings(cfg: CRIConfig) -> list[str]:
+    """The deprecation ids (:mod:`ctrd.deprecation`) ``cfg`` uses, as containerd 2.3.4's
+    ValidateImageConfig reports them, plus the keys containerd 2.0 removed that ctrd reads."""
+    from ctrd import deprecation as d
+
+    out = []
+    if cfg.registry.mirrors:
+        out.append(d.CRI_REGISTRY_MIRRORS)
+    if cfg.registry.configs:
+        out.append(d.CRI_REGISTRY_CONFIGS)
+    if cfg.registry.auths:
+        out.append(d.CRI_REGISTRY_AUTHS)
+    if not cfg.enable_cdi:
+        out.append(d.CRI_ENABLE_CDI)
+    if cfg.systemd_cgroup:
+        out.append(d.CRI_SYSTEMD_CGROUP)
+    handlers = cfg.containerd.runtimes.values()
+    if any(h.runtime_engine for h in handlers):
+        out.append(d.CRI_RUNTIME_ENGINE)
+    if any(h.runtime_root for h in handlers):
+        out.append(d.CRI_RUNTIME_ROOT)
+    return out

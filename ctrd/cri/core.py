@@ -161,10 +161,14 @@ class CRIState:
             snapshot_key=snapshot_key, extensions={ext_key: AnyValue(ext_type, ext_value)})
         return run_create_hooks(self.hooks, NAMESPACE, c)
 
+    # The daemon's deprecation registry (ctrd.deprecation.Deprecations), set by the plugin.
+    deprecation_source = None
+
     def deprecations(self) -> dict[str, str]:
         """Deprecation warnings ({id: message}) for the ``ContainerdHasNoDeprecationWarnings``
-        condition: none reported yet."""
-        return {}
+        condition: every one the daemon has reported (Introspection.Server's)."""
+        src = self.deprecation_source
+        return src.as_dict() if src is not None else {}
 
     def handler_features(self, name: str, handler) -> Any:
         """A handler's runtime.v1 RuntimeHandlerFeatures (probed once, kept)."""

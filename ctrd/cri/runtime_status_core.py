@@ -28,7 +28,8 @@ class RuntimeStatusCore:
         except Exception as e:  # noqa: BLE001 - a broken CNI setup is a condition, not a crash
             ok, reason, message, load = False, "NetworkPluginNotReady", f"cni: {e}", str(e)
         conds.append(("NetworkReady", ok, "" if ok else reason, "" if ok else message))
-        conds.append(rs.deprecation_condition(self.deprecations(), []))
+        conds.append(rs.deprecation_condition(self.deprecations(),
+                                                self.config.ignore_deprecation_warnings))
         info = {"config": json.dumps({
             "containerd": {"snapshotter": self.snapshotter_name,
                            "defaultRuntimeName": self.config.containerd.default_runtime_name},

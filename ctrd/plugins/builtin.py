@@ -14,7 +14,8 @@ from ctrd.cri.config import CRIConfig
 from ctrd.gc.config import SchedulerConfig
 from ctrd.plugins.hookspec import hookimpl
 from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, RUNTIME_V2,
-                                       SERVICE, SNAPSHOTTER, InitContext, Registration)
+                                       SERVICE, SNAPSHOTTER, WARNING, InitContext,
+                                       Registration)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -44,6 +45,17 @@ def _init_events_service(ic: InitContext):
 
     return LazyService(build, ("containerd.services.events.v1.Events",),
                        ("containerd.services.events.ttrpc.v1.Events",))
+
+
+# --- deprecations ---------------------------------------------------------------------------
+
+def _init_deprecations(ic: InitContext):
+    from ctrd.deprecation import Deprecations
+
+    warnings = Deprecations()
+    for id_ in ic.properties.get("deprecations", ()):  # what loading the config found
+        warnings.emit(id_)
+    return warnings
 
 
 # --- content --------------------------------------------------------------------------------
@@ -264,6 +276,12 @@ class RuntimeConfig:
 async def _init_task_manager(ic: InitContext):
     from ctrd.runtime.manager import TaskManager
 
+    warnings = _optional(ic, WARNING)
+    if warnings is not None:
+        from ctrd.deprecation import CGROUP_V1, cgroup_v1_host
+
+        if cgroup_v1_host():  # as containerd 2.3.4's task manager
+            warnings.emit(CGROUP_V1)
     manager = TaskManager(str(ic.root), str(ic.state), ic.address, ic.ttrpc_address,
                           ic.get(EVENT), shims=ic.config.shims,
                           debug=ic.properties.get("debug", False))
@@ -310,6 +328,13 @@ async def _init_cri(ic: InitContext):
         raise FailedPrecondition(f"cri: snapshotter {cfg.containerd.snapshotter!r} is not "
                                  "loaded")
     runtime = CRIRuntime(md, manager, events, cfg, str(ic.root), str(ic.state), ic.hooks)
+    warnings = _optional(ic, WARNING)
+    if warnings is not None:
+        from ctrd.cri.config import deprecated_settings
+
+        for id_ in deprecated_settings(cfg):
+            warnings.emit(id_)
+        runtime.deprecation_source = warnings
     await runtime.load()
     snap_root = str(ic.root.parent / f"io.containerd.snapshotter.v1.{cfg.containerd.snapshotter}")
 
@@ -334,12 +359,12 @@ def _service(id_: str):
 # --- introspection, version, health -------------------------------------------------------
 
 def _init_introspection(ic: InitContext):
-    plugins, root = ic.plugins, ic.root
+    plugins, root, warnings = ic.plugins, ic.root, _optional(ic, WARNING)
 
     def build():
         from ctrd.services.introspection import IntrospectionService
 
-        return IntrospectionService(plugins, root)
+        return IntrospectionService(plugins, root, warnings)
 
     return _lazy("containerd.services.introspection.v1.Introspection", build)
 
@@ -363,6 +388,7 @@ def _init_health(ic: InitContext):
 
 
 REGISTRATIONS = [
+    Registration(WARNING, "deprecations", _init_deprecations),
     Registration(CONTENT, "content", _init_content),
     Registration(SNAPSHOTTER, "native", _init_native),
     Registration(SNAPSHOTTER, "overlayfs", _init_overlayfs),
@@ -383,7 +409,7 @@ REGISTRATIONS = [
                  requires=(METADATA, EVENT, GC)),
     Registration(SERVICE, "containers-service", _init_containers_service,
                  requires=(METADATA, EVENT)),
-    Registration(RUNTIME_V2, "task", _init_task_manager, requires=(EVENT,),
+    Registration(RUNTIME_V2, "task", _init_task_manager, requires=(EVENT, WARNING),
                  config=RuntimeConfig),
     Registration(SERVICE, "tasks-service", _init_tasks_service,
                  requires=(METADATA, RUNTIME_V2)),
@@ -394,12 +420,12 @@ REGISTRATIONS = [
     Registration(GRPC, "diff", _service("diff-service"), requires=(SERVICE,)),
     Registration(GRPC, "images", _service("images-service"), requires=(SERVICE,)),
     Registration(GRPC, "tasks", _service("tasks-service"), requires=(SERVICE,)),
-    Registration(GRPC, "cri", _init_cri, requires=(METADATA, RUNTIME_V2, EVENT, GC),
+    Registration(GRPC, "cri", _init_cri, requires=(METADATA, RUNTIME_V2, EVENT, GC, WARNING),
                  config=CRIConfig),
     Registration(GRPC, "containers", _service("containers-service"), requires=(SERVICE,)),
     Registration(GRPC, "transfer", _init_transfer, requires=(METADATA,),
                  config=TransferConfig),
-    Registration(GRPC, "introspection", _init_introspection),
+    Registration(GRPC, "introspection", _init_introspection, requires=(WARNING,)),
     Registration(GRPC, "version", _init_version),
     Registration(GRPC, "healthcheck", _init_health),
 ]

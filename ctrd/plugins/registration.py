@@ -36,6 +36,7 @@ CONTENT = "io.containerd.content.v1"
 GC = "io.containerd.gc.v1"
 LEASE = "io.containerd.lease.v1"
 EVENT = "io.containerd.event.v1"
+WARNING = "io.containerd.warning.v1"
 
 ALL = "*"
 

@@ -159,8 +159,13 @@ class Registry:
             plugin_config = None
             if reg.config is not None:
                 # A bad value fails the daemon, as containerd's config.Decode does.
-                plugin_config = decode(reg.config, config.plugins.get(reg.uri, {}),
-                                       f'plugins."{reg.uri}"', warnings)
+                found: list[str] = []
+                try:
+                    plugin_config = decode(reg.config, config.plugins.get(reg.uri, {}),
+                                           f'plugins."{reg.uri}"', found)
+                except ConfigError as e:
+                    raise ConfigError(config.rename(e.detail)) from None
+                warnings += [config.rename(w) for w in found]
             elif config.plugins.get(reg.uri):
                 warnings.append(f'plugins."{reg.uri}": this plugin takes no config')
             ic = InitContext(reg, root=config.root, state=config.state, config=plugin_config,

@@ -127,6 +127,12 @@ class TaskManager:
             return shimclient.resolve_binary(runtime)
         return shimclient.resolve_binary(shimclient.binary_name(runtime))
 
+    async def plugin_info(self, request: Any) -> Any:
+        """Introspection.PluginInfo's extra: the shim's RuntimeInfo (:mod:`.runtime_info`)."""
+        from ctrd.runtime.runtime_info import runtime_info
+
+        return await runtime_info(self.binary_for, request)
+
     def _with_defaults(self, runtime: str, given: Any) -> Any:
         """The runtime options a shim gets: the configured defaults for ``runtime`` under the
         fields the container (or the create request) set."""

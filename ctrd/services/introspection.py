@@ -1,4 +1,6 @@
-"""containerd.services.introspection.v1.Introspection: the plugins and the server's UUID."""
+"""containerd.services.introspection.v1.Introspection: the plugins, the server (UUID, pid, pid
+namespace, deprecation warnings) and a plugin's extra info, as containerd 2.3.4 serves them
+(``plugins/services/introspection``)."""
 
 from __future__ import annotations
 
@@ -61,12 +63,29 @@ def server_uuid(root: Path) -> str:
     return value
 
 
-class IntrospectionService(pb_grpc.IntrospectionServicer):
-    """Serves every plugin's outcome, including its own (it sees the live PluginSet)."""
+def pid_namespace(pid: int | str = "self") -> int:
+    """The inode of ``/proc/<pid>/ns/pid`` (what containerd reports as ``pidns``)."""
+    return os.stat(f"/proc/{pid}/ns/pid").st_ino
 
-    def __init__(self, plugins: PluginSet, root: Path) -> None:
+
+def warnings_to_pb(warnings) -> list:
+    """:class:`ctrd.deprecation.Warning` s as DeprecationWarning messages."""
+    out = []
+    for w in warnings:
+        d = pb.DeprecationWarning(id=w.id, message=w.message)
+        d.last_occurrence.FromNanoseconds(w.last_occurrence_ns)
+        out.append(d)
+    return out
+
+
+class IntrospectionService(pb_grpc.IntrospectionServicer):
+    """Serves every plugin's outcome, including its own (it sees the live PluginSet), and the
+    deprecations reported to ``warnings`` (a :class:`ctrd.deprecation.Deprecations`)."""
+
+    def __init__(self, plugins: PluginSet, root: Path, warnings=None) -> None:
         self.plugins = plugins
         self.root = root
+        self.warnings = warnings
         self._uuid: str | None = None
 
     def register_grpc(self, server) -> None:
@@ -85,4 +104,26 @@ class IntrospectionService(pb_grpc.IntrospectionServicer):
     async def Server(self, request, context):
         if self._uuid is None:
             self._uuid = server_uuid(self.root)
-        return pb.ServerResponse(uuid=self._uuid)
+        return pb.ServerResponse(
+            uuid=self._uuid, pid=os.getpid(), pidns=pid_namespace(),
+            deprecations=warnings_to_pb(self.warnings.warnings() if self.warnings else ()))
+
+    async def PluginInfo(self, request, context):
+        """The plugin's entry and, when ``options`` is given, what the plugin itself says
+        about them (containerd's pluginInfoProvider: the runtime plugin answers a
+        RuntimeRequest with the shim's RuntimeInfo)."""
+        p = self.plugins.get(f"{request.type}.{request.id}") if request.type else None
+        if p is None or p.registration.type != request.type:
+            raise errdefs.NotFound(f"plugin {request.type}.{request.id} not found")
+        resp = pb.PluginInfoResponse(plugin=plugin_to_pb(p))
+        if not request.HasField("options"):
+            return resp
+        if p.error is not None:
+            raise errdefs.FailedPrecondition("cannot get extra info, plugin not successfully "
+                                             "loaded")
+        provider = getattr(p.instance, "plugin_info", None)
+        if provider is None:
+            raise errdefs.NotImplemented_("plugin does not provided extra information")
+        extra = await provider(request.options)
+        resp.extra.CopyFrom(extra)
+        return resp

@@ -30,7 +30,7 @@ SOCKET_DIR = "/run/ctrd/s"
 RUNTIME_NAME = "io.containerd.ctrd.v2"
 VERSION = "0.1.0"
 _STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "socket", "bundle"}
-_BOOL_FLAGS = {"debug", "v"}
+_BOOL_FLAGS = {"debug", "v", "info"}
 
 
 class UsageError(Exception):
@@ -39,12 +39,12 @@ class UsageError(Exception):
 
 class Args:
     __slots__ = ("namespace", "id", "address", "publish_binary", "socket", "bundle", "debug",
-                 "v", "action")
+                 "v", "info", "action")
 
     def __init__(self) -> None:
         self.namespace = self.id = self.address = self.socket = self.bundle = ""
         self.publish_binary = "containerd"
-        self.debug = self.v = False
+        self.debug = self.v = self.info = False
         self.action = ""
 
 
@@ -384,6 +384,12 @@ def main(argv: list[str] | None = None) -> int:
             from ctrd.runtime.shim import template
 
             return template.main(a.socket)
+        if a.info:
+            from ctrd.runtime.shim.info import runtime_info
+
+            sys.stdout.buffer.write(runtime_info(sys.stdin.buffer.read(), RUNTIME_NAME,
+                                                 VERSION))
+            return 0
         if not a.namespace:
             raise UsageError("shim namespace cannot be empty")
         if a.action == "start":
