@@ -100,8 +100,10 @@ def changes(lower: str, upper: str) -> Iterator[tuple[str, str]]:
     yield from walk("")
 
 
-def write_diff(lower: str, upper: str, out: BinaryIO) -> int:
-    """Write the layer tar of ``upper`` over ``lower`` to ``out``; returns the entry count."""
+def write_diff(lower: str, upper: str, out: BinaryIO, epoch: float | None = None) -> int:
+    """Write the layer tar of ``upper`` over ``lower`` to ``out``; returns the entry count.
+    ``epoch`` (SOURCE_DATE_EPOCH, seconds): later mtimes are clamped to it, as containerd's
+    ``WithModTimeUpperBound`` (whiteouts keep time 0, as containerd 2.x's)."""
     n = 0
     written_dirs: set[str] = set()
     inodes: dict[tuple[int, int], str] = {}
@@ -114,6 +116,8 @@ def write_diff(lower: str, upper: str, out: BinaryIO) -> int:
             ti = tf.gettarinfo(path, arcname=rel)
             ti.uname = ti.gname = ""
             ti.mtime = st.st_mtime_ns / 1e9
+            if epoch is not None and ti.mtime > epoch:
+                ti.mtime = epoch
             xattrs = _xattrs(path)
             if xattrs:
                 ti.pax_headers.update({f"SCHILY.xattr.{k}": v for k, v in xattrs.items()})
@@ -197,7 +201,8 @@ TAR = "application/vnd.oci.image.layer.v1.tar"
 
 
 def diff_to_content(lower: str, upper: str, writer, media_type: str = GZIP,
-                    labels: dict[str, str] | None = None) -> Created:
+                    labels: dict[str, str] | None = None,
+                    epoch: float | None = None) -> Created:
     """Write the diff through ``writer`` (a content writer) and commit it, labelled with
     ``containerd.io/uncompressed`` as containerd does."""
     sink = _ToWriter(writer)
@@ -208,10 +213,10 @@ def diff_to_content(lower: str, upper: str, writer, media_type: str = GZIP,
             import gzip as gz
         with gz.GzipFile(fileobj=sink, mode="wb", mtime=0) as z:
             tee = _Tee(z)
-            write_diff(lower, upper, tee)
+            write_diff(lower, upper, tee, epoch)
     elif media_type == TAR:
         tee = _Tee(sink)
-        write_diff(lower, upper, tee)
+        write_diff(lower, upper, tee, epoch)
     else:
         from ctrd.errdefs import NotImplemented_
 

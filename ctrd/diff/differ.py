@@ -51,32 +51,57 @@ def _option(options: list[str], name: str) -> str | None:
     return None
 
 
-def apply_to_mounts(reader: ReaderAt, media_type: str, mounts: list[Mount]) -> ApplyResult:
-    """Apply the layer blob in ``reader`` (of ``media_type``) to what ``mounts`` show."""
+def syncfs(path: str) -> None:
+    """syncfs(2) the filesystem holding ``path`` (containerd 2.x's ``sync_fs`` apply
+    option: the layer is on disk before the snapshot is committed)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if libc.syncfs(fd) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"syncfs {path}: {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def apply_to_mounts(reader: ReaderAt, media_type: str, mounts: list[Mount],
+                    sync_fs: bool = False) -> ApplyResult:
+    """Apply the layer blob in ``reader`` (of ``media_type``) to what ``mounts`` show;
+    ``sync_fs``: syncfs the filesystem written before answering."""
     if not mounts:
         raise InvalidArgument("no mounts to apply the layer to")
     stream = _ReaderStream(reader)
+
+    def done(result: ApplyResult, path: str) -> ApplyResult:
+        if sync_fs:
+            syncfs(path)
+        return result
+
     if len(mounts) == 1 and mounts[0].type == "overlay":
         upper = _option(mounts[0].options, "upperdir")
         lower = _option(mounts[0].options, "lowerdir")
         if upper:
             parents = lower.split(":") if lower else []
-            return apply_layer_blob(upper, stream, media_type, whiteouts="overlay",
-                                    parents=parents)
+            return done(apply_layer_blob(upper, stream, media_type, whiteouts="overlay",
+                                         parents=parents), upper)
     if len(mounts) == 1 and mounts[0].type == "bind" and os.path.isdir(mounts[0].source):
-        return apply_layer_blob(mounts[0].source, stream, media_type, whiteouts="delete")
+        return done(apply_layer_blob(mounts[0].source, stream, media_type,
+                                     whiteouts="delete"), mounts[0].source)
     from ctrd.snapshots.mount import mounted
 
     with mounted(mounts) as target:
-        return apply_layer_blob(target, stream, media_type, whiteouts="delete")
+        return done(apply_layer_blob(target, stream, media_type, whiteouts="delete"), target)
 
 
-def apply(content, ns: str, desc: Descriptor, mounts: list[Mount]) -> Descriptor:
+def apply(content, ns: str, desc: Descriptor, mounts: list[Mount],
+          sync_fs: bool = False) -> Descriptor:
     """Diff.Apply: read ``desc`` from ``ns``'s content and apply it; returns the applied
     (uncompressed) layer's descriptor."""
     reader = content.reader(ns, desc.digest)
     try:
-        result = apply_to_mounts(reader, desc.media_type, mounts)
+        result = apply_to_mounts(reader, desc.media_type, mounts, sync_fs)
     finally:
         reader.close()
     return Descriptor(LAYER_TAR, result.diff_id, result.size)
@@ -84,10 +109,11 @@ def apply(content, ns: str, desc: Descriptor, mounts: list[Mount]) -> Descriptor
 
 def diff(content, ns: str, lower: list[Mount], upper: list[Mount], media_type: str = "",
          ref: str = "", labels: dict[str, str] | None = None,
-         lease: str | None = None) -> Descriptor:
+         lease: str | None = None, epoch: float | None = None) -> Descriptor:
     """Diff.Diff: write the changes from ``lower`` to ``upper`` as a layer into ``ns``'s
     content (under ``ref``, or a fresh one) and return its descriptor. Both sides are
-    mounted on temporary directories for the walk."""
+    mounted on temporary directories for the walk. ``epoch`` (SOURCE_DATE_EPOCH, seconds):
+    no entry's mtime is later."""
     import time
 
     from ctrd.diff.create import GZIP, diff_to_content
@@ -99,7 +125,7 @@ def diff(content, ns: str, lower: list[Mount], upper: list[Mount], media_type: s
     with mounted(lower) if lower else _empty_dir() as low, mounted(upper) as up:
         writer = content.writer(ns, ref, lease=lease)
         try:
-            created = diff_to_content(low, up, writer, media_type, labels)
+            created = diff_to_content(low, up, writer, media_type, labels, epoch)
         except AlreadyExists:
             # Same layer as one already there: containerd answers with the existing blob.
             info = content.info(ns, writer.digest())

@@ -44,9 +44,14 @@ MAX_CONFIG = 16 << 20
 
 @dataclass(frozen=True)
 class Platform:
+    """An OCI platform. ``os_version``/``os_features`` are the index entry's ``os.version`` /
+    ``os.features`` (containerd 2.x's Platform proto carries them too)."""
+
     os: str
     architecture: str
     variant: str = ""
+    os_version: str = ""
+    os_features: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         return "/".join(x for x in (self.os, self.architecture, self.variant) if x)
@@ -93,7 +98,11 @@ def matches(want: Platform, have: Platform | None) -> bool:
                                                              have.architecture)):
         return False
     hv = have.variant or ("v8" if have.architecture == "arm64" else "")
-    return not want.variant or not hv or want.variant == hv
+    if want.variant and hv and want.variant != hv:
+        return False
+    # containerd's matcher: an entry that needs OS features matches only a platform that has
+    # them all (os.version only counts on Windows, which ctrd does not run)
+    return set(have.os_features) <= set(want.os_features)
 
 
 def digest_of(data: bytes) -> str:
@@ -127,7 +136,11 @@ def _descriptor(d: object, where: str) -> Descriptor:
     plat = None
     if isinstance(p, dict) and isinstance(p.get("os"), str) and \
             isinstance(p.get("architecture"), str):
-        plat = Platform(p["os"], p["architecture"], str(p.get("variant") or ""))
+        feats = p.get("os.features")
+        plat = Platform(p["os"], p["architecture"], str(p.get("variant") or ""),
+                        str(p.get("os.version") or ""),
+                        tuple(sorted(str(f) for f in feats)) if isinstance(feats, list)
+                        else ())
     ann = d.get("annotations") or {}
     urls = d.get("urls") or []
     return Descriptor(mt, dg, size, plat,

@@ -100,19 +100,24 @@ class ImageStore:
                     out.append(img)
         return out
 
-    def create(self, ns: str, img: Image) -> Image:
+    def create(self, ns: str, img: Image, now: float | None = None) -> Image:
+        """Record ``img``; its times are ``now`` (containerd 2.x's SOURCE_DATE_EPOCH from the
+        request) or the current time."""
         validate(img)
         img.labels = {k: v for k, v in img.labels.items() if v}
         with self.db.update() as txn:
             self.db.ensure_namespace(txn, ns)
             if txn.get(key(ns, img.name), db=self._bucket) is not None:
                 raise AlreadyExists(f"image {quote(img.name)}")
-            img.created_at = img.updated_at = time.time()
+            img.created_at = img.updated_at = time.time() if now is None else now
             put_json(txn, self._bucket, key(ns, img.name), _to_rec(img))
         self.db.mutated()
         return img
 
-    def update(self, ns: str, img: Image, fieldpaths: list[str] | None = None) -> Image:
+    def update(self, ns: str, img: Image, fieldpaths: list[str] | None = None,
+               now: float | None = None) -> Image:
+        """Change ``img``'s fields (all, or those in ``fieldpaths``); its update time is
+        ``now`` or the current time, its creation time is kept."""
         if not img.name:
             raise InvalidArgument("image name is required for update")
         with self.db.update() as txn:
@@ -142,13 +147,22 @@ class ImageStore:
                 cur = Image(img.name, img.target, dict(img.labels), created)
             cur.labels = {k: v for k, v in cur.labels.items() if v}
             validate(cur)
-            cur.updated_at = time.time()
+            cur.updated_at = time.time() if now is None else now
             put_json(txn, self._bucket, key(ns, img.name), _to_rec(cur))
         self.db.mutated()
         return cur
 
-    def delete(self, ns: str, name: str) -> None:
+    def delete(self, ns: str, name: str, target: str = "") -> None:
+        """Remove image ``name``; with ``target`` (a digest) only while the image points at
+        it: another target is NotFound, as containerd 2.x's DeleteTarget."""
         with self.db.update() as txn:
+            if target:
+                rec = get_json(txn, self._bucket, key(ns, name))
+                if rec is None:
+                    raise NotFound(f"image {quote(name)}")
+                have = _from_rec(rec).target.digest
+                if have != target:
+                    raise NotFound(f"image {quote(name)} has target {have}, not {target}")
             if not txn.delete(key(ns, name), db=self._bucket):
                 raise NotFound(f"image {quote(name)}")
         self.db.mutated(dirty=True)

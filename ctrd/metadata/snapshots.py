@@ -182,7 +182,10 @@ class NamespacedSnapshotter:
         return self._create(ns, k, parent, labels, True, lease)
 
     def commit(self, ns: str, name: str, k: str, labels: dict[str, str] | None = None,
-               lease: str | None = None) -> None:
+               lease: str | None = None, parent: str = "") -> None:
+        """Commit active ``k`` as ``name``. ``parent`` (containerd 2.x) rebases a snapshot
+        prepared without a parent onto that committed snapshot; a snapshot that has a
+        parent keeps it (containerd's metadata snapshotter ignores the request's then)."""
         labels = dict(labels or {})
         identifiers.validate_labels(labels, "snapshot.Labels")
         with self.db.update() as txn:
@@ -194,11 +197,16 @@ class NamespacedSnapshotter:
             seq = int(txn.get(b"snapshot-seq", b"0", db=self.db.bucket("meta"))) + 1
             txn.put(b"snapshot-seq", str(seq).encode(), db=self.db.bucket("meta"))
             bname = f"{ns}/{seq}/{name}"
-            parent = rec.get("parent", "")
+            rebase = bool(parent) and not rec.get("parent")
+            parent = rec.get("parent", "") or parent
+            bparent = ""
             if parent:
-                prec = self._get(txn, ns, parent)
+                prec = get_json(txn, self._bucket, self._key(ns, parent))
+                if prec is None:
+                    raise NotFound(f"parent snapshot {parent} does not exist")
                 prec["children"] = sorted((set(prec.get("children", [])) - {k}) | {name})
                 put_json(txn, self._bucket, self._key(ns, parent), prec)
+                bparent = prec["bkey"]
             now = time.time()
             put_json(txn, self._bucket, self._key(ns, name),
                      {"name": name, "bkey": bname, "parent": parent,
@@ -209,7 +217,8 @@ class NamespacedSnapshotter:
             lease_remove(self.db, txn, ns, lease, "snapshots", k, self.name)
             lease_add(self.db, txn, ns, lease, "snapshots", name, self.name)
             # Inside the transaction: if the backing commit fails, nothing here changes.
-            self.backing.commit(bname, rec["bkey"], inherited(labels))
+            self.backing.commit(bname, rec["bkey"], inherited(labels),
+                                **({"parent": bparent} if rebase else {}))
         self.db.mutated()
 
     def remove(self, ns: str, k: str, lease: str | None = None) -> None:

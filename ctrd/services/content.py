@@ -201,6 +201,10 @@ class ContentService(pb_grpc.ContentServicer):
                         await asyncio.to_thread(writer.commit, total, expected,
                                                 dict(req.labels) or None)
                     resp.digest = writer.digest()
+                    if req.action == pb.COMMIT:
+                        # containerd 2.x's metadata writer publishes each committed blob
+                        self.events.publish(ns, "/content/create", events_pb.ContentCreate(
+                            digest=resp.digest, size=resp.offset))
                 else:
                     raise InvalidArgument(f"unknown write action {req.action}")
                 yield resp

@@ -25,7 +25,8 @@ class DiffService(pb_grpc.DiffServicer):
         ns = namespace(context)
         desc = differ.Descriptor(request.diff.media_type, request.diff.digest, request.diff.size)
         mounts = [Mount(m.type, m.source, list(m.options), m.target) for m in request.mounts]
-        applied = await asyncio.to_thread(differ.apply, self.content, ns, desc, mounts)
+        applied = await asyncio.to_thread(differ.apply, self.content, ns, desc, mounts,
+                                          request.sync_fs)
         return pb.ApplyResponse(applied=descriptor_pb2.Descriptor(
             media_type=applied.media_type, digest=applied.digest, size=applied.size))
 
@@ -37,6 +38,8 @@ class DiffService(pb_grpc.DiffServicer):
 
         created = await asyncio.to_thread(
             differ.diff, self.content, ns, mounts(request.left), mounts(request.right),
-            request.media_type, request.ref, dict(request.labels), lease(context))
+            request.media_type, request.ref, dict(request.labels), lease(context),
+            request.source_date_epoch.ToNanoseconds() / 1e9
+            if request.HasField("source_date_epoch") else None)
         return pb.DiffResponse(diff=descriptor_pb2.Descriptor(
             media_type=created.media_type, digest=created.digest, size=created.size))

@@ -30,6 +30,13 @@ def image_from_pb(p: pb.Image) -> Image:
                  dict(p.labels))
 
 
+def _epoch(request) -> float | None:
+    """The request's ``source_date_epoch`` in seconds (None: not set)."""
+    if not request.HasField("source_date_epoch"):
+        return None
+    return request.source_date_epoch.ToNanoseconds() / 1e9
+
+
 class ImagesService(pb_grpc.ImagesServicer):
     def __init__(self, images: ImageStore, events, gc) -> None:
         self.images = images
@@ -57,7 +64,8 @@ class ImagesService(pb_grpc.ImagesServicer):
 
     async def Create(self, request, context):
         ns = namespace(context)
-        img = await asyncio.to_thread(self.images.create, ns, image_from_pb(request.image))
+        img = await asyncio.to_thread(self.images.create, ns, image_from_pb(request.image),
+                                      _epoch(request))
         self.events.publish(ns, "/images/create", events_pb.ImageCreate(
             name=img.name, labels=img.labels))
         return pb.CreateImageResponse(image=image_to_pb(img))
@@ -65,14 +73,15 @@ class ImagesService(pb_grpc.ImagesServicer):
     async def Update(self, request, context):
         ns = namespace(context)
         img = await asyncio.to_thread(self.images.update, ns, image_from_pb(request.image),
-                                      list(request.update_mask.paths))
+                                      list(request.update_mask.paths), _epoch(request))
         self.events.publish(ns, "/images/update", events_pb.ImageUpdate(
             name=img.name, labels=img.labels))
         return pb.UpdateImageResponse(image=image_to_pb(img))
 
     async def Delete(self, request, context):
         ns = namespace(context)
-        await asyncio.to_thread(self.images.delete, ns, request.name)
+        target = request.target.digest if request.HasField("target") else ""
+        await asyncio.to_thread(self.images.delete, ns, request.name, target)
         self.events.publish(ns, "/images/delete", events_pb.ImageDelete(name=request.name))
         if request.sync and self.gc is not None:
             await self.gc.schedule_and_wait()

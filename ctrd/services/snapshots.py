@@ -59,7 +59,7 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
         mounts = await asyncio.to_thread(s.prepare, ns, request.key, request.parent,
                                          dict(request.labels), lease(context))
         self.events.publish(ns, "/snapshot/prepare", events_pb.SnapshotPrepare(
-            key=request.key, parent=request.parent))
+            key=request.key, parent=request.parent, snapshotter=request.snapshotter))
         return pb.PrepareSnapshotResponse(mounts=mounts_to_pb(mounts))
 
     async def View(self, request, context):
@@ -76,15 +76,16 @@ class SnapshotsService(pb_grpc.SnapshotsServicer):
     async def Commit(self, request, context):
         s, ns = self._get(request.snapshotter), namespace(context)
         await asyncio.to_thread(s.commit, ns, request.name, request.key, dict(request.labels),
-                                lease(context))
+                                lease(context), request.parent)
         self.events.publish(ns, "/snapshot/commit", events_pb.SnapshotCommit(
-            key=request.key, name=request.name))
+            key=request.key, name=request.name, snapshotter=request.snapshotter))
         return empty_pb2.Empty()
 
     async def Remove(self, request, context):
         s, ns = self._get(request.snapshotter), namespace(context)
         await asyncio.to_thread(s.remove, ns, request.key, lease(context))
-        self.events.publish(ns, "/snapshot/remove", events_pb.SnapshotRemove(key=request.key))
+        self.events.publish(ns, "/snapshot/remove", events_pb.SnapshotRemove(
+            key=request.key, snapshotter=request.snapshotter))
         return empty_pb2.Empty()
 
     async def Stat(self, request, context):

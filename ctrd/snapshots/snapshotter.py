@@ -68,7 +68,9 @@ class Snapshotter(Protocol):
     def view(self, key: str, parent: str = "",
              labels: dict[str, str] | None = None) -> list[Mount]: ...
 
-    def commit(self, name: str, key: str, labels: dict[str, str] | None = None) -> None: ...
+    def commit(self, name: str, key: str, labels: dict[str, str] | None = None,
+               parent: str = "") -> None:
+        """Commit active ``key`` as ``name``; ``parent``: rebase a parentless snapshot."""
 
     def remove(self, key: str) -> None: ...
 

@@ -256,8 +256,12 @@ def remove(t: Txn, key: str) -> tuple[str, Kind]:
 
 
 def commit_active(t: Txn, key: str, name: str, usage: Usage,
-                  labels: dict[str, str] | None = None) -> str:
-    """Rename active ``key`` to committed ``name`` (same id, new labels, new times)."""
+                  labels: dict[str, str] | None = None, parent: str = "") -> str:
+    """Rename active ``key`` to committed ``name`` (same id, new labels, new times).
+
+    ``parent`` (containerd 2.x's commit-time rebase): a snapshot prepared without a parent
+    is committed on top of ``parent``, which must be committed; one that has a parent keeps
+    it, and naming another is InvalidArgument, as containerd's storage."""
     _check_key(name)
     if t.get(name) is not None:
         raise AlreadyExists(f"committed snapshot {name}")
@@ -266,6 +270,11 @@ def commit_active(t: Txn, key: str, name: str, usage: Usage,
         raise NotFound(f"failed to get active snapshot {quote(key)}")
     if rec["kind"] != Kind.ACTIVE:
         raise FailedPrecondition(f"snapshot {quote(key)} is not active")
+    if parent and rec.get("parent", "") != parent:
+        if rec.get("parent"):
+            raise InvalidArgument(f"cannot change parent of active snapshot {quote(key)} on "
+                                  "commit")
+        rec["parent"] = parent
     now = time.time()
     rec.update(kind=int(Kind.COMMITTED), created=now, updated=now, labels=dict(labels or {}),
                size=usage.size, inodes=usage.inodes)
@@ -275,6 +284,8 @@ def commit_active(t: Txn, key: str, name: str, usage: Usage,
         prec = t.get(rec["parent"])
         if prec is None:
             raise NotFound(f"missing parent {rec['parent']!r} of snapshot {key!r}")
+        if prec["kind"] != Kind.COMMITTED:
+            raise FailedPrecondition(f"parent {quote(rec['parent'])} is not committed")
         t.txn.put(_parent_key(prec["id"], rec["id"]), name.encode("utf-8", "surrogatepass"),
                   db=t.store.parents)
     return str(rec["id"])
@@ -399,14 +410,15 @@ class DirSnapshotter:
                 raise
         return self._mounts(s)
 
-    def commit(self, name: str, key: str, labels: dict[str, str] | None = None) -> None:
+    def commit(self, name: str, key: str, labels: dict[str, str] | None = None,
+               parent: str = "") -> None:
         with self.ms.update() as t:
             sid, info, _ = get_info(t, key)
             if info.kind != Kind.ACTIVE:
                 # containerd's overlay and native snapshotters wrap storage's message so.
                 raise FailedPrecondition(f"failed to commit snapshot: snapshot {quote(key)} "
                                          "is not active")
-            commit_active(t, key, name, disk_usage(self._usage_path(sid)), labels)
+            commit_active(t, key, name, disk_usage(self._usage_path(sid)), labels, parent)
 
     def remove(self, key: str) -> None:
         path = renamed = ""
