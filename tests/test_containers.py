@@ -11,7 +11,8 @@ import time
 import pluggy
 import pytest
 
-from conftest import CTR, ctr
+import conftest
+from conftest import ctr
 from ctrd import errdefs
 from ctrd.content.local import LocalStore
 from ctrd.metadata.containers import AnyValue, Container, ContainerStore, Runtime
@@ -306,7 +307,7 @@ def test_a_hook_returning_garbage_fails_the_create():
 
 def integration(fn):
     """Real daemons and the real ctr: root, and ctr installed."""
-    fn = pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")(fn)
+    fn = pytest.mark.usefixtures("ctr_client")(fn)  # with ctr 1.6 and with ctr 2.3.4
     return pytest.mark.integration(fn)
 
 
@@ -518,7 +519,7 @@ def container_events(daemon, actions: list[list[str]]) -> list[tuple[str, str, d
     import tempfile
 
     with tempfile.TemporaryFile("w+") as out:
-        proc = subprocess.Popen([CTR, "--address", daemon.address, "events"], stdout=out,
+        proc = subprocess.Popen([conftest.CTR, "--address", daemon.address, "events"], stdout=out,
                                 stderr=subprocess.STDOUT, text=True)
         try:
             # Subscribed once a namespace event comes through.
