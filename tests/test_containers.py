@@ -12,7 +12,7 @@ import pluggy
 import pytest
 
 import conftest
-from conftest import ctr
+from conftest import CTR, ctr
 from ctrd import errdefs
 from ctrd.content.local import LocalStore
 from ctrd.metadata.containers import AnyValue, Container, ContainerStore, Runtime
@@ -306,8 +306,17 @@ def test_a_hook_returning_garbage_fails_the_create():
 # --- the service, through the real ctr and gRPC, against containerd ------------------------
 
 def integration(fn):
-    """Real daemons and the real ctr: root, and ctr installed."""
-    fn = pytest.mark.usefixtures("ctr_client")(fn)  # with ctr 1.6 and with ctr 2.3.4
+    """Real daemons and the real ctr (1.6, and 2.3.4 against containerd 2.3.4): root."""
+    fn = pytest.mark.usefixtures("ctr_client")(fn)
+    return pytest.mark.integration(fn)
+
+
+def integration_api(fn):
+    """The Containers API itself against containerd 1.6 (no ctr). Not against 2.3.4: it
+    accepts a container without a spec (its Go proto conversion turns a missing Any into a
+    non-nil interface, so its own "container.Spec must be set" check never fires); ctrd keeps
+    refusing it, as 1.6 does and as the check intends."""
+    fn = pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")(fn)
     return pytest.mark.integration(fn)
 
 
@@ -471,7 +480,7 @@ def grpc_steps(c) -> list:
     return out
 
 
-@integration
+@integration_api
 def test_containers_api_matches_containerd(ctrd, containerd):
     from ctrd.cli.client import Client
 
