@@ -26,16 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ctrd.errdefs import InvalidArgument
+from ctrd.config_keys import ConfigError, join_key
+
 
 DEFAULT_ROOT = "/var/lib/ctrd"
 DEFAULT_STATE = "/run/ctrd"
 DEFAULT_ADDRESS = "/run/ctrd/ctrd.sock"
 LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "panic")
-
-
-class ConfigError(InvalidArgument):
-    """A config file or value ctrd cannot use; the message names the file and key."""
 
 
 def setting(default: Any = dataclasses.MISSING, *, key: str | None = None, doc: str = "",
@@ -238,12 +235,6 @@ def load(path: str | Path | None) -> LoadResult:
 
 def _key_of(f: dataclasses.Field) -> str:
     return f.metadata.get("key") or f.name
-
-
-def join_key(prefix: str, key: str) -> str:
-    """``prefix.key`` as messages name a key (quoted where TOML would need it)."""
-    part = key if key.replace("_", "").replace("-", "").isalnum() else f'"{key}"'
-    return f"{prefix}.{part}" if prefix else part
 
 
 _TYPE_NAMES = {str: "string", int: "integer", float: "float", bool: "boolean", list: "array",

@@ -29,7 +29,7 @@ import copy
 from typing import Any
 
 from ctrd import deprecation
-from ctrd.config import ConfigError, join_key
+from ctrd.config_keys import ConfigError, join_key
 
 CRI = "io.containerd.grpc.v1.cri"
 CRI_RUNTIME = "io.containerd.cri.v1.runtime"

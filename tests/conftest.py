@@ -207,6 +207,19 @@ def _containerd2(tmp_root):
         d.stop()
 
 
+@pytest.fixture
+def c2(tmp_root):
+    """containerd 2.3.4 (tests/containerd2.py) on paths under tmp_root, stopped after."""
+    import containerd2
+
+    if not containerd2.available():
+        pytest.skip(f"containerd 2.3.4 is not at {containerd2.BIN_DIR}")
+    d = containerd2.Containerd2.start(tmp_root / "c2", cni_bin_dirs=["/opt/cni/bin"],
+                                      cni_conf_dir=str(tmp_root / "c2" / "net.d"))
+    yield d
+    d.stop()
+
+
 @pytest.fixture(scope="session")
 def registry():
     """A local plain-HTTP registry (Debian's docker-registry on 127.0.0.1:<free port>) holding

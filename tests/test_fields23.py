@@ -83,16 +83,6 @@ def lowerdirs(mounts) -> list[str]:
 
 
 @pytest.fixture
-def c2(tmp_root):
-    if not containerd2.available():
-        pytest.skip(f"containerd 2.3.4 is not at {containerd2.BIN_DIR}")
-    d = containerd2.Containerd2.start(tmp_root / "c2", cni_bin_dirs=["/opt/cni/bin"],
-                                      cni_conf_dir=str(tmp_root / "c2" / "net.d"))
-    yield d
-    d.stop()
-
-
-@pytest.fixture
 def sides(ctrd, c2):
     out = {"ctrd": Side(ctrd.address), "containerd": Side(c2.address)}
     yield out

@@ -30,16 +30,6 @@ def ctr2(address: str, *args: str, quiet: bool = True) -> subprocess.CompletedPr
                           timeout=60, env=env)
 
 
-@pytest.fixture
-def c2(tmp_root):
-    if not containerd2.available():
-        pytest.skip(f"containerd 2.3.4 is not at {containerd2.BIN_DIR}")
-    d = containerd2.Containerd2.start(tmp_root / "c2", cni_bin_dirs=["/opt/cni/bin"],
-                                      cni_conf_dir=str(tmp_root / "c2" / "net.d"))
-    yield d
-    d.stop()
-
-
 def test_registry_keeps_last_occurrence_and_drops_unknown_ids():
     d = Deprecations()
     d.emit(CGROUP_V1)
