@@ -8,6 +8,7 @@ import asyncio
 import os
 
 from ctrd import errdefs
+from ctrd.cri import sandbox_record
 from ctrd.cri import store as st
 from ctrd.cri.helpers import cri_pb, log, rmtree
 from ctrd.cri.sandbox_files import unmount_shm
@@ -30,6 +31,7 @@ class SandboxRemove:
         await asyncio.to_thread(unmount_shm, meta.dir)
         await asyncio.to_thread(rmtree, meta.dir)
         await asyncio.to_thread(self._delete_record, meta.id)
+        await asyncio.to_thread(sandbox_record.remove, self.md, meta.id)
         if meta.snapshot_key:
             await asyncio.to_thread(self._remove_snapshot, meta.snapshot_key)
         await asyncio.to_thread(self.image_volumes.cleanup, meta.id, True)  # and its lease

@@ -322,8 +322,89 @@ async def _init_cri(ic: InitContext):
 
     # Not warmed at idle: ~50 ms of imports (CRI protos, registry client) that would hold up
     # the first ctr call after boot; the kubelet's first call pays them once.
-    return LazyService(build, ("runtime.v1.RuntimeService", "runtime.v1.ImageService"),
-                       warm=False)
+    service = LazyService(build, ("runtime.v1.RuntimeService", "runtime.v1.ImageService"),
+                          warm=False)
+    # The core, for the podsandbox sandbox controller (an instance attribute: found without
+    # building the lazy service).
+    object.__setattr__(service, "runtime", runtime)
+    return service
+
+
+# --- sandboxes (containerd 2.x) ------------------------------------------------------------
+
+SANDBOX_STORE = "io.containerd.sandbox.store.v1"
+SANDBOX_CONTROLLER = "io.containerd.sandbox.controller.v1"
+PODSANDBOX = "io.containerd.podsandbox.controller.v1"
+
+
+def _init_sandbox_store(ic: InitContext):
+    from ctrd.services.lazy import LazyObject
+
+    md = ic.get(METADATA)
+
+    def build():
+        from ctrd.metadata.sandboxes import SandboxStore
+
+        return SandboxStore(md.db)
+
+    return LazyObject(build)
+
+
+def _init_sandboxes_service(ic: InitContext):
+    store = ic.get_by_id(SANDBOX_STORE, "local")
+
+    def build():
+        from ctrd.services.sandbox_store import SandboxStoreService
+
+        return SandboxStoreService(store)
+
+    return _lazy("containerd.services.sandbox.v1.Store", build)
+
+
+def _init_shim_sandboxer(ic: InitContext):
+    from ctrd.sandbox.shim import ShimController
+
+    return ShimController(str(ic.root), str(ic.state), ic.get(RUNTIME_V2))
+
+
+def _init_podsandbox(ic: InitContext):
+    from ctrd.sandbox.podsandbox import PodSandboxController
+
+    plugins = ic.plugins
+
+    def cri_runtime():
+        """The CRI plugin's core, looked up when first needed: the CRI plugin is a gRPC
+        plugin initialised after this one (the controller service, also gRPC, needs us)."""
+        p = plugins.get(f"{GRPC}.cri")
+        if p is None or p.error is not None:
+            from ctrd.errdefs import FailedPrecondition
+
+            raise FailedPrecondition("podsandbox: the CRI plugin is not loaded"
+                                     + (f": {p.error}" if p is not None else ""))
+        return p.instance.runtime
+
+    return PodSandboxController(cri_runtime)
+
+
+def _init_sandbox_controllers(ic: InitContext):
+    controllers: dict = {}
+    for type_ in (PODSANDBOX, SANDBOX_CONTROLLER):
+        try:
+            controllers.update(ic.get_all(type_))
+        except Exception:  # noqa: BLE001 - none of this type: serve the others
+            pass
+    if not controllers:
+        from ctrd.errdefs import SkipPlugin
+
+        raise SkipPlugin("no sandbox controllers initialized")
+    events = ic.get(EVENT)
+
+    def build():
+        from ctrd.services.sandbox_controller import SandboxControllerService
+
+        return SandboxControllerService(controllers, events)
+
+    return _lazy("containerd.services.sandbox.v1.Controller", build)
 
 
 def _service(id_: str):
@@ -399,6 +480,13 @@ REGISTRATIONS = [
     Registration(GRPC, "containers", _service("containers-service"), requires=(SERVICE,)),
     Registration(GRPC, "transfer", _init_transfer, requires=(METADATA,),
                  config=TransferConfig),
+    Registration(SANDBOX_STORE, "local", _init_sandbox_store, requires=(METADATA,)),
+    Registration(GRPC, "sandboxes", _init_sandboxes_service, requires=(SANDBOX_STORE,)),
+    Registration(SANDBOX_CONTROLLER, "shim", _init_shim_sandboxer,
+                 requires=(RUNTIME_V2, EVENT)),
+    Registration(PODSANDBOX, "podsandbox", _init_podsandbox),
+    Registration(GRPC, "sandbox-controllers", _init_sandbox_controllers,
+                 requires=(PODSANDBOX, SANDBOX_CONTROLLER, EVENT)),
     Registration(GRPC, "introspection", _init_introspection),
     Registration(GRPC, "version", _init_version),
     Registration(GRPC, "healthcheck", _init_health),

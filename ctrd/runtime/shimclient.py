@@ -81,6 +81,36 @@ class Exit:
     timestamp: Any  # google.protobuf.Timestamp
 
 
+def parse_start_output(raw: bytes) -> tuple[str, int]:
+    """(address, shim API version) from what a shim's ``start`` printed: containerd 2.x's
+    bootstrap answer (a ``BootstrapResult`` protobuf, or the JSON ``{"version", "address",
+    "protocol"}`` of 2.0) or the plain address of shim v2. Only ttrpc is spoken here."""
+    text = raw.strip()
+    if text.startswith(b"unix://"):
+        return text.decode(errors="replace"), 2
+    if text.startswith(b"{"):
+        import json
+
+        try:
+            params = json.loads(text)
+            if int(params.get("version", 0)) >= 2:
+                return str(params.get("address", "")), int(params["version"])
+        except (ValueError, AttributeError, TypeError):
+            pass
+        return text.decode(errors="replace"), 2
+    from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
+
+    result = bootstrap_pb2.BootstrapResult()
+    try:
+        result.ParseFromString(raw)
+    except Exception:  # noqa: BLE001 - garbage: named below
+        raise errdefs.FailedPrecondition(f"shim printed an unreadable start answer "
+                                         f"{raw[:200]!r}") from None
+    if result.protocol and result.protocol != "ttrpc":
+        raise errdefs.NotImplemented_(f"shim protocol {result.protocol!r}")
+    return result.address, result.version or 2
+
+
 def _parse_address(address: str) -> str:
     address = address.strip()
     if address.startswith("unix://"):
@@ -142,6 +172,7 @@ class ShimCommand:
     address: str          # the daemon's gRPC socket
     ttrpc_address: str    # the daemon's ttrpc socket (events go there)
     debug: bool = False
+    version: int = 2      # the shim API version its start answered (2, or 3 for 2.x shims)
 
     def argv(self, *args: str) -> list[str]:
         return [self.binary, "-namespace", self.bundle.namespace, "-address", self.address,
@@ -186,7 +217,8 @@ class ShimCommand:
             raise errdefs.CtrdError(f"start shim {os.path.basename(self.binary)}: {text}: "
                                     f"exit status {rc}")
         self.bundle.write("shim-binary-path", self.binary)
-        return _parse_address(out.decode(errors="replace"))
+        address, self.version = parse_start_output(out)
+        return _parse_address(address)
 
     def _start_via_template(self, options: bytes) -> str | None:
         """One start request to a running template of ctrd's shim; None when there is none

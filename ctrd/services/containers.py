@@ -42,7 +42,7 @@ def _any_from_pb(msg, field: str) -> AnyValue | None:
 def container_to_pb(c: Container) -> pb.Container:
     p = pb.Container(id=c.id, labels=c.labels, image=c.image, snapshotter=c.snapshotter,
                      snapshot_key=c.snapshot_key, created_at=_ts(c.created_at),
-                     updated_at=_ts(c.updated_at))
+                     updated_at=_ts(c.updated_at), sandbox=c.sandbox)
     # containerd always sends a runtime message, options only when set.
     p.runtime.name = c.runtime.name
     if c.runtime.options is not None:
@@ -62,7 +62,8 @@ def container_from_pb(p: pb.Container) -> Container:
                      labels=dict(p.labels), image=p.image, snapshotter=p.snapshotter,
                      snapshot_key=p.snapshot_key,
                      extensions={k: AnyValue(v.type_url, v.value)
-                                 for k, v in p.extensions.items()})
+                                 for k, v in p.extensions.items()},
+                     sandbox=p.sandbox)
 
 
 def is_oci_spec(a: AnyValue | None) -> bool:
