@@ -145,7 +145,7 @@ def main(argv: list[str]) -> int:
         if os.fork() != 0:
             os._exit(0)
         devnull = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1):
+        for fd in (0, 1, 2):
             os.dup2(devnull, fd)
         try:
             asyncio.run(serve(path, w))
