@@ -11,7 +11,9 @@ controller (its own client in k8s.io).
   ``failed to get sandbox "<id>" metadata: ...``; nothing is kept.
 - Start runs the pod (RunPodSandbox's work, with the sandbox's id).
 - Stop is StopPodSandbox; Shutdown is RemovePodSandbox (the pod's containers, its shim,
-  mounts, namespaces and state go; an unknown id is no error, as for the CRI).
+  mounts, namespaces and state go; an unknown id is no error, as for the CRI) but for the
+  sandbox store record, which the client deletes (``ctr sandboxes rm``: Shutdown, then
+  Store.Delete).
 - Wait: the pod process's exit (a pod without one: until it is stopped). Status: the pod's
   state (``SANDBOX_READY`` / ``SANDBOX_NOTREADY``), pid, creation time. Metrics: the pod
   process's task stats. Platform: this host's. Update: nothing (containerd's neither).
@@ -163,7 +165,7 @@ class PodSandboxController:
     async def shutdown(self, ns: str, id_: str) -> None:
         self._pending.pop(id_, None)
         self._exits.pop(id_, None)
-        await self._runtime().remove_pod_sandbox(id_)
+        await self._runtime().remove_pod_sandbox(id_, keep_record=True)
 
     async def metrics(self, ns: str, id_: str):
         from ctrd.api.containerd.types import metrics_pb2
