@@ -4,30 +4,20 @@ hostile ids and labels (InvalidArgument naming the problem, nothing stored)."""
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from ctrd import errdefs
-from ctrd.content.local import LocalStore
 from ctrd.metadata.containers import AnyValue, Runtime
 from ctrd.metadata.namespaces import NamespaceStore
 from ctrd.metadata.sandboxes import Sandbox, SandboxStore
-from ctrd.metadata.store import Metadata
 from ctrd.services.sandbox_store import matcher, sandbox_from_pb, sandbox_to_pb
+from test_gc import md, put  # noqa: F401 - md is a fixture
 
 SPEC = AnyValue("types.containerd.io/opencontainers/runtime-spec/1/Spec", b'{"ociVersion":"1"}')
 
 
 @pytest.fixture
-def md(tmp_path):
-    m = Metadata(str(tmp_path / "meta"), LocalStore(tmp_path / "content"))
-    yield m
-    m.close()
-
-
-@pytest.fixture
-def store(md) -> SandboxStore:
+def store(md) -> SandboxStore:  # noqa: F811
     return SandboxStore(md.db)
 
 
@@ -137,18 +127,8 @@ def test_namespace_delete_takes_its_sandboxes(md, store):
     assert store.list("gone") == [] and [s.id for s in store.list("kept")] == ["sb1"]
 
 
-def test_sandbox_labels_are_gc_roots(md, store):
-    def put(data: bytes) -> str:
-        d = "sha256:" + hashlib.sha256(data).hexdigest()
-        w = md.content.writer("default", d, len(data), d, None)
-        try:
-            w.write(data)
-            w.commit(len(data), d, None)
-        finally:
-            w.close()
-        return d
-
-    held, loose = put(b"held"), put(b"loose")
+def test_sandbox_labels_are_gc_roots(md, store):  # noqa: F811
+    held, loose = put(md, "default", b"held"), put(md, "default", b"loose")
     store.create("default", _sb(labels={"containerd.io/gc.ref.content.x": held}))
     md.collect()
     assert md.content.info("default", held)

@@ -86,25 +86,40 @@ def _any_from_rec(rec: dict | None) -> AnyValue | None:
     return AnyValue(rec["type_url"], base64.b64decode(rec["value"]))
 
 
+def runtime_to_rec(rt: Runtime) -> dict:
+    return {"name": rt.name, "options": _any_to_rec(rt.options)}
+
+
+def runtime_from_rec(rec: dict | None) -> Runtime:
+    rec = rec or {}
+    return Runtime(rec.get("name", ""), _any_from_rec(rec.get("options")))
+
+
+def extensions_to_rec(exts: dict[str, AnyValue]) -> dict:
+    return {k: _any_to_rec(v) for k, v in exts.items()}
+
+
+def extensions_from_rec(rec: dict | None) -> dict[str, AnyValue]:
+    return {k: _any_from_rec(v) or AnyValue() for k, v in (rec or {}).items()}
+
+
 def _to_rec(c: Container) -> dict:
     return {"id": c.id, "labels": c.labels, "image": c.image,
-            "runtime": {"name": c.runtime.name, "options": _any_to_rec(c.runtime.options)},
+            "runtime": runtime_to_rec(c.runtime),
             "spec": _any_to_rec(c.spec), "snapshotter": c.snapshotter,
             "snapshot_key": c.snapshot_key,
-            "extensions": {k: _any_to_rec(v) for k, v in c.extensions.items()},
+            "extensions": extensions_to_rec(c.extensions),
             "created_at": c.created_at, "updated_at": c.updated_at,
             **({"sandbox": c.sandbox} if c.sandbox else {})}
 
 
 def _from_rec(rec: dict) -> Container:
-    rt = rec.get("runtime") or {}
     return Container(
-        id=rec["id"], runtime=Runtime(rt.get("name", ""), _any_from_rec(rt.get("options"))),
+        id=rec["id"], runtime=runtime_from_rec(rec.get("runtime")),
         spec=_any_from_rec(rec.get("spec")), labels=dict(rec.get("labels") or {}),
         image=rec.get("image", ""), snapshotter=rec.get("snapshotter", ""),
         snapshot_key=rec.get("snapshot_key", ""),
-        extensions={k: _any_from_rec(v) or AnyValue()
-                    for k, v in (rec.get("extensions") or {}).items()},
+        extensions=extensions_from_rec(rec.get("extensions")),
         created_at=rec.get("created_at", 0.0), updated_at=rec.get("updated_at", 0.0),
         sandbox=rec.get("sandbox", ""))
 

@@ -37,7 +37,9 @@ from typing import Callable
 
 from ctrd import identifiers
 from ctrd.errdefs import AlreadyExists, InvalidArgument, NotFound, quote
-from ctrd.metadata.containers import AnyValue, Runtime, _any_from_rec, _any_to_rec
+from ctrd.metadata.containers import (AnyValue, Runtime, _any_from_rec, _any_to_rec,
+                                     extensions_from_rec, extensions_to_rec,
+                                     runtime_from_rec, runtime_to_rec)
 from ctrd.metadata.db import DB, get_json, key, prefix, put_json, scan
 
 BUCKET = "sandboxes"
@@ -57,20 +59,15 @@ class Sandbox:
 
 
 def to_rec(s: Sandbox) -> dict:
-    return {"id": s.id, "labels": s.labels,
-            "runtime": {"name": s.runtime.name, "options": _any_to_rec(s.runtime.options)},
-            "spec": _any_to_rec(s.spec),
-            "extensions": {k: _any_to_rec(v) for k, v in s.extensions.items()},
+    return {"id": s.id, "labels": s.labels, "runtime": runtime_to_rec(s.runtime),
+            "spec": _any_to_rec(s.spec), "extensions": extensions_to_rec(s.extensions),
             "sandboxer": s.sandboxer, "created_at": s.created_at, "updated_at": s.updated_at}
 
 
 def from_rec(rec: dict) -> Sandbox:
-    rt = rec.get("runtime") or {}
-    return Sandbox(id=rec["id"], runtime=Runtime(rt.get("name", ""),
-                                                 _any_from_rec(rt.get("options"))),
+    return Sandbox(id=rec["id"], runtime=runtime_from_rec(rec.get("runtime")),
                    spec=_any_from_rec(rec.get("spec")), labels=dict(rec.get("labels") or {}),
-                   extensions={k: _any_from_rec(v) or AnyValue()
-                               for k, v in (rec.get("extensions") or {}).items()},
+                   extensions=extensions_from_rec(rec.get("extensions")),
                    sandboxer=rec.get("sandboxer", ""), created_at=rec.get("created_at", 0),
                    updated_at=rec.get("updated_at", 0))
 

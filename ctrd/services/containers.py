@@ -125,11 +125,7 @@ def _matcher(filters_: list[str]):
         return None
     from ctrd import filters
 
-    try:
-        f = filters.parse_all(*filters_)
-    except InvalidArgument as e:
-        # containerd wraps the parse error (already "...: invalid argument") once more.
-        raise InvalidArgument(str(e)) from None
+    f = filters.parse_store_filters(filters_)
 
     def adapt(c: Container):
         def runtime(path: tuple[str, ...]) -> str | None:

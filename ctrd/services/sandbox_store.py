@@ -15,7 +15,6 @@ from google.protobuf import any_pb2, timestamp_pb2
 from ctrd.api.containerd.services.sandbox.v1 import sandbox_pb2 as pb
 from ctrd.api.containerd.services.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from ctrd.api.containerd.types import sandbox_pb2 as types_pb
-from ctrd.errdefs import InvalidArgument
 from ctrd.metadata.containers import AnyValue, Runtime
 from ctrd.metadata.sandboxes import Sandbox, SandboxStore
 from ctrd.services.grpcutil import namespace
@@ -64,11 +63,7 @@ def matcher(exprs: list[str]):
         return None
     from ctrd import filters
 
-    try:
-        f = filters.parse_all(*exprs)
-    except InvalidArgument as e:
-        # containerd wraps the parse error (already "...: invalid argument") once more.
-        raise InvalidArgument(str(e)) from None
+    f = filters.parse_store_filters(exprs)
     return lambda s: f.match(filters.adaptor_from({"id": s.id}, s.labels))
 
 
