@@ -281,3 +281,50 @@ def test_cri_pods_listed_by_ctr2(cri_factory):  # noqa: F811
     r = ctr2(d.address, "sandboxes", "ls", namespace="k8s.io")
     assert r.returncode == 0 and r.stdout.splitlines()[1:] == []
     assert not os.path.exists(d.state / "io.containerd.grpc.v1.cri" / "sandboxes" / sid)
+
+
+def test_shim_sandboxes_survive_a_daemon_restart(start_ctrd, tmp_root):
+    d = start_ctrd()
+    shim = shim_wrapper(tmp_root)
+    s = Stubs(d.address)
+    pids = {}
+    try:
+        for id_ in ("keep", "dies"):
+            sb = _sandbox(s, id_, shim)
+            s.call(s.store, "Create", sandbox=sb)
+            s.call(s.ctl, "Create", sandbox_id=id_, sandboxer="shim", sandbox=sb)
+            pids[id_] = s.call(s.ctl, "Start", sandbox_id=id_, sandboxer="shim").pid
+    finally:
+        s.close()
+    d.stop()
+    # while the daemon is down, the shim of "dies" goes (with its sandbox process)
+    bundle = d.state / "io.containerd.sandbox.controller.v1.shim" / "default" / "dies"
+    victims = [p for p in processes_under(bundle)]
+    assert victims
+    for p in victims + [pids["dies"]]:
+        try:
+            os.kill(p, 9)
+        except ProcessLookupError:
+            pass
+    d = start_ctrd()
+    s = Stubs(d.address)
+    try:
+        st = s.call(s.ctl, "Status", sandbox_id="keep", sandboxer="shim")
+        assert (st.state, st.pid) == ("running", pids["keep"]) and _alive(pids["keep"])
+        assert not bundle.exists()  # cleaned up at start
+        st = s.call(s.ctl, "Status", sandbox_id="dies", sandboxer="shim")
+        assert not st.state and st.exited_at.seconds > 0
+        r = ctr2(d.address, "sandboxes", "rm", "keep", "dies") if have_ctr2() else None
+        if r is None:
+            for id_ in ("keep", "dies"):
+                s.call(s.ctl, "Stop", sandbox_id=id_, sandboxer="shim")
+                try:
+                    s.call(s.ctl, "Shutdown", sandbox_id=id_, sandboxer="shim")
+                except grpc.RpcError:
+                    pass
+                s.call(s.store, "Delete", sandbox_id=id_)
+        assert s.call(s.store, "List").list == []
+    finally:
+        s.close()
+    assert not _alive(pids["keep"])
+    assert _leftovers(d, tmp_root / "ctrd") == []

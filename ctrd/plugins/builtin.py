@@ -361,10 +361,12 @@ def _init_sandboxes_service(ic: InitContext):
     return _lazy("containerd.services.sandbox.v1.Store", build)
 
 
-def _init_shim_sandboxer(ic: InitContext):
+async def _init_shim_sandboxer(ic: InitContext):
     from ctrd.sandbox.shim import ShimController
 
-    return ShimController(str(ic.root), str(ic.state), ic.get(RUNTIME_V2))
+    controller = ShimController(str(ic.root), str(ic.state), ic.get(RUNTIME_V2))
+    await controller.load()
+    return controller
 
 
 def _init_podsandbox(ic: InitContext):

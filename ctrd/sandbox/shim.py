@@ -16,8 +16,8 @@ Contract:
 - Shutdown calls ShutdownSandbox, then removes the shim (as a failed Create does). A
   sandbox whose shim went away on its own is cleaned up the same way when noticed.
 
-The shims live as long as ctrd's state dir; a daemon restart does not reconnect to them yet
-(their bundles are cleaned at the next Create of the same id).
+Shims outlive the daemon: at its start (:meth:`ShimController.load`) it reconnects to the
+shims of the bundles it finds (their ``address`` file, a Ping) and cleans up after the rest.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from ctrd import errdefs
 from ctrd.metadata.sandboxes import Sandbox
 from ctrd.runtime import shimclient
-from ctrd.runtime.bundle import Bundle, new_bundle
+from ctrd.runtime.bundle import Bundle, load_bundles, new_bundle
 from ctrd.sandbox.controller import CreateOptions, ExitStatus, Instance, Platform, Status
 
 log = logging.getLogger("ctrd.sandbox")
@@ -112,7 +112,48 @@ class ShimController:
         sh = _Shim(bundle, cmd, client, "unix://" + path.replace("\0", "@", 1), shim_log,
                    _peer_pid(client))
         holder.append(sh)
+        # For a daemon restart (:meth:`load`): where it listens, which API it speaks.
+        bundle.write("address", sh.address)
+        bundle.write("shim-version", str(cmd.version))
         return sh
+
+    async def load(self) -> None:
+        """Daemon start: reconnect to the shims of the bundles under the state dir (a Ping
+        must answer); clean up after those that are gone."""
+        bundles = await asyncio.to_thread(load_bundles, self.state)
+        await asyncio.gather(*(self._load_one(b) for b in bundles))
+
+    async def _load_one(self, bundle: Bundle) -> None:
+        from ctrd.ttrpc.client import Client
+
+        cmd = shimclient.ShimCommand(bundle.read("shim-binary-path") or "", bundle,
+                                     self.manager.address, self.manager.ttrpc_address,
+                                     self.manager.debug)
+        version = bundle.read("shim-version") or "2"
+        cmd.version = int(version) if version.isdigit() else 2
+        address = bundle.read("address") or ""
+        client = None
+        try:
+            holder: list[_Shim] = []
+            client = await asyncio.wait_for(
+                Client.connect(shimclient._parse_address(address),
+                               on_close=lambda: holder and self._closed(holder[0])), 5.0)
+            sh = _Shim(bundle, cmd, client, address, None, _peer_pid(client))
+            await self._call(sh, "PingSandbox", _pb().PingRequest(sandbox_id=bundle.id),
+                             _pb().PingResponse, shimclient.STATE_TIMEOUT)
+        except (errdefs.CtrdError, OSError, TimeoutError) as e:
+            log.info("shim of sandbox %s/%s is gone (%s): cleaning up", bundle.namespace,
+                     bundle.id, e)
+            if client is not None:
+                await client.close()
+            await self._delete_shim(cmd, 0)
+            return
+        holder.append(sh)
+        try:
+            sh.log = shimclient.ShimLog(bundle)
+        except OSError as e:
+            log.debug("shim log of sandbox %s: %s", bundle.id, e)
+        self._shims[(bundle.namespace, bundle.id)] = sh
 
     def _closed(self, sh: _Shim) -> None:
         sh.gone.set()
