@@ -122,7 +122,7 @@ def fake_registry():
     srv.server_close()
 
 
-CONFIG_TOML = ('version = 2\n[plugins."io.containerd.grpc.v1.transfer"]\n'
+CONFIG_TOML = ('version = 2\n[plugins."io.containerd.transfer.v1.local"]\n'
                'progress_timeout = 1.5\n')
 
 

@@ -13,8 +13,10 @@ from ctrd.config import setting
 from ctrd.cri.config import CRIConfig
 from ctrd.gc.config import SchedulerConfig
 from ctrd.plugins.hookspec import hookimpl
-from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, RUNTIME_V2,
-                                       SERVICE, SNAPSHOTTER, InitContext, Registration)
+from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, PODSANDBOX,
+                                       RUNTIME_V2, SANDBOX_CONTROLLER, SANDBOX_STORE,
+                                       SERVICE, SNAPSHOTTER, STREAMING, TRANSFER,
+                                       InitContext, Registration)
 
 
 # --- events -------------------------------------------------------------------------------
@@ -189,26 +191,82 @@ def _positive_float(v: float) -> str | None:
     return None if v > 0 else "must be positive"
 
 
+def _non_negative_int(v: int) -> str | None:
+    return None if v >= 0 else "must not be negative"
+
+
 @dataclass
-class TransferConfig:
-    """``[plugins."io.containerd.grpc.v1.transfer"]``."""
+class LocalTransferConfig:
+    """``[plugins."io.containerd.transfer.v1.local"]``: containerd 2.x's local transferrer
+    (pulls, pushes, imports and exports for the Transfer services)."""
 
     config_path: str = setting("", doc="registry hosts directory in containerd's certs.d "
                                         "layout (<dir>/<host>/hosts.toml); empty: none")
     progress_timeout: float = setting(30.0, check=_positive_float,
                                       doc="seconds a registry transfer may make no progress "
-                                          "before the pull fails")
+                                          "before it fails (ctrd's)")
+    max_concurrent_downloads: int = setting(3, check=_non_negative_int)
+    max_concurrent_uploaded_layers: int = setting(3, check=_non_negative_int)
+    concurrent_layer_fetch_buffer: int = setting(0, check=_non_negative_int)
+    max_concurrent_unpacks: int = setting(1, check=_non_negative_int)
+    check_platform_supported: bool = setting(False)
+    unpack_config: list[dict] = setting(default_factory=list,
+                                        doc="[{platform, snapshotter, differ}] per platform")
+
+
+def _init_stream_manager(ic: InitContext):
+    from ctrd.streaming.manager import StreamManager
+
+    return StreamManager()
+
+
+def _init_local_transfer(ic: InitContext):
+    from ctrd.transfer.context import TransferConfig
+
+    c = ic.config
+    return TransferConfig(config_path=c.config_path, progress_timeout=c.progress_timeout,
+                          max_concurrent_downloads=c.max_concurrent_downloads,
+                          max_concurrent_uploaded_layers=c.max_concurrent_uploaded_layers,
+                          unpack_config=list(c.unpack_config))
+
+
+def _init_streaming(ic: InitContext):
+    streams = ic.get_by_id(STREAMING, "manager")
+
+    def build():
+        from ctrd.services.streaming import StreamingService
+
+        return StreamingService(streams)
+
+    return _lazy("containerd.services.streaming.v1.Streaming", build)
 
 
 def _init_transfer(ic: InitContext):
-    md, cfg = ic.get(METADATA), ic.config
+    md, tcfg = ic.get(METADATA), ic.get_by_id(TRANSFER, "local")
+    streams = ic.get_by_id(STREAMING, "manager")
+    events = ic.get_by_id(EVENT, "exchange")
 
     def build():
         from ctrd.services.transfer import TransferService
+        from ctrd.services.transfer2 import ContainerdTransferService
 
-        return TransferService(md, cfg.config_path, cfg.progress_timeout)
+        return _Both(TransferService(md, tcfg.config_path, tcfg.progress_timeout),
+                     ContainerdTransferService(md, streams, tcfg, events))
 
-    return _lazy("ctrd.v1.Transfer", build)
+    from ctrd.services.lazy import LazyService
+
+    return LazyService(build, ("ctrd.v1.Transfer", "containerd.services.transfer.v1.Transfer"))
+
+
+class _Both:
+    """Two services built and registered together (one plugin serving both APIs)."""
+
+    def __init__(self, *services) -> None:
+        self.services = services
+
+    def register_grpc(self, server) -> None:
+        for s in self.services:
+            s.register_grpc(server)
 
 
 def _init_diff_service(ic: InitContext):
@@ -331,11 +389,6 @@ async def _init_cri(ic: InitContext):
 
 
 # --- sandboxes (containerd 2.x) ------------------------------------------------------------
-
-SANDBOX_STORE = "io.containerd.sandbox.store.v1"
-SANDBOX_CONTROLLER = "io.containerd.sandbox.controller.v1"
-PODSANDBOX = "io.containerd.podsandbox.controller.v1"
-
 
 def _init_sandbox_store(ic: InitContext):
     from ctrd.services.lazy import LazyObject
@@ -480,8 +533,12 @@ REGISTRATIONS = [
     Registration(GRPC, "cri", _init_cri, requires=(METADATA, RUNTIME_V2, EVENT, GC),
                  config=CRIConfig),
     Registration(GRPC, "containers", _service("containers-service"), requires=(SERVICE,)),
-    Registration(GRPC, "transfer", _init_transfer, requires=(METADATA,),
-                 config=TransferConfig),
+    Registration(STREAMING, "manager", _init_stream_manager),
+    Registration(TRANSFER, "local", _init_local_transfer, requires=(METADATA,),
+                 config=LocalTransferConfig),
+    Registration(GRPC, "streaming", _init_streaming, requires=(STREAMING,)),
+    Registration(GRPC, "transfer", _init_transfer, requires=(METADATA, TRANSFER, STREAMING,
+                                                             EVENT)),
     Registration(SANDBOX_STORE, "local", _init_sandbox_store, requires=(METADATA,)),
     Registration(GRPC, "sandboxes", _init_sandboxes_service, requires=(SANDBOX_STORE,)),
     Registration(SANDBOX_CONTROLLER, "shim", _init_shim_sandboxer,

@@ -36,6 +36,11 @@ CONTENT = "io.containerd.content.v1"
 GC = "io.containerd.gc.v1"
 LEASE = "io.containerd.lease.v1"
 EVENT = "io.containerd.event.v1"
+STREAMING = "io.containerd.streaming.v1"
+TRANSFER = "io.containerd.transfer.v1"
+SANDBOX_STORE = "io.containerd.sandbox.store.v1"
+SANDBOX_CONTROLLER = "io.containerd.sandbox.controller.v1"
+PODSANDBOX = "io.containerd.podsandbox.controller.v1"
 
 ALL = "*"
 

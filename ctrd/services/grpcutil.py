@@ -10,6 +10,7 @@ method's handler once; :class:`ErrorInterceptor` does the same wrapping per call
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 from typing import Any
@@ -103,9 +104,21 @@ def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
             except Exception as e:  # noqa: BLE001
                 await _abort(context, e, method)
 
+        async def reader_writer(request: Any, context: aio.ServicerContext) -> None:
+            # A handler that talks through context.read()/write() (both directions at once,
+            # e.g. the Streaming service) must not be wrapped in a generator: grpc refuses
+            # the two response styles mixed.
+            try:
+                await inner_s(request, context)
+            except (aio.AbortError, aio.UsageError):
+                raise
+            except Exception as e:  # noqa: BLE001
+                await _abort(context, e, method)
+
         make = (grpc.unary_stream_rpc_method_handler if handler.unary_stream
                 else grpc.stream_stream_rpc_method_handler)
-        return make(streaming, handler.request_deserializer, handler.response_serializer)
+        wrapper = streaming if inspect.isasyncgenfunction(inner_s) else reader_writer
+        return make(wrapper, handler.request_deserializer, handler.response_serializer)
     inner_su = handler.stream_unary
 
     async def stream_unary(request_iterator: Any, context: aio.ServicerContext) -> Any:
