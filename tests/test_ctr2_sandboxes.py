@@ -23,6 +23,8 @@ import pytest
 import containerd2
 from sandboxutil import RUNC_SHIM2, Events, Stubs, ctr2, have_ctr2, shim_wrapper
 from taskutil import mounts_under, processes_under
+from test_cri_compare import containerd234, ctrd_cri, pause_image  # noqa: F401 - fixtures
+from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not have_ctr2() or not containerd2.available(),
@@ -133,3 +135,48 @@ def test_sandbox_run_and_rm_through_a_sandbox_shim(start_ctrd, tmp_root):
     assert events.topics()[:2] == ["/sandboxes/create", "/sandboxes/start"]
     assert [p for p in processes_under(tmp_root / "ctrd") if p != d.proc.pid] == []
     assert _no_bundles(d) == []
+
+
+def _pod_record(address: str, sid: str) -> dict:
+    import base64
+
+    r = ctr2(address, "sandboxes", "info", sid, namespace="k8s.io")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    ext = info["Extensions"]["metadata"]
+    meta = json.loads(base64.b64decode(ext["value"]))
+    return {"keys": sorted(info), "labels": sorted(info["Labels"] or {}),
+            "label name": (info["Labels"] or {}).get("name"), "runtime": info["Runtime"]["Name"],
+            "options type": (info["Runtime"].get("Options") or {}).get("type_url"),
+            "sandboxer": info["Sandboxer"],
+            # the pause container's spec: its paths and ids differ, its shape must not
+            "spec": (info["Spec"]["type_url"],
+                     sorted(json.loads(base64.b64decode(info["Spec"]["value"])))),
+            "extensions": sorted(info["Extensions"]), "ext type": ext["type_url"],
+            "meta keys": sorted(meta), "meta version": meta["Version"],
+            "metadata keys": sorted(meta["Metadata"]),
+            "metadata id": meta["Metadata"]["ID"] == sid,
+            "config metadata": meta["Metadata"]["Config"]["metadata"],
+            "has ip": bool(meta["Metadata"]["IP"])}
+
+
+@pytest.mark.parametrize("ctrd_cri", ["pause"], indirect=True)
+def test_cri_pod_records_as_containerd2_writes_them(ctrd_cri, containerd234):  # noqa: F811
+    from test_cri_compare import _pod_config
+
+    got = {}
+    for name, c in (("ctrd", ctrd_cri), ("containerd", containerd234)):
+        pb = c.pb
+        sid = c.rt.RunPodSandbox(pb.RunPodSandboxRequest(
+            config=_pod_config(pb, "/tmp"))).pod_sandbox_id
+        try:
+            got[name] = _pod_record(c.daemon.address if name == "ctrd" else c.d.address, sid)
+            rows = ctr2(c.daemon.address if name == "ctrd" else c.d.address,
+                        "sandboxes", "ls", namespace="k8s.io").stdout.splitlines()[1:]
+            got[name]["ls"] = [(row.split()[0] == sid, row.split()[-1]) for row in rows]
+        finally:
+            c.rt.StopPodSandbox(pb.StopPodSandboxRequest(pod_sandbox_id=sid))
+            c.rt.RemovePodSandbox(pb.RemovePodSandboxRequest(pod_sandbox_id=sid))
+    diffs = {k: (got["ctrd"].get(k), v) for k, v in got["containerd"].items()
+             if got["ctrd"].get(k) != v}
+    assert not diffs, json.dumps(diffs, indent=1, default=str)[:6000]

@@ -260,7 +260,11 @@ def test_cri_pods_listed_by_ctr2(cri_factory):  # noqa: F811
     assert [(row[0], row[-1]) for row in rows] == [(sid, "io.containerd.runc.v2")]
     info = json.loads(ctr2(d.address, "sandboxes", "info", sid, namespace="k8s.io").stdout)
     assert info["Sandboxer"] == "podsandbox"
-    assert info["Labels"] == {"name": "web_default_uid-web_0"}
+    # as containerd 2.3.4 leaves it: the pod container's labels and the runtime type
+    assert info["Labels"] == {"app": "web", "io.cri-containerd.kind": "sandbox",
+                              "oci_runtime_type": "io.containerd.runc.v2"}
+    assert info["Runtime"]["Options"]["type_url"] == "containerd.runc.v1.Options"
+    assert info["Spec"]["type_url"] == "types.containerd.io/opencontainers/runtime-spec/1/Spec"
     ext = info["Extensions"]["metadata"]
     assert ext["type_url"] == "github.com/containerd/cri/pkg/store/sandbox/Metadata"
     import base64
