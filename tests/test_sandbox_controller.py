@@ -113,8 +113,19 @@ def test_shim_controller_failures_leave_nothing(start_ctrd, tmp_root):
         code, msg = _code(lambda: s.call(s.ctl, "Create", sandbox_id="box2", sandboxer="shim",
                                          sandbox=sb))
         assert code == grpc.StatusCode.NOT_FOUND and "containerd-shim-nosuch-v1" in msg
-        # ctrd's own shim (no sandbox service yet) and a shim that is not one at all
-        for runtime in ("io.containerd.runc.v2", "/bin/true"):
+        # ctrd's own shim (no sandbox service yet), a binary that is no shim at all, shims
+        # that answer the start with garbage or a dead address
+        garbage = tmp_root / "garbage-shim"
+        garbage.write_text("#!/bin/sh\nprintf '\\010\\377\\377\\377\\377\\377\\022\\001'\n")
+        dead = tmp_root / "dead-shim"
+        dead.write_text(f"#!/bin/sh\necho unix://{tmp_root}/nothing.sock\n")
+        json_v9 = tmp_root / "v9-shim"
+        json_v9.write_text('#!/bin/sh\necho \'{"version": 9, "address": "unix:///x", '
+                           '"protocol": "grpc"}\'\n')
+        for p in (garbage, dead, json_v9):
+            p.chmod(0o755)
+        for runtime in ("io.containerd.runc.v2", "/bin/true", str(garbage), str(dead),
+                        str(json_v9)):
             code, msg = _code(lambda: s.call(s.ctl, "Create", sandbox_id="box3",
                                              sandboxer="shim",
                                              sandbox=_sandbox(s, "box3", runtime)))
@@ -332,3 +343,31 @@ def test_shim_sandboxes_survive_a_daemon_restart(start_ctrd, tmp_root):
         s.close()
     assert not _alive(pids["keep"])
     assert _leftovers(d, tmp_root / "ctrd") == []
+
+
+def test_shim_start_answers():
+    """What a shim's ``start`` may print (ctrd.runtime.shimclient.parse_start_output)."""
+    from ctrd import errdefs
+    from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
+    from ctrd.runtime.shimclient import parse_start_output
+
+    v3 = bootstrap_pb2.BootstrapResult(version=3, address="unix:///run/s/x",
+                                       protocol="ttrpc").SerializeToString()
+    assert parse_start_output(v3) == ("unix:///run/s/x", 3)
+    assert parse_start_output(b"unix:///run/s/y\n") == ("unix:///run/s/y", 2)
+    assert parse_start_output(b'{"version": 2, "address": "unix:///z", "protocol": "ttrpc"}') \
+        == ("unix:///z", 2)
+    for bad, kind, words in [
+            (bootstrap_pb2.BootstrapResult(version=9, address="unix:///x").SerializeToString(),
+             errdefs.NotImplemented_, "unsupported shim version (9)"),
+            (b'{"version": 3, "address": "vsock://1:2", "protocol": "grpc"}',
+             errdefs.NotImplemented_, "unsupported shim protocol 'grpc'"),
+            (b"\x08\xff\xff\xff\xff\xff\x12\x01", errdefs.FailedPrecondition, "unreadable")]:
+        with pytest.raises(kind, match=re_escape(words)):
+            parse_start_output(bad)
+
+
+def re_escape(s: str) -> str:
+    import re
+
+    return re.escape(s)

@@ -81,10 +81,14 @@ class Exit:
     timestamp: Any  # google.protobuf.Timestamp
 
 
+MAX_SHIM_VERSION = 3  # containerd 2.x's CurrentShimVersion
+
+
 def parse_start_output(raw: bytes) -> tuple[str, int]:
     """(address, shim API version) from what a shim's ``start`` printed: containerd 2.x's
     bootstrap answer (a ``BootstrapResult`` protobuf, or the JSON ``{"version", "address",
-    "protocol"}`` of 2.0) or the plain address of shim v2. Only ttrpc is spoken here."""
+    "protocol"}`` of 2.0) or the plain address of shim v2. Only ttrpc is spoken here; a
+    version above 3 or another protocol is NotImplemented (containerd's words)."""
     text = raw.strip()
     if text.startswith(b"unix://"):
         return text.decode(errors="replace"), 2
@@ -93,22 +97,27 @@ def parse_start_output(raw: bytes) -> tuple[str, int]:
 
         try:
             params = json.loads(text)
-            if int(params.get("version", 0)) >= 2:
-                return str(params.get("address", "")), int(params["version"])
+            version = int(params.get("version", 0))
+            address, protocol = str(params.get("address", "")), params.get("protocol", "")
         except (ValueError, AttributeError, TypeError):
-            pass
-        return text.decode(errors="replace"), 2
-    from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
+            return text.decode(errors="replace"), 2
+        if version < 2:
+            return text.decode(errors="replace"), 2
+    else:
+        from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
 
-    result = bootstrap_pb2.BootstrapResult()
-    try:
-        result.ParseFromString(raw)
-    except Exception:  # noqa: BLE001 - garbage: named below
-        raise errdefs.FailedPrecondition(f"shim printed an unreadable start answer "
-                                         f"{raw[:200]!r}") from None
-    if result.protocol and result.protocol != "ttrpc":
-        raise errdefs.NotImplemented_(f"shim protocol {result.protocol!r}")
-    return result.address, result.version or 2
+        result = bootstrap_pb2.BootstrapResult()
+        try:
+            result.ParseFromString(raw)
+        except Exception:  # noqa: BLE001 - garbage: named below
+            raise errdefs.FailedPrecondition(f"shim printed an unreadable start answer "
+                                             f"{raw[:200]!r}") from None
+        version, address, protocol = result.version or 2, result.address, result.protocol
+    if version > MAX_SHIM_VERSION:
+        raise errdefs.NotImplemented_(f"unsupported shim version ({version})")
+    if protocol and protocol != "ttrpc":
+        raise errdefs.NotImplemented_(f"unsupported shim protocol {protocol!r}")
+    return address, version
 
 
 def _parse_address(address: str) -> str:
