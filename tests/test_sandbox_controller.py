@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import grpc
@@ -363,11 +364,5 @@ def test_shim_start_answers():
             (b'{"version": 3, "address": "vsock://1:2", "protocol": "grpc"}',
              errdefs.NotImplemented_, "unsupported shim protocol 'grpc'"),
             (b"\x08\xff\xff\xff\xff\xff\x12\x01", errdefs.FailedPrecondition, "unreadable")]:
-        with pytest.raises(kind, match=re_escape(words)):
+        with pytest.raises(kind, match=re.escape(words)):
             parse_start_output(bad)
-
-
-def re_escape(s: str) -> str:
-    import re
-
-    return re.escape(s)
