@@ -39,18 +39,24 @@ def _any_from_pb(msg, field: str) -> AnyValue | None:
     return AnyValue(a.type_url, a.value)
 
 
+def fill_record_pb(p, runtime: Runtime, spec: AnyValue | None,
+                   extensions: dict[str, AnyValue]) -> None:
+    """Set the fields a container and a sandbox message share: containerd always sends a
+    runtime message (options only when set), a spec when there is one, the extensions."""
+    p.runtime.name = runtime.name
+    if runtime.options is not None:
+        p.runtime.options.CopyFrom(_any_to_pb(runtime.options))
+    if spec is not None:
+        p.spec.CopyFrom(_any_to_pb(spec))
+    for k, v in extensions.items():
+        p.extensions[k].CopyFrom(_any_to_pb(v))
+
+
 def container_to_pb(c: Container) -> pb.Container:
     p = pb.Container(id=c.id, labels=c.labels, image=c.image, snapshotter=c.snapshotter,
                      snapshot_key=c.snapshot_key, created_at=_ts(c.created_at),
                      updated_at=_ts(c.updated_at), sandbox=c.sandbox)
-    # containerd always sends a runtime message, options only when set.
-    p.runtime.name = c.runtime.name
-    if c.runtime.options is not None:
-        p.runtime.options.CopyFrom(_any_to_pb(c.runtime.options))
-    if c.spec is not None:
-        p.spec.CopyFrom(_any_to_pb(c.spec))
-    for k, v in c.extensions.items():
-        p.extensions[k].CopyFrom(_any_to_pb(v))
+    fill_record_pb(p, c.runtime, c.spec, c.extensions)
     return p
 
 

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 
-from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf import timestamp_pb2
 
 from ctrd.api.containerd.services.sandbox.v1 import sandbox_pb2 as pb
 from ctrd.api.containerd.services.sandbox.v1 import sandbox_pb2_grpc as pb_grpc
 from ctrd.api.containerd.types import sandbox_pb2 as types_pb
 from ctrd.metadata.containers import AnyValue, Runtime
 from ctrd.metadata.sandboxes import Sandbox, SandboxStore
+from ctrd.services.containers import fill_record_pb
 from ctrd.services.grpcutil import namespace
 
 
@@ -26,20 +27,10 @@ def ts_ns(ns: int) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def _any_pb(a: AnyValue) -> any_pb2.Any:
-    return any_pb2.Any(type_url=a.type_url, value=a.value)
-
-
 def sandbox_to_pb(s: Sandbox) -> types_pb.Sandbox:
     p = types_pb.Sandbox(sandbox_id=s.id, labels=s.labels, sandboxer=s.sandboxer,
                          created_at=ts_ns(s.created_at), updated_at=ts_ns(s.updated_at))
-    p.runtime.name = s.runtime.name  # containerd always sends a runtime message
-    if s.runtime.options is not None:
-        p.runtime.options.CopyFrom(_any_pb(s.runtime.options))
-    if s.spec is not None:
-        p.spec.CopyFrom(_any_pb(s.spec))
-    for k, v in s.extensions.items():
-        p.extensions[k].CopyFrom(_any_pb(v))
+    fill_record_pb(p, s.runtime, s.spec, s.extensions)
     return p
 
 
