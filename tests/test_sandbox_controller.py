@@ -177,7 +177,6 @@ def test_dispatch_and_podsandbox_hostile_requests(start_ctrd):
         # podsandbox: no pod config anywhere, a metadata extension that is garbage, options
         # that claim to be a PodSandboxConfig and are not
         cases = [
-            ({}, None, "no 'metadata' extension"),
             ({"metadata": any_pb2.Any(type_url="x", value=b"\xff\xfe")}, None, "metadata"),
             ({"metadata": any_pb2.Any(type_url="x", value=b'{"Version":"v9"}')}, None,
              'unsupported version: "v9"'),
@@ -187,6 +186,10 @@ def test_dispatch_and_podsandbox_hostile_requests(start_ctrd):
             ({}, any_pb2.Any(type_url="type.googleapis.com/runtime.v1.PodSandboxConfig",
                              value=b"\x0a\xff\xff\xff\xff\x0f"), "options"),
         ]
+        sb = sandbox_pb2.Sandbox(sandbox_id="pod1", sandboxer="podsandbox")
+        assert _code(lambda: s.call(s.ctl, "Create", sandbox_id="pod1", sandboxer="podsandbox",
+                                    sandbox=sb)) == (
+            grpc.StatusCode.NOT_FOUND, 'failed to get sandbox "pod1" metadata: not found')
         for ext, options, want in cases:
             sb = sandbox_pb2.Sandbox(sandbox_id="pod1", sandboxer="podsandbox",
                                      extensions=ext)

@@ -7,8 +7,9 @@ controller (its own client in k8s.io).
 - Create remembers the pod's PodSandboxConfig and runtime handler: from the request's
   ``options`` when it is a ``runtime.v1.PodSandboxConfig`` (what containerd's CRI passes),
   else from the record's ``metadata`` extension (containerd's versioned sandbox metadata
-  JSON: ``Metadata.Config``, ``Metadata.RuntimeHandler``). Neither: InvalidArgument
-  ``failed to get sandbox "<id>" metadata: ...``; nothing is kept.
+  JSON: ``Metadata.Config``, ``Metadata.RuntimeHandler``). Neither: NotFound ``failed to
+  get sandbox "<id>" metadata`` (containerd's); an unreadable one: InvalidArgument naming
+  what is wrong. Nothing is kept.
 - Start runs the pod (RunPodSandbox's work, with the sandbox's id).
 - Stop is StopPodSandbox; Shutdown is RemovePodSandbox (the pod's containers, its shim,
   mounts, namespaces and state go; an unknown id is no error, as for the CRI) but for the
@@ -62,8 +63,8 @@ def pod_config(sb: Sandbox, opts: CreateOptions) -> tuple[Any, str]:
             config = pb.PodSandboxConfig()
             config.ParseFromString(opt.value)
             return config, handler
-        if ext is None:
-            raise ValueError(f"no {METADATA_KEY!r} extension")
+        if ext is None:  # containerd's words and kind
+            raise errdefs.NotFound(f"failed to get sandbox {errdefs.quote(sb.id)} metadata")
         config = json_format.ParseDict(meta.get("Config") or {}, pb.PodSandboxConfig(),
                                        ignore_unknown_fields=True)
     except (ValueError, TypeError, json_format.ParseError) as e:
