@@ -67,6 +67,8 @@ def pod_config(sb: Sandbox, opts: CreateOptions) -> tuple[Any, str]:
             raise errdefs.NotFound(f"failed to get sandbox {errdefs.quote(sb.id)} metadata")
         config = json_format.ParseDict(meta.get("Config") or {}, pb.PodSandboxConfig(),
                                        ignore_unknown_fields=True)
+    except errdefs.NotFound:
+        raise
     except (ValueError, TypeError, json_format.ParseError) as e:
         raise errdefs.InvalidArgument(f"failed to get sandbox {errdefs.quote(sb.id)} "
                                       f"metadata: {e}") from None
