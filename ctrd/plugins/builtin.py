@@ -442,12 +442,8 @@ def _init_podsandbox(ic: InitContext):
 
 
 def _init_sandbox_controllers(ic: InitContext):
-    controllers: dict = {}
-    for type_ in (PODSANDBOX, SANDBOX_CONTROLLER):
-        try:
-            controllers.update(ic.get_all(type_))
-        except Exception:  # noqa: BLE001 - none of this type: serve the others
-            pass
+    # by sandboxer name (the plugin ids); those whose init failed are left out
+    controllers = {**ic.get_all(PODSANDBOX), **ic.get_all(SANDBOX_CONTROLLER)}
     if not controllers:
         from ctrd.errdefs import SkipPlugin
 
