@@ -437,7 +437,7 @@ async def _init_shim_sandboxer(ic: InitContext):
 
 
 def _init_podsandbox(ic: InitContext):
-    from ctrd.sandbox.podsandbox import PodSandboxController
+    from ctrd.services.lazy import LazyObject
 
     plugins = ic.plugins
 
@@ -452,7 +452,12 @@ def _init_podsandbox(ic: InitContext):
                                      + (f": {p.error}" if p is not None else ""))
         return p.instance.runtime
 
-    return PodSandboxController(cri_runtime)
+    def build():
+        from ctrd.sandbox.podsandbox import PodSandboxController
+
+        return PodSandboxController(cri_runtime)
+
+    return LazyObject(build)  # imported on first use, not at daemon start
 
 
 def _init_sandbox_controllers(ic: InitContext):
