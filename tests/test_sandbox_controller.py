@@ -223,6 +223,8 @@ def test_podsandbox_controller_runs_a_pod(pause_factory, pause_ref):  # noqa: F8
                options=opts)
         started = s.call(s.ctl, "Start", sandbox_id="apipod", sandboxer="podsandbox")
         assert started.pid > 0 and _alive(started.pid)
+        assert started.labels["io.cri-containerd.kind"] == "sandbox"
+        assert started.labels["oci_runtime_type"] == "io.containerd.runc.v2"
         pods = {p.id: p for p in cri.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items}
         assert pods["apipod"].metadata.name == "viaapi"
         assert pods["apipod"].state == pb.SANDBOX_READY
@@ -300,6 +302,14 @@ def test_cri_pods_listed_by_ctr2(cri_factory):  # noqa: F811
     r = ctr2(d.address, "sandboxes", "ls", namespace="k8s.io")
     assert r.returncode == 0 and r.stdout.splitlines()[1:] == []
     assert not os.path.exists(d.state / "io.containerd.grpc.v1.cri" / "sandboxes" / sid)
+    # ctr 2.3.4 sandboxes rm of a CRI pod: Stop and Shutdown through the podsandbox
+    # controller, then the record; the pod is gone for the CRI too (the fixture's teardown
+    # fails on any process, mount, CNI lease or pod dir left)
+    sid2, _ = cri.run_pod("db", uid="uid-db")
+    r = ctr2(d.address, "sandboxes", "rm", sid2, namespace="k8s.io")
+    assert r.returncode == 0 and f"deleted: {sid2}" in r.stderr, r.stderr
+    assert cri.rt.ListPodSandbox(pb.ListPodSandboxRequest()).items == []
+    assert ctr2(d.address, "sandboxes", "ls", namespace="k8s.io").stdout.splitlines()[1:] == []
 
 
 def test_shim_sandboxes_survive_a_daemon_restart(start_ctrd, tmp_root):

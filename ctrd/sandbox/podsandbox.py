@@ -119,7 +119,11 @@ class PodSandboxController:
         rt = self._runtime()
         await rt.run_pod_sandbox(pending[0], pending[1], sandbox_id=id_)
         _, meta, status = self._pod(id_)
-        return Instance(sandbox_id=id_, pid=status.pid, created_at=meta.created_at)
+        # containerd's controller answers the pod container's labels and the runtime type
+        labels = {**rt.containers.get(NAMESPACE, id_).labels,
+                  "oci_runtime_type": meta.runtime_type}
+        return Instance(sandbox_id=id_, pid=status.pid, created_at=meta.created_at,
+                        labels=labels)
 
     async def platform(self, ns: str, id_: str) -> Platform:
         import platform
