@@ -150,6 +150,15 @@ def parse_all(*exprs: str) -> Filter:
     return filters[0] if len(filters) == 1 else _Any(filters)
 
 
+def parse_store_filters(exprs: list[str]) -> Filter:
+    """:func:`parse_all` as containerd's metadata stores (containers, sandboxes) call it: a
+    parse error (already "...: invalid argument") wrapped as invalid argument once more."""
+    try:
+        return parse_all(*exprs)
+    except InvalidArgument as e:
+        raise InvalidArgument(str(e)) from None
+
+
 def adaptor_from(fields: Mapping[str, FieldValue], labels: Mapping[str, str] | None = None,
                  *, empty_is_absent: bool = True) -> Adaptor:
     """An adaptor over plain values, shaped like containerd's metadata adaptors.

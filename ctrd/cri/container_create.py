@@ -90,6 +90,7 @@ class ContainerCreate:
                                          self.runtime_options(handler), spec,
                                          st.CONTAINER_EXT, meta, image=image_name,
                                          snapshot_key=id_)
+            rec.sandbox = smeta.id  # containerd 2.x: Container.sandbox names the pod
             await asyncio.to_thread(self.containers.create, NAMESPACE, rec)
             await asyncio.to_thread(self._delete_lease, lease)
             self.records.add_container(meta, st.ContainerStatus(state=st.CREATED))

@@ -8,6 +8,7 @@ import asyncio
 import os
 
 from ctrd import errdefs
+from ctrd.cri import sandbox_record
 from ctrd.cri import store as st
 from ctrd.cri.helpers import cri_pb, log, rmtree
 from ctrd.cri.sandbox_files import unmount_shm
@@ -16,7 +17,9 @@ from ctrd.cri.sandbox_files import unmount_shm
 class SandboxRemove:
     """Mixed into CRIRuntime."""
 
-    async def remove_pod_sandbox(self, id_: str) -> None:
+    async def remove_pod_sandbox(self, id_: str, keep_record: bool = False) -> None:
+        """``keep_record``: leave the pod's sandbox store record (the podsandbox controller's
+        Shutdown: the record is its client's to delete, as with containerd's)."""
         try:
             meta, status = self.records.sandbox(id_)
         except errdefs.NotFound:
@@ -30,6 +33,8 @@ class SandboxRemove:
         await asyncio.to_thread(unmount_shm, meta.dir)
         await asyncio.to_thread(rmtree, meta.dir)
         await asyncio.to_thread(self._delete_record, meta.id)
+        if not keep_record:
+            await asyncio.to_thread(sandbox_record.remove, self.md, meta.id)
         if meta.snapshot_key:
             await asyncio.to_thread(self._remove_snapshot, meta.snapshot_key)
         await asyncio.to_thread(self.image_volumes.cleanup, meta.id, True)  # and its lease

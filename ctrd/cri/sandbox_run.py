@@ -11,6 +11,7 @@ import asyncio
 import os
 
 from ctrd import errdefs
+from ctrd.cri import sandbox_record
 from ctrd.cri import store as st
 from ctrd.cri.helpers import (
     NAMESPACE,
@@ -27,12 +28,18 @@ from ctrd.cri.sandbox_files import mount_shm, unmount_shm, write_sandbox_files
 class SandboxRun:
     """Mixed into CRIRuntime."""
 
-    async def run_pod_sandbox(self, config, runtime_handler: str = "") -> str:
+    async def run_pod_sandbox(self, config, runtime_handler: str = "",
+                              sandbox_id: str = "") -> str:
+        """``sandbox_id``: the id a Sandbox API client chose (the podsandbox controller; its
+        sandbox store record is the client's); none: a new one, and the pod's record is
+        written here (:mod:`ctrd.cri.sandbox_record`)."""
         md = config.metadata
         key = "pod\0" + "_".join([md.name, md.namespace, md.uid, str(md.attempt)])
-        return await self._dedup(key, lambda: self._run_pod_sandbox(config, runtime_handler))
+        return await self._dedup(key, lambda: self._run_pod_sandbox(config, runtime_handler,
+                                                                    sandbox_id))
 
-    async def _run_pod_sandbox(self, config, runtime_handler: str = "") -> str:
+    async def _run_pod_sandbox(self, config, runtime_handler: str = "",
+                               sandbox_id: str = "") -> str:
         pb = cri_pb()
         md = config.metadata
         if not config.HasField("metadata"):  # containerd 2.3.4: a plain error, UNKNOWN
@@ -51,7 +58,7 @@ class SandboxRun:
             image = await self._ensure_sandbox_image()
         elif pause == "init":
             pod_init = self._pod_init_binary()
-        id_ = new_id()
+        id_ = sandbox_id or new_id()
         name = "_".join([md.name, md.namespace, md.uid, str(md.attempt)])
         self.records.reserve(name, id_)
         undo: list = [lambda: self.records.release(name)]
@@ -109,6 +116,11 @@ class SandboxRun:
                                              self.runtime_options(handler),
                                              {"ociVersion": "1.0.2"}, st.SANDBOX_EXT, meta)
                 await asyncio.to_thread(self.containers.create, NAMESPACE, rec)
+            if not sandbox_id:
+                await asyncio.to_thread(sandbox_record.add, self.md, meta,
+                                        self.runtime_options(handler), status.ip,
+                                        status.additional_ips)
+                undo.append(lambda: sandbox_record.remove(self.md, id_))
             self.records.add_sandbox(meta, status)
             if pause:
                 self._monitor_sandbox(id_, self.manager.get(NAMESPACE, id_))

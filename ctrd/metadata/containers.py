@@ -24,8 +24,8 @@ Containers are GC roots (:mod:`ctrd.metadata.gc`): a container holds its snapsho
 deleting it marks the database dirty so a collection can release them.
 
 Storage: bucket ``containers``, key ``<ns>\\0<id>`` -> ``{id, labels, image, runtime: {name,
-options}, spec, snapshotter, snapshot_key, extensions, created_at, updated_at}`` where every
-Any is ``{type_url, value: base64}`` (``options``/``spec`` null when absent).
+options}, spec, snapshotter, snapshot_key, extensions, created_at, updated_at[, sandbox]}``
+where every Any is ``{type_url, value: base64}`` (``options``/``spec`` null when absent).
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class Container:
     extensions: dict[str, AnyValue] = field(default_factory=dict)
     created_at: float = 0.0
     updated_at: float = 0.0
+    sandbox: str = ""  # containerd 2.x: the sandbox it runs in; set at create, immutable
 
 
 # Update paths besides labels.<k> / extensions.<k>; no paths at all means these.
@@ -85,25 +86,42 @@ def _any_from_rec(rec: dict | None) -> AnyValue | None:
     return AnyValue(rec["type_url"], base64.b64decode(rec["value"]))
 
 
+def runtime_to_rec(rt: Runtime) -> dict:
+    return {"name": rt.name, "options": _any_to_rec(rt.options)}
+
+
+def runtime_from_rec(rec: dict | None) -> Runtime:
+    rec = rec or {}
+    return Runtime(rec.get("name", ""), _any_from_rec(rec.get("options")))
+
+
+def extensions_to_rec(exts: dict[str, AnyValue]) -> dict:
+    return {k: _any_to_rec(v) for k, v in exts.items()}
+
+
+def extensions_from_rec(rec: dict | None) -> dict[str, AnyValue]:
+    return {k: _any_from_rec(v) or AnyValue() for k, v in (rec or {}).items()}
+
+
 def _to_rec(c: Container) -> dict:
     return {"id": c.id, "labels": c.labels, "image": c.image,
-            "runtime": {"name": c.runtime.name, "options": _any_to_rec(c.runtime.options)},
+            "runtime": runtime_to_rec(c.runtime),
             "spec": _any_to_rec(c.spec), "snapshotter": c.snapshotter,
             "snapshot_key": c.snapshot_key,
-            "extensions": {k: _any_to_rec(v) for k, v in c.extensions.items()},
-            "created_at": c.created_at, "updated_at": c.updated_at}
+            "extensions": extensions_to_rec(c.extensions),
+            "created_at": c.created_at, "updated_at": c.updated_at,
+            **({"sandbox": c.sandbox} if c.sandbox else {})}
 
 
 def _from_rec(rec: dict) -> Container:
-    rt = rec.get("runtime") or {}
     return Container(
-        id=rec["id"], runtime=Runtime(rt.get("name", ""), _any_from_rec(rt.get("options"))),
+        id=rec["id"], runtime=runtime_from_rec(rec.get("runtime")),
         spec=_any_from_rec(rec.get("spec")), labels=dict(rec.get("labels") or {}),
         image=rec.get("image", ""), snapshotter=rec.get("snapshotter", ""),
         snapshot_key=rec.get("snapshot_key", ""),
-        extensions={k: _any_from_rec(v) or AnyValue()
-                    for k, v in (rec.get("extensions") or {}).items()},
-        created_at=rec.get("created_at", 0.0), updated_at=rec.get("updated_at", 0.0))
+        extensions=extensions_from_rec(rec.get("extensions")),
+        created_at=rec.get("created_at", 0.0), updated_at=rec.get("updated_at", 0.0),
+        sandbox=rec.get("sandbox", ""))
 
 
 def validate(c: Container) -> None:

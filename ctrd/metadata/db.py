@@ -27,9 +27,10 @@ from ctrd.errdefs import FailedPrecondition
 
 SCHEMA_VERSION = 1
 # Buckets of schema 1. Keys of namespaced buckets are "<ns>\0<name>" (content: digest,
-# ingests: ref, leases: id, images: name, containers: id, snapshots: snapshotter\0key).
+# ingests: ref, leases: id, images: name, containers: id, snapshots: snapshotter\0key,
+# sandboxes: id). A bucket added later is created empty on open: the schema stays 1.
 BUCKETS = ("meta", "namespaces", "content", "ingests", "leases", "images", "containers",
-           "snapshots")
+           "snapshots", "sandboxes")
 SEP = b"\0"
 
 

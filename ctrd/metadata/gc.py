@@ -3,7 +3,7 @@
 Roots (per namespace): live leases and everything they hold (``containerd.io/gc.expire`` in
 the past ends a lease; ``containerd.io/gc.flat`` holds resources without their references),
 images (their target and label references), containers (their snapshot and label
-references), unexpired ingests, and content or snapshots labelled ``containerd.io/gc.root``.
+references), sandboxes (their label references, as containerd 2.x), unexpired ingests, and content or snapshots labelled ``containerd.io/gc.root``.
 References follow ``containerd.io/gc.ref.content[.|/<any>]`` labels to content and
 ``containerd.io/gc.ref.snapshot.<snapshotter>[/<any>]`` labels to snapshots, a snapshot's
 parent, and an ingest's expected digest.
@@ -227,6 +227,9 @@ class _Graph:
                 yield (CONTENT, ns, digest), False
         for n in self.container_roots():
             yield n, False
+        for k, v in scan(self.txn, self.db.bucket("sandboxes"), b""):
+            for n in label_refs(split(k)[0], json.loads(v).get("labels", {})):
+                yield n, False
         for (ns, snapshotter, name), rec in self.items("snapshots"):
             if GC_ROOT in rec.get("labels", {}):
                 yield (SNAPSHOT, ns, f"{snapshotter}/{name}"), False

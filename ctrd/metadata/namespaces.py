@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from ctrd import identifiers
 from ctrd.errdefs import AlreadyExists, FailedPrecondition, NotFound, quote
-from ctrd.metadata.db import DB, prefix
+from ctrd.metadata.db import DB, prefix, scan
 
 # Buckets whose keys start with the namespace; a namespace is deletable when all are empty:
 # (bucket, what containerd calls it in the error). Leases do not keep a namespace alive.
@@ -81,7 +81,7 @@ class NamespaceStore:
 
     def _snapshotters(self, txn, name: str) -> list[str]:
         """Snapshotters holding snapshots of ``name`` (keys ``<ns>\\0<snapshotter>\\0<key>``)."""
-        from ctrd.metadata.db import scan, split
+        from ctrd.metadata.db import split
 
         found: list[str] = []
         for k, _ in scan(txn, self.db.bucket("snapshots"), prefix(name)):
@@ -101,4 +101,8 @@ class NamespaceStore:
             if still:
                 raise FailedPrecondition(f"namespace {quote(name)} must be empty, "
                                          f"but it still has {', '.join(still)}")
+            # Sandboxes do not keep a namespace (containerd 2.x): they go with it.
+            sandboxes = self.db.bucket("sandboxes")
+            for k in [k for k, _ in scan(txn, sandboxes, prefix(name))]:
+                txn.delete(k, db=sandboxes)
             txn.delete(name.encode(), db=self.db.bucket("namespaces"))

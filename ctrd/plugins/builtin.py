@@ -13,7 +13,8 @@ from ctrd.config import setting
 from ctrd.cri.config import CRIConfig
 from ctrd.gc.config import SchedulerConfig
 from ctrd.plugins.hookspec import hookimpl
-from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, RUNTIME_V2,
+from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, PODSANDBOX,
+                                       RUNTIME_V2, SANDBOX_CONTROLLER, SANDBOX_STORE,
                                        SERVICE, SNAPSHOTTER, STREAMING, TRANSFER, WARNING,
                                        InitContext, Registration)
 
@@ -403,8 +404,101 @@ async def _init_cri(ic: InitContext):
 
     # Not warmed at idle: ~50 ms of imports (CRI protos, registry client) that would hold up
     # the first ctr call after boot; the kubelet's first call pays them once.
-    return LazyService(build, ("runtime.v1.RuntimeService", "runtime.v1.ImageService"),
-                       warm=False)
+    service = LazyService(build, ("runtime.v1.RuntimeService", "runtime.v1.ImageService"),
+                          warm=False)
+    # The core, for the podsandbox sandbox controller (an instance attribute: found without
+    # building the lazy service).
+    object.__setattr__(service, "runtime", runtime)
+    return service
+
+
+# --- sandboxes (containerd 2.x) ------------------------------------------------------------
+
+def _init_sandbox_store(ic: InitContext):
+    from ctrd.services.lazy import LazyObject
+
+    md = ic.get(METADATA)
+
+    def build():
+        from ctrd.metadata.sandboxes import SandboxStore
+
+        return SandboxStore(md.db)
+
+    return LazyObject(build)
+
+
+def _init_sandboxes_service(ic: InitContext):
+    store = ic.get_by_id(SANDBOX_STORE, "local")
+
+    def build():
+        from ctrd.services.sandbox_store import SandboxStoreService
+
+        return SandboxStoreService(store)
+
+    return _lazy("containerd.services.sandbox.v1.Store", build)
+
+
+async def _init_shim_sandboxer(ic: InitContext):
+    import os
+
+    root, state, manager = str(ic.root), str(ic.state), ic.get(RUNTIME_V2)
+
+    def build():
+        from ctrd.sandbox.shim import ShimController
+
+        return ShimController(root, state, manager)
+
+    # Shims of an earlier daemon to reconnect to: now. None (the usual start): built on
+    # first use, so a daemon start does not import the controller (~8 ms).
+    if any(os.listdir(os.path.join(state, ns)) for ns in os.listdir(state)
+           if os.path.isdir(os.path.join(state, ns))):
+        controller = build()
+        await controller.load()
+        return controller
+    from ctrd.services.lazy import LazyObject
+
+    return LazyObject(build)
+
+
+def _init_podsandbox(ic: InitContext):
+    from ctrd.services.lazy import LazyObject
+
+    plugins = ic.plugins
+
+    def cri_runtime():
+        """The CRI plugin's core, looked up when first needed: the CRI plugin is a gRPC
+        plugin initialised after this one (the controller service, also gRPC, needs us)."""
+        p = plugins.get(f"{GRPC}.cri")
+        if p is None or p.error is not None:
+            from ctrd.errdefs import FailedPrecondition
+
+            raise FailedPrecondition("podsandbox: the CRI plugin is not loaded"
+                                     + (f": {p.error}" if p is not None else ""))
+        return p.instance.runtime
+
+    def build():
+        from ctrd.sandbox.podsandbox import PodSandboxController
+
+        return PodSandboxController(cri_runtime)
+
+    return LazyObject(build)  # imported on first use, not at daemon start
+
+
+def _init_sandbox_controllers(ic: InitContext):
+    # by sandboxer name (the plugin ids); those whose init failed are left out
+    controllers = {**ic.get_all(PODSANDBOX), **ic.get_all(SANDBOX_CONTROLLER)}
+    if not controllers:
+        from ctrd.errdefs import SkipPlugin
+
+        raise SkipPlugin("no sandbox controllers initialized")
+    events = ic.get(EVENT)
+
+    def build():
+        from ctrd.services.sandbox_controller import SandboxControllerService
+
+        return SandboxControllerService(controllers, events)
+
+    return _lazy("containerd.services.sandbox.v1.Controller", build)
 
 
 def _service(id_: str):
@@ -485,6 +579,13 @@ REGISTRATIONS = [
     Registration(GRPC, "streaming", _init_streaming, requires=(STREAMING,)),
     Registration(GRPC, "transfer", _init_transfer, requires=(METADATA, TRANSFER, STREAMING,
                                                              EVENT)),
+    Registration(SANDBOX_STORE, "local", _init_sandbox_store, requires=(METADATA,)),
+    Registration(GRPC, "sandboxes", _init_sandboxes_service, requires=(SANDBOX_STORE,)),
+    Registration(SANDBOX_CONTROLLER, "shim", _init_shim_sandboxer,
+                 requires=(RUNTIME_V2, EVENT)),
+    Registration(PODSANDBOX, "podsandbox", _init_podsandbox),
+    Registration(GRPC, "sandbox-controllers", _init_sandbox_controllers,
+                 requires=(PODSANDBOX, SANDBOX_CONTROLLER, EVENT)),
     Registration(GRPC, "introspection", _init_introspection, requires=(WARNING,)),
     Registration(GRPC, "version", _init_version),
     Registration(GRPC, "healthcheck", _init_health),

@@ -41,6 +41,7 @@ STREAMING = "io.containerd.streaming.v1"
 TRANSFER = "io.containerd.transfer.v1"
 SANDBOX_STORE = "io.containerd.sandbox.store.v1"
 SANDBOX_CONTROLLER = "io.containerd.sandbox.controller.v1"
+PODSANDBOX = "io.containerd.podsandbox.controller.v1"
 
 ALL = "*"
 

@@ -81,6 +81,45 @@ class Exit:
     timestamp: Any  # google.protobuf.Timestamp
 
 
+MAX_SHIM_VERSION = 3  # containerd 2.x's CurrentShimVersion
+
+
+def parse_start_output(raw: bytes) -> tuple[str, int]:
+    """(address, shim API version) from what a shim's ``start`` printed: containerd 2.x's
+    bootstrap answer (a ``BootstrapResult`` protobuf, or the JSON ``{"version", "address",
+    "protocol"}`` of 2.0) or the plain address of shim v2. Only ttrpc is spoken here; a
+    version above 3 or another protocol is NotImplemented (containerd's words)."""
+    text = raw.strip()
+    if text.startswith(b"unix://"):
+        return text.decode(errors="replace"), 2
+    if text.startswith(b"{"):
+        import json
+
+        try:
+            params = json.loads(text)
+            version = int(params.get("version", 0))
+            address, protocol = str(params.get("address", "")), params.get("protocol", "")
+        except (ValueError, AttributeError, TypeError):
+            return text.decode(errors="replace"), 2
+        if version < 2:
+            return text.decode(errors="replace"), 2
+    else:
+        from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
+
+        result = bootstrap_pb2.BootstrapResult()
+        try:
+            result.ParseFromString(raw)
+        except Exception:  # noqa: BLE001 - garbage: named below
+            raise errdefs.FailedPrecondition(f"shim printed an unreadable start answer "
+                                             f"{raw[:200]!r}") from None
+        version, address, protocol = result.version or 2, result.address, result.protocol
+    if version > MAX_SHIM_VERSION:
+        raise errdefs.NotImplemented_(f"unsupported shim version ({version})")
+    if protocol and protocol != "ttrpc":
+        raise errdefs.NotImplemented_(f"unsupported shim protocol {protocol!r}")
+    return address, version
+
+
 def _parse_address(address: str) -> str:
     address = address.strip()
     if address.startswith("unix://"):
@@ -142,6 +181,7 @@ class ShimCommand:
     address: str          # the daemon's gRPC socket
     ttrpc_address: str    # the daemon's ttrpc socket (events go there)
     debug: bool = False
+    version: int = 2      # the shim API version its start answered (2, or 3 for 2.x shims)
 
     def argv(self, *args: str) -> list[str]:
         return [self.binary, "-namespace", self.bundle.namespace, "-address", self.address,
@@ -186,7 +226,8 @@ class ShimCommand:
             raise errdefs.CtrdError(f"start shim {os.path.basename(self.binary)}: {text}: "
                                     f"exit status {rc}")
         self.bundle.write("shim-binary-path", self.binary)
-        return _parse_address(out.decode(errors="replace"))
+        address, self.version = parse_start_output(out)
+        return _parse_address(address)
 
     def _start_via_template(self, options: bytes) -> str | None:
         """One start request to a running template of ctrd's shim; None when there is none

@@ -39,18 +39,24 @@ def _any_from_pb(msg, field: str) -> AnyValue | None:
     return AnyValue(a.type_url, a.value)
 
 
+def fill_record_pb(p, runtime: Runtime, spec: AnyValue | None,
+                   extensions: dict[str, AnyValue]) -> None:
+    """Set the fields a container and a sandbox message share: containerd always sends a
+    runtime message (options only when set), a spec when there is one, the extensions."""
+    p.runtime.name = runtime.name
+    if runtime.options is not None:
+        p.runtime.options.CopyFrom(_any_to_pb(runtime.options))
+    if spec is not None:
+        p.spec.CopyFrom(_any_to_pb(spec))
+    for k, v in extensions.items():
+        p.extensions[k].CopyFrom(_any_to_pb(v))
+
+
 def container_to_pb(c: Container) -> pb.Container:
     p = pb.Container(id=c.id, labels=c.labels, image=c.image, snapshotter=c.snapshotter,
                      snapshot_key=c.snapshot_key, created_at=_ts(c.created_at),
-                     updated_at=_ts(c.updated_at))
-    # containerd always sends a runtime message, options only when set.
-    p.runtime.name = c.runtime.name
-    if c.runtime.options is not None:
-        p.runtime.options.CopyFrom(_any_to_pb(c.runtime.options))
-    if c.spec is not None:
-        p.spec.CopyFrom(_any_to_pb(c.spec))
-    for k, v in c.extensions.items():
-        p.extensions[k].CopyFrom(_any_to_pb(v))
+                     updated_at=_ts(c.updated_at), sandbox=c.sandbox)
+    fill_record_pb(p, c.runtime, c.spec, c.extensions)
     return p
 
 
@@ -62,7 +68,8 @@ def container_from_pb(p: pb.Container) -> Container:
                      labels=dict(p.labels), image=p.image, snapshotter=p.snapshotter,
                      snapshot_key=p.snapshot_key,
                      extensions={k: AnyValue(v.type_url, v.value)
-                                 for k, v in p.extensions.items()})
+                                 for k, v in p.extensions.items()},
+                     sandbox=p.sandbox)
 
 
 def is_oci_spec(a: AnyValue | None) -> bool:
@@ -124,11 +131,7 @@ def _matcher(filters_: list[str]):
         return None
     from ctrd import filters
 
-    try:
-        f = filters.parse_all(*filters_)
-    except InvalidArgument as e:
-        # containerd wraps the parse error (already "...: invalid argument") once more.
-        raise InvalidArgument(str(e)) from None
+    f = filters.parse_store_filters(filters_)
 
     def adapt(c: Container):
         def runtime(path: tuple[str, ...]) -> str | None:
