@@ -215,7 +215,7 @@ def docker_manifest_json(entries: list[_DockerEntry]) -> bytes:
 
 def export(read: Reader, out: BinaryIO, images: list[tuple[str, Descriptor]], *,
            platform: Platform | None = None, all_platforms: bool = False,
-           docker_manifest: bool = True) -> list[str]:
+           docker_manifest: bool = True, skip_non_distributable: bool = False) -> list[str]:
     """Write an image archive of ``images`` (``(name, root descriptor)``) to ``out``; returns
     the digests of the blobs written.
 
@@ -223,7 +223,9 @@ def export(read: Reader, out: BinaryIO, images: list[tuple[str, Descriptor]], *,
     them with ``all_platforms`` (then every one must be in the store). ``manifest.json`` gets
     one entry per manifest: an image's own, or the first manifest of its index for
     ``platform`` (an index without one present is left out of it, where containerd fails).
-    Missing configs or layers are an error (NotFound)."""
+    Missing configs or layers are an error (NotFound). ``skip_non_distributable``: no
+    non-distributable layers (Windows base layers) in the tar, as containerd's
+    ``WithSkipNonDistributableBlobs`` (the manifests still name them)."""
     now = time.time()
     platform = platform or m.host_platform()
     blobs: dict[str, Descriptor] = {}
@@ -237,6 +239,8 @@ def export(read: Reader, out: BinaryIO, images: list[tuple[str, Descriptor]], *,
         nodes = walk(read, root, platform=None if all_platforms else platform,
                      strict=all_platforms)
         for node in nodes:
+            if skip_non_distributable and node.desc.media_type in m.NON_DISTRIBUTABLE:
+                continue
             blobs.setdefault(node.desc.digest, node.desc)
             if node.data is not None:
                 docs[node.desc.digest] = node.data

@@ -220,13 +220,17 @@ def _init_stream_manager(ic: InitContext):
 
 
 def _init_local_transfer(ic: InitContext):
+    import os
+
     from ctrd.transfer.context import TransferConfig
 
     c = ic.config
     return TransferConfig(config_path=c.config_path, progress_timeout=c.progress_timeout,
                           max_concurrent_downloads=c.max_concurrent_downloads,
                           max_concurrent_uploaded_layers=c.max_concurrent_uploaded_layers,
-                          unpack_config=list(c.unpack_config))
+                          unpack_config=list(c.unpack_config),
+                          work_dir=os.path.join(ic.properties.get("root", ""),
+                                                ic.registration.uri))
 
 
 def _init_streaming(ic: InitContext):

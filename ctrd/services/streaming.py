@@ -19,7 +19,7 @@ from ctrd import errdefs, typeurl
 from ctrd.api.containerd.services.streaming.v1 import streaming_pb2 as pb
 from ctrd.api.containerd.services.streaming.v1 import streaming_pb2_grpc as pb_grpc
 from ctrd.services.grpcutil import namespace
-from ctrd.streaming.manager import StreamManager
+from ctrd.streaming.manager import StreamAborted, StreamManager
 
 INIT_TIMEOUT = 10.0  # seconds a new stream may take to name itself
 
@@ -41,7 +41,7 @@ class GRPCStream:
 
     async def recv(self):
         if self._closed.is_set():
-            raise EOFError("stream closed")
+            raise StreamAborted("stream closed")
         reader = asyncio.ensure_future(self._context.read())
         closed = asyncio.ensure_future(self._closed.wait())
         try:
@@ -50,8 +50,11 @@ class GRPCStream:
             closed.cancel()
         if not reader.done():
             reader.cancel()
-            raise EOFError("stream closed")
-        msg = reader.result()
+            raise StreamAborted("stream closed")
+        try:
+            msg = reader.result()
+        except (aio.AbortError, aio.UsageError, RuntimeError) as e:
+            raise StreamAborted(f"stream closed: {e}") from None
         if msg is aio.EOF:
             raise EOFError("client closed the stream")
         return msg

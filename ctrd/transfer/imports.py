@@ -1,0 +1,257 @@
+"""Import (``ImageImportStream`` -> ``ImageStore``) and echo (``ImageImportStream`` ->
+``ImageExportStream``): ``ctr images import`` of containerd 2.x (core/transfer/local/import.go,
+core/transfer/archive/importer.go).
+
+Import, in order:
+
+1. the archive arrives over the client's byte stream (:class:`StreamReceiver`: flow
+   control, stall timeout, an aborted stream is an error, never a short archive) and is
+   spooled to a file in the transfer plugin's root dir (ctrd's importer reads an archive
+   twice: headers, then data; the spool is removed whatever happens);
+2. ctrd's archive importer (:func:`ctrd.images.archive.import_archive`, its caps and
+   hostile-archive checks) stores the blobs under a lease (the call's, else one of its own);
+   the platforms are the ImageStore's (none: every platform must be complete);
+3. the images are unpacked for the ImageStore's unpack configurations (matched against
+   the transferrer's ``unpack_config``, containerd's ``getSupportedPlatform``);
+4. the records are created as containerd's ImageStore names them
+   (:mod:`ctrd.transfer.imagestore`): the archive's index, then each of its entries.
+
+Progress as containerd sends it: ``Importing``, one ``saved`` (name, desc) per record,
+``Completed import``. A failure at any step creates no record; what was written belongs to
+the lease, which is deleted (collectable) unless the client gave its own; ingests are
+aborted as they fail. A cancelled call (the client went away) stops the worker at its next
+read and cleans up the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import io
+import os
+import tempfile
+import threading
+import time
+
+from ctrd import errdefs
+from ctrd.api.containerd.types.transfer import imagestore_pb2, importexport_pb2
+from ctrd.images.manifest import Descriptor, Platform, host_platform, matches
+from ctrd.transfer import imagestore
+from ctrd.transfer.bytestreams import StreamReceiver, StreamSender
+from ctrd.transfer.context import TransferContext
+
+SPOOL_FLUSH = 1 << 20  # bytes gathered before a write to the spool file
+DEFAULT_SNAPSHOTTER = "overlayfs"
+
+
+class _Cancellable(io.RawIOBase):
+    """The spool file, read by the importer's thread; reads fail once ``cancel`` is set."""
+
+    def __init__(self, path: str, cancel: threading.Event) -> None:
+        self._f = open(path, "rb")
+        self._cancel = cancel
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        if self._cancel.is_set():
+            raise errdefs.Canceled("import cancelled")
+        return self._f.readinto(b)
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+async def _spool(receiver: StreamReceiver, f) -> int:
+    buf = bytearray()
+    total = 0
+    while chunk := await receiver.read():
+        buf += chunk
+        if len(buf) >= SPOOL_FLUSH:
+            await asyncio.to_thread(f.write, bytes(buf))
+            total += len(buf)
+            buf.clear()
+    if buf:
+        await asyncio.to_thread(f.write, bytes(buf))
+        total += len(buf)
+    await asyncio.to_thread(f.flush)
+    return total
+
+
+def _spool_file(work_dir: str):
+    if work_dir:
+        os.makedirs(work_dir, mode=0o700, exist_ok=True)
+    return tempfile.NamedTemporaryFile(prefix="import-", suffix=".tar", dir=work_dir or None,
+                                       delete=False)
+
+
+def _unpack_targets(tc: TransferContext, dst: imagestore_pb2.ImageStore) \
+        -> list[tuple[Platform, str]]:
+    """(platform, snapshotter) per unpack the store asks and the transferrer supports."""
+    supported = []
+    for u in tc.config.unpack_config or []:
+        text = str(u.get("platform", "") or "")
+        try:
+            from ctrd.images.manifest import parse_platform
+
+            plat = parse_platform(text) if text else host_platform()
+        except errdefs.InvalidArgument:
+            continue
+        supported.append((plat, str(u.get("snapshotter", "") or DEFAULT_SNAPSHOTTER)))
+    if not supported:
+        supported = [(host_platform(), "")]  # any loaded snapshotter for the host
+    out = []
+    for u in dst.unpacks:
+        want = Platform(u.platform.os, u.platform.architecture, u.platform.variant) \
+            if u.HasField("platform") else host_platform()
+        chosen = None
+        for plat, snap in supported:
+            if not matches(plat, want) and not matches(want, plat):
+                continue
+            if not u.snapshotter or not snap or u.snapshotter == snap:
+                chosen = (want, u.snapshotter or snap or DEFAULT_SNAPSHOTTER)
+                break
+        if chosen is not None:
+            out.append(chosen)
+    return out
+
+
+def _import(tc: TransferContext, path: str, src: importexport_pb2.ImageImportStream,
+            dst: imagestore_pb2.ImageStore, lease: str, cancel: threading.Event):
+    """Steps 2-4, in a worker thread: returns what was saved (for events and progress)."""
+    from ctrd.images import archive
+    from ctrd.transfer.contentstore import LeasedContent, unpack
+
+    plats = imagestore.platforms(dst)
+    store = LeasedContent(tc.md, tc.ns, lease, force_compress=src.force_compress)
+    try:
+        result = archive.import_archive(
+            lambda: _Cancellable(path, cancel), store,
+            platform=plats[0] if plats else None,
+            all_platforms=not plats and not dst.all_metadata,
+            keep_index=True, unnamed=True)
+    except OSError as e:
+        raise errdefs.InvalidArgument(f"reading the import stream: {e}") from None
+    # containerd's importer marks the index's entries as named by their annotations
+    entries = [Descriptor(d.media_type, d.digest, d.size, d.platform,
+                          {**d.annotations, imagestore.REF_SOURCE: "annotation"}, list(d.urls))
+               for d in result.manifests]
+    descriptors = ([result.index] if result.index is not None else []) + entries
+    for plat, snapshotter in _unpack_targets(tc, dst):
+        done: set[str] = set()
+        for d in entries:
+            if d.digest in done or (d.platform is not None and not matches(plat, d.platform)):
+                continue
+            done.add(d.digest)
+            if cancel.is_set():
+                raise errdefs.Canceled("import cancelled")
+            try:
+                unpack(tc.md, tc.ns, lease, d, snapshotter, plat)
+            except errdefs.NotFound:
+                continue  # no manifest for this platform
+    records = []
+    for d in descriptors:
+        records.append((d, imagestore.names_for(dst, d)))
+    if cancel.is_set():
+        raise errdefs.Canceled("import cancelled")
+    saved = []
+    for d, recs in records:
+        saved.append((d, imagestore.store_images(tc.md, tc.ns, recs)))
+    return saved
+
+
+def _rfc3339(seconds: float) -> str:
+    import datetime
+
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+async def _in_thread(fn, cancel: threading.Event):
+    """Run ``fn`` in a worker thread; if this task is cancelled, tell the worker and wait
+    for it to stop before cancelling on (so the caller's cleanup comes after its writes)."""
+    fut = asyncio.ensure_future(asyncio.to_thread(fn))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        cancel.set()
+        await asyncio.wait({fut})
+        raise
+
+
+async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportStream,
+                         dst: imagestore_pb2.ImageStore) -> None:
+    stream = tc.streams.get(tc.ns, src.stream)
+    receiver = StreamReceiver(stream, tc.config.progress_timeout,
+                              what=f"import stream {src.stream!r}")
+    tc.progress("Importing")
+    own = None
+    lease = tc.lease
+    if not lease:
+        own = lease = f"transfer-import-{time.time_ns()}-{os.urandom(4).hex()}"
+        tc.md.leases.create(tc.ns, lease, {"containerd.io/gc.expire":
+                                           _rfc3339(time.time() + 86400)})
+    cancel = threading.Event()
+    f = await asyncio.to_thread(_spool_file, tc.config.work_dir)
+    try:
+        try:
+            await _spool(receiver, f)
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise errdefs.ResourceExhausted(f"no space left to spool the import "
+                                                f"stream in {tc.config.work_dir}") from None
+            raise
+        finally:
+            stream.close()  # as containerd's ReceiveStream, done with it either way
+            f.close()
+        saved = await _in_thread(lambda: _import(tc, f.name, src, dst, lease, cancel), cancel)
+    finally:
+        await asyncio.to_thread(_remove, f.name)
+        if own is not None:
+            try:
+                tc.md.leases.delete(tc.ns, own)
+            except errdefs.NotFound:
+                pass
+    for d, imgs in saved:
+        imagestore.publish(tc.events, tc.ns, imgs)
+        for img, _topic in imgs:
+            tc.progress("saved", img.name, desc=_desc_pb(d))
+    tc.progress("Completed import")
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _desc_pb(d: Descriptor):
+    from ctrd.api.containerd.types import descriptor_pb2
+
+    ann = {k: v for k, v in (d.annotations or {}).items() if k != imagestore.REF_SOURCE}
+    return descriptor_pb2.Descriptor(media_type=d.media_type, digest=d.digest, size=d.size,
+                                     annotations=ann)
+
+
+async def echo(tc: TransferContext, src: importexport_pb2.ImageImportStream,
+               dst: importexport_pb2.ImageExportStream) -> None:
+    """The bytes of the import stream, unchanged, to the export stream (containerd's echo,
+    for testing the byte streams)."""
+    istream = tc.streams.get(tc.ns, src.stream)
+    ostream = tc.streams.get(tc.ns, dst.stream)
+    receiver = StreamReceiver(istream, tc.config.progress_timeout,
+                              what=f"import stream {src.stream!r}")
+    sender = StreamSender(ostream, tc.config.progress_timeout,
+                          what=f"export stream {dst.stream!r}")
+    try:
+        while chunk := await receiver.read():
+            await sender.write(chunk)
+    except BaseException:
+        sender.abort()
+        raise
+    finally:
+        istream.close()
+    await sender.close()
