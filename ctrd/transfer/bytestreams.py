@@ -27,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from concurrent.futures import Future
+from concurrent.futures import CancelledError as FutureCancelled, Future
 
 from google.protobuf import message
 
@@ -237,7 +237,7 @@ class BlockingWriter(io.RawIOBase):
         self._pending = fut
         try:
             fut.result()
-        except asyncio.CancelledError:
+        except (asyncio.CancelledError, FutureCancelled):
             raise errdefs.Canceled("export stream aborted") from None
         finally:
             self._pending = None

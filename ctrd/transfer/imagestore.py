@@ -68,8 +68,10 @@ def _image_name(annotations: dict[str, str], translate) -> str:
 
 
 def _rfc3339_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).astimezone().isoformat(
-        timespec="seconds")
+    """Go's ``time.Now().Format(time.RFC3339)``: local time, ``Z`` for UTC."""
+    now = datetime.datetime.now().astimezone().replace(microsecond=0)
+    text = now.isoformat()
+    return text[:-6] + "Z" if now.utcoffset() == datetime.timedelta(0) else text
 
 
 def names_for(store: imagestore_pb2.ImageStore, desc: Descriptor) -> list[Record]:

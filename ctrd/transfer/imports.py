@@ -158,7 +158,10 @@ def _import(tc: TransferContext, path: str, src: importexport_pb2.ImageImportStr
         raise errdefs.Canceled("import cancelled")
     saved = []
     for d, recs in records:
-        saved.append((d, imagestore.store_images(tc.md, tc.ns, recs)))
+        imgs = imagestore.store_images(tc.md, tc.ns, recs)
+        saved.extend(imgs)
+        for img, _topic in imgs:  # as each is stored, as containerd sends them
+            tc.progress("saved", img.name, desc=_desc_pb(d))
     return saved
 
 
@@ -214,10 +217,7 @@ async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportS
                 tc.md.leases.delete(tc.ns, own)
             except errdefs.NotFound:
                 pass
-    for d, imgs in saved:
-        imagestore.publish(tc.events, tc.ns, imgs)
-        for img, _topic in imgs:
-            tc.progress("saved", img.name, desc=_desc_pb(d))
+    imagestore.publish(tc.events, tc.ns, saved)
     tc.progress("Completed import")
 
 
