@@ -250,7 +250,7 @@ def export(read: Reader, out: BinaryIO, images: list[tuple[str, Descriptor]], *,
         tag = _tag_of(name)
         if tag:
             annotations[REF_NAME] = tag
-        entry["annotations"] = annotations
+        entry["annotations"] = dict(sorted(annotations.items()))  # Go sorts map keys
         index.append(entry)
         if not docker_manifest:
             continue

@@ -229,6 +229,7 @@ def _init_local_transfer(ic: InitContext):
                           max_concurrent_downloads=c.max_concurrent_downloads,
                           max_concurrent_uploaded_layers=c.max_concurrent_uploaded_layers,
                           unpack_config=list(c.unpack_config),
+                          check_platform_supported=c.check_platform_supported,
                           work_dir=os.path.join(ic.properties.get("root", ""),
                                                 ic.registration.uri))
 

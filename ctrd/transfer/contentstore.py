@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import zlib
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ctrd import errdefs
 from ctrd.images import manifest as m
@@ -139,11 +139,13 @@ class LeasedContent:
                     pass
 
 
-def unpack(md, ns: str, lease: str, root: Descriptor, snapshotter: str,
-           platform: Platform) -> str:
-    """Unpack image ``root`` for ``platform`` into ``snapshotter`` with the pull pipeline's
-    unpacker (its layers are in content already); returns the top chain ID. NotFound when
-    the image has no manifest for ``platform``."""
+def unpack(md, ns: str, lease: str, manifest: Descriptor, snapshotter: str,
+           accept: Callable[[Platform], bool] | None = None) -> str | None:
+    """Unpack the image of ``manifest`` into ``snapshotter`` with the pull pipeline's
+    unpacker (its layers are in content already); returns the top chain ID, or None when
+    ``accept`` refuses the platform its config states (containerd's unpacker matches the
+    config's platform, not the index entry's)."""
+    import json
     from concurrent.futures import Future
 
     from ctrd.images.archive import read_all
@@ -152,16 +154,21 @@ def unpack(md, ns: str, lease: str, root: Descriptor, snapshotter: str,
     if snapshotter not in md.snapshotters:
         raise errdefs.InvalidArgument(f"snapshotter not loaded: {snapshotter}")
     store = LeasedContent(md, ns, lease)
-    desc = root
-    for _ in range(9):
-        data = read_all(store.read, desc)
-        if desc.media_type not in m.INDEXES:
-            break
-        desc = m.select(m.parse_index(data, desc.media_type), platform)
-    else:
-        raise errdefs.InvalidArgument(f"{root.digest}: indexes nested too deep")
-    man = m.parse_manifest(data, desc.media_type)
-    ids = m.diff_ids(read_all(store.read, man.config, m.MAX_CONFIG))
+    man = m.parse_manifest(read_all(store.read, manifest), manifest.media_type)
+    config = read_all(store.read, man.config, m.MAX_CONFIG)
+    if accept is not None:
+        try:
+            doc = json.loads(config)
+        except ValueError:
+            raise errdefs.InvalidArgument(f"image config {man.config.digest} is not JSON") \
+                from None
+        if not isinstance(doc, dict):
+            raise errdefs.InvalidArgument(f"image config {man.config.digest} is not an object")
+        plat = Platform(str(doc.get("os", "")), str(doc.get("architecture", "")),
+                        str(doc.get("variant", "") or ""))
+        if not accept(plat):
+            return None
+    ids = m.diff_ids(config)
     layers = [x for x in man.layers if x.media_type not in m.NON_DISTRIBUTABLE]
     if len(ids) != len(layers):
         raise errdefs.InvalidArgument(f"image config lists {len(ids)} layers, the manifest "
@@ -173,7 +180,7 @@ def unpack(md, ns: str, lease: str, root: Descriptor, snapshotter: str,
         f: Future = Future()
         f.set_result(None)
         done.append(f)
-    p = _Pull(md, ns, snapshotter, None, platform, Progress(), lease)
+    p = _Pull(md, ns, snapshotter, None, Platform("", ""), Progress(), lease)
     chain = p.unpack(layers, ids, done)
     store.label(man.config.digest, {f"containerd.io/gc.ref.snapshot.{snapshotter}": chain})
     return chain

@@ -32,6 +32,7 @@ import os
 import tempfile
 import threading
 import time
+from typing import Callable
 
 from ctrd import errdefs
 from ctrd.api.containerd.types.transfer import imagestore_pb2, importexport_pb2
@@ -88,33 +89,75 @@ def _spool_file(work_dir: str):
 
 
 def _unpack_targets(tc: TransferContext, dst: imagestore_pb2.ImageStore) \
-        -> list[tuple[Platform, str]]:
-    """(platform, snapshotter) per unpack the store asks and the transferrer supports."""
+        -> list[tuple[Callable[[Platform], bool], str]]:
+    """(config platform matcher, snapshotter) per unpack the store asks, through the
+    transferrer's ``unpack_config`` (containerd's ``getSupportedPlatform``: the supported
+    entry's matcher is used, which by default matches the OS only)."""
+    from ctrd.images.manifest import parse_platform
+
     supported = []
-    for u in tc.config.unpack_config or []:
+    for u in tc.config.unpack_config or [{}]:
         text = str(u.get("platform", "") or "")
         try:
-            from ctrd.images.manifest import parse_platform
-
             plat = parse_platform(text) if text else host_platform()
         except errdefs.InvalidArgument:
             continue
         supported.append((plat, str(u.get("snapshotter", "") or DEFAULT_SNAPSHOTTER)))
-    if not supported:
-        supported = [(host_platform(), "")]  # any loaded snapshotter for the host
     out = []
     for u in dst.unpacks:
         want = Platform(u.platform.os, u.platform.architecture, u.platform.variant) \
             if u.HasField("platform") else host_platform()
         chosen = None
         for plat, snap in supported:
-            if not matches(plat, want) and not matches(want, plat):
+            if not _supported_match(tc, plat, want):
                 continue
-            if not u.snapshotter or not snap or u.snapshotter == snap:
-                chosen = (want, u.snapshotter or snap or DEFAULT_SNAPSHOTTER)
+            if u.snapshotter == snap:
+                chosen = (plat, snap)
                 break
+            if not u.snapshotter and (chosen is None or snap == DEFAULT_SNAPSHOTTER):
+                chosen = (plat, snap)
         if chosen is not None:
-            out.append(chosen)
+            plat, snap = chosen
+            out.append((lambda p, plat=plat: _supported_match(tc, plat, p), snap))
+    return out
+
+
+def _supported_match(tc: TransferContext, supported: Platform, p: Platform) -> bool:
+    if tc.config.check_platform_supported:
+        return matches(supported, p)
+    return supported.os == p.os
+
+
+def _walked_manifests(read, entries: list[Descriptor], plats: list[Platform]) \
+        -> list[Descriptor]:
+    """The manifests an import walks: the entries and their indexes' children, filtered
+    by the store's platforms (none: all) on their descriptors, as containerd's
+    ``FilterPlatforms``; those not in the archive are left out."""
+    from ctrd.images import manifest as m
+    from ctrd.images.archive import read_all
+
+    out: list[Descriptor] = []
+    seen: set[str] = set()
+
+    def visit(d: Descriptor, depth: int) -> None:
+        if d.digest in seen or depth > 8:
+            return
+        if plats and d.platform is not None and not any(matches(p, d.platform)
+                                                        for p in plats):
+            return
+        seen.add(d.digest)
+        if d.media_type in m.MANIFESTS:
+            out.append(d)
+        elif d.media_type in m.INDEXES:
+            try:
+                idx = m.parse_index(read_all(read, d), d.media_type)
+            except errdefs.NotFound:
+                return
+            for child in idx.manifests:
+                visit(child, depth + 1)
+
+    for e in entries:
+        visit(e, 0)
     return out
 
 
@@ -139,18 +182,17 @@ def _import(tc: TransferContext, path: str, src: importexport_pb2.ImageImportStr
                           {**d.annotations, imagestore.REF_SOURCE: "annotation"}, list(d.urls))
                for d in result.manifests]
     descriptors = ([result.index] if result.index is not None else []) + entries
-    for plat, snapshotter in _unpack_targets(tc, dst):
-        done: set[str] = set()
-        for d in entries:
-            if d.digest in done or (d.platform is not None and not matches(plat, d.platform)):
-                continue
-            done.add(d.digest)
-            if cancel.is_set():
-                raise errdefs.Canceled("import cancelled")
-            try:
-                unpack(tc.md, tc.ns, lease, d, snapshotter, plat)
-            except errdefs.NotFound:
-                continue  # no manifest for this platform
+    targets = _unpack_targets(tc, dst)
+    if targets:
+        walked = _walked_manifests(store.read, entries, plats)
+        for accept, snapshotter in targets:
+            for d in walked:
+                if cancel.is_set():
+                    raise errdefs.Canceled("import cancelled")
+                try:
+                    unpack(tc.md, tc.ns, lease, d, snapshotter, accept)
+                except errdefs.NotFound:
+                    continue  # not in the archive (another platform's)
     records = []
     for d in descriptors:
         records.append((d, imagestore.names_for(dst, d)))
