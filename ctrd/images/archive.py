@@ -361,9 +361,33 @@ def _classify(ti: tarfile.TarInfo) -> tuple[str, str]:
     return "blob", digest
 
 
+class _EofGuard:
+    """The archive file for tarfile's stream mode, which skips an entry's data by reading
+    it and keeps reading at EOF: a tiny archive whose header claims a 1 TiB entry would
+    spin for minutes. Reads past the end beyond :data:`MAX_EOF_READS` fail instead."""
+
+    MAX_EOF_READS = 8
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._f = f
+        self._eof_reads = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._f.read(n)
+        if not data and n != 0:
+            self._eof_reads += 1
+            if self._eof_reads > self.MAX_EOF_READS:
+                raise InvalidArgument("truncated or corrupt tar archive: an entry claims "
+                                      "more data than the archive holds")
+        return data
+
+    def close(self) -> None:
+        self._f.close()
+
+
 def _entries(open_tar: Callable[[], BinaryIO], max_entries: int):
     """The tar's members as a stream (gzip detected), with their data readable in turn."""
-    f = open_tar()
+    f = _EofGuard(open_tar())
     try:
         try:
             tar = tarfile.open(fileobj=f, mode="r|*")

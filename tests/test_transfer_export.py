@@ -1,0 +1,89 @@
+"""``ctr images export`` of containerd 2.3.4 (Transfer: the archive streamed back to ctr)
+against ctrd, compared with containerd 2.3.4 exporting the same images with the same flags:
+the same tar entries (names, types, modes, sizes) and the same index.json and
+manifest.json bytes; then the export imports again, into ctrd and into containerd."""
+
+from __future__ import annotations
+
+import pytest
+
+from transfer_util import (build_archives, ctr2, image_rows, member_bytes, members,
+                           need_containerd2, need_ctr2, ok, start_containerd2)
+
+pytestmark = pytest.mark.integration
+
+IMAGES = ["example.com/m:multi", "example.com/hand/made:1"]
+FLAGS = {"default": [], "skip-manifest-json": ["--skip-manifest-json"],
+         "all-platforms": ["--all-platforms"], "platform": ["--platform", "linux/arm64"],
+         "skip-non-distributable": ["--skip-non-distributable"]}
+
+
+@pytest.fixture
+def archives(tmp_root):
+    return build_archives(tmp_root / "archives")
+
+
+def _entries(doc: bytes | None):
+    import json
+
+    return None if doc is None else sorted(json.dumps(e, sort_keys=True)
+                                           for e in json.loads(doc))
+
+
+def _load(address: str, archives) -> None:
+    ok(ctr2(address, "images", "import", "--all-platforms", "--base-name", "example.com/m",
+            str(archives["multi"])))
+    ok(ctr2(address, "images", "import", str(archives["docker"])))
+
+
+def test_export_matches_containerd(ctrd, archives, tmp_root):
+    need_containerd2()
+    c2 = start_containerd2(tmp_root)
+    try:
+        for address in (ctrd.address, c2.address):
+            _load(address, archives)
+        for case, flags in FLAGS.items():
+            out = []
+            for name, address in (("ctrd", ctrd.address), ("c2", c2.address)):
+                path = tmp_root / f"{case}-{name}.tar"
+                ok(ctr2(address, "images", "export", *flags, str(path), *IMAGES))
+                out.append(path)
+            assert members(out[0]) == members(out[1]), case
+            for doc in ("index.json", "oci-layout"):
+                assert member_bytes(out[0], doc) == member_bytes(out[1], doc), (case, doc)
+            # containerd writes manifest.json's entries in Go map order (random)
+            mj = [member_bytes(p, "manifest.json") for p in out]
+            assert _entries(mj[0]) == _entries(mj[1]), case
+        # a missing image: the same error
+        errs = [ctr2(a, "images", "export", str(tmp_root / "x.tar"), "example.com/none:1")
+                for a in (ctrd.address, c2.address)]
+        assert [e.returncode != 0 for e in errs] == [True, True]
+        assert "not found" in errs[0].stderr and "not found" in errs[1].stderr
+        # containerd imports what ctrd exported, and names it the same
+        ok(ctr2(c2.address, "images", "import", "--all-platforms",
+                str(tmp_root / "all-platforms-ctrd.tar"), namespace="back"))
+        ok(ctr2(ctrd.address, "images", "import", "--all-platforms",
+                str(tmp_root / "all-platforms-ctrd.tar"), namespace="back"))
+        assert image_rows(c2.address, "back") == image_rows(ctrd.address, "back")
+    finally:
+        c2.stop()
+
+
+def test_export_to_stdout_and_reimport(ctrd, archives, tmp_root):
+    need_ctr2()
+    _load(ctrd.address, archives)
+    before = image_rows(ctrd.address)
+    path = tmp_root / "stdout.tar"
+    with open(path, "wb") as f:
+        import subprocess
+
+        import containerd2
+
+        r = subprocess.run([str(containerd2.CTR), "--address", ctrd.address, "-n", "xfer",
+                            "images", "export", "--all-platforms", "-", *IMAGES], stdout=f,
+                           stderr=subprocess.PIPE, timeout=180)
+    assert r.returncode == 0, r.stderr
+    ok(ctr2(ctrd.address, "images", "rm", "--sync", *IMAGES))
+    ok(ctr2(ctrd.address, "images", "import", "--all-platforms", str(path)))
+    assert image_rows(ctrd.address) == before
+    assert "complete" in ok(ctr2(ctrd.address, "images", "check"))
