@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 IMAGES = ["example.com/m:multi", "example.com/hand/made:1"]
 FLAGS = {"default": [], "skip-manifest-json": ["--skip-manifest-json"],
          "all-platforms": ["--all-platforms"], "platform": ["--platform", "linux/arm64"],
-         "skip-non-distributable": ["--skip-non-distributable"]}
+         "skip-non-distributable": ["--skip-non-distributable"],
+         "local": ["--local"]}  # the client-side path (Content and Images services)
 
 
 @pytest.fixture
