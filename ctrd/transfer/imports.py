@@ -14,7 +14,7 @@ Import, in order:
 3. the images are unpacked for the ImageStore's unpack configurations (matched against
    the transferrer's ``unpack_config``, containerd's ``getSupportedPlatform``);
 4. the records are created as containerd's ImageStore names them
-   (:mod:`ctrd.transfer.imagestore`): the archive's index, then each of its entries.
+   (:mod:`ctrd.transfer.importnames`): the archive's index, then each of its entries.
 
 Progress as containerd sends it: ``Importing``, one ``saved`` (name, desc) per record,
 ``Completed import``. A failure at any step creates no record; what was written belongs to
@@ -37,12 +37,13 @@ from typing import Callable
 from ctrd import errdefs
 from ctrd.api.containerd.types.transfer import imagestore_pb2, importexport_pb2
 from ctrd.images.manifest import Descriptor, Platform, host_platform, matches
-from ctrd.transfer import imagestore
+from ctrd.transfer import importnames
 from ctrd.transfer.bytestreams import StreamReceiver, StreamSender
 from ctrd.transfer.context import TransferContext
 
 SPOOL_FLUSH = 1 << 20  # bytes gathered before a write to the spool file
 DEFAULT_SNAPSHOTTER = "overlayfs"
+MAX_UNPACKS = 64  # unpack configurations of one ImageStore
 
 
 class _Cancellable(io.RawIOBase):
@@ -167,7 +168,7 @@ def _import(tc: TransferContext, path: str, src: importexport_pb2.ImageImportStr
     from ctrd.images import archive
     from ctrd.transfer.contentstore import LeasedContent, unpack
 
-    plats = imagestore.platforms(dst)
+    plats = importnames.platforms(dst)
     store = LeasedContent(tc.md, tc.ns, lease, force_compress=src.force_compress)
     try:
         result = archive.import_archive(
@@ -179,7 +180,7 @@ def _import(tc: TransferContext, path: str, src: importexport_pb2.ImageImportStr
         raise errdefs.InvalidArgument(f"reading the import stream: {e}") from None
     # containerd's importer marks the index's entries as named by their annotations
     entries = [Descriptor(d.media_type, d.digest, d.size, d.platform,
-                          {**d.annotations, imagestore.REF_SOURCE: "annotation"}, list(d.urls))
+                          {**d.annotations, importnames.REF_SOURCE: "annotation"}, list(d.urls))
                for d in result.manifests]
     descriptors = ([result.index] if result.index is not None else []) + entries
     targets = _unpack_targets(tc, dst)
@@ -195,12 +196,12 @@ def _import(tc: TransferContext, path: str, src: importexport_pb2.ImageImportStr
                     continue  # not in the archive (another platform's)
     records = []
     for d in descriptors:
-        records.append((d, imagestore.names_for(dst, d)))
+        records.append((d, importnames.names_for(dst, d)))
     if cancel.is_set():
         raise errdefs.Canceled("import cancelled")
     saved = []
     for d, recs in records:
-        imgs = imagestore.store_images(tc.md, tc.ns, recs)
+        imgs = importnames.store_images(tc.md, tc.ns, recs)
         saved.extend(imgs)
         for img, _topic in imgs:  # as each is stored, as containerd sends them
             tc.progress("saved", img.name, desc=_desc_pb(d))
@@ -228,6 +229,10 @@ async def _in_thread(fn, cancel: threading.Event):
 
 async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportStream,
                          dst: imagestore_pb2.ImageStore) -> None:
+    importnames.check(dst)
+    if len(dst.unpacks) > MAX_UNPACKS:
+        raise errdefs.InvalidArgument(f"{len(dst.unpacks)} unpack configurations, more than "
+                                      f"{MAX_UNPACKS}")
     stream = tc.streams.get(tc.ns, src.stream)
     receiver = StreamReceiver(stream, tc.config.progress_timeout,
                               what=f"import stream {src.stream!r}")
@@ -259,7 +264,7 @@ async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportS
                 tc.md.leases.delete(tc.ns, own)
             except errdefs.NotFound:
                 pass
-    imagestore.publish(tc.events, tc.ns, saved)
+    importnames.publish(tc.events, tc.ns, saved)
     tc.progress("Completed import")
 
 
@@ -273,7 +278,7 @@ def _remove(path: str) -> None:
 def _desc_pb(d: Descriptor):
     from ctrd.api.containerd.types import descriptor_pb2
 
-    ann = {k: v for k, v in (d.annotations or {}).items() if k != imagestore.REF_SOURCE}
+    ann = {k: v for k, v in (d.annotations or {}).items() if k != importnames.REF_SOURCE}
     return descriptor_pb2.Descriptor(media_type=d.media_type, digest=d.digest, size=d.size,
                                      annotations=ann)
 

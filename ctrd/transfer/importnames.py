@@ -1,7 +1,8 @@
-"""The ``ImageStore`` transfer object as containerd 2.3.4 reads it
-(core/transfer/image/imagestore.go): which image records a stored descriptor gets
-(:func:`names_for`), creating them (:func:`store_images`), and which images an export
-names (:func:`lookup`).
+"""The ``ImageStore`` transfer object as an import and an export read it (containerd
+2.3.4's core/transfer/image/imagestore.go): which image records a stored descriptor gets
+(:func:`names_for`, both of containerd's branches: an archive's index entries named from
+their annotations, and the plain one), creating them (:func:`store_images`), and which
+images an export names (:func:`lookup`). (Pull, push and tag read it in their own module.)
 
 Naming of an import, per descriptor: an index entry of the archive (marked
 ``io.containerd.import.ref-source: annotation`` by the importer) is named from its
@@ -24,6 +25,7 @@ from ctrd.api.containerd.types.transfer import imagestore_pb2
 from ctrd.images.manifest import Descriptor, Platform
 
 REF_SOURCE = "io.containerd.import.ref-source"
+MAX_REFERENCES = 256  # extra references of one ImageStore (ctr sends one per argument)
 IMAGE_NAME = "io.containerd.image.name"
 REF_NAME = "org.opencontainers.image.ref.name"
 
@@ -72,6 +74,16 @@ def _rfc3339_now() -> str:
     now = datetime.datetime.now().astimezone().replace(microsecond=0)
     text = now.isoformat()
     return text[:-6] + "Z" if now.utcoffset() == datetime.timedelta(0) else text
+
+
+def check(store: imagestore_pb2.ImageStore) -> None:
+    """Bounds on what a client may ask: InvalidArgument beyond them."""
+    if len(store.extra_references) > MAX_REFERENCES:
+        raise errdefs.InvalidArgument(f"{len(store.extra_references)} extra references, "
+                                      f"more than {MAX_REFERENCES}")
+    for ref in store.extra_references:
+        if not ref.name:
+            raise errdefs.InvalidArgument("an extra reference has no name")
 
 
 def names_for(store: imagestore_pb2.ImageStore, desc: Descriptor) -> list[Record]:
@@ -160,6 +172,7 @@ def platforms(store: imagestore_pb2.ImageStore) -> list[Platform]:
 def lookup(md, ns: str, store: imagestore_pb2.ImageStore) -> list[tuple[str, Descriptor]]:
     """The images an export of ``store`` names (its ``name``, then each full extra
     reference), as (name, target); a prefix reference is NotImplemented as in containerd."""
+    check(store)
     names = [store.name] if store.name else []
     for ref in store.extra_references:
         if ref.is_prefix:
