@@ -21,6 +21,7 @@ import pytest
 ROOT = os.geteuid() == 0
 CTR = shutil.which("ctr")
 CONTAINERD = shutil.which("containerd")
+CTR16 = CTR  # Debian's ctr 1.6; CTR is whichever the test runs with (fixture ctr_client)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -75,7 +76,9 @@ def wait_for_socket(p: Proc, timeout: float = 20.0) -> None:
 
 def ctr(address: str, *args: str, namespace: str | None = None,
         timeout: float = 60) -> subprocess.CompletedProcess:
-    cmd = [CTR, "--address", address]
+    import conftest
+
+    cmd = [conftest.CTR, "--address", address]
     if namespace:
         cmd += ["--namespace", namespace]
     return subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=timeout)
@@ -138,14 +141,36 @@ def start_ctrd(tmp_root):
         p.stop()
 
 
+@pytest.fixture(params=["ctr-1.6", "ctr-2.3.4"])
+def ctr_client(request, monkeypatch):
+    """Runs the test once with each real ``ctr``: Debian's 1.6 and containerd 2.3.4's (from
+    ``../shared/bin``). :func:`ctr` (and ``conftest.CTR``) use that one for the test; the
+    ``containerd`` fixture then starts the matching reference daemon."""
+    import conftest
+    import containerd2
+
+    if request.param == "ctr-2.3.4":
+        if not containerd2.available():
+            pytest.skip(f"containerd 2.3.4 is not in {containerd2.BIN_DIR}")
+        monkeypatch.setattr(conftest, "CTR", str(containerd2.CTR))
+    elif CTR16 is None:
+        pytest.skip("ctr is not installed (apt-get install containerd)")
+    return request.param
+
+
 @pytest.fixture
 def ctrd(start_ctrd) -> Proc:
     return start_ctrd()
 
 
 @pytest.fixture
-def containerd(tmp_root):
-    """The reference: containerd 1.6 from Debian, paths moved under a temp dir."""
+def containerd(request, tmp_root):
+    """The reference: containerd 1.6 from Debian, paths moved under a temp dir; containerd
+    2.3.4 when the test runs with ctr 2.3.4 (fixture :func:`ctr_client`)."""
+    if "ctr_client" in request.fixturenames and \
+            request.getfixturevalue("ctr_client") == "ctr-2.3.4":
+        yield from _containerd2(tmp_root)
+        return
     if CONTAINERD is None:
         pytest.skip("containerd is not installed (apt-get install containerd)")
     base = tmp_root / "containerd"
@@ -167,6 +192,19 @@ def containerd(tmp_root):
         yield p
     finally:
         p.stop()
+
+
+def _containerd2(tmp_root):
+    import containerd2
+
+    base = tmp_root / "containerd2"
+    d = containerd2.Containerd2.start(base, cni_bin_dirs=["/usr/lib/cni"],
+                                      cni_conf_dir=str(base / "net.d"))
+    p = Proc(d.proc, d.address, base / "root", base / "state", d.log, d.env)
+    try:
+        yield p
+    finally:
+        d.stop()
 
 
 @pytest.fixture(scope="session")

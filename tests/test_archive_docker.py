@@ -346,7 +346,7 @@ def test_export_writes_manifest_json(tmp_path, registry):
 # -- against a real ctrd and containerd -------------------------------------------------------
 
 integration = [pytest.mark.integration,
-               pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)"),
+               pytest.mark.usefixtures("ctr_client"),  # ctr 1.6 and ctr 2.3.4
                pytest.mark.skipif(SKOPEO is None, reason="skopeo is not installed (apt skopeo)")]
 
 

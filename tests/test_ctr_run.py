@@ -1,4 +1,4 @@
-"""The real ``ctr run`` / ``ctr tasks ...`` against ctrd (issue 6's done-when list).
+"""The real ``ctr run`` / ``ctr tasks ...`` against ctrd, with ctr 1.6 and ctr 2.3.4.
 
 Parametrised over the shim that serves ``io.containerd.runc.v2``: ctrd's own
 (``containerd-shim-ctrd-v2``, the default) and containerd's Go shim (mapped in ctrd's config),
@@ -16,7 +16,7 @@ import pytest
 from conftest import ctr
 from taskutil import SHIM_KINDS, task_daemon
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ctr_client")]
 
 @pytest.fixture(params=SHIM_KINDS)
 def daemon(request, start_ctrd, tmp_root, registry):

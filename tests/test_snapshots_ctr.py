@@ -7,11 +7,10 @@ import subprocess
 
 import pytest
 
-from conftest import CTR, ctr
+from conftest import ctr
 from ctrd.snapshots.mount import unmount
 
-pytestmark = [pytest.mark.integration,
-              pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")]
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ctr_client")]
 
 
 def sh_mount(address: str, snapshotter: str, target, key: str) -> None:
