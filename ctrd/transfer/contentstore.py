@@ -99,44 +99,30 @@ class LeasedContent:
         return None
 
     def _uncompressed(self, digest: str) -> bool:
+        chunks = iter(self.read(digest))
         try:
-            head = next(iter(self.read(digest)), b"")[:6]
+            head = next(chunks, b"")[:6]
         except errdefs.NotFound:
             return False
+        finally:
+            chunks.close()
         return not head.startswith(_COMPRESSED_MAGIC)
 
     def _gzip(self, digest: str) -> Descriptor:
         """A gzip copy of blob ``digest``, compressed as it streams into an ingest (its
         digest is known at commit)."""
         ref = f"compress-blob-{digest.replace(':', '-')}"
-        w = self.md.content.writer(self.ns, ref, 0, "", self.lease)
-        ok = False
-        try:
-            w.truncate(0)
-            z = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip framing, as Go's default level
-            size = 0
+
+        def chunks() -> Iterator[bytes]:
+            z = zlib.compressobj(6, zlib.DEFLATED, 31)  # gzip framing, Go's default level
             for chunk in self.read(digest):
                 out = z.compress(chunk)
                 if out:
-                    w.write(out)
-                    size += len(out)
-            out = z.flush()
-            w.write(out)
-            size += len(out)
-            try:
-                got = w.commit(size, "", {UNCOMPRESSED: digest})
-            except errdefs.AlreadyExists:
-                got = w.digest()
-            ok = True
-            self.written.append(got)
-            return Descriptor("", got, size)
-        finally:
-            w.close()
-            if not ok:
-                try:
-                    self.md.content.abort(self.ns, ref, self.lease)
-                except errdefs.NotFound:
-                    pass
+                    yield out
+            yield z.flush()
+
+        got = self._commit(ref, 0, "", chunks(), {UNCOMPRESSED: digest})
+        return Descriptor("", got, self.md.content.info(self.ns, got).size)
 
 
 def unpack(md, ns: str, lease: str, manifest: Descriptor, snapshotter: str,
