@@ -182,3 +182,78 @@ def test_client_vanishing_mid_import_leaves_nothing(ctrd, archives):
     with open(archives["oci"], "rb") as f:  # and it still serves
         ok(ctr2(ctrd.address, "images", "import", "-", stdin=f))
     assert len(ok(ctr2(ctrd.address, "images", "ls", "-q")).split()) == 1
+
+
+def _big_archive(path, size: int = 96 << 20) -> None:
+    """An OCI archive of one image whose one uncompressed layer holds a ``size``-byte file
+    (written streaming: the test never holds it)."""
+    import hashlib
+    import io
+
+    from images import HOST_ARCH, MT_OCI_CONFIG, MT_OCI_MANIFEST
+
+    layer = path.with_suffix(".layer")
+    with open(layer, "wb") as f, tarfile.open(fileobj=f, mode="w|") as t:
+        ti = tarfile.TarInfo("big")
+        ti.size = size
+        t.addfile(ti, io.BufferedReader(io.BytesIO(b"\0" * size)))
+    h = hashlib.sha256()
+    with open(layer, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    ldig, lsize = "sha256:" + h.hexdigest(), layer.stat().st_size
+    config = json.dumps({"architecture": HOST_ARCH, "os": "linux",
+                         "rootfs": {"type": "layers", "diff_ids": [ldig]}}).encode()
+    man = json.dumps({"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
+                      "config": {"mediaType": MT_OCI_CONFIG, "digest": "sha256:" + _sha(config),
+                                 "size": len(config)},
+                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                                  "digest": ldig, "size": lsize}]}).encode()
+    index = json.dumps({"schemaVersion": 2, "manifests": [
+        {"mediaType": MT_OCI_MANIFEST, "digest": "sha256:" + _sha(man), "size": len(man),
+         "annotations": {"io.containerd.image.name": "example.com/big:1"}}]}).encode()
+    with tarfile.open(path, "w") as t:
+        _add(t, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+        t.add(layer, arcname="blobs/sha256/" + ldig[7:])
+        _add(t, "blobs/sha256/" + _sha(config), config)
+        _add(t, "blobs/sha256/" + _sha(man), man)
+        _add(t, "index.json", index)
+    layer.unlink()
+
+
+def test_client_vanishing_while_the_daemon_imports(ctrd, tmp_root):
+    """ctr sent the whole archive and is killed while the daemon stores it: the import
+    stops, no record is created, no ingest or prepared snapshot is left, the spool goes."""
+    need_ctr2()
+    path = tmp_root / "big.tar"
+    _big_archive(path)
+    total = path.stat().st_size
+    spool = ctrd.root / "io.containerd.transfer.v1.local"
+
+    def spooled() -> bool:
+        try:
+            return any(os.path.getsize(spool / n) == total for n in os.listdir(spool))
+        except OSError:
+            return False
+
+    proc = subprocess.Popen([str(containerd2.CTR), "--address", ctrd.address, "-n", "xfer",
+                             "images", "import", str(path)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        assert eventually(spooled, "the whole archive spooled", timeout=120)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    _no_import_left(ctrd)
+    assert "example.com/big:1" not in ok(ctr2(ctrd.address, "images", "ls", "-q"))
+    ok(ctr2(ctrd.address, "images", "import", str(path)))  # it still serves, and imports
+    assert ok(ctr2(ctrd.address, "images", "ls", "-q")).split() == ["example.com/big:1"]
+
+
+def _no_import_left(d) -> None:
+    spool = d.root / "io.containerd.transfer.v1.local"
+    assert eventually(lambda: not spool.exists() or not os.listdir(spool), "spool", 120)
+    assert ok(ctr2(d.address, "images", "ls", "-q")).split() == []
+    assert eventually(lambda: len(ok(ctr2(d.address, "content", "active"))
+                                  .splitlines()) <= 1, "ingests") is True
+    assert "Active" not in ok(ctr2(d.address, "snapshots", "ls"))

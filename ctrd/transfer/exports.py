@@ -21,6 +21,7 @@ from ctrd.images.manifest import Platform
 from ctrd.transfer import importnames
 from ctrd.transfer.bytestreams import BlockingWriter, StreamSender
 from ctrd.transfer.context import TransferContext
+from ctrd.transfer.threads import in_thread
 
 BUFFER = 1 << 20  # bytes the writer thread gathers per hand-over to the loop
 
@@ -48,14 +49,12 @@ async def export_archive(tc: TransferContext, src: imagestore_pb2.ImageStore,
         tc.progress("Exporting")
         images = await asyncio.to_thread(importnames.lookup, tc.md, tc.ns, src)
         out = BlockingWriter(sender, asyncio.get_running_loop())
-        fut = asyncio.ensure_future(asyncio.to_thread(_export, tc, images, out, dst))
-        try:
-            await asyncio.shield(fut)
-        except asyncio.CancelledError:
+
+        def stop() -> None:
             out.abort()
             sender.abort()
-            await asyncio.wait({fut})
-            raise
+
+        await in_thread(lambda: _export(tc, images, out, dst), stop)
     except BaseException:
         sender.abort()
         raise

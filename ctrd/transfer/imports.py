@@ -40,6 +40,7 @@ from ctrd.images.manifest import Descriptor, Platform, host_platform, matches
 from ctrd.transfer import importnames
 from ctrd.transfer.bytestreams import StreamReceiver, StreamSender
 from ctrd.transfer.context import TransferContext
+from ctrd.transfer.threads import in_thread
 
 SPOOL_FLUSH = 1 << 20  # bytes gathered before a write to the spool file
 DEFAULT_SNAPSHOTTER = "overlayfs"
@@ -215,18 +216,6 @@ def _rfc3339(seconds: float) -> str:
         "%Y-%m-%dT%H:%M:%SZ")
 
 
-async def _in_thread(fn, cancel: threading.Event):
-    """Run ``fn`` in a worker thread; if this task is cancelled, tell the worker and wait
-    for it to stop before cancelling on (so the caller's cleanup comes after its writes)."""
-    fut = asyncio.ensure_future(asyncio.to_thread(fn))
-    try:
-        return await asyncio.shield(fut)
-    except asyncio.CancelledError:
-        cancel.set()
-        await asyncio.wait({fut})
-        raise
-
-
 async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportStream,
                          dst: imagestore_pb2.ImageStore) -> None:
     importnames.check(dst)
@@ -256,7 +245,8 @@ async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportS
         finally:
             stream.close()  # as containerd's ReceiveStream, done with it either way
             f.close()
-        saved = await _in_thread(lambda: _import(tc, f.name, src, dst, lease, cancel), cancel)
+        saved = await in_thread(lambda: _import(tc, f.name, src, dst, lease, cancel),
+                                cancel.set)
     finally:
         await asyncio.to_thread(_remove, f.name)
         if own is not None:
