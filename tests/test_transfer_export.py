@@ -88,3 +88,40 @@ def test_export_to_stdout_and_reimport(ctrd, archives, tmp_root):
     ok(ctr2(ctrd.address, "images", "import", "--all-platforms", str(path)))
     assert image_rows(ctrd.address) == before
     assert "complete" in ok(ctr2(ctrd.address, "images", "check"))
+
+
+def test_client_vanishing_mid_export(ctrd, tmp_root):
+    """ctr killed while the archive streams to it: the daemon's writer stops (no thread
+    left blocked on the client's window), and the next export is whole."""
+    import os
+    import signal
+    import subprocess
+    import tarfile
+
+    import containerd2
+    from test_transfer_import import _big_archive
+    from transfer_util import eventually
+
+    need_ctr2()
+    path = tmp_root / "big.tar"
+    _big_archive(path)
+    ok(ctr2(ctrd.address, "images", "import", str(path)))
+    proc = subprocess.Popen([str(containerd2.CTR), "--address", ctrd.address, "-n", "xfer",
+                             "images", "export", "-", "example.com/big:1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    try:
+        assert len(proc.stdout.read(256 * 1024)) == 256 * 1024  # it is streaming
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    # the export call ends in the daemon (its log says how long it took)
+    assert eventually(lambda: "Transfer/Transfer" in ctrd.read_log()
+                      and ctrd.read_log().count("Transfer/Transfer took") >= 2, "ended")
+    assert "never retrieved" not in ctrd.read_log()
+    out = tmp_root / "again.tar"
+    ok(ctr2(ctrd.address, "images", "export", str(out), "example.com/big:1"))
+    with tarfile.open(out) as t:
+        sizes = {m.name: m.size for m in t.getmembers()}
+    assert sum(sizes.values()) > 96 << 20 and "index.json" in sizes
+    assert os.path.getsize(out) >= sum(sizes.values())
