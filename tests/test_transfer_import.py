@@ -257,3 +257,26 @@ def _no_import_left(d) -> None:
     assert eventually(lambda: len(ok(ctr2(d.address, "content", "active"))
                                   .splitlines()) <= 1, "ingests") is True
     assert "Active" not in ok(ctr2(d.address, "snapshots", "ls"))
+
+
+def test_compressed_archives(ctrd, archives, tmp_root):
+    """gzip and zstd archives import as containerd's DecompressStream reads them; a corrupt
+    zstd stream is a clear error."""
+    import gzip
+
+    import zstandard
+
+    need_ctr2()
+    gz = tmp_root / "docker.tar.gz"
+    gz.write_bytes(gzip.compress(archives["docker"].read_bytes()))
+    zst = tmp_root / "oci.tar.zst"
+    zst.write_bytes(zstandard.ZstdCompressor().compress(archives["oci"].read_bytes()))
+    for path in (gz, zst):
+        ok(ctr2(ctrd.address, "images", "import", str(path)))
+    assert len(ok(ctr2(ctrd.address, "images", "ls", "-q")).split()) == 2
+    bad = tmp_root / "bad.tar.zst"
+    bad.write_bytes(zst.read_bytes()[:200] + os.urandom(2000))
+    r = ctr2(ctrd.address, "images", "import", "--base-name", "bad.example/x", str(bad))
+    assert r.returncode != 0 and "invalid argument" in r.stderr, r.stderr
+    assert not any(n.startswith("bad.example") for n in
+                   ok(ctr2(ctrd.address, "images", "ls", "-q")).split())

@@ -364,16 +364,28 @@ def _classify(ti: tarfile.TarInfo) -> tuple[str, str]:
 class _EofGuard:
     """The archive file for tarfile's stream mode, which skips an entry's data by reading
     it and keeps reading at EOF: a tiny archive whose header claims a 1 TiB entry would
-    spin for minutes. Reads past the end beyond :data:`MAX_EOF_READS` fail instead."""
+    spin for minutes. Reads past the end beyond :data:`MAX_EOF_READS` fail instead. A
+    zstd-compressed archive is decompressed here (containerd reads those too)."""
 
     MAX_EOF_READS = 8
 
     def __init__(self, f: BinaryIO) -> None:
-        self._f = f
+        self._raw = f
         self._eof_reads = 0
+        head = f.read(len(_ZSTD_MAGIC))
+        self._f = _Prefixed(head, f)
+        self._errors: tuple[type[Exception], ...] = ()
+        if head == _ZSTD_MAGIC:  # tarfile knows gzip, bzip2, xz; containerd zstd too
+            import zstandard
+
+            self._f = zstandard.ZstdDecompressor().stream_reader(self._f, closefd=False)
+            self._errors = (zstandard.ZstdError,)
 
     def read(self, n: int = -1) -> bytes:
-        data = self._f.read(n)
+        try:
+            data = self._f.read(n)
+        except self._errors as e:
+            raise InvalidArgument(f"corrupt zstd-compressed archive: {e}") from None
         if not data and n != 0:
             self._eof_reads += 1
             if self._eof_reads > self.MAX_EOF_READS:
@@ -382,7 +394,21 @@ class _EofGuard:
         return data
 
     def close(self) -> None:
-        self._f.close()
+        self._raw.close()
+
+
+class _Prefixed:
+    """Bytes already read from ``f``, then the rest of ``f``."""
+
+    def __init__(self, head: bytes, f: BinaryIO) -> None:
+        self._head, self._f = head, f
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            data = self._head if n < 0 else self._head[:n]
+            self._head = b"" if n < 0 else self._head[n:]
+            return data
+        return self._f.read(n)
 
 
 def _entries(open_tar: Callable[[], BinaryIO], max_entries: int):
