@@ -280,3 +280,18 @@ def test_compressed_archives(ctrd, archives, tmp_root):
     assert r.returncode != 0 and "invalid argument" in r.stderr, r.stderr
     assert not any(n.startswith("bad.example") for n in
                    ok(ctr2(ctrd.address, "images", "ls", "-q")).split())
+
+
+def test_spools_left_by_a_dead_daemon_go_at_start(start_ctrd, archives):
+    need_ctr2()
+    d = start_ctrd()
+    spool = d.root / "io.containerd.transfer.v1.local"
+    spool.mkdir(mode=0o700, exist_ok=True)
+    (spool / "import-left.tar").write_bytes(b"half an archive")
+    (spool / "keep.txt").write_bytes(b"not a spool")
+    d.proc.kill()
+    d.proc.wait()
+    d2 = start_ctrd(root=d.root, name="again")
+    assert sorted(os.listdir(spool)) == ["keep.txt"]
+    ok(ctr2(d2.address, "images", "import", str(archives["docker"])))
+    assert sorted(os.listdir(spool)) == ["keep.txt"]

@@ -29,7 +29,6 @@ import asyncio
 import errno
 import io
 import os
-import tempfile
 import threading
 import time
 from typing import Callable
@@ -37,7 +36,7 @@ from typing import Callable
 from ctrd import errdefs
 from ctrd.api.containerd.types.transfer import imagestore_pb2, importexport_pb2
 from ctrd.images.manifest import Descriptor, Platform, host_platform, matches
-from ctrd.transfer import importnames
+from ctrd.transfer import importnames, spool
 from ctrd.transfer.bytestreams import StreamReceiver, StreamSender
 from ctrd.transfer.context import TransferContext
 from ctrd.transfer.threads import in_thread
@@ -81,13 +80,6 @@ async def _spool(receiver: StreamReceiver, f) -> int:
         total += len(buf)
     await asyncio.to_thread(f.flush)
     return total
-
-
-def _spool_file(work_dir: str):
-    if work_dir:
-        os.makedirs(work_dir, mode=0o700, exist_ok=True)
-    return tempfile.NamedTemporaryFile(prefix="import-", suffix=".tar", dir=work_dir or None,
-                                       delete=False)
 
 
 def _unpack_targets(tc: TransferContext, dst: imagestore_pb2.ImageStore) \
@@ -230,10 +222,10 @@ async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportS
     lease = tc.lease
     if not lease:
         own = lease = f"transfer-import-{time.time_ns()}-{os.urandom(4).hex()}"
-        tc.md.leases.create(tc.ns, lease, {"containerd.io/gc.expire":
-                                           _rfc3339(time.time() + 86400)})
+        await asyncio.to_thread(tc.md.leases.create, tc.ns, lease, {
+            "containerd.io/gc.expire": _rfc3339(time.time() + 86400)})
     cancel = threading.Event()
-    f = await asyncio.to_thread(_spool_file, tc.config.work_dir)
+    f = await asyncio.to_thread(spool.create, tc.config.work_dir)
     try:
         try:
             await _spool(receiver, f)
@@ -248,20 +240,17 @@ async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportS
         saved = await in_thread(lambda: _import(tc, f.name, src, dst, lease, cancel),
                                 cancel.set)
     finally:
-        await asyncio.to_thread(_remove, f.name)
+        await asyncio.to_thread(spool.remove, f.name)
         if own is not None:
-            try:
-                tc.md.leases.delete(tc.ns, own)
-            except errdefs.NotFound:
-                pass
+            await asyncio.to_thread(_drop_lease, tc, own)
     importnames.publish(tc.events, tc.ns, saved)
     tc.progress("Completed import")
 
 
-def _remove(path: str) -> None:
+def _drop_lease(tc: TransferContext, lease: str) -> None:
     try:
-        os.unlink(path)
-    except FileNotFoundError:
+        tc.md.leases.delete(tc.ns, lease)
+    except errdefs.NotFound:
         pass
 
 
