@@ -220,13 +220,14 @@ async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportS
     tc.progress("Importing")
     own = None
     lease = tc.lease
-    if not lease:
-        own = lease = f"transfer-import-{time.time_ns()}-{os.urandom(4).hex()}"
-        await asyncio.to_thread(tc.md.leases.create, tc.ns, lease, {
-            "containerd.io/gc.expire": _rfc3339(time.time() + 86400)})
-    cancel = threading.Event()
-    f = await asyncio.to_thread(spool.create, tc.config.work_dir)
+    path = ""
     try:
+        if not lease:
+            own = lease = f"transfer-import-{time.time_ns()}-{os.urandom(4).hex()}"
+            await asyncio.to_thread(tc.md.leases.create, tc.ns, lease, {
+                "containerd.io/gc.expire": _rfc3339(time.time() + 86400)})
+        f = await asyncio.to_thread(spool.create, tc.config.work_dir)
+        path = f.name
         try:
             await _spool(receiver, f)
         except OSError as e:
@@ -235,12 +236,15 @@ async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportS
                                                 f"stream in {tc.config.work_dir}") from None
             raise
         finally:
-            stream.close()  # as containerd's ReceiveStream, done with it either way
             f.close()
-        saved = await in_thread(lambda: _import(tc, f.name, src, dst, lease, cancel),
+        stream.close()  # all received: the client's stream call can end now
+        cancel = threading.Event()
+        saved = await in_thread(lambda: _import(tc, path, src, dst, lease, cancel),
                                 cancel.set)
     finally:
-        await asyncio.to_thread(spool.remove, f.name)
+        stream.close()  # as containerd's ReceiveStream, done with it either way
+        if path:
+            await asyncio.to_thread(spool.remove, path)
         if own is not None:
             await asyncio.to_thread(_drop_lease, tc, own)
     importnames.publish(tc.events, tc.ns, saved)
