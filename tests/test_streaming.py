@@ -18,12 +18,12 @@ from ctrd.api.containerd.services.streaming.v1 import streaming_pb2, streaming_p
 from ctrd.api.containerd.services.transfer.v1 import transfer_pb2, transfer_pb2_grpc
 from ctrd.api.containerd.types.transfer import (imagestore_pb2, importexport_pb2,
                                                 streaming_pb2 as spb)
+from ctrd.transfer.bytestreams import RECEIVE_WINDOW
 from transfer_util import ctr2, need_ctr2, ok
 
 pytestmark = pytest.mark.integration
 
 MD = (("containerd-namespace", "xfer"),)
-WINDOW = 64 * 1024
 
 
 def run(coro, timeout: float = 120):
@@ -167,7 +167,7 @@ def test_data_beyond_the_window_fails_the_import(ctrd):
     async def main():
         async with channel(ctrd) as ch:
             cin, t = await start_import(ch, "greedy")
-            await cin.write(typeurl.pack(spb.Data(data=b"\0" * (WINDOW * 3))))
+            await cin.write(typeurl.pack(spb.Data(data=b"\0" * (RECEIVE_WINDOW + 1))))
             with pytest.raises(aio.AioRpcError) as e:
                 await t
             return e.value
@@ -186,7 +186,7 @@ def test_an_import_stream_that_never_ends(start_ctrd):
     async def main():
         async with channel(d) as ch:
             cin, t = await start_import(ch, "slow")
-            assert typeurl.unpack(await cin.read(), spb.WindowUpdate).update == WINDOW
+            assert typeurl.unpack(await cin.read(), spb.WindowUpdate).update == RECEIVE_WINDOW
             await cin.write(typeurl.pack(spb.Data(data=b"\0" * 1024)))
             # ... and then nothing, the stream kept open
             with pytest.raises(aio.AioRpcError) as e:

@@ -37,7 +37,7 @@ from ctrd import errdefs
 from ctrd.api.containerd.types.transfer import imagestore_pb2, importexport_pb2
 from ctrd.images.manifest import Descriptor, Platform, host_platform, matches
 from ctrd.transfer import importnames, spool
-from ctrd.transfer.bytestreams import StreamReceiver, StreamSender
+from ctrd.transfer.bytestreams import RECEIVE_WINDOW, StreamReceiver, StreamSender
 from ctrd.transfer.context import TransferContext
 from ctrd.transfer.threads import in_thread
 
@@ -216,7 +216,7 @@ async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportS
                                       f"{MAX_UNPACKS}")
     stream = tc.streams.get(tc.ns, src.stream)
     receiver = StreamReceiver(stream, tc.config.progress_timeout,
-                              what=f"import stream {src.stream!r}")
+                              what=f"import stream {src.stream!r}", window=RECEIVE_WINDOW)
     tc.progress("Importing")
     own = None
     lease = tc.lease
