@@ -215,7 +215,7 @@ def docker_manifest_json(entries: list[_DockerEntry]) -> bytes:
 
 def export(read: Reader, out: BinaryIO, images: list[tuple[str, Descriptor]], *,
            platform: Platform | None = None, all_platforms: bool = False,
-           docker_manifest: bool = True) -> list[str]:
+           docker_manifest: bool = True, skip_non_distributable: bool = False) -> list[str]:
     """Write an image archive of ``images`` (``(name, root descriptor)``) to ``out``; returns
     the digests of the blobs written.
 
@@ -223,7 +223,9 @@ def export(read: Reader, out: BinaryIO, images: list[tuple[str, Descriptor]], *,
     them with ``all_platforms`` (then every one must be in the store). ``manifest.json`` gets
     one entry per manifest: an image's own, or the first manifest of its index for
     ``platform`` (an index without one present is left out of it, where containerd fails).
-    Missing configs or layers are an error (NotFound)."""
+    Missing configs or layers are an error (NotFound). ``skip_non_distributable``: no
+    non-distributable layers (Windows base layers) in the tar, as containerd's
+    ``WithSkipNonDistributableBlobs`` (the manifests still name them)."""
     now = time.time()
     platform = platform or m.host_platform()
     blobs: dict[str, Descriptor] = {}
@@ -237,6 +239,8 @@ def export(read: Reader, out: BinaryIO, images: list[tuple[str, Descriptor]], *,
         nodes = walk(read, root, platform=None if all_platforms else platform,
                      strict=all_platforms)
         for node in nodes:
+            if skip_non_distributable and node.desc.media_type in m.NON_DISTRIBUTABLE:
+                continue
             blobs.setdefault(node.desc.digest, node.desc)
             if node.data is not None:
                 docs[node.desc.digest] = node.data
@@ -246,7 +250,7 @@ def export(read: Reader, out: BinaryIO, images: list[tuple[str, Descriptor]], *,
         tag = _tag_of(name)
         if tag:
             annotations[REF_NAME] = tag
-        entry["annotations"] = annotations
+        entry["annotations"] = dict(sorted(annotations.items()))  # Go sorts map keys
         index.append(entry)
         if not docker_manifest:
             continue
@@ -357,9 +361,59 @@ def _classify(ti: tarfile.TarInfo) -> tuple[str, str]:
     return "blob", digest
 
 
+class _EofGuard:
+    """The archive file for tarfile's stream mode, which skips an entry's data by reading
+    it and keeps reading at EOF: a tiny archive whose header claims a 1 TiB entry would
+    spin for minutes. Reads past the end beyond :data:`MAX_EOF_READS` fail instead. A
+    zstd-compressed archive is decompressed here (containerd reads those too)."""
+
+    MAX_EOF_READS = 8
+
+    def __init__(self, f: BinaryIO) -> None:
+        self._raw = f
+        self._eof_reads = 0
+        head = f.read(len(_ZSTD_MAGIC))
+        self._f = _Prefixed(head, f)
+        self._errors: tuple[type[Exception], ...] = ()
+        if head == _ZSTD_MAGIC:  # tarfile knows gzip, bzip2, xz; containerd zstd too
+            import zstandard
+
+            self._f = zstandard.ZstdDecompressor().stream_reader(self._f, closefd=False)
+            self._errors = (zstandard.ZstdError,)
+
+    def read(self, n: int = -1) -> bytes:
+        try:
+            data = self._f.read(n)
+        except self._errors as e:
+            raise InvalidArgument(f"corrupt zstd-compressed archive: {e}") from None
+        if not data and n != 0:
+            self._eof_reads += 1
+            if self._eof_reads > self.MAX_EOF_READS:
+                raise InvalidArgument("truncated or corrupt tar archive: an entry claims "
+                                      "more data than the archive holds")
+        return data
+
+    def close(self) -> None:
+        self._raw.close()
+
+
+class _Prefixed:
+    """Bytes already read from ``f``, then the rest of ``f``."""
+
+    def __init__(self, head: bytes, f: BinaryIO) -> None:
+        self._head, self._f = head, f
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            data = self._head if n < 0 else self._head[:n]
+            self._head = b"" if n < 0 else self._head[n:]
+            return data
+        return self._f.read(n)
+
+
 def _entries(open_tar: Callable[[], BinaryIO], max_entries: int):
     """The tar's members as a stream (gzip detected), with their data readable in turn."""
-    f = open_tar()
+    f = _EofGuard(open_tar())
     try:
         try:
             tar = tarfile.open(fileobj=f, mode="r|*")

@@ -232,13 +232,22 @@ def _init_stream_manager(ic: InitContext):
 
 
 def _init_local_transfer(ic: InitContext):
+    import os
+
+    from ctrd.transfer import spool
     from ctrd.transfer.context import TransferConfig
 
     c = ic.config
+    root = ic.properties.get("root", "")
+    work_dir = os.path.join(root, ic.registration.uri) if root else ""
+    if work_dir:
+        spool.remove_stale(work_dir)  # a daemon that died mid-import left them
     return TransferConfig(config_path=c.config_path, progress_timeout=c.progress_timeout,
                           max_concurrent_downloads=c.max_concurrent_downloads,
                           max_concurrent_uploaded_layers=c.max_concurrent_uploaded_layers,
-                          unpack_config=list(c.unpack_config))
+                          unpack_config=list(c.unpack_config),
+                          check_platform_supported=c.check_platform_supported,
+                          work_dir=work_dir)
 
 
 def _init_streaming(ic: InitContext):

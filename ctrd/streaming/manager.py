@@ -2,9 +2,11 @@
 
 Contract:
 - A :class:`Stream` carries ``google.protobuf.Any`` messages both ways: ``send`` and ``recv``
-  (``recv`` raises :class:`EOFError` when the client closed its side or went away) may run
-  at the same time, one of each; ``close`` ends it for both (the client sees the end of its
-  stream) and is idempotent.
+  may run at the same time, one of each; ``close`` ends it for both (the client sees the end
+  of its stream) and is idempotent. ``recv`` raises :class:`EOFError` when the client closed
+  its side (a clean end: ctr's byte streams end so), :class:`StreamAborted` (an EOFError)
+  when the stream ended otherwise: closed here, or its client went away. A byte stream
+  cut short must not read as a complete one.
 - :meth:`StreamManager.register` names a stream within a namespace (a name taken is
   AlreadyExists); it is unregistered when closed or when its client goes. ``get`` hands it
   to one user (a Transfer), which closes it when done, as containerd's transfer service does.
@@ -23,6 +25,11 @@ from ctrd import errdefs
 
 MAX_STREAMS = 1024
 MAX_NAME = 256
+
+
+class StreamAborted(EOFError):
+    """The stream ended without its client closing its side: closed here, or the client
+    went away (its call was cancelled)."""
 
 
 class Stream(Protocol):
@@ -96,11 +103,15 @@ class QueueStream:
         self.peer.inbox.put_nowait(msg)
 
     async def recv(self) -> any_pb2.Any:
+        """The peer's close reads as the client closing its side (EOFError); this end's own
+        close as an abort (:class:`StreamAborted`)."""
         if self.closed:
-            raise EOFError("stream closed")
+            raise StreamAborted("stream closed")
         msg = await self.inbox.get()
         if msg is None:
-            raise EOFError("stream closed")
+            if self.closed:
+                raise StreamAborted("stream closed")
+            raise EOFError("stream closed by its peer")
         return msg
 
     def close(self) -> None:

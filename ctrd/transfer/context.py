@@ -20,6 +20,8 @@ class TransferConfig:
     max_concurrent_downloads: int = 3
     max_concurrent_uploaded_layers: int = 3
     unpack_config: list[dict] = field(default_factory=list)  # [{platform, snapshotter, ...}]
+    check_platform_supported: bool = False  # False: an unpack platform matches by OS only
+    work_dir: str = ""              # the plugin's root dir (archive spools); made when used
 
 
 @dataclass
