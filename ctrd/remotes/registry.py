@@ -502,6 +502,20 @@ class Repository:
 
         return self._push_each(one)
 
+    def manifest_exists(self, desc: Descriptor, tag: str = "") -> bool:
+        """Whether ``tag`` (or the digest) already names exactly ``desc`` (containerd's
+        pusher asks this before a PUT and answers "already exists")."""
+        def one(ep):
+            resp = self.registry.request(
+                ep, "HEAD", f"/{self.ref.repository}/manifests/{tag or desc.digest}",
+                scopes=[self._push], headers={"Accept": ACCEPT})
+            resp.close()
+            return resp.status == 200 and resp.header("Docker-Content-Digest") == desc.digest
+        try:
+            return self._push_each(one)
+        except NotFound:
+            return False
+
     def push_manifest(self, desc: Descriptor, data: bytes, tag: str = "") -> None:
         """PUT a manifest or index by ``tag`` (or by its digest)."""
         validate_digest(desc.digest)

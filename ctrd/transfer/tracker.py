@@ -5,7 +5,8 @@ Contract (what the client sees, in order):
 - ``waiting`` (progress 0, total = size) once per blob, when the pipeline first reaches it,
   named by containerd's ref key (``manifest-<digest>``, ``layer-<digest>``...), its parents
   the ref keys of the blobs that listed it, or the image name for the root;
-- ``already exists`` (no parents) at once when the blob was in the store before;
+- ``already exists`` (no parents) at once when the blob was in the store before (with
+  ``defer_exists``, on the next update);
 - on each :meth:`update` (every :data:`INTERVAL` and a last one from :meth:`close`): the
   transfer state (``downloading``/``uploading``) while the byte count grew, ``complete``
   once the blob is stored, ``extracting`` while a layer applies and ``extracted`` after.
@@ -70,8 +71,14 @@ class Tracker:
     """See the module doc. ``root``: the image name (the parent of top-level blobs);
     ``state``: ``downloading`` (pull) or ``uploading`` (push)."""
 
-    def __init__(self, send, root: str, state: str, counts=None) -> None:
+    def __init__(self, send, root: str, state: str, counts=None,
+                 defer_exists: bool = False) -> None:
         self._send, self._root, self._state = send, root, state
+        # push: containerd's "already exists" goes through its tracker goroutine, so the
+        # client sees the last ones after "Completed push"; sending them on the next
+        # update gives the same order
+        self._defer_exists = defer_exists
+        self._exists: list[_Job] = []
         self._counts = counts  # ctrd.images.pull.Progress, or None
         self._jobs: dict[str, _Job] = {}
         self._lock = threading.Lock()
@@ -95,7 +102,13 @@ class Tracker:
             if job is None or job.state == COMPLETE:
                 return
             job.state, job.progress = COMPLETE, desc.size
-        self._send("already exists", job.name, progress=desc.size, total=desc.size,
+            if self._defer_exists:
+                self._exists.append(job)
+                return
+        self._send_exists(job)
+
+    def _send_exists(self, job: _Job) -> None:
+        self._send("already exists", job.name, progress=job.desc.size, total=job.desc.size,
                    desc=job.pb)
 
     def done(self, desc) -> None:
@@ -121,6 +134,9 @@ class Tracker:
     def update(self) -> None:
         with self._lock:
             jobs = list(self._jobs.values())
+            exists, self._exists = self._exists, []
+        for job in exists:
+            self._send_exists(job)
         for job in jobs:
             size = job.desc.size
             if job.state in (ADDED, IN_PROGRESS):
