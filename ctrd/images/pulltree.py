@@ -48,7 +48,8 @@ class TreeOptions:
     platforms: list[Platform] = field(default_factory=list)  # empty: every platform
     all_metadata: bool = False
     manifest_limit: int = 0
-    unpacks: list[tuple[Platform, str]] = field(default_factory=list)  # (platform, snapshotter)
+    # (platform, snapshotter); a platform without architecture matches by OS
+    unpacks: list[tuple[Platform, str]] = field(default_factory=list)
     workers: int = 3
     source: tuple[str, str] | None = None  # (registry hostname, repository) for the label
 
@@ -149,7 +150,8 @@ class _Tree:
     def snapshotter_for(self, platform: Platform | None) -> str:
         """The snapshotter to unpack ``platform`` into ("" for no unpack)."""
         for want, snapshotter in self.opts.unpacks:
-            if platform is None or m.matches(want, platform):
+            if platform is None or (m.matches(want, platform) if want.architecture
+                                    else want.os == platform.os):
                 name = snapshotter or DEFAULT_SNAPSHOTTER
                 if name in self.p.md.snapshotters:
                     return name

@@ -226,7 +226,8 @@ def _init_local_transfer(ic: InitContext):
     return TransferConfig(config_path=c.config_path, progress_timeout=c.progress_timeout,
                           max_concurrent_downloads=c.max_concurrent_downloads,
                           max_concurrent_uploaded_layers=c.max_concurrent_uploaded_layers,
-                          unpack_config=list(c.unpack_config))
+                          unpack_config=list(c.unpack_config),
+                          check_platform_supported=c.check_platform_supported)
 
 
 def _init_streaming(ic: InitContext):

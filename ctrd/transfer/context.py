@@ -20,6 +20,7 @@ class TransferConfig:
     max_concurrent_downloads: int = 3
     max_concurrent_uploaded_layers: int = 3
     unpack_config: list[dict] = field(default_factory=list)  # [{platform, snapshotter, ...}]
+    check_platform_supported: bool = False  # False: an unpack platform matches by OS only
 
 
 @dataclass

@@ -12,12 +12,15 @@ pull from ...``, then the tracker's last update. A failure anywhere leaves no im
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from ctrd import errdefs
 from ctrd.transfer import imagestore
 from ctrd.transfer.registry import open_registry
 from ctrd.transfer.tracker import Tracker, descriptor_pb
 
+log = logging.getLogger("ctrd.transfer")
+DEFAULT_SNAPSHOTTER = "overlayfs"
 SCHEMA1 = "application/vnd.docker.distribution.manifest.v1+prettyjws"
 
 
@@ -38,8 +41,35 @@ def _hostname(host: str) -> str:
     return urllib.parse.urlsplit("dummy://" + host).hostname or host
 
 
+def unpack_platforms(config, wanted) -> list:
+    """The unpacks the daemon supports of those the client asks for (containerd's
+    ``getSupportedPlatform`` against the transfer config's ``unpack_config``, by default the
+    host platform into overlayfs; without ``check_platform_supported`` a supported platform
+    matches by OS only). The others are skipped with a warning, as containerd does."""
+    from ctrd.images.manifest import Platform, host_platform, matches, parse_platform
+
+    supported = []
+    for uc in config.unpack_config or [{"platform": "", "snapshotter": DEFAULT_SNAPSHOTTER}]:
+        p = parse_platform(uc["platform"]) if uc.get("platform") else host_platform()
+        if not config.check_platform_supported:
+            p = Platform(p.os, "", "")
+        supported.append((p, uc.get("snapshotter") or DEFAULT_SNAPSHOTTER))
+    out = []
+    for u in wanted:
+        want = u.platform or host_platform()
+        for p, snapshotter in supported:
+            if (matches(p, want) if p.architecture else p.os == want.os) and \
+                    u.snapshotter in ("", snapshotter):
+                out.append((p, snapshotter))
+                break
+        else:
+            log.warning("unpack configuration %s/%s (snapshotter %r) not supported, skipping",
+                        want.os, want.architecture, u.snapshotter)
+    return out
+
+
 async def pull(tc, src, dst) -> None:
-    from ctrd.images.manifest import Descriptor, host_platform
+    from ctrd.images.manifest import Descriptor
     from ctrd.images.pull import Progress
     from ctrd.images.pulltree import TreeOptions, pull_tree
     from ctrd.metadata.images import Descriptor as ImgDesc
@@ -49,6 +79,8 @@ async def pull(tc, src, dst) -> None:
     tc.progress(f"Resolving from {reg}")
     try:
         name, rdesc = await asyncio.to_thread(reg.registry.resolve, reg.parsed)
+    except errdefs.NotFound:  # containerd names the reference only
+        raise errdefs.NotFound(f"failed to resolve image: {src.reference}") from None
     except errdefs.CtrdError as e:
         raise _wrap("failed to resolve image", e) from None
     if rdesc.media_type == SCHEMA1:
@@ -61,7 +93,7 @@ async def pull(tc, src, dst) -> None:
     counts = Progress()
     tracker = Tracker(tc.progress, name, "downloading", counts) if tc.progress.enabled \
         else None
-    unpacks = [(u.platform or host_platform(), u.snapshotter) for u in store.unpacks]
+    unpacks = unpack_platforms(tc.config, store.unpacks)
     opts = TreeOptions(platforms=store.platforms, all_metadata=store.all_metadata,
                        manifest_limit=store.manifest_limit, unpacks=unpacks,
                        workers=tc.config.max_concurrent_downloads or 3,
