@@ -14,7 +14,6 @@ import http.server
 import json
 import queue
 import threading
-import time
 
 import grpc
 import pytest
@@ -267,16 +266,15 @@ def test_auth_stream_that_never_answers(daemon, basic_auth_registry):
     reg = basic_auth_registry
     s = ClientStream(ch, "creds-silent")
     try:
-        t0 = time.monotonic()
+        # the RPC's own deadline is far off: the daemon's bound ends the wait
         err = rpc_error(transfer, ch, registry_src(f"{reg.address}/a/b:c",
                                                    auth_stream="creds-silent"),
-                        store_dst(f"{reg.address}/a/b:c"))
-        waited = time.monotonic() - t0
+                        store_dst(f"{reg.address}/a/b:c"), timeout=300)
     finally:
         s.close()
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.details()
     assert "auth stream" in err.details() and reg.address in err.details()
-    assert waited < 60  # bounded (the daemon's own limit, not the RPC deadline)
+    assert "within 10s" in err.details()
     # what the daemon asked: host and reference, as containerd asks
     req = typeurl.unpack(s.asked[0], registry_pb2.AuthRequest)
     assert (req.host, req.reference) == (reg.address, f"{reg.address}/a/b:c")

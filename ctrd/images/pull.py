@@ -248,6 +248,25 @@ class _Pull:
         return parent
 
 
+def fetch_layers(p: _Pull, layers: list[Descriptor], ids: list[str], workers: int,
+                 snapshotter: str = "") -> str:
+    """Download ``layers`` concurrently and, with ``snapshotter``, apply them in order as
+    each arrives; the top chain id applied ("" without unpack)."""
+    chain = ""
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ctrd-pull") as pool:
+        fetched = [pool.submit(p.ingest, x) for x in layers]
+        try:
+            if snapshotter and layers:
+                chain = p.unpack(layers, ids, fetched, snapshotter)
+            for f in fetched:
+                f.result()
+        except BaseException:
+            for f in fetched:
+                f.cancel()
+            raise
+    return chain
+
+
 def pull(md, ns: str, name: str, root: Descriptor, fetcher: Fetcher, *,
          snapshotter: str = "overlayfs", platform: Platform | None = None,
          progress: Progress | None = None, workers: int = 4,
@@ -289,17 +308,7 @@ def pull(md, ns: str, name: str, root: Descriptor, fetcher: Fetcher, *,
         labels.update({f"containerd.io/gc.ref.content.l.{i}": x.digest
                        for i, x in enumerate(man.layers)})
         chain = m.chain_ids(ids)[-1] if ids else ""
-        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ctrd-pull") as pool:
-            fetched = [pool.submit(p.ingest, x) for x in layers]
-            try:
-                if unpack and layers:
-                    chain = p.unpack(layers, ids, fetched)
-                for f in fetched:
-                    f.result()
-            except BaseException:
-                for f in fetched:
-                    f.cancel()
-                raise
+        chain = fetch_layers(p, layers, ids, workers, snapshotter if unpack else "") or chain
         config_labels = {f"containerd.io/gc.ref.snapshot.{snapshotter}": chain} \
             if unpack and chain else {}
         p.store(man.config, config_data, config_labels)

@@ -26,7 +26,6 @@ import json
 import logging
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -34,7 +33,7 @@ from ctrd.errdefs import InvalidArgument, NotFound
 from ctrd.images import manifest as m
 from ctrd.images.manifest import Descriptor, Platform
 from ctrd.images.pull import (MAX_DEPTH, Fetcher, Progress, Tracker, _NO_TRACKER, _Pull,
-                              _rfc3339)
+                              _rfc3339, fetch_layers)
 
 log = logging.getLogger("ctrd.images")
 
@@ -179,19 +178,8 @@ class _Tree:
         for x in layers:
             self.tracker.add(x, [desc])
             self.handled.append(x)
-        with ThreadPoolExecutor(max(1, self.opts.workers), thread_name_prefix="ctrd-pull") \
-                as pool:
-            fetched = [pool.submit(self.p.ingest, x) for x in layers]
-            try:
-                if snapshotter and layers:
-                    chain = self.p.unpack(layers, ids, fetched, snapshotter)
-                for f in fetched:
-                    f.result()
-            except BaseException:
-                for f in fetched:
-                    f.cancel()
-                raise
-        return chain, snapshotter
+        return fetch_layers(self.p, layers, ids, self.opts.workers, snapshotter) or chain, \
+            snapshotter
 
     def label_sources(self) -> None:
         if self.opts.source is None:
