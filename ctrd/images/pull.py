@@ -38,6 +38,30 @@ class Fetcher(Protocol):
     def fetch(self, desc: Descriptor, offset: int = 0): ...
 
 
+class Tracker(Protocol):
+    """What a progress display learns of each blob (called from worker threads)."""
+
+    def add(self, desc: Descriptor, parents: list[Descriptor]) -> None: ...
+
+    def exists(self, desc: Descriptor) -> None: ...
+
+    def done(self, desc: Descriptor) -> None: ...
+
+    def extracting(self, desc: Descriptor) -> None: ...
+
+    def extracted(self, desc: Descriptor) -> None: ...
+
+
+class _NoTracker:
+    def add(self, desc, parents) -> None:
+        pass
+
+    exists = done = extracting = extracted = lambda self, desc: None
+
+
+_NO_TRACKER = _NoTracker()
+
+
 @dataclass
 class Progress:
     """Per-blob byte counts, for progress displays (updated from worker threads)."""
@@ -72,11 +96,12 @@ def _rfc3339(seconds: float) -> str:
 
 class _Pull:
     def __init__(self, md, ns: str, snapshotter: str, fetcher: Fetcher, platform: Platform,
-                 progress: Progress, lease: str) -> None:
+                 progress: Progress, lease: str, tracker: "Tracker | None" = None) -> None:
         self.md, self.ns, self.fetcher = md, ns, fetcher
-        self.snapshotter = md.snapshotters[snapshotter]
+        self.snapshotter = md.snapshotters[snapshotter] if snapshotter else None
         self.snapshotter_name = snapshotter
         self.platform, self.progress, self.lease = platform, progress, lease
+        self.tracker = tracker or _NO_TRACKER
 
     def have(self, d: Descriptor) -> bool:
         try:
@@ -143,11 +168,13 @@ class _Pull:
         p.total[d.digest] = d.size
         if self.have(d):
             p.done[d.digest], p.status[d.digest] = d.size, "exists"
+            self.tracker.exists(d)
             return
         try:
             w = self.writer(f"layer-{d.digest}", d)
         except AlreadyExists:
             p.done[d.digest], p.status[d.digest] = d.size, "exists"
+            self.tracker.exists(d)
             return
         try:
             offset = w.status().offset
@@ -171,13 +198,17 @@ class _Pull:
             except AlreadyExists:
                 pass
             p.status[d.digest] = "downloaded"
+            self.tracker.done(d)
         finally:
             w.close()
 
     def unpack(self, layers: list[Descriptor], ids: list[str],
-               fetched: list[Future]) -> str:
+               fetched: list[Future], snapshotter: str = "") -> str:
         from ctrd.diff import differ
 
+        if snapshotter:
+            self.snapshotter, self.snapshotter_name = self.md.snapshotters[snapshotter], \
+                snapshotter
         chains = m.chain_ids(ids)
         parent = ""
         for i, (layer, diff_id, chain) in enumerate(zip(layers, ids, chains)):
@@ -193,6 +224,7 @@ class _Pull:
             mounts = self.snapshotter.prepare(self.ns, key, parent, lease=self.lease)
             try:
                 self.progress.status[layer.digest] = "unpacking"
+                self.tracker.extracting(layer)
                 applied = differ.apply(self.md.content, self.ns,
                                        differ.Descriptor(layer.media_type, layer.digest,
                                                          layer.size), mounts)
@@ -211,8 +243,28 @@ class _Pull:
                 raise
             self.label(layer, {"containerd.io/uncompressed": diff_id})
             self.progress.status[layer.digest] = "unpacked"
+            self.tracker.extracted(layer)
             parent = chain
         return parent
+
+
+def fetch_layers(p: _Pull, layers: list[Descriptor], ids: list[str], workers: int,
+                 snapshotter: str = "") -> str:
+    """Download ``layers`` concurrently and, with ``snapshotter``, apply them in order as
+    each arrives; the top chain id applied ("" without unpack)."""
+    chain = ""
+    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ctrd-pull") as pool:
+        fetched = [pool.submit(p.ingest, x) for x in layers]
+        try:
+            if snapshotter and layers:
+                chain = p.unpack(layers, ids, fetched, snapshotter)
+            for f in fetched:
+                f.result()
+        except BaseException:
+            for f in fetched:
+                f.cancel()
+            raise
+    return chain
 
 
 def pull(md, ns: str, name: str, root: Descriptor, fetcher: Fetcher, *,
@@ -256,17 +308,7 @@ def pull(md, ns: str, name: str, root: Descriptor, fetcher: Fetcher, *,
         labels.update({f"containerd.io/gc.ref.content.l.{i}": x.digest
                        for i, x in enumerate(man.layers)})
         chain = m.chain_ids(ids)[-1] if ids else ""
-        with ThreadPoolExecutor(max(1, workers), thread_name_prefix="ctrd-pull") as pool:
-            fetched = [pool.submit(p.ingest, x) for x in layers]
-            try:
-                if unpack and layers:
-                    chain = p.unpack(layers, ids, fetched)
-                for f in fetched:
-                    f.result()
-            except BaseException:
-                for f in fetched:
-                    f.cancel()
-                raise
+        chain = fetch_layers(p, layers, ids, workers, snapshotter if unpack else "") or chain
         config_labels = {f"containerd.io/gc.ref.snapshot.{snapshotter}": chain} \
             if unpack and chain else {}
         p.store(man.config, config_data, config_labels)

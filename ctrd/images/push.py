@@ -56,14 +56,16 @@ class Node:
     children: list[Descriptor] | None = None
 
 
-def walk(read: Reader, root: Descriptor, platform: Platform | None = None,
+def walk(read: Reader, root: Descriptor, platform: Platform | list[Platform] | None = None,
          strict: bool = True) -> list[Node]:
     """The image's blobs, parent-first, each once. With ``platform``, an index contributes
-    only its manifests for that platform (as ``ctr images ls`` sizes images). With
+    only its manifests for that platform (or any of a list; an empty list: all) (as ``ctr
+    images ls`` sizes images). With
     ``strict=False`` manifests of an index that are not in the store are skipped (a pull
     fetches only the host's platform); the root, configs and layers are not checked here."""
     out: list[Node] = []
     seen: set[str] = set()
+    wanted = [platform] if isinstance(platform, Platform) else list(platform or [])
 
     def visit(desc: Descriptor, depth: int, optional: bool) -> None:
         if desc.digest in seen:
@@ -84,7 +86,7 @@ def walk(read: Reader, root: Descriptor, platform: Platform | None = None,
                 idx = m.parse_index(data, desc.media_type)
                 node.children = idx.manifests
                 for child in idx.manifests:
-                    if platform is not None and not m.matches(platform, child.platform):
+                    if wanted and not any(m.matches(p, child.platform) for p in wanted):
                         continue
                     visit(child, depth + 1, optional or not strict)
             else:
@@ -180,14 +182,21 @@ class PushResult:
 
 def push(read: Reader, repo, root: Descriptor, tag: str = "",
          progress: Callable[[str, str], None] | None = None,
-         chunk_size: int = 0) -> PushResult:
+         chunk_size: int = 0, *, platforms: list[Platform] | None = None,
+         mount_from: Callable[[Descriptor], str | None] | None = None,
+         nodes: list[Node] | None = None) -> PushResult:
     """Push the image ``root`` (an index or manifest in the reader's store) to ``repo`` (a
     :class:`ctrd.remotes.registry.Repository`), and tag it ``tag`` (empty: by digest only).
+
+    ``platforms``: only an index's manifests for these (None or empty: all). ``mount_from``:
+    a repository of the same registry a blob may be mounted from (its distribution source),
+    or None. ``nodes``: :func:`walk`'s answer when the caller already has it. A manifest the
+    registry already has under that tag (or digest) is not put again ("exists").
 
     Manifests of an index that the store lacks (not pulled for this platform) cannot be
     pushed: that is an error, as an index pointing at missing manifests would be refused."""
     report = progress or (lambda digest, status: None)
-    nodes = walk(read, root)
+    nodes = nodes if nodes is not None else walk(read, root, platforms or None)
     result = PushResult([], [], [])
     for node in nodes:
         if node.data is not None:
@@ -200,12 +209,20 @@ def push(read: Reader, repo, root: Descriptor, tag: str = "",
             report(node.desc.digest, "exists")
             continue
         report(node.desc.digest, "uploading")
-        repo.push_blob(node.desc, _Stream(read, node.desc), chunk_size=chunk_size)
-        result.pushed.append(node.desc.digest)
-        report(node.desc.digest, "done")
+        source = mount_from(node.desc) if mount_from is not None else None
+        if repo.push_blob(node.desc, _Stream(read, node.desc), chunk_size=chunk_size,
+                          mount_from=source):
+            result.pushed.append(node.desc.digest)
+            report(node.desc.digest, "done")
+        else:  # mounted from another repository
+            result.skipped.append(node.desc.digest)
+            report(node.desc.digest, "exists")
     # children first: a registry refuses a manifest whose references it does not have
     for node in children_first(nodes):
         is_root = node.desc.digest == root.digest
+        if repo.manifest_exists(node.desc, tag if is_root else ""):
+            report(node.desc.digest, "exists")
+            continue
         report(node.desc.digest, "uploading")
         repo.push_manifest(node.desc, node.data, tag=tag if is_root else "")
         result.manifests.append(node.desc.digest)

@@ -185,7 +185,8 @@ class Registry:
 
     ``hosts_dir``: containerd's ``certs.d`` directory. ``plain_http``: default endpoints use
     http. ``credentials``: host -> :class:`~ctrd.remotes.auth.Credentials` (mapping or
-    function; None: none). ``retries``: extra attempts per endpoint on connection errors and
+    function; None: none). ``headers``: sent on every request (a host's hosts.toml headers
+    win). ``retries``: extra attempts per endpoint on connection errors and
     5xx, ``backoff`` seconds doubling. ``progress_timeout``/``min_bytes``: the stall rule.
     """
 
@@ -193,7 +194,7 @@ class Registry:
                  credentials: _auth.CredentialsFunc | Mapping[str, _auth.Credentials] | None = None,
                  retries: int = 3, backoff: float = 0.2, connect_timeout: float = 30.0,
                  progress_timeout: float = 30.0, min_bytes: int = 1,
-                 user_agent: str = USER_AGENT) -> None:
+                 user_agent: str = USER_AGENT, headers: Mapping[str, str] | None = None) -> None:
         self.hosts_dir, self.plain_http = hosts_dir, plain_http
         if isinstance(credentials, Mapping):
             table = {_auth.normalize_host(k): v for k, v in credentials.items()}
@@ -204,6 +205,7 @@ class Registry:
         self.retries, self.backoff = retries, backoff
         self.connect_timeout, self.progress_timeout = connect_timeout, progress_timeout
         self.min_bytes, self.user_agent = min_bytes, user_agent
+        self.headers = dict(headers or {})
 
     # --- transport --------------------------------------------------------------------------
 
@@ -285,7 +287,7 @@ class Registry:
         authorized_once = False
         attempt = 0
         while True:
-            h = {"User-Agent": self.user_agent}
+            h = {"User-Agent": self.user_agent, **self.headers}
             for k, vs in ep.header:
                 h[k] = ", ".join(vs)
             h.update(headers or {})
@@ -499,6 +501,20 @@ class Repository:
             return True
 
         return self._push_each(one)
+
+    def manifest_exists(self, desc: Descriptor, tag: str = "") -> bool:
+        """Whether ``tag`` (or the digest) already names exactly ``desc`` (containerd's
+        pusher asks this before a PUT and answers "already exists")."""
+        def one(ep):
+            resp = self.registry.request(
+                ep, "HEAD", f"/{self.ref.repository}/manifests/{tag or desc.digest}",
+                scopes=[self._push], headers={"Accept": ACCEPT})
+            resp.close()
+            return resp.status == 200 and resp.header("Docker-Content-Digest") == desc.digest
+        try:
+            return self._push_each(one)
+        except NotFound:
+            return False
 
     def push_manifest(self, desc: Descriptor, data: bytes, tag: str = "") -> None:
         """PUT a manifest or index by ``tag`` (or by its digest)."""
