@@ -202,7 +202,6 @@ SNAPSHOTS = [
     ("snapshots view v1 s1c", "same"),
     ("snapshots tree", "same"),
     ("snapshots usage", "rc"),
-    ("snapshots diff v1", "rc"),
     ("snapshots rm v1", "same"),
     ("snapshots rm s1c", "same"),
     ("snapshots rm nope", "same"),
