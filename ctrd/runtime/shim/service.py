@@ -85,6 +85,8 @@ class TaskService:
         self.default_options = default_options or oci_pb2.Options()
         self.on_shutdown = on_shutdown
         self.containers: dict[str, Init] = {}
+        #: True while something else keeps the shim alive (a sandbox it serves)
+        self.keep_alive: Callable[[], bool] = lambda: False
 
     # -- helpers
     def _container(self, id: str) -> Init:
@@ -280,7 +282,7 @@ class TaskService:
         return api.ConnectResponse(shim_pid=os.getpid(), task_pid=c.pid if c else 0)
 
     def Shutdown(self, r: api.ShutdownRequest, ctx) -> empty_pb2.Empty:
-        if self.containers:
-            return _EMPTY  # still serving tasks: containerd's shims ignore it too
+        if self.containers or self.keep_alive():
+            return _EMPTY  # still serving tasks or a sandbox: containerd's shims ignore it too
         self.loop.call_soon(self.on_shutdown)
         return _EMPTY

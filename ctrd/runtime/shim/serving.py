@@ -10,13 +10,21 @@ from __future__ import annotations
 import os
 import signal
 
+from ctrd.api.containerd.runtime.sandbox.v1 import sandbox_pb2
 from ctrd.api.containerd.runtime.v2.task import shim_pb2
+from ctrd.api.containerd.runtime.v3.task import shim_pb2 as shim_v3_pb2
 from ctrd.runtime.shim import log
 from ctrd.runtime.shim.events import Publisher
 from ctrd.runtime.shim.loop import Loop
 from ctrd.runtime.shim.reaper import Reaper, set_subreaper
+from ctrd.runtime.shim.sandbox import SandboxService
 from ctrd.runtime.shim.server import Server
 from ctrd.runtime.shim.service import TaskService
+
+#: What a shim serves (the template resolves their message classes before forking).
+SERVICES = (shim_pb2.DESCRIPTOR.services_by_name["Task"],
+            shim_v3_pb2.DESCRIPTOR.services_by_name["Task"],
+            sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"])
 
 
 def serve(id: str, namespace: str, bundle: str, listener, socket_path: str,
@@ -29,11 +37,18 @@ def serve(id: str, namespace: str, bundle: str, listener, socket_path: str,
     loop = Loop()
     publisher = Publisher(loop, ttrpc_address, namespace)
     service = TaskService(loop, namespace, publisher, options, loop.stop)
+    sandboxes = SandboxService(loop, service, loop.stop)
+    service.keep_alive = lambda: sandboxes.active
     Reaper(loop, service.on_exit)
     loop.add_signal_handler(signal.SIGTERM, loop.stop)
     loop.add_signal_handler(signal.SIGINT, loop.stop)
     server = Server(loop)
-    server.register_service(shim_pb2.DESCRIPTOR.services_by_name["Task"], service)
+    # Task API v2 (containerd 1.x, ctrd) and v3 (containerd 2.x): the same messages under
+    # another service name; the sandbox API for containerd's shim sandbox controller.
+    task_v2, task_v3, sandbox = SERVICES
+    server.register_service(task_v2, service)
+    server.register_service(task_v3, service)
+    server.register_service(sandbox, sandboxes)
     server.serve(listener)
     log.debug("shim serving", id=id, namespace=namespace, address=socket_path, pid=os.getpid())
     try:

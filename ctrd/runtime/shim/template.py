@@ -133,7 +133,6 @@ def _prewarm() -> None:
 
     from google.protobuf.message_factory import GetMessageClass
 
-    from ctrd.api.containerd.runtime.v2.task import shim_pb2
     from ctrd.runtime.shim import mount
 
     for name in _PREWARM:
@@ -147,9 +146,10 @@ def _prewarm() -> None:
     global _runtime, _serving, _fork
     _runtime, _serving, _fork = runtime, serving, _libc_fork()
 
-    for m in shim_pb2.DESCRIPTOR.services_by_name["Task"].methods:
-        GetMessageClass(m.output_type)
-    method_classes(shim_pb2.DESCRIPTOR.services_by_name["Task"])
+    for service in serving.SERVICES:
+        for m in service.methods:
+            GetMessageClass(m.output_type)
+        method_classes(service)
     mount._lib()
 
 
