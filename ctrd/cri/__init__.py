@@ -27,6 +27,7 @@ file name away). Each RPC module holds that call's core (a mixin of
 - :mod:`sandbox_metrics`      -- ListMetricDescriptors, ListPodSandboxMetrics (and
   StreamPodSandboxMetrics): containerd's metric names from the cgroups;
 - :mod:`podsandbox`           -- the pod's own process: pause container or pod init;
+- :mod:`sandbox_record`       -- the pod's record in the sandbox store (containerd 2.x's);
 - :mod:`restart`              -- recovery at start from the records and the live tasks;
 - :mod:`store`                -- the records (dataclasses; the kubelet's configs in JSON form,
   parsed once) and their status files;
