@@ -159,4 +159,15 @@ class Containerd2:
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait()
+        self._unmount_all()
         return self.proc.returncode
+
+    def _unmount_all(self) -> None:
+        """containerd 2.3.4 leaves mounts of its own under ``base`` when it exits (its mount
+        manager's temporary mounts, ``state/io.containerd.mount-manager.v1.bolt/t/...``, made
+        for ``ctr images mount``): unmount them, deepest first, so the base can be removed."""
+        prefix = str(self.base) + "/"
+        with open("/proc/self/mountinfo") as f:
+            points = [ln.split(" ")[4] for ln in f]
+        for point in sorted((p for p in points if p.startswith(prefix)), reverse=True):
+            subprocess.run(["umount", "-l", point], capture_output=True)
