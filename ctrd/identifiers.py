@@ -36,8 +36,9 @@ def validate_label(key: str, value: str) -> None:
     except UnicodeEncodeError:
         raise InvalidArgument(f"label is not valid UTF-8, key: {key[:10]!r}") from None
     if size > MAX_LABEL_SIZE:
-        raise InvalidArgument(f"label key and value greater than maximum size "
-                              f"({MAX_LABEL_SIZE} bytes), key: {key[:10]}")
+        # containerd 2.x's wording (1.6 had no length in it).
+        raise InvalidArgument(f"label key and value length ({size} bytes) greater than "
+                              f"maximum size ({MAX_LABEL_SIZE} bytes), key: {key[:64]}")
 
 
 def validate_labels(labels: dict[str, str], what: str = "labels") -> None:

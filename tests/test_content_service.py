@@ -156,7 +156,7 @@ def test_hostile_labels_and_digests(stub):
     with pytest.raises(grpc.RpcError) as e:
         stub.Update(req, metadata=NS)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "label key and value greater than maximum size" in e.value.details()
+    assert "label key and value length (5001 bytes) greater than maximum size" in e.value.details()
     for bad in ("", "sha256:../../etc/passwd", "md5:abc", "sha256:" + "Z" * 64):
         with pytest.raises(grpc.RpcError) as e:
             stub.Info(pb.InfoRequest(digest=bad), metadata=NS)

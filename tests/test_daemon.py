@@ -132,7 +132,7 @@ def test_hostile_labels_and_update_masks(ctrd):
         stub.Create(ns_pb.CreateNamespaceRequest(
             namespace=ns_pb.Namespace(name="x", labels={"k": "v" * 5000})))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "label key and value greater than maximum size (4096 bytes)" in e.value.details()
+    assert "label key and value length (5001 bytes) greater than maximum size (4096 bytes)" in e.value.details()
     stub.Create(ns_pb.CreateNamespaceRequest(namespace=ns_pb.Namespace(name="x")))
     req = ns_pb.UpdateNamespaceRequest(namespace=ns_pb.Namespace(name="x"))
     req.update_mask.paths.append("name")

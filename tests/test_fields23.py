@@ -51,13 +51,17 @@ class Side:
         self.ch.close()
 
     def prepare(self, key: str, parent: str = ""):
+        # A GC root: without a lease or one, either daemon's next GC pass (any lease a ctr
+        # command ends starts one) removes the snapshot.
         return list(self.sn.Prepare(self.snpb.PrepareSnapshotRequest(
-            snapshotter="overlayfs", key=key, parent=parent), metadata=self.md).mounts)
+            snapshotter="overlayfs", key=key, parent=parent,
+            labels={"containerd.io/gc.root": "test"}), metadata=self.md).mounts)
 
     def commit(self, name: str, key: str, parent: str = "") -> grpc.StatusCode:
         try:
             self.sn.Commit(self.snpb.CommitSnapshotRequest(
-                snapshotter="overlayfs", name=name, key=key, parent=parent), metadata=self.md)
+                snapshotter="overlayfs", name=name, key=key, parent=parent,
+                labels={"containerd.io/gc.root": "test"}), metadata=self.md)
         except grpc.RpcError as e:
             return e.code()
         return grpc.StatusCode.OK

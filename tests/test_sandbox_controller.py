@@ -17,6 +17,7 @@ from google.protobuf import any_pb2
 
 from conftest import ctr
 from sandboxutil import SPEC_URL, Events, Stubs, ctr2, have_ctr2, shim_wrapper
+from shimutil import wait_until
 from taskutil import mounts_under, processes_under
 from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
 from test_cri_pause import pause_factory, pause_ref  # noqa: F401 - fixtures
@@ -51,8 +52,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return "(gone)"
+
+
 def _leftovers(d, base) -> list[str]:
-    out = [f"process {p}" for p in processes_under(base) if p != d.proc.pid]
+    out = [f"process {p}: {_cmdline(p)}" for p in processes_under(base) if p != d.proc.pid]
     out += [f"mount {m}" for m in mounts_under(base)]
     shim_state = d.state / "io.containerd.sandbox.controller.v1.shim"
     if shim_state.exists():
@@ -60,9 +69,16 @@ def _leftovers(d, base) -> list[str]:
     return out
 
 
-def test_shim_controller_lifecycle(start_ctrd, tmp_root):
+@pytest.mark.parametrize("which", ["sandbox_shim", "ctrd-shim"])
+def test_shim_controller_lifecycle(start_ctrd, tmp_root, which):
+    """Through tests/sandbox_shim.py and through ctrd's own shim (its sandbox service,
+    ctrd/runtime/shim/sandbox.py), started as the ``io.containerd.runc.v2`` runtime."""
     d = start_ctrd()
-    shim = shim_wrapper(tmp_root)
+    shim = shim_wrapper(tmp_root) if which == "sandbox_shim" else "io.containerd.runc.v2"
+    # The controller passes the shim's state words through, as containerd's does: the fake
+    # shim says its own; ctrd's says the CRI's, as containerd's podsandbox controller does.
+    ready, stopped = (("running", "stopped") if which == "sandbox_shim"
+                      else ("SANDBOX_READY", "SANDBOX_NOTREADY"))
     s = Stubs(d.address)
     events = Events(d.address) if have_ctr2() else None
     time.sleep(0.3)
@@ -80,16 +96,21 @@ def test_shim_controller_lifecycle(start_ctrd, tmp_root):
         p = s.call(s.ctl, "Platform", sandbox_id="box1", sandboxer="shim").platform
         assert (p.os, p.architecture) == ("linux", "amd64")
         st = s.call(s.ctl, "Status", sandbox_id="box1", sandboxer="shim", verbose=True)
-        assert (st.state, st.pid) == ("running", started.pid)
+        assert (st.state, st.pid) == (ready, started.pid)
         m = s.call(s.ctl, "Metrics", sandbox_id="box1", sandboxer="shim").metrics
         assert m.id == "box1"
         s.call(s.ctl, "Update", sandbox_id="box1", sandboxer="shim", sandbox=sb)
         s.call(s.ctl, "Stop", sandbox_id="box1", sandboxer="shim", timeout_secs=1)
-        assert not _alive(started.pid)
+        # the fake shim's pid is its sandbox process; ctrd's shim has none of its own and
+        # answers its own pid, which lives until Shutdown
+        assert _alive(started.pid) == (which == "ctrd-shim")
         w = s.call(s.ctl, "Wait", sandbox_id="box1", sandboxer="shim")
-        assert w.exit_status == 128 + 9 and w.exited_at.seconds > 0
-        assert s.call(s.ctl, "Status", sandbox_id="box1", sandboxer="shim").state == "stopped"
+        # the fake shim's process is SIGKILLed; ctrd's sandbox had none and ends with 0
+        assert w.exit_status == (128 + 9 if which == "sandbox_shim" else 0)
+        assert w.exited_at.seconds > 0
+        assert s.call(s.ctl, "Status", sandbox_id="box1", sandboxer="shim").state == stopped
         s.call(s.ctl, "Shutdown", sandbox_id="box1", sandboxer="shim")
+        assert wait_until(lambda: not _alive(started.pid))
         # gone from the controller: Stop is no error, Status answers an exit time, the rest
         # NotFound
         s.call(s.ctl, "Stop", sandbox_id="box1", sandboxer="shim")
@@ -114,8 +135,8 @@ def test_shim_controller_failures_leave_nothing(start_ctrd, tmp_root):
         code, msg = _code(lambda: s.call(s.ctl, "Create", sandbox_id="box2", sandboxer="shim",
                                          sandbox=sb))
         assert code == grpc.StatusCode.NOT_FOUND and "containerd-shim-nosuch-v1" in msg
-        # ctrd's own shim (no sandbox service yet), a binary that is no shim at all, shims
-        # that answer the start with garbage or a dead address
+        # a binary that is no shim at all, shims that answer the start with garbage or a
+        # dead address
         garbage = tmp_root / "garbage-shim"
         garbage.write_text("#!/bin/sh\nprintf '\\010\\377\\377\\377\\377\\377\\022\\001'\n")
         dead = tmp_root / "dead-shim"
@@ -125,8 +146,7 @@ def test_shim_controller_failures_leave_nothing(start_ctrd, tmp_root):
                            '"protocol": "grpc"}\'\n')
         for p in (garbage, dead, json_v9):
             p.chmod(0o755)
-        for runtime in ("io.containerd.runc.v2", "/bin/true", str(garbage), str(dead),
-                        str(json_v9)):
+        for runtime in ("/bin/true", str(garbage), str(dead), str(json_v9)):
             code, msg = _code(lambda: s.call(s.ctl, "Create", sandbox_id="box3",
                                              sandboxer="shim",
                                              sandbox=_sandbox(s, "box3", runtime)))

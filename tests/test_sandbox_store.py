@@ -85,8 +85,9 @@ def test_hostile_ids_are_refused_and_nothing_is_stored(store, md, bad, why):
 
 
 def test_hostile_labels_and_extension_keys(store):
-    with pytest.raises(errdefs.InvalidArgument, match="sandbox.Labels: label key and value "
-                                                      "greater than maximum size"):
+    with pytest.raises(errdefs.InvalidArgument, match=r"sandbox.Labels: label key and value "
+                                                      r"length \(5001 bytes\) greater than "
+                                                      "maximum size"):
         store.create("default", _sb(labels={"k": "v" * 5000}))
     with pytest.raises(errdefs.InvalidArgument, match="Extension keys must not be zero"):
         store.create("default", _sb(extensions={"": AnyValue()}))

@@ -57,6 +57,7 @@ class _Shim:
     pid: int = 0             # the shim's, from the socket's peer credentials
     closing: bool = False
     gone: asyncio.Event = field(default_factory=asyncio.Event)
+    removal: asyncio.Future | None = None  # the one clean-up (see ShimController._remove)
 
 
 class ShimController:
@@ -166,13 +167,21 @@ class ShimController:
     async def _remove(self, sh: _Shim) -> None:
         """Make the shim exit and clean up after it: tell it to shut down (the sandbox
         service, then the task service of either version), close the connection, run its
-        ``delete``, kill it if it is still there, remove the bundle."""
+        ``delete``, kill it if it is still there, remove the bundle.
+
+        Runs once per shim: a Shutdown and the shim's connection closing under it (the shim
+        exits as it answers) share one clean-up, which returns when it is complete."""
+        sh.closing = True
+        if sh.removal is None:
+            sh.removal = asyncio.ensure_future(self._clean_up(sh))
+        await asyncio.shield(sh.removal)
+
+    async def _clean_up(self, sh: _Shim) -> None:
         from google.protobuf import empty_pb2
 
         key = (sh.bundle.namespace, sh.bundle.id)
         if self._shims.get(key) is sh:
             del self._shims[key]
-        sh.closing = True
         if not sh.gone.is_set():
             pb = _pb()
             try:
@@ -328,6 +337,7 @@ class ShimController:
 
     async def shutdown(self, ns: str, id_: str) -> None:
         sh = self._get(ns, id_)
+        sh.closing = True  # the shim exits as it answers: that is no shim "going away"
         pb = _pb()
         try:
             await self._call(sh, "ShutdownSandbox", pb.ShutdownSandboxRequest(sandbox_id=id_),

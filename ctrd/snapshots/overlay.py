@@ -150,6 +150,8 @@ class OverlaySnapshotter(DirSnapshotter):
     :class:`~ctrd.snapshots.storage.DirSnapshotter` (default False: ``remove`` reclaims the
     space at once; containerd's plugin defers it to ``cleanup``)."""
 
+    commit_error_names_key = True
+
     def __init__(self, root: str, async_remove: bool = False) -> None:
         super().__init__(root, async_remove)
         self.index_off = os.path.exists("/sys/module/overlay/parameters/index")

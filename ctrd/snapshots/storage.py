@@ -337,6 +337,8 @@ class DirSnapshotter:
     # stat and mounts are LMDB reads (a read transaction never waits for a writer): cheap
     # enough for callers to run them on the event loop.
     quick_reads = True
+    # Whether "failed to commit snapshot" names the key, as containerd 2.x's overlay does.
+    commit_error_names_key = False
 
     def __init__(self, root: str, async_remove: bool = False) -> None:
         self.root = os.path.abspath(root)
@@ -415,9 +417,10 @@ class DirSnapshotter:
         with self.ms.update() as t:
             sid, info, _ = get_info(t, key)
             if info.kind != Kind.ACTIVE:
-                # containerd's overlay and native snapshotters wrap storage's message so.
-                raise FailedPrecondition(f"failed to commit snapshot: snapshot {quote(key)} "
-                                         "is not active")
+                # containerd wraps storage's message so; 2.x's overlay names the key.
+                where = f" {key}" if self.commit_error_names_key else ""
+                raise FailedPrecondition(f"failed to commit snapshot{where}: snapshot "
+                                         f"{quote(key)} is not active")
             commit_active(t, key, name, disk_usage(self._usage_path(sid)), labels, parent)
 
     def remove(self, key: str) -> None:
