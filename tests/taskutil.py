@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import containerd2
 from conftest import ctr
 
 GO_SHIM_CONFIG = """version = 2
@@ -24,9 +25,16 @@ GO_SHIM_CONFIG = """version = 2
 binary = "containerd-shim-runc-v2"
 """
 
+GO_SHIM2_CONFIG = f"""version = 3
+[plugins."io.containerd.runtime.v2.task".shims."io.containerd.runc.v2"]
+binary = "{containerd2.BIN_DIR / 'containerd-shim-runc-v2'}"
+"""
+
 # Who serves io.containerd.runc.v2 in ctrd: its own shim (the default) or containerd's Go
-# shim (mapped in the config), so the daemon side is also checked against the reference.
-SHIM_KINDS = ["ctrd-shim", "go-shim"]
+# shims (mapped in the config): Debian's 1.6 (shim API 2, options Any on stdin) and 2.3.4's
+# (the bootstrap protocol, task API v3 only), so the daemon side is also checked against
+# both generations of the reference.
+SHIM_KINDS = ["ctrd-shim", "go-shim", "go-shim-2.3.4"]
 
 
 def processes_under(base: Path) -> list[int]:
@@ -131,7 +139,9 @@ def task_daemon(kind: str, start_ctrd, tmp_root: Path, registry, name: str = "ct
         pytest.skip("containerd-shim-ctrd-v2 is not installed (pip install -e .)")
     if kind == "go-shim" and not _have("containerd-shim-runc-v2"):
         pytest.skip("containerd-shim-runc-v2 is not installed (apt-get install containerd)")
-    config = GO_SHIM_CONFIG if kind == "go-shim" else None
+    if kind == "go-shim-2.3.4" and not containerd2.available():
+        pytest.skip(f"containerd 2.3.4's shim is not in {containerd2.BIN_DIR}")
+    config = {"go-shim": GO_SHIM_CONFIG, "go-shim-2.3.4": GO_SHIM2_CONFIG}.get(kind)
     d = start_ctrd(config_text=config, name=name)
     d.config_text = config
     r = ctr(d.address, "images", "pull", "--plain-http", registry.ref("busybox"))

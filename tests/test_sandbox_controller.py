@@ -380,10 +380,10 @@ def test_shim_sandboxes_survive_a_daemon_restart(start_ctrd, tmp_root):
 
 
 def test_shim_start_answers():
-    """What a shim's ``start`` may print (ctrd.runtime.shimclient.parse_start_output)."""
+    """What a shim's ``start`` may print (ctrd.runtime.bootstrap.parse_start_output)."""
     from ctrd import errdefs
     from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
-    from ctrd.runtime.shimclient import parse_start_output
+    from ctrd.runtime.bootstrap import parse_start_output
 
     v3 = bootstrap_pb2.BootstrapResult(version=3, address="unix:///run/s/x",
                                        protocol="ttrpc").SerializeToString()

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ctrd import errdefs
-from ctrd.runtime import shimclient
+from ctrd.runtime import bootstrap, shimclient
 from ctrd.runtime.bundle import Bundle, load_bundles, new_bundle
 from ctrd.runtime.shimclient import Exit, ShimCommand, ShimTask
 
@@ -357,6 +357,13 @@ class TaskManager:
         binary = bundle.read("shim-binary-path") or ""
         cmd = ShimCommand(binary, bundle, self.address, self.ttrpc_address, self.debug)
         address = bundle.read("address")
+        try:
+            saved = await asyncio.to_thread(bootstrap.read_result, bundle.path)
+        except errdefs.CtrdError as e:
+            log.warning("bundle %s: %s", bundle.path, e)
+            saved = None
+        if saved is not None:  # containerd 2.x's record: the address and the task API
+            address, cmd.version = saved
         if not binary or not os.access(binary, os.X_OK):
             log.warning("bundle %s has no usable shim binary; removing it", bundle.path)
             await asyncio.to_thread(bundle.delete)

@@ -22,11 +22,16 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ctrd import errdefs
+from ctrd.runtime import bootstrap
+from ctrd.runtime.bootstrap import parse_start_output
 from ctrd.runtime.bundle import Bundle
 
 log = logging.getLogger("ctrd.runtime")
 
 SERVICE = "containerd.task.v2.Task"
+# The task service by the shim API version its start answered: containerd 2.x's shims
+# (version 3) serve only v3, whose messages are v2's under another package name.
+TASK_SERVICES = {2: SERVICE, 3: "containerd.task.v3.Task"}
 NAMESPACE_KEY = "containerd-namespace-ttrpc"
 
 # Per-call deadlines: a hung shim must fail its own calls, not hold the API. State is short
@@ -79,45 +84,6 @@ class Exit:
     pid: int
     status: int
     timestamp: Any  # google.protobuf.Timestamp
-
-
-MAX_SHIM_VERSION = 3  # containerd 2.x's CurrentShimVersion
-
-
-def parse_start_output(raw: bytes) -> tuple[str, int]:
-    """(address, shim API version) from what a shim's ``start`` printed: containerd 2.x's
-    bootstrap answer (a ``BootstrapResult`` protobuf, or the JSON ``{"version", "address",
-    "protocol"}`` of 2.0) or the plain address of shim v2. Only ttrpc is spoken here; a
-    version above 3 or another protocol is NotImplemented (containerd's words)."""
-    text = raw.strip()
-    if text.startswith(b"unix://"):
-        return text.decode(errors="replace"), 2
-    if text.startswith(b"{"):
-        import json
-
-        try:
-            params = json.loads(text)
-            version = int(params.get("version", 0))
-            address, protocol = str(params.get("address", "")), params.get("protocol", "")
-        except (ValueError, AttributeError, TypeError):
-            return text.decode(errors="replace"), 2
-        if version < 2:
-            return text.decode(errors="replace"), 2
-    else:
-        from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
-
-        result = bootstrap_pb2.BootstrapResult()
-        try:
-            result.ParseFromString(raw)
-        except Exception:  # noqa: BLE001 - garbage: named below
-            raise errdefs.FailedPrecondition(f"shim printed an unreadable start answer "
-                                             f"{raw[:200]!r}") from None
-        version, address, protocol = result.version or 2, result.address, result.protocol
-    if version > MAX_SHIM_VERSION:
-        raise errdefs.NotImplemented_(f"unsupported shim version ({version})")
-    if protocol and protocol != "ttrpc":
-        raise errdefs.NotImplemented_(f"unsupported shim protocol {protocol!r}")
-    return address, version
 
 
 def _parse_address(address: str) -> str:
@@ -183,9 +149,13 @@ class ShimCommand:
     debug: bool = False
     version: int = 2      # the shim API version its start answered (2, or 3 for 2.x shims)
 
+    @property
+    def publish_binary(self) -> str:
+        return sys.argv[0] or "ctrd"
+
     def argv(self, *args: str) -> list[str]:
         return [self.binary, "-namespace", self.bundle.namespace, "-address", self.address,
-                "-publish-binary", sys.argv[0] or "ctrd", *args]
+                "-publish-binary", self.publish_binary, *args]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -220,14 +190,23 @@ class ShimCommand:
                 self.bundle.write("shim-binary-path", self.binary)
                 return path
         args = ["-id", self.bundle.id] + (["-debug"] if self.debug else []) + ["start"]
-        rc, out, err = await self._run(args, options, self.bundle.path, START_SHIM_TIMEOUT)
+        stdin = options
+        if await bootstrap.speaks_bootstrap(self.binary):
+            stdin = bootstrap.params(self.bundle.id, self.bundle.namespace, self.address,
+                                     self.ttrpc_address, self.publish_binary, self.debug,
+                                     options)
+        rc, out, err = await self._run(args, stdin, self.bundle.path, START_SHIM_TIMEOUT)
         if rc != 0:
             text = (out + err).decode(errors="replace").strip()
             raise errdefs.CtrdError(f"start shim {os.path.basename(self.binary)}: {text}: "
                                     f"exit status {rc}")
         self.bundle.write("shim-binary-path", self.binary)
         address, self.version = parse_start_output(out)
-        return _parse_address(address)
+        path = _parse_address(address)
+        # what containerd 2.x keeps to reconnect after a restart (and which task API to use)
+        await asyncio.to_thread(bootstrap.write_result, self.bundle.path, self.version,
+                                address)
+        return path
 
     def _start_via_template(self, options: bytes) -> str | None:
         """One start request to a running template of ctrd's shim; None when there is none
@@ -325,7 +304,8 @@ class ShimTask(BundleTask):
             from google.protobuf import empty_pb2
 
             response_type = empty_pb2.Empty
-        return await self.client.call(SERVICE, method, request, response_type, timeout=timeout,
+        return await self.client.call(TASK_SERVICES.get(self.command.version, SERVICE), method,
+                                      request, response_type, timeout=timeout,
                                       metadata={NAMESPACE_KEY: self.namespace})
 
     async def create(self, **fields: Any) -> Any:
