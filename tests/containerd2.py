@@ -102,7 +102,10 @@ class Containerd2:
     @classmethod
     def start(cls, base: Path, *, cni_bin_dirs: list[str], cni_conf_dir: str,
               sandbox_image: str = "", plain_http: list[str] = (), timeout: float = 60.0,
-              extra_runtime: str = "", debug: bool = True) -> "Containerd2":
+              extra_runtime: str = "", debug: bool = True,
+              path_first: tuple[str, ...] = ()) -> "Containerd2":
+        """``path_first``: directories put on PATH before containerd 2.3.4's own (where
+        it looks for shim binaries by runtime name)."""
         base = Path(base)
         base.mkdir(parents=True, exist_ok=True)
         for h in plain_http:
@@ -111,7 +114,8 @@ class Containerd2:
         cfg = base / "config.toml"
         cfg.write_text(config_text(base, cni_bin_dirs=cni_bin_dirs, cni_conf_dir=cni_conf_dir,
                                    sandbox_image=sandbox_image, extra_runtime=extra_runtime))
-        env = dict(os.environ, PATH=f"{BIN_DIR}:{os.environ.get('PATH', '')}")
+        env = dict(os.environ, PATH=":".join([*path_first, str(BIN_DIR),
+                                              os.environ.get("PATH", "")]))
         log = base / "log"
         argv = [str(CONTAINERD), "--config", str(cfg)]
         if debug:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import containerd2
 from ctrd import errdefs
 from ctrd.api.containerd.types import mount_pb2
 from ctrd.runtime.manager import CreateOpts, TaskManager
@@ -28,7 +29,8 @@ pytestmark = pytest.mark.integration
 NS = f"ctrd-test-{os.getpid()}"
 
 SHIMS = {
-    "go": "containerd-shim-runc-v2",
+    "go": "containerd-shim-runc-v2",                                 # Debian's 1.6: shim v2
+    "go-2.3.4": str(containerd2.BIN_DIR / "containerd-shim-runc-v2"),  # bootstrap, task v3
     "ctrd": "containerd-shim-ctrd-v2",
 }
 
@@ -297,6 +299,54 @@ def test_unknown_runtime_is_a_clear_error(tmp_path):
 
     run(main())
     _no_leftovers(tmp_path)
+
+
+# What a broken shim's ``start`` may print, and what ctrd says about it.
+BAD_STARTS = [
+    (r"printf '\010\377\377\377\377\377\022\001'", "unreadable start answer"),
+    ("echo '{\"version\": 9, \"address\": \"unix:///x\", \"protocol\": \"ttrpc\"}'",
+     "unsupported shim version (9)"),
+    ("echo '{\"version\": 3, \"address\": \"vsock://3:1024\", \"protocol\": \"grpc\"}'",
+     "unsupported shim protocol 'grpc'"),
+    ("printf '\010\003\022\011tcp://x:1\032\005ttrpc'", "unsupported address 'tcp://x:1'"),
+    ("echo unix://BASE/nothing.sock", "nothing.sock"),
+    ("head -c 2000000 /dev/zero; exit 0", "unreadable start answer"),
+    ("echo broken >&2; exit 3", "broken"),
+]
+
+
+@pytest.mark.parametrize("script,message", BAD_STARTS)
+def test_shims_answering_start_with_garbage(tmp_path, script, message):
+    """Hostile bootstrap answers: a clear error naming the problem, nothing left (bundle,
+    bootstrap.json, processes), the manager still working."""
+    shim = tmp_path / "bad-shim"
+    shim.write_text("#!/bin/sh\n[ \"$1\" = -info ] && exit 0\n"
+                    "case \"$*\" in *start*) cat >/dev/null; "
+                    + script.replace("BASE", str(tmp_path)) + ";; *) exit 0;; esac\n")
+    shim.chmod(0o755)
+    env = Env(tmp_path, str(shim))
+
+    async def main():
+        await env.start()
+        try:
+            with pytest.raises(errdefs.CtrdError) as e:
+                await env.manager.create(NS, "bad", env.opts(["true"]))
+            assert message in str(e.value), str(e.value)[:300]
+            assert env.manager.list() == []
+        finally:
+            await env.stop()
+
+    run(main())
+    _no_leftovers(tmp_path)
+    assert not [p for p in os.listdir("/proc") if p.isdigit() and _cmd_has(p, str(shim))]
+
+
+def _cmd_has(pid: str, text: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return text.encode() in f.read()
+    except OSError:
+        return False
 
 
 def test_configured_runtime_options_are_defaults_under_the_containers():

@@ -138,8 +138,31 @@ def _write_address(bundle: str, address: str) -> None:
     os.rename(tmp, os.path.join(bundle, "address"))
 
 
+def _bootstrap_params(data: bytes):
+    """The BootstrapParams containerd 2.3 writes on ``start``'s stdin, None when ``data`` is
+    the bare options Any of older daemons. Both parse as either message (an Any is fields 1
+    and 2, BootstrapParams' id and namespace): containerd's params always carry more
+    (addresses, version, log level), an Any never does."""
+    if not data:
+        return None
+    from google.protobuf.message import DecodeError
+
+    from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
+
+    p = bootstrap_pb2.BootstrapParams()
+    try:
+        p.ParseFromString(data)
+    except DecodeError:
+        return None  # an Any whose value is no UTF-8 text
+    if p.containerd_version or p.containerd_ttrpc_address or p.containerd_grpc_address or \
+            p.containerd_binary or p.extensions or p.log_level or p.HasField("socket_dir"):
+        return p
+    return None
+
+
 def _read_options(data: bytes):
-    """The runc Options in the Any ``start`` got on stdin (None if absent or another type)."""
+    """The runc Options ``start`` got on stdin, bare or in BootstrapParams' extensions (None
+    if absent or another type)."""
     if not data:
         return None
     from google.protobuf import any_pb2
@@ -147,11 +170,28 @@ def _read_options(data: bytes):
     from ctrd import typeurl
     from ctrd.api.containerd.runc.options import oci_pb2
 
+    params = _bootstrap_params(data)
+    if params is not None:
+        from ctrd.runtime.bootstrap import extension_options
+
+        data = extension_options(params) or b""
     a = any_pb2.Any()
     a.ParseFromString(data)
     if typeurl.name_of(a) != oci_pb2.Options.DESCRIPTOR.full_name:
         return None
     return typeurl.unpack(a, oci_pb2.Options)
+
+
+def start_answer(address: str, stdin: bytes) -> bytes:
+    """What ``start`` prints: to a daemon that sent BootstrapParams (containerd 2.3), a
+    BootstrapResult of shim API version 3 (task API v3 and the sandbox API are served);
+    to older ones, the bare address they parse."""
+    if _bootstrap_params(stdin) is None:
+        return address.encode()
+    from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
+
+    return bootstrap_pb2.BootstrapResult(version=3, address=address,
+                                         protocol="ttrpc").SerializeToString()
 
 
 def _adjust_oom_score(parent: int) -> None:
@@ -270,7 +310,7 @@ def start(a: Args) -> int:
             break  # no template here: do it ourselves
         status, _, text = reply.partition(b"\0")
         if status == b"ok":
-            sys.stdout.write(text.decode())
+            sys.stdout.buffer.write(text)
             return 0
         if status == b"err":
             raise RuntimeError(text.decode(errors="replace"))
@@ -295,7 +335,7 @@ def start_inprocess(a: Args, options: bytes) -> int:
     listener = _listen(path)
     if listener is None:
         _write_address(bundle, address)
-        sys.stdout.write(address)
+        sys.stdout.buffer.write(start_answer(address, options))
         return 0
     try:
         _write_address(bundle, address)
@@ -325,7 +365,7 @@ def start_inprocess(a: Args, options: bytes) -> int:
         finally:
             os._exit(code)
     listener.close()
-    sys.stdout.write(address)
+    sys.stdout.buffer.write(start_answer(address, options))
     return 0
 
 

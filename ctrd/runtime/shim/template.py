@@ -283,7 +283,8 @@ class Template:
                 self._retire()
                 set_title(["containerd-shim-ctrd-v2", "template", "@" + self.name, "retired"])
                 return
-            reply = b"ok\0" + self._start(conn, Request(bytes(data))).encode()
+            r = Request(bytes(data))
+            reply = b"ok\0" + cli.start_answer(self._start(conn, r), r.options)
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
             reply = b"err\0" + str(e).encode(errors="replace")
         try:
