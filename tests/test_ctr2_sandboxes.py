@@ -180,3 +180,62 @@ def test_cri_pod_records_as_containerd2_writes_them(ctrd_cri, containerd234):  #
     diffs = {k: (got["ctrd"].get(k), v) for k, v in got["containerd"].items()
              if got["ctrd"].get(k) != v}
     assert not diffs, json.dumps(diffs, indent=1, default=str)[:6000]
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[1])
+
+
+def test_containers_of_a_sandbox_run_in_its_shim(start_ctrd, tmp_root, registry):
+    """``ctr run --sandbox``: the task is created in the sandbox's shim (ctrd's, shim API 3)
+    instead of a shim of its own, as containerd 2.x's shim manager does; it survives a
+    daemon restart (reconnected from its bootstrap.json) and goes with the sandbox."""
+    d = start_ctrd()
+    spec = tmp_root / "spec.json"
+    spec.write_text(json.dumps(SPEC))
+    image = registry.ref("busybox")
+    assert ctr2(d.address, "images", "pull", "--plain-http", image).returncode == 0
+    r = ctr2(d.address, "sandboxes", "run", "--runtime", "io.containerd.runc.v2", str(spec),
+             "pod")
+    assert r.returncode == 0, r.stderr
+    s = Stubs(d.address)
+    try:
+        st = s.call(s.ctl, "Status", sandbox_id="pod", sandboxer="shim")
+    finally:
+        s.close()
+    shim_pid = st.pid
+    sandbox_address = (_shim_dir(d) / "default" / "pod" / "address").read_text()
+    r = ctr2(d.address, "run", "--rm", "--sandbox", "pod", image, "once", "sh", "-c",
+             "echo hi; exit 3")
+    assert (r.returncode, r.stdout) == (3, "hi\n"), r.stderr
+    assert ctr2(d.address, "run", "-d", "--sandbox", "pod", image, "long", "sleep",
+                "1000").returncode == 0
+    task_pid = int(ctr2(d.address, "tasks", "ls").stdout.split("\n")[1].split()[1])
+    assert _ppid(task_pid) == shim_pid
+    bundle = d.state / "io.containerd.runtime.v2.task" / "default" / "long"
+    boot = json.loads((bundle / "bootstrap.json").read_text())
+    assert (boot["version"], boot["address"]) == (3, sandbox_address)
+
+    d.stop()
+    d = start_ctrd()
+    r = ctr2(d.address, "tasks", "exec", "--exec-id", "e", "long", "sh", "-c", "exit 7")
+    assert r.returncode == 7, r.stderr
+    assert ctr2(d.address, "tasks", "kill", "-s", "SIGKILL", "long").returncode == 0
+    deadline = time.monotonic() + 10
+    while "STOPPED" not in ctr2(d.address, "tasks", "ls").stdout and \
+            time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert ctr2(d.address, "tasks", "rm", "long").returncode == 0
+    assert not bundle.exists()
+    assert os.path.exists(f"/proc/{shim_pid}")  # the sandbox's shim outlives its containers
+    for c in ("long",):
+        assert ctr2(d.address, "containers", "rm", c).returncode == 0
+    r = ctr2(d.address, "sandboxes", "rm", "pod")
+    assert r.returncode == 0, r.stderr
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{shim_pid}/cmdline") and \
+            open(f"/proc/{shim_pid}/cmdline", "rb").read() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [p for p in processes_under(tmp_root / "ctrd") if p != d.proc.pid] == []
+    assert _no_bundles(d) == [] and mounts_under(tmp_root / "ctrd") == []

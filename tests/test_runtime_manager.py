@@ -373,3 +373,52 @@ def test_configured_runtime_options_are_defaults_under_the_containers():
     with pytest.raises(errdefs.InvalidArgument) as e:
         bad._with_defaults("x.y.v2", None)
     assert "x.y.v2" in str(e.value)
+
+
+def _ppid(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[1])
+
+
+def test_task_api_address_joins_a_running_shim(tmp_path):
+    """CreateTaskRequest.task_api_address (containerd 2.3): the task is created in the shim
+    serving that task API (shim API 3) instead of a shim of its own; bad addresses are clear
+    errors that leave nothing."""
+    from ctrd.runtime import bootstrap
+
+    shim = _shim_path("containerd-shim-ctrd-v2")
+    if shim is None or shutil.which("runc") is None:
+        pytest.skip("ctrd's shim or runc is not installed")
+    env = Env(tmp_path, shim)
+
+    async def main():
+        await env.start()
+        try:
+            first = await env.manager.create(NS, "first", env.opts(["sleep", "1000"]))
+            await first.start()
+            address, version = bootstrap.read_result(first.bundle.path)
+            assert version == 3  # a fresh manager's first task: BootstrapParams, answered 3
+            for bad, kind, text in [
+                (address, errdefs.InvalidArgument, "<protocol>+<unix|vsock|tcp>"),
+                ("grpc+vsock://3:1024", errdefs.NotImplemented_, "'grpc'"),
+                (f"ttrpc+unix://{tmp_path}/nothing.sock", errdefs.CtrdError, "nothing.sock"),
+            ]:
+                with pytest.raises(kind) as e:
+                    await env.manager.create(NS, "bad", env.opts(
+                        ["true"], task_api_address=bad, task_api_version=3))
+                assert text in str(e.value), str(e.value)
+                assert not (tmp_path / "state" / NS / "bad").exists()
+            joined = await env.manager.create(NS, "joined", env.opts(
+                ["sleep", "1000"], task_api_address="ttrpc+" + address, task_api_version=3))
+            pid = (await joined.start()).pid
+            assert _ppid(pid) == _ppid((await first.state()).pid)  # one shim for both
+            # version 2 (a shim that serves one task): a shim of its own, as containerd does
+            own = await env.manager.create(NS, "own", env.opts(
+                ["sleep", "1000"], task_api_address="ttrpc+" + address, task_api_version=2))
+            own_pid = (await own.start()).pid
+            assert _ppid(own_pid) != _ppid(pid)
+        finally:
+            await env.stop()
+
+    run(main())
+    _no_leftovers(tmp_path)

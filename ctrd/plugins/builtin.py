@@ -356,13 +356,13 @@ async def _init_task_manager(ic: InitContext):
 
 
 def _init_tasks_service(ic: InitContext):
-    md, manager = ic.get(METADATA), ic.get(RUNTIME_V2)
+    md, manager, warnings = ic.get(METADATA), ic.get(RUNTIME_V2), _optional(ic, WARNING)
 
     def build():
         from ctrd.metadata.containers import ContainerStore
         from ctrd.services.tasks import TasksService
 
-        return TasksService(ContainerStore(md.db), manager)
+        return TasksService(ContainerStore(md.db), manager, warnings)
 
     return _lazy("containerd.services.tasks.v1.Tasks", build)
 
@@ -571,7 +571,7 @@ REGISTRATIONS = [
     Registration(RUNTIME_V2, "task", _init_task_manager, requires=(EVENT, WARNING),
                  config=RuntimeConfig),
     Registration(SERVICE, "tasks-service", _init_tasks_service,
-                 requires=(METADATA, RUNTIME_V2)),
+                 requires=(METADATA, RUNTIME_V2, WARNING)),
     Registration(GRPC, "namespaces", _service("namespaces-service"), requires=(SERVICE,)),
     Registration(GRPC, "content", _service("content-service"), requires=(SERVICE,)),
     Registration(GRPC, "leases", _service("leases-service"), requires=(SERVICE,)),

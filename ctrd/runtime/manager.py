@@ -72,6 +72,9 @@ class CreateOpts:
     stderr: str = ""
     terminal: bool = False
     checkpoint: str = ""
+    sandbox_id: str = ""             # the container's sandbox (Container.sandbox)
+    task_api_address: str = ""       # CreateTaskRequest's: a task API to create the task in
+    task_api_version: int = 0
 
 
 def _ts_now():
@@ -107,6 +110,9 @@ class TaskManager:
         self._closing: set[tuple[str, str]] = set()
         self._finishing: dict[tuple[str, str], asyncio.Future] = {}
         self._parsed_defaults: dict[str, Any] = {}  # runtime -> its default Options
+        # (namespace, sandbox id) -> the (address, shim API version) of the shim serving that
+        # sandbox, None when no shim does; set by the shim sandbox controller when it is built
+        self.sandbox_endpoint: Any = None
 
     # --- lookup ---------------------------------------------------------------------------
 
@@ -180,15 +186,41 @@ class TaskManager:
         finally:
             self._creating.discard(key)
 
+    def _task_endpoint(self, namespace: str, opts: CreateOpts) -> tuple[str, int] | None:
+        """Where a task goes instead of a shim of its own, as containerd 2.x's shim manager
+        decides: the task API the request names (``<protocol>+<address>``), else the shim of
+        the container's sandbox; only a shim of API version 3 or later serves more than one
+        task (an older one gets its own shim, also for a sandboxed container)."""
+        if opts.task_api_address:
+            protocol, plus, address = opts.task_api_address.partition("+")
+            if not plus:
+                raise errdefs.InvalidArgument(
+                    "the scheme of sandbox address should be in the form of "
+                    "<protocol>+<unix|vsock|tcp>, i.e. ttrpc+unix or grpc+vsock")
+            if protocol != "ttrpc":
+                raise errdefs.NotImplemented_(f"unsupported shim protocol {protocol!r}")
+            endpoint = (address, opts.task_api_version)
+        elif opts.sandbox_id and self.sandbox_endpoint is not None:
+            endpoint = self.sandbox_endpoint(namespace, opts.sandbox_id)
+        else:
+            return None
+        if endpoint is None or endpoint[1] < 3:
+            return None
+        return endpoint
+
     async def _start(self, bundle: Bundle, binary: str, opts: CreateOpts) -> ShimTask:
         key = (bundle.namespace, bundle.id)
         topts = opts.task_options if opts.task_options is not None else opts.runtime_options
         topts = self._with_defaults(opts.runtime, topts)
         cmd = ShimCommand(binary, bundle, self.address, self.ttrpc_address, self.debug)
+        endpoint = self._task_endpoint(bundle.namespace, opts)
         self._logs[key] = shimclient.ShimLog(bundle)
         t0 = time.monotonic()
         try:
-            path = await cmd.start(topts.SerializeToString() if topts is not None else None)
+            if endpoint is None:
+                path = await cmd.start(topts.SerializeToString() if topts is not None else None)
+            else:  # the sandbox's shim serves this task too: no shim of its own
+                path = await asyncio.to_thread(cmd.join, *endpoint)
             t1 = time.monotonic()
             task = await shimclient.connect(bundle, path, opts.runtime, cmd, self._shim_closed)
         except BaseException:

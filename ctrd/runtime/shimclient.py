@@ -208,6 +208,16 @@ class ShimCommand:
                                 address)
         return path
 
+    def join(self, address: str, version: int) -> str:
+        """Serve this bundle's task from the running shim at ``address`` (a sandbox's, of
+        shim API ``version``) instead of starting one: record it as :meth:`start` does, so
+        a restarted daemon reconnects; its ttrpc socket path."""
+        path = _parse_address(address)
+        self.version = version
+        self.bundle.write("shim-binary-path", self.binary)
+        bootstrap.write_result(self.bundle.path, version, address)
+        return path
+
     def _start_via_template(self, options: bytes) -> str | None:
         """One start request to a running template of ctrd's shim; None when there is none
         (or it is retiring): the caller then runs ``start``, which also spawns one."""

@@ -70,6 +70,14 @@ class ShimController:
             os.makedirs(d, mode=0o700, exist_ok=True)
         self._shims: dict[tuple[str, str], _Shim] = {}
         self._creating: set[tuple[str, str]] = set()
+        manager.sandbox_endpoint = self.endpoint  # a sandbox's containers join its shim
+
+    def endpoint(self, ns: str, id_: str) -> tuple[str, int] | None:
+        """(address, shim API version) of the live shim of sandbox ``id_``, None if none."""
+        sh = self._shims.get((ns, id_))
+        if sh is None or sh.closing or sh.gone.is_set():
+            return None
+        return sh.address, sh.command.version
 
     # --- shim lifecycle ---------------------------------------------------------------------
 
@@ -280,7 +288,7 @@ class ShimController:
             await self._remove(sh)
             raise type(e)(f"failed to start sandbox {id_}: {e.detail or e.kind}") from e
         return Instance(sandbox_id=id_, pid=resp.pid, created_at=resp.created_at.ToNanoseconds(),
-                        address=sh.address, version=sh.command.version,
+                        address="ttrpc+" + sh.address, version=sh.command.version,
                         spec=resp.spec if resp.HasField("spec") else None)
 
     async def platform(self, ns: str, id_: str) -> Platform:
@@ -333,7 +341,7 @@ class ShimController:
                       info=dict(resp.info), created_at=resp.created_at.ToNanoseconds(),
                       exited_at=resp.exited_at.ToNanoseconds(),
                       extra=resp.extra if resp.HasField("extra") else None,
-                      address=sh.address, version=sh.command.version)
+                      address="ttrpc+" + sh.address, version=sh.command.version)
 
     async def shutdown(self, ns: str, id_: str) -> None:
         sh = self._get(ns, id_)

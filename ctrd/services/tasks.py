@@ -19,6 +19,7 @@ from ctrd.api.containerd.services.tasks.v1 import tasks_pb2 as pb
 from ctrd.api.containerd.services.tasks.v1 import tasks_pb2_grpc as pb_grpc
 from ctrd.api.containerd.types import metrics_pb2
 from ctrd.api.containerd.types.task import task_pb2 as task_types
+from ctrd.deprecation import RUNC_OPTIONS_TASK_API_ADDRESS, RUNC_OPTIONS_TASK_API_VERSION
 from ctrd.runtime.manager import CreateOpts, TaskManager
 from ctrd.services.grpcutil import namespace
 
@@ -33,10 +34,27 @@ def _any(v) -> any_pb2.Any | None:
     return any_pb2.Any(type_url=v.type_url, value=v.value)
 
 
+def _deprecated_endpoint(options) -> tuple[str, int]:
+    """The task API endpoint runc options carried before containerd 2.3 (fields 12, 13)."""
+    if options is None or options.type_url.rsplit("/", 1)[-1] != "containerd.runc.v1.Options":
+        return "", 0
+    from google.protobuf.message import DecodeError
+
+    from ctrd.api.containerd.runc.options import oci_pb2
+
+    o = oci_pb2.Options()
+    try:
+        o.ParseFromString(options.value)
+    except DecodeError as e:
+        raise errdefs.InvalidArgument(f"runc options: {e}") from None
+    return o.task_api_address, o.task_api_version
+
+
 class TasksService(pb_grpc.TasksServicer):
-    def __init__(self, containers, manager: TaskManager) -> None:
+    def __init__(self, containers, manager: TaskManager, warnings=None) -> None:
         self.containers = containers
         self.manager = manager
+        self.warnings = warnings  # ctrd.deprecation.Deprecations, or None
 
     def register_grpc(self, server) -> None:
         pb_grpc.add_TasksServicer_to_server(self, server)
@@ -60,12 +78,22 @@ class TasksService(pb_grpc.TasksServicer):
             raise errdefs.Unimplemented("creating a task from a checkpoint")
         if c.spec is None:
             raise errdefs.FailedPrecondition(f"container {request.container_id} has no spec")
+        address, version = request.task_api_address, request.task_api_version
+        old_address, old_version = _deprecated_endpoint(
+            request.options if request.HasField("options") else None)
+        if not address and old_address:  # as containerd 2.3.4: used, and reported
+            address = old_address
+            self._warn(RUNC_OPTIONS_TASK_API_ADDRESS)
+        if not version and old_version:
+            version = old_version
+            self._warn(RUNC_OPTIONS_TASK_API_VERSION)
         opts = CreateOpts(
             spec=c.spec.value, runtime=request.runtime_path or c.runtime.name,
             runtime_options=_any(c.runtime.options),
             task_options=request.options if request.HasField("options") else None,
             rootfs=list(request.rootfs), stdin=request.stdin, stdout=request.stdout,
-            stderr=request.stderr, terminal=request.terminal)
+            stderr=request.stderr, terminal=request.terminal, sandbox_id=c.sandbox,
+            task_api_address=address, task_api_version=version)
         try:
             self.manager.get(ns, request.container_id)
         except errdefs.NotFound:
@@ -76,6 +104,10 @@ class TasksService(pb_grpc.TasksServicer):
         # The shim's Create answered the pid (ours and runc's do): no State round trip then.
         pid = task.created_pid or (await task.state()).pid
         return pb.CreateTaskResponse(container_id=request.container_id, pid=pid)
+
+    def _warn(self, id_: str) -> None:
+        if self.warnings is not None:
+            self.warnings.emit(id_)
 
     async def Start(self, request, context):
         task = await self._task(context, request.container_id)
