@@ -14,11 +14,13 @@ The shapes (containerd 2.3.4's ``cmd/containerd/server/config`` and the CRI plug
 Contract:
 - :func:`to_v3` turns a file's table (any version) into the version 3 shape, as containerd's
   migrations do (1 -> 2 -> 3 forward; 4 -> 3 by moving the server sections back to the
-  top-level tables ctrd keeps). ``ctrd config migrate`` prints that.
+  top-level tables ctrd keeps): the shape ctrd decodes.
 - :func:`fold_cri` turns the version 3 CRI sections into the one table ctrd's CRI plugin
   decodes (containerd 1.x's layout, :class:`ctrd.cri.config.CRIConfig`), with the renames that
   let messages name the key as the file spells it.
-- :func:`split_cri` is the reverse (``ctrd config default`` prints version 3).
+- :func:`split_cri` is the reverse, and :func:`to_v4` moves the server tables into their
+  plugin sections: ``ctrd config default``/``migrate``/``dump`` print version 4, as
+  containerd 2.3.4's do (a version 4 file is read by containerd 2.3 and later only).
 - A table where a table must be, and an unknown version, are :class:`ConfigError` s naming the
   key; a version 3 section in a version 1 or 2 file too (containerd would merge it silently).
 """
@@ -36,8 +38,11 @@ CRI_RUNTIME = "io.containerd.cri.v1.runtime"
 CRI_IMAGES = "io.containerd.cri.v1.images"
 SERVER_GRPC = "io.containerd.server.v1.grpc"
 SERVER_TTRPC = "io.containerd.server.v1.ttrpc"
+SERVER_DEBUG = "io.containerd.server.v1.debug"
+SERVER_METRICS = "io.containerd.server.v1.metrics"
+METRICS_GRPC = "io.containerd.metrics.v1.grpc-prometheus"
 LATEST = 4  # the newest version ctrd reads (containerd 2.3's)
-OUTPUT = 3  # what ctrd prints: containerd 2.0 to 2.3 all read it
+OUTPUT = 4  # what ctrd prints (config default/migrate/dump), as containerd 2.3.4 does
 
 _V1_NAMES = {
     "cri": CRI, "cgroups": "io.containerd.monitor.v1.cgroups",
@@ -134,7 +139,7 @@ def to_v3(data: dict) -> dict:
         plugins = out.get("plugins", {})
         if CRI in plugins:
             plugins.update(split_cri(plugins[CRI]))
-        out["version"] = OUTPUT
+        out["version"] = 3
         return out
     out = copy.deepcopy(data)
     _check_sections(out, version)
@@ -143,7 +148,7 @@ def to_v3(data: dict) -> dict:
         _from_v4(out, plugins)
     if plugins or "plugins" in data:
         out["plugins"] = plugins
-    out["version"] = OUTPUT
+    out["version"] = 3
     return out
 
 
@@ -155,6 +160,52 @@ def _from_v4(out: dict, plugins: dict) -> None:
         section = plugins.pop(uri, None)
         if section is not None:
             out[key] = section
+
+
+def to_v4(data: dict) -> dict:
+    """A version 3 table in the version 4 shape containerd 2.3 writes (its
+    ``serviceMigrate``): the top-level ``[grpc]`` and ``[ttrpc]`` tables (and ``[debug]``'s
+    and ``[metrics]``' listener keys) become the ``io.containerd.server.v1.*`` plugin
+    sections; a ttrpc address left empty is the gRPC one plus ``.ttrpc``, as containerd
+    derives it. A section the file already has wins."""
+    out = copy.deepcopy(data)
+    plugins = out.setdefault("plugins", {})
+    grpc = out.pop("grpc", None)
+    grpc = grpc if isinstance(grpc, dict) else {}
+    tcp_keys = {"tcp_address": "address", "tcp_tls_ca": "tls_ca", "tcp_tls_cert": "tls_cert",
+                "tcp_tls_key": "tls_key", "tcp_tls_common_name": "tls_common_name"}
+    tcp = {new: grpc.pop(old) for old, new in tcp_keys.items() if grpc.get(old)}
+    if tcp:
+        for k in ("max_recv_message_size", "max_send_message_size"):
+            if k in grpc:
+                tcp[k] = grpc[k]
+        plugins.setdefault(SERVER_GRPC + "-tcp", tcp)
+    if grpc:
+        plugins.setdefault(SERVER_GRPC, grpc)
+    ttrpc = out.pop("ttrpc", None)
+    ttrpc = dict(ttrpc) if isinstance(ttrpc, dict) else {}
+    if not ttrpc.get("address") and grpc.get("address"):
+        ttrpc["address"] = grpc["address"] + ".ttrpc"
+        for k in ("uid", "gid"):
+            if not ttrpc.get(k) and grpc.get(k):
+                ttrpc[k] = grpc[k]
+    if ttrpc.get("address") or ttrpc.get("uid") or ttrpc.get("gid"):
+        plugins.setdefault(SERVER_TTRPC, ttrpc)
+    debug = out.get("debug")
+    if isinstance(debug, dict) and debug.get("address"):
+        plugins.setdefault(SERVER_DEBUG, {k: debug.pop(k) for k in ("address", "uid", "gid")
+                                          if k in debug})
+    metrics = out.get("metrics")
+    if isinstance(metrics, dict):
+        if metrics.get("address"):
+            plugins.setdefault(SERVER_METRICS, {"address": metrics.pop("address")})
+        if metrics.get("grpc_histogram"):
+            plugins.setdefault(METRICS_GRPC, {"grpc_histogram": metrics.pop("grpc_histogram")})
+        if not metrics:
+            del out["metrics"]
+    out["plugins"] = dict(sorted(plugins.items()))
+    out["version"] = 4
+    return out
 
 
 def split_cri(src: dict) -> dict[str, dict]:

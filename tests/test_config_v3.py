@@ -1,6 +1,7 @@
 """containerd 2.x config files (versions 3 and 4) start ctrd unchanged; version 1 and 2 files
 keep working, migrated in memory as containerd 2.3.4 migrates them, with a deprecation
-reported; ``ctrd config migrate`` / ``config default`` print version 3; hostile files are
+reported; ``ctrd config migrate`` / ``config default`` print version 4 (as containerd 2.3.4
+does); hostile files are
 refused naming the key as the file spells it."""
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def test_v2_v3_and_migrated_files_give_the_same_config(tmp_path):
     v2 = load(write(tmp_path / "v2.toml", V2_FILE))
     r = _ctrd("-c", str(tmp_path / "v2.toml"), "config", "migrate")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("version = 3\n")
+    assert r.stdout.startswith("version = 4\n")
     assert f'[plugins."{CRI_RUNTIME}"' in r.stdout and "bin_dirs" in r.stdout
     v3 = load(write(tmp_path / "v3.toml", r.stdout))
     assert (v3.config.root, v3.config.grpc.address) == ("/r", "/s/ctrd.sock")
@@ -210,10 +211,10 @@ def test_unknown_v3_keys_are_warnings_named_as_in_the_file(tmp_path):
         'unknown key plugins."io.containerd.cri.v1.runtime".enable_criu ignored']
 
 
-def test_config_default_is_version_3_and_round_trips(tmp_path):
+def test_config_default_is_version_4_and_round_trips(tmp_path):
     r = _ctrd("config", "default")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("version = 3\n")
+    assert r.stdout.startswith("version = 4\n")
     for uri in (CRI, CRI_RUNTIME, CRI_IMAGES):
         assert f'[plugins."{uri}"]' in r.stdout
     assert "systemd_cgroup" not in r.stdout and "runtime_engine" not in r.stdout
@@ -223,6 +224,49 @@ def test_config_default_is_version_3_and_round_trips(tmp_path):
     r2 = _ctrd("-c", str(tmp_path / "c.toml"), "config", "dump")
     assert r2.returncode == 0 and r2.stderr == "", r2.stderr
     assert r2.stdout == r.stdout
+
+
+def test_to_v4_moves_the_server_tables_as_containerd():
+    from ctrd.config_versions import to_v3, to_v4
+
+    v3 = {"version": 3, "grpc": {"address": "/s/c.sock", "uid": 5, "gid": 6,
+                                 "tcp_address": "0.0.0.0:1"},
+          "ttrpc": {"address": ""}, "debug": {"level": "debug", "address": "/s/debug.sock"},
+          "metrics": {"address": "127.0.0.1:1338"},
+          "plugins": {"io.containerd.server.v1.ttrpc": {"address": "/mine.ttrpc"}}}
+    v4 = to_v4(v3)
+    assert v4["version"] == 4 and "grpc" not in v4 and "ttrpc" not in v4
+    p = v4["plugins"]
+    assert p["io.containerd.server.v1.grpc"] == {"address": "/s/c.sock", "uid": 5, "gid": 6}
+    assert p["io.containerd.server.v1.grpc-tcp"] == {"address": "0.0.0.0:1"}
+    assert p["io.containerd.server.v1.ttrpc"] == {"address": "/mine.ttrpc"}  # the file's wins
+    assert p["io.containerd.server.v1.debug"] == {"address": "/s/debug.sock"}
+    assert v4["debug"] == {"level": "debug"}
+    assert p["io.containerd.server.v1.metrics"] == {"address": "127.0.0.1:1338"}
+    # an empty ttrpc address is derived from the gRPC one, as containerd's migration does
+    derived = to_v4({"version": 3, "grpc": {"address": "/s/c.sock", "uid": 5}})
+    assert derived["plugins"]["io.containerd.server.v1.ttrpc"] == {"address": "/s/c.sock.ttrpc",
+                                                                  "uid": 5}
+    back = to_v3(derived)
+    assert back["grpc"] == {"address": "/s/c.sock", "uid": 5}
+    assert back["ttrpc"]["address"] == "/s/c.sock.ttrpc"
+
+
+@need_containerd2
+def test_migrate_prints_what_containerd_migrate_prints_for_the_server(tmp_path):
+    import tomllib
+
+    v2 = write(tmp_path / "v2.toml", V2_FILE)
+    theirs = subprocess.run([str(containerd2.CONTAINERD), "--config", str(v2), "config",
+                             "migrate"], capture_output=True, text=True, timeout=60)
+    assert theirs.returncode == 0, theirs.stderr
+    ours = _ctrd("-c", str(v2), "config", "migrate")
+    assert ours.returncode == 0, ours.stderr
+    a, b = tomllib.loads(ours.stdout), tomllib.loads(theirs.stdout)
+    assert a["version"] == b["version"] == 4
+    for uri in ("io.containerd.server.v1.grpc", "io.containerd.server.v1.ttrpc"):
+        assert a["plugins"][uri]["address"] == b["plugins"][uri]["address"], uri
+    assert "grpc" not in a and "grpc" not in b
 
 
 def test_config_migrate_needs_a_readable_file(tmp_path):

@@ -101,7 +101,8 @@ class Env:
         for t in self.manager.list():
             try:
                 await t.kill(signal.SIGKILL, all_=True)
-            except errdefs.CtrdError:
+                await asyncio.wait_for(t.wait(), 10)  # a running task cannot be deleted
+            except (errdefs.CtrdError, TimeoutError):
                 pass
             try:
                 await self.manager.delete(t.namespace, t.id)

@@ -102,7 +102,7 @@ def config_toml(cfg, registry) -> str:
 
     from ctrd.config import encode
 
-    from ctrd.config_versions import CRI, OUTPUT, split_cri
+    from ctrd.config_versions import CRI, split_cri, to_v4
 
     data = encode(cfg)
     plugins = {uri: encode(c) for uri, c in registry.default_configs().items()}
@@ -110,23 +110,22 @@ def config_toml(cfg, registry) -> str:
         plugins.setdefault(uri, {}).update(section)
     if CRI in plugins:  # ctrd's one CRI table, as the version 3 sections
         plugins.update(split_cri(plugins[CRI]))
-    data["version"] = OUTPUT
     data["plugins"] = dict(sorted(plugins.items()))
-    return tomli_w.dumps(data)
+    return tomli_w.dumps(to_v4(data))
 
 
 def migrate_toml(path: str | None) -> str:
-    """The config file at ``path`` in the version 3 shape: only what the file sets, as
-    containerd's ``config migrate`` (imported files are not read)."""
+    """The config file at ``path`` in the version 4 shape: only what the file sets, as
+    containerd 2.3.4's ``config migrate`` (imported files are not read)."""
     import tomli_w
 
     from ctrd.config import ConfigError, _read_toml
-    from ctrd.config_versions import to_v3
+    from ctrd.config_versions import to_v3, to_v4
 
     if path is None:
         raise ConfigError("config migrate: no config file (use -c FILE)")
     try:
-        return tomli_w.dumps(to_v3(_read_toml(Path(path))))
+        return tomli_w.dumps(to_v4(to_v3(_read_toml(Path(path)))))
     except ConfigError as e:
         raise ConfigError(f"config {path}: {e.detail}") from None
 
