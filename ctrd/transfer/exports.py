@@ -18,7 +18,7 @@ import io
 
 from ctrd.api.containerd.types.transfer import imagestore_pb2, importexport_pb2
 from ctrd.images.manifest import Platform
-from ctrd.transfer import importnames
+from ctrd.transfer import imagestore
 from ctrd.transfer.bytestreams import BlockingWriter, StreamSender
 from ctrd.transfer.context import TransferContext
 from ctrd.transfer.threads import in_thread
@@ -47,7 +47,7 @@ async def export_archive(tc: TransferContext, src: imagestore_pb2.ImageStore,
                           what=f"export stream {dst.stream!r}")
     try:
         tc.progress("Exporting")
-        images = await asyncio.to_thread(importnames.lookup, tc.md, tc.ns, src)
+        images = await asyncio.to_thread(imagestore.lookup, tc.md, tc.ns, imagestore.decode(src))
         out = BlockingWriter(sender, asyncio.get_running_loop())
 
         def stop() -> None:

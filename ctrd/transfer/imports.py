@@ -14,7 +14,7 @@ Import, in order:
 3. the images are unpacked for the ImageStore's unpack configurations (matched against
    the transferrer's ``unpack_config``, containerd's ``getSupportedPlatform``);
 4. the records are created as containerd's ImageStore names them
-   (:mod:`ctrd.transfer.importnames`): the archive's index, then each of its entries.
+   (:mod:`ctrd.transfer.imagestore`): the archive's index, then each of its entries.
 
 Progress as containerd sends it: ``Importing``, one ``saved`` (name, desc) per record,
 ``Completed import``. A failure at any step creates no record; what was written belongs to
@@ -36,14 +36,14 @@ from typing import Callable
 from ctrd import errdefs
 from ctrd.api.containerd.types.transfer import imagestore_pb2, importexport_pb2
 from ctrd.images.manifest import Descriptor, Platform, host_platform, matches
-from ctrd.transfer import importnames, spool
+from ctrd.metadata.images import Descriptor as ImgDesc
+from ctrd.transfer import imagestore, spool
 from ctrd.transfer.bytestreams import RECEIVE_WINDOW, StreamReceiver, StreamSender
 from ctrd.transfer.context import TransferContext
 from ctrd.transfer.threads import in_thread
 
 SPOOL_FLUSH = 1 << 20  # bytes gathered before a write to the spool file
 DEFAULT_SNAPSHOTTER = "overlayfs"
-MAX_UNPACKS = 64  # unpack configurations of one ImageStore
 
 
 class _Cancellable(io.RawIOBase):
@@ -156,12 +156,13 @@ def _walked_manifests(read, entries: list[Descriptor], plats: list[Platform]) \
 
 
 def _import(tc: TransferContext, path: str, src: importexport_pb2.ImageImportStream,
-            dst: imagestore_pb2.ImageStore, lease: str, cancel: threading.Event):
+            dst: imagestore_pb2.ImageStore, dest: imagestore.ImageDest, lease: str,
+            cancel: threading.Event):
     """Steps 2-4, in a worker thread: returns what was saved (for events and progress)."""
     from ctrd.images import archive
     from ctrd.transfer.contentstore import LeasedContent, unpack
 
-    plats = importnames.platforms(dst)
+    plats = dest.platforms
     store = LeasedContent(tc.md, tc.ns, lease, force_compress=src.force_compress)
     try:
         result = archive.import_archive(
@@ -173,7 +174,7 @@ def _import(tc: TransferContext, path: str, src: importexport_pb2.ImageImportStr
         raise errdefs.InvalidArgument(f"reading the import stream: {e}") from None
     # containerd's importer marks the index's entries as named by their annotations
     entries = [Descriptor(d.media_type, d.digest, d.size, d.platform,
-                          {**d.annotations, importnames.REF_SOURCE: "annotation"}, list(d.urls))
+                          {**d.annotations, imagestore.REF_SOURCE: "annotation"}, list(d.urls))
                for d in result.manifests]
     descriptors = ([result.index] if result.index is not None else []) + entries
     targets = _unpack_targets(tc, dst)
@@ -189,12 +190,13 @@ def _import(tc: TransferContext, path: str, src: importexport_pb2.ImageImportStr
                     continue  # not in the archive (another platform's)
     records = []
     for d in descriptors:
-        records.append((d, importnames.names_for(dst, d)))
+        records.append((d, dest.records(ImgDesc(d.media_type, d.digest, d.size,
+                                                dict(d.annotations or {})))))
     if cancel.is_set():
         raise errdefs.Canceled("import cancelled")
     saved = []
     for d, recs in records:
-        imgs = importnames.store_images(tc.md, tc.ns, recs)
+        imgs = imagestore.save(tc.md, tc.ns, recs)
         saved.extend(imgs)
         for img, _topic in imgs:  # as each is stored, as containerd sends them
             tc.progress("saved", img.name, desc=_desc_pb(d))
@@ -210,10 +212,7 @@ def _rfc3339(seconds: float) -> str:
 
 async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportStream,
                          dst: imagestore_pb2.ImageStore) -> None:
-    importnames.check(dst)
-    if len(dst.unpacks) > MAX_UNPACKS:
-        raise errdefs.InvalidArgument(f"{len(dst.unpacks)} unpack configurations, more than "
-                                      f"{MAX_UNPACKS}")
+    dest = imagestore.decode(dst)  # refuses more references and unpacks than it bounds
     stream = tc.streams.get(tc.ns, src.stream)
     receiver = StreamReceiver(stream, tc.config.progress_timeout,
                               what=f"import stream {src.stream!r}", window=RECEIVE_WINDOW)
@@ -239,7 +238,7 @@ async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportS
             f.close()
         stream.close()  # all received: the client's stream call can end now
         cancel = threading.Event()
-        saved = await in_thread(lambda: _import(tc, path, src, dst, lease, cancel),
+        saved = await in_thread(lambda: _import(tc, path, src, dst, dest, lease, cancel),
                                 cancel.set)
     finally:
         stream.close()  # as containerd's ReceiveStream, done with it either way
@@ -247,7 +246,7 @@ async def import_archive(tc: TransferContext, src: importexport_pb2.ImageImportS
             await asyncio.to_thread(spool.remove, path)
         if own is not None:
             await asyncio.to_thread(_drop_lease, tc, own)
-    importnames.publish(tc.events, tc.ns, saved)
+    imagestore.publish(tc, saved)
     tc.progress("Completed import")
 
 
@@ -261,7 +260,7 @@ def _drop_lease(tc: TransferContext, lease: str) -> None:
 def _desc_pb(d: Descriptor):
     from ctrd.api.containerd.types import descriptor_pb2
 
-    ann = {k: v for k, v in (d.annotations or {}).items() if k != importnames.REF_SOURCE}
+    ann = {k: v for k, v in (d.annotations or {}).items() if k != imagestore.REF_SOURCE}
     return descriptor_pb2.Descriptor(media_type=d.media_type, digest=d.digest, size=d.size,
                                      annotations=ann)
 
