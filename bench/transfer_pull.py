@@ -10,8 +10,10 @@ The image is the anchor's ``bench/fat:latest`` (5 gzip layers, 178 MB; built and
 registry is started if nothing answers there and stopped at the end if this script started
 it). Every sample: a fresh daemon (new root, state, socket), ``ctr images pull --plain-http
 REF`` timed from exec to exit (fetch + unpack into overlayfs), the daemon stopped, its dir
-removed (each pull checked: 5 committed snapshots). Printed: median [min..max] seconds per daemon, and ctrd's ratio against the better
-(lower median) of the containerds. Stdlib only.
+removed (each pull checked: 5 committed snapshots). Printed: median [min..max] seconds per
+daemon, the bytes the daemon wrote to storage and the CPU it used (its /proc io and stat:
+what the pull costs whatever this VM's disk throttling does to the wall time), and ctrd's
+ratio against the better (lower median) of the containerds. Stdlib only.
 """
 
 from __future__ import annotations
@@ -101,6 +103,20 @@ class Daemon:
             time.sleep(0.02)
         raise RuntimeError(f"{self.kind} did not come up")
 
+    @property
+    def pid(self) -> int:
+        return self.c2.proc.pid if self.c2 is not None else self.proc.pid
+
+    def usage(self) -> tuple[float, float]:
+        """(MB the daemon wrote to storage, its CPU seconds with its reaped children) so
+        far: what a pull costs independent of how fast this machine's disk is today."""
+        with open(f"/proc/{self.pid}/io") as f:
+            io = dict(line.split(": ") for line in f.read().splitlines())
+        with open(f"/proc/{self.pid}/stat") as f:
+            fields = f.read().rpartition(")")[2].split()
+        ticks = sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+        return int(io["write_bytes"]) / 1e6, ticks / os.sysconf("SC_CLK_TCK")
+
     def stop(self) -> None:
         if self.c2 is not None:
             self.c2.stop()
@@ -131,6 +147,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="ctrd-xbench-", dir="/tmp"))
     kinds = args.daemons.split(",")
     times: dict[str, list[float]] = {k: [] for k in kinds}
+    cost: dict[str, list[tuple[float, float]]] = {k: [] for k in kinds}
     try:
         for r in range(args.repeats):
             for kind in kinds:
@@ -138,6 +155,7 @@ def main() -> int:
                 try:
                     d.start()
                     time.sleep(0.5)
+                    before = d.usage()
                     t = time.monotonic()
                     p = subprocess.run([d.ctr, "--address", d.sock, "images", "pull",
                                         "--plain-http", ref], capture_output=True, text=True,
@@ -149,6 +167,8 @@ def main() -> int:
                                            capture_output=True, text=True).stdout
                     if snaps.count("Committed") < 5:  # unpacked: one snapshot per layer
                         raise RuntimeError(f"{kind}: not unpacked:\n{snaps}")
+                    after = d.usage()
+                    cost[kind].append((after[0] - before[0], after[1] - before[1]))
                 finally:
                     d.stop()
                 times[kind].append(took)
@@ -160,7 +180,10 @@ def main() -> int:
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"ctr images pull --plain-http {ref} (fetch + unpack), {args.repeats} sample(s)")
     for k, v in times.items():
-        print(f"  {k:12s} {med[k]:6.2f} s  [{min(v):.2f}..{max(v):.2f}]")
+        mb = statistics.median(c[0] for c in cost[k])
+        cpu = statistics.median(c[1] for c in cost[k])
+        print(f"  {k:12s} {med[k]:6.2f} s  [{min(v):.2f}..{max(v):.2f}]   daemon wrote "
+              f"{mb:6.0f} MB, CPU {cpu:5.2f} s")
     others = [k for k in med if k != "ctrd"]
     if "ctrd" in med and others:
         best = min(others, key=med.get)
