@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+import conftest
 import images
 from conftest import ctr
 
@@ -204,13 +205,22 @@ def host_blobs(image: images.Image) -> set[str]:
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_export_rm_import_round_trip(daemon, registry, tmp_root, name):
+def test_export_rm_import_round_trip(daemon, registry, tmp_root, name, request):
     ref = registry.ref(name)
     image = registry.pushed[name]
     pull(daemon, registry, name)
     archive = tmp_root / f"{name}.tar"
-    ok(ctr(daemon.address, "images", "export", str(archive), ref, timeout=300))
-    assert archive.stat().st_size > 0
+    for _ in range(3):
+        ok(ctr(daemon.address, "images", "export", str(archive), ref, timeout=300))
+        reference_2x = (request.node.callspec.params.get("daemon") == "containerd"
+                        and conftest.CTR != conftest.CTR16)
+        if _complete_tar(archive) or not reference_2x:
+            break
+        # ctr 2.3.4 returns once containerd's Transfer call does, without waiting for the
+        # goroutine that copies the export stream into the file (core/transfer/archive,
+        # ImageExportStream.MarshalAny): against containerd 2.3.4 the file is sometimes
+        # cut short. ctrd's export answers only after the client took every byte.
+    assert _complete_tar(archive), f"{archive}: not a complete tar archive"
 
     ok(ctr(daemon.address, "images", "rm", "--sync", ref))
     assert image_digests(daemon) == {}
@@ -225,6 +235,22 @@ def test_export_rm_import_round_trip(daemon, registry, tmp_root, name):
     ok(ctr(daemon.address, "images", "rm", "--sync", ref))
     assert content_digests(daemon) == set()
     assert snapshot_keys(daemon) == []
+
+
+def _complete_tar(path) -> bool:
+    """Whether ``path`` is a whole tar archive (every member's data there, the end marker)."""
+    import tarfile
+
+    try:
+        with tarfile.open(path) as tf:
+            for m in tf:
+                if m.isfile():
+                    f = tf.extractfile(m)
+                    while f.read(1 << 20):
+                        pass
+        return True
+    except (tarfile.TarError, OSError, EOFError):
+        return False
 
 
 def test_rm_sync_of_every_image_leaves_no_content(daemon, registry):
