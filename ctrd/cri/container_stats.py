@@ -57,6 +57,7 @@ class ContainerStatsRPC:
     with the pod stats (:mod:`sandbox_stats`)."""
 
     _tracker: cs.CpuRateTracker | None = None
+    _stats_cache = None  # stats_sources.StatsCache, made on first use
 
     @property
     def tracker(self) -> cs.CpuRateTracker:
@@ -64,24 +65,34 @@ class ContainerStatsRPC:
             self._tracker = cs.CpuRateTracker()
         return self._tracker
 
+    @property
+    def stats_cache(self):
+        if self._stats_cache is None:
+            from ctrd.cri.stats_sources import StatsCache
+
+            period = getattr(getattr(self.rt, "config", None), "stats_collect_period", 10)
+            self._stats_cache = StatsCache(float(period or 10))
+        return self._stats_cache
+
+    def _forget_gone(self) -> None:
+        """Samples and cached handles of removed containers and pods go (bounded by the
+        node)."""
+        ids = set(self.rt.records.containers) | set(self.rt.records.sandboxes)
+        self.tracker.retain(ids)
+        self.stats_cache.retain(ids)
+
     def _container_stats_and_pids(self, meta: st.ContainerMeta, status: st.ContainerStatus):
         """One container's stats message and its pids.current (blocking: cgroup reads, the
         layer walk). A container without a running task reports its writable layer only."""
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
         from ctrd.cri import stats_sources as src
 
-        rt = self.rt
+        rt, cache = self.rt, self.stats_cache
         ts = cs.now_ns()
         metrics = None
         if status.state == st.RUNNING:
-            metrics = src.cgroup_metrics(src.container_cgroup(rt, meta.id))
-        layer = None
-        where = src.writable_layer_dir(rt, meta.id)
-        if where is not None:
-            try:
-                layer = cs.writable_layer_usage(*where)
-            except (errdefs.CtrdError, OSError):
-                layer = None  # removed meanwhile
+            metrics = src.stats_metrics(cache.container_cgroup(rt, meta.id))
+        layer = cache.layer_usage(rt, meta.id, ts / 1e9)
         if layer is None:
             # containerd reports zeros when its snapshot usage cache has no entry
             layer = cs.FilesystemUsage(ts, self._image_fs_root(), used_bytes=0, inodes_used=0)
@@ -119,11 +130,10 @@ class ContainerStatsRPC:
         chosen = self.rt.list_containers(ContainerFilter(
             id=rf.id, sandbox_id=rf.pod_sandbox_id, labels=dict(rf.label_selector))
             if request.HasField("filter") else None)
-        out = await asyncio.gather(*(asyncio.to_thread(self._container_stats, m, s)
-                                     for m, s in chosen))
-        # samples of removed containers and pods go (the tracker stays bounded by the node)
-        self.tracker.retain(set(self.rt.records.containers) | set(self.rt.records.sandboxes))
-        return pb.ListContainerStatsResponse(stats=list(out))
+        # one worker thread for the whole list: a hop per container costs more than its reads
+        out = await asyncio.to_thread(lambda: [self._container_stats(m, s) for m, s in chosen])
+        self._forget_gone()
+        return pb.ListContainerStatsResponse(stats=out)
 
     async def StreamContainerStats(self, request, context):
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb

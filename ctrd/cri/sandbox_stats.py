@@ -24,6 +24,18 @@ def _iface(pb, i):
                                     tx_errors=u64_pb(pb, i.tx_errors))
 
 
+def _pod_network(netns: str, pid: int, ts: int):
+    """The pod's network counters: read through its pause / init process when it is there
+    and in that namespace (a file read), else from a thread joined to the namespace."""
+    if pid:
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat(netns).st_ino:
+                return cs.network_usage_of_pid(pid, timestamp=ts)
+        except (OSError, errdefs.NotFound):
+            pass  # gone, or its pid now another's: ask the namespace itself
+    return cs.network_usage(netns, timestamp=ts)
+
+
 class SandboxStatsRPC:
     """Mixed into RuntimeService."""
 
@@ -33,7 +45,6 @@ class SandboxStatsRPC:
         runc makes the directory with the first container), every interface of its netns
         but ``lo``, its containers' stats, and their pids as the pod's process count."""
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
-        from ctrd.cri import stats_sources as src
 
         rt = self.rt
         if status.state != st.SANDBOX_READY:
@@ -41,11 +52,11 @@ class SandboxStatsRPC:
                                       f"container {meta.id!r} is not in ready state")
         config = rt.sandbox_config(meta)
         ts = cs.now_ns()
-        metrics = src.pod_cgroup_metrics(config.linux.cgroup_parent)
+        metrics = self.stats_cache.pod_metrics(meta.id, config.linux.cgroup_parent)
         network = None
         if meta.netns and os.path.exists(meta.netns):
             try:
-                network = cs.network_usage(meta.netns, timestamp=ts)
+                network = _pod_network(meta.netns, status.pid, ts)
             except (errdefs.CtrdError, OSError):
                 network = None
         pairs = [self._container_stats_and_pids(m, s)
@@ -86,10 +97,17 @@ class SandboxStatsRPC:
         # containerd skips the pods that are not READY (their PodSandboxStats: Unavailable)
         chosen = self.rt.list_sandboxes(SandboxFilter(
             id=rf.id, labels=dict(rf.label_selector), state=st.SANDBOX_READY))
-        out = await asyncio.gather(*(asyncio.to_thread(self._sandbox_stats, m, s)
-                                     for m, s in chosen))
-        self.tracker.retain(set(self.rt.records.containers) | set(self.rt.records.sandboxes))
-        return pb.ListPodSandboxStatsResponse(stats=list(out))
+        out = await asyncio.to_thread(lambda: [self._stats_of_ready(m, s) for m, s in chosen])
+        self._forget_gone()
+        return pb.ListPodSandboxStatsResponse(stats=[x for x in out if x is not None])
+
+    def _stats_of_ready(self, meta: st.SandboxMeta, status: st.SandboxStatus):
+        """A listed pod's stats; None when it stopped being ready meanwhile (the list
+        skips it, as it skips pods that were not ready when asked)."""
+        try:
+            return self._sandbox_stats(meta, status)
+        except errdefs.Unavailable:
+            return None
 
     async def StreamPodSandboxStats(self, request, context):
         from ctrd.api.cri.runtime.v1 import api_pb2 as pb
