@@ -91,6 +91,15 @@ class DebugConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """``[metrics]`` (version 3; version 4: ``io.containerd.server.v1.metrics`` and
+    ``io.containerd.metrics.v1.grpc-prometheus``): Prometheus metrics, off when no address."""
+
+    address: str = setting("", doc='host:port serving GET /v1/metrics; "" serves none')
+    grpc_histogram: bool = setting(False, doc="gRPC handling-time histograms")
+
+
+@dataclass
 class ServerConfig:
     """The whole file; plugin sections stay raw tables until the registry decodes them."""
 
@@ -102,6 +111,7 @@ class ServerConfig:
     grpc: GRPCConfig = setting(default_factory=GRPCConfig)
     ttrpc: TTRPCConfig = setting(default_factory=TTRPCConfig)
     debug: DebugConfig = setting(default_factory=DebugConfig)
+    metrics: MetricsConfig = setting(default_factory=MetricsConfig)
     disabled_plugins: list[str] = setting(default_factory=list)
     required_plugins: list[str] = setting(default_factory=list)
     plugins: dict[str, dict] = setting(default_factory=dict)

@@ -160,6 +160,12 @@ def _from_v4(out: dict, plugins: dict) -> None:
         section = plugins.pop(uri, None)
         if section is not None:
             out[key] = section
+    for uri, keys in ((SERVER_METRICS, ("address",)), (METRICS_GRPC, ("grpc_histogram",))):
+        section = plugins.pop(uri, None)
+        if isinstance(section, dict):
+            metrics = out.setdefault("metrics", {})
+            if isinstance(metrics, dict):
+                metrics.update({k: section[k] for k in keys if k in section})
 
 
 def to_v4(data: dict) -> dict:
@@ -197,9 +203,9 @@ def to_v4(data: dict) -> dict:
                                           if k in debug})
     metrics = out.get("metrics")
     if isinstance(metrics, dict):
-        if metrics.get("address"):
+        if "address" in metrics:
             plugins.setdefault(SERVER_METRICS, {"address": metrics.pop("address")})
-        if metrics.get("grpc_histogram"):
+        if "grpc_histogram" in metrics:
             plugins.setdefault(METRICS_GRPC, {"grpc_histogram": metrics.pop("grpc_histogram")})
         if not metrics:
             del out["metrics"]

@@ -73,6 +73,7 @@ class Daemon:
         self._bound: list[str] = []  # socket paths this daemon created (and may remove)
         self._stopped = asyncio.Event()
         self.started_at: float | None = None
+        self._metrics: Any = None  # ctrd.metrics.server.MetricsServer when served
 
     def _lock_root(self) -> None:
         path = os.path.join(self.config.root, "ctrd.lock")
@@ -120,8 +121,9 @@ class Daemon:
         self._grpc = aio.server(
             options=[("grpc.max_receive_message_length", cfg.grpc.max_recv_message_size),
                      ("grpc.max_send_message_length", cfg.grpc.max_send_message_size)])
-        # Services register on the dispatcher, which maps their errors to statuses.
-        dispatcher = Dispatcher()
+        # Services register on the dispatcher, which maps their errors to statuses (and,
+        # with metrics served, counts their calls).
+        dispatcher = Dispatcher(self._start_metrics())
         self._grpc.add_generic_rpc_handlers((dispatcher,))
         self._ttrpc = TTRPCServer()
         served: set[int] = set()  # a service plugin and its gRPC plugin share an instance
@@ -164,6 +166,36 @@ class Daemon:
         log.info("ctrd successfully booted", extra={
             "address": cfg.grpc.address, "plugins": len(self.plugins),
             "failed": sum(p.error is not None and p.status == "error" for p in self.plugins)})
+
+    def _start_metrics(self):
+        """With ``[metrics] address``: the Prometheus registry, its listener (started now: a
+        taken address stops the start naming it) and the gRPC counters the dispatcher
+        uses; None (and nothing imported) without."""
+        cfg = self.config.metrics
+        if not cfg.address:
+            return None
+        from prometheus_client import CollectorRegistry
+
+        from ctrd.metrics.rpc import RpcMetrics
+        from ctrd.metrics.server import MetricsServer
+        from ctrd.metrics.tasks import TaskCollector
+
+        registry = CollectorRegistry(auto_describe=False)
+        rpc = RpcMetrics(registry, cfg.grpc_histogram)
+        managers = [p.instance for p in self.plugins.by_type("io.containerd.runtime.v2")
+                    if p.error is None and hasattr(p.instance, "list")]
+        if managers:
+            from ctrd.runtime.manager import DeadTask
+
+            manager = managers[0]
+            registry.register(TaskCollector(lambda: [
+                (t.namespace, t.id, t.bundle.path) for t in manager.list()
+                if not isinstance(t, DeadTask)]))
+        self._metrics = MetricsServer(cfg.address, registry)
+        self._metrics.start()
+        log.info("metrics served", extra={"address": f"{self._metrics.host}:"
+                                                     f"{self._metrics.port}"})
+        return rpc
 
     async def _warm_up(self) -> None:
         """Build lazily loaded services one at a time while the loop is idle, in the order
@@ -216,6 +248,9 @@ class Daemon:
         log.info("stopped")
 
     async def _teardown(self, grace: float = 0.0) -> None:
+        if self._metrics is not None:
+            await asyncio.to_thread(self._metrics.close)
+            self._metrics = None
         if self._grpc is not None:
             await self._grpc.stop(grace)
             self._grpc = None

@@ -191,6 +191,18 @@ def test_containers_of_a_sandbox_run_in_its_shim(start_ctrd, tmp_root, registry)
     """``ctr run --sandbox``: the task is created in the sandbox's shim (ctrd's, shim API 3)
     instead of a shim of its own, as containerd 2.x's shim manager does; it survives a
     daemon restart (reconnected from its bootstrap.json) and goes with the sandbox."""
+    try:
+        _containers_of_a_sandbox(start_ctrd, tmp_root, registry)
+    finally:  # on failure too: no shim of the test outlives it
+        for pid in processes_under(tmp_root / "ctrd"):
+            try:
+                if b"shim" in open(f"/proc/{pid}/cmdline", "rb").read():
+                    os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def _containers_of_a_sandbox(start_ctrd, tmp_root, registry):
     d = start_ctrd()
     spec = tmp_root / "spec.json"
     spec.write_text(json.dumps(SPEC))

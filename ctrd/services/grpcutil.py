@@ -10,6 +10,7 @@ method's handler once; :class:`ErrorInterceptor` does the same wrapping per call
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -74,7 +75,76 @@ async def _abort(context: aio.ServicerContext, err: BaseException, method: str) 
 _CODES = {c.value[0]: c.value for c in grpc.StatusCode}
 
 
-def _wrap(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+def _wrap(handler: grpc.RpcMethodHandler, method: str, metrics=None) -> grpc.RpcMethodHandler:
+    wrapped = _wrap_errors(handler, method)
+    return wrapped if metrics is None else _counted(wrapped, method, metrics)
+
+
+def _status_of(context: aio.ServicerContext, err: BaseException | None) -> str:
+    """The gRPC code name an RPC ended with (go-grpc-prometheus' ``grpc_code`` values)."""
+    if err is None:
+        code = context.code() if hasattr(context, "code") else None
+        return code.name if isinstance(code, grpc.StatusCode) else "OK"
+    if isinstance(err, aio.AbortError):
+        code = context.code() if hasattr(context, "code") else None
+        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    if isinstance(err, asyncio.CancelledError):
+        return "CANCELLED"
+    return grpc.StatusCode(_CODES[errdefs.to_status(err)[0]]).name
+
+
+_GRPC_CODE_NAMES = {c.name: "".join(w.capitalize() for w in c.name.split("_"))
+                    for c in grpc.StatusCode}
+_GRPC_CODE_NAMES.update(OK="OK", CANCELLED="Canceled")  # Go's codes.Code.String()
+
+
+def _counted(handler: grpc.RpcMethodHandler, method: str, metrics) -> grpc.RpcMethodHandler:
+    """``handler`` (already error-mapped) with its starts, ends and time counted."""
+    kind = ("unary" if handler.unary_unary else "server_stream" if handler.unary_stream
+            else "bidi_stream" if handler.stream_stream else "client_stream")
+    m = metrics.method(method, kind)
+    inner = (handler.unary_unary or handler.unary_stream or handler.stream_stream
+             or handler.stream_unary)
+
+    def finish(context, err, t0) -> None:
+        m.done(_GRPC_CODE_NAMES.get(_status_of(context, err), "Unknown"),
+               time.monotonic() - t0)
+
+    if inspect.isasyncgenfunction(inner):
+        async def gen(request: Any, context: aio.ServicerContext):
+            m.start()
+            t0, err = time.monotonic(), None
+            try:
+                async for item in inner(request, context):
+                    yield item
+            except BaseException as e:
+                err = e
+                raise
+            finally:
+                finish(context, err, t0)
+
+        fn = gen
+    else:
+        async def call(request: Any, context: aio.ServicerContext) -> Any:
+            m.start()
+            t0, err = time.monotonic(), None
+            try:
+                return await inner(request, context)
+            except BaseException as e:
+                err = e
+                raise
+            finally:
+                finish(context, err, t0)
+
+        fn = call
+    make = (grpc.unary_unary_rpc_method_handler if handler.unary_unary
+            else grpc.unary_stream_rpc_method_handler if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler if handler.stream_stream
+            else grpc.stream_unary_rpc_method_handler)
+    return make(fn, handler.request_deserializer, handler.response_serializer)
+
+
+def _wrap_errors(handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
     if handler.unary_unary:
         inner = handler.unary_unary
 
@@ -145,9 +215,10 @@ class Dispatcher(grpc.GenericRpcHandler):
     daemon's CPU. A generic handler's answer for a method is taken as fixed once given (as a
     registered handler is); methods no handler knows are asked again on every call."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics=None) -> None:
         self._generic: list[grpc.GenericRpcHandler] = []
         self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self.metrics = metrics  # ctrd.metrics.rpc.RpcMetrics when metrics are served
 
     def add_generic_rpc_handlers(self, generic_handlers) -> None:
         self._generic.extend(generic_handlers)
@@ -155,7 +226,8 @@ class Dispatcher(grpc.GenericRpcHandler):
     def add_registered_method_handlers(self, service: str, method_handlers: dict) -> None:
         for name, h in method_handlers.items():
             method = f"/{service}/{name}"
-            self._handlers.setdefault(method, _wrap(h, method))
+            if method not in self._handlers:
+                self._handlers[method] = _wrap(h, method, self.metrics)
 
     def service(self, handler_call_details):
         method = handler_call_details.method
@@ -164,7 +236,7 @@ class Dispatcher(grpc.GenericRpcHandler):
             for g in self._generic:
                 found = g.service(handler_call_details)
                 if found is not None:
-                    h = self._handlers[method] = _wrap(found, method)
+                    h = self._handlers[method] = _wrap(found, method, self.metrics)
                     break
         return h
 
