@@ -239,6 +239,10 @@ def _containers_of_a_sandbox(start_ctrd, tmp_root, registry):
             time.monotonic() < deadline:
         time.sleep(0.05)
     assert ctr2(d.address, "tasks", "rm", "long").returncode == 0
+    # the bundle goes right after the answer (the manager finishes a delete in the background)
+    deadline = time.monotonic() + 10
+    while bundle.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not bundle.exists()
     assert os.path.exists(f"/proc/{shim_pid}")  # the sandbox's shim outlives its containers
     for c in ("long",):
