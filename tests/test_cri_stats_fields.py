@@ -64,10 +64,18 @@ def test_container_stats_fields(cri, cgroup_parent):  # noqa: F811
     assert second.writable_layer.HasField("used_bytes")
     assert second.writable_layer.HasField("inodes_used")
     assert second.writable_layer.fs_id.mountpoint
-    listed = cri.rt.ListContainerStats(pb.ListContainerStatsRequest(
-        filter=pb.ContainerStatsFilter(id=cid))).stats
-    assert [s.attributes.id for s in listed] == [cid]
-    assert listed[0].cpu.usage_nano_cores.value > 0  # the list shares the samples
+    # The list shares the samples: its rate is against ContainerStats' last one. Asked
+    # until the counter moved (the container may sit out a CFS period between two reads).
+    deadline = time.monotonic() + 30
+    while True:
+        listed = cri.rt.ListContainerStats(pb.ListContainerStatsRequest(
+            filter=pb.ContainerStatsFilter(id=cid))).stats
+        assert [s.attributes.id for s in listed] == [cid]
+        if listed[0].cpu.usage_core_nano_seconds.value > \
+                second.cpu.usage_core_nano_seconds.value or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert listed[0].cpu.usage_nano_cores.value > 0
     streamed = [s.attributes.id for r in cri.rt.StreamContainerStats(
         pb.StreamContainerStatsRequest(filter=pb.ContainerStatsFilter(id=cid)))
         for s in r.container_stats]

@@ -656,9 +656,9 @@ def _v2_single(path: str) -> int:
         return 0
 
 
-def _v2_metrics(d: str):
-    from ctrd.api.cgroups.v2.stats import metrics_pb2 as v2
-
+def _v2_stat_values(d: str) -> dict[str, int | str]:
+    """cpu.stat and memory.stat of the controllers ``d`` has; NotFound if ``d`` is no
+    cgroup (any more)."""
     try:
         controllers = _read(os.path.join(d, "cgroup.controllers")).split()
     except _Missing:
@@ -670,6 +670,13 @@ def _v2_metrics(d: str):
                 out.update(_read_kv_loose(os.path.join(d, f"{c}.stat")))
             except _Missing:
                 pass
+    return out
+
+
+def _v2_metrics(d: str):
+    from ctrd.api.cgroups.v2.stats import metrics_pb2 as v2
+
+    out = _v2_stat_values(d)
     for name in ("pids.current", "pids.max"):
         try:
             s = _read(os.path.join(d, name)).strip()
@@ -766,17 +773,7 @@ def _stats_v2(d: str):
     memory.current and memory.max, pids.current (no io, rdma, hugetlb, events, swap)."""
     from ctrd.api.cgroups.v2.stats import metrics_pb2 as v2
 
-    try:
-        controllers = _read(os.path.join(d, "cgroup.controllers")).split()
-    except _Missing:
-        raise errdefs.NotFound(f"cgroup {d}") from None
-    out: dict[str, int | str] = {}
-    for c in ("cpu", "memory"):
-        if c in controllers:
-            try:
-                out.update(_read_kv_loose(os.path.join(d, f"{c}.stat")))
-            except _Missing:
-                pass
+    out = _v2_stat_values(d)
 
     def num(key: str) -> int:
         v = out.get(key, 0)
