@@ -77,9 +77,9 @@ def test_stats_metrics_of_missing_controllers_and_files(tmp_path):
     m = cg.stats_metrics()
     assert cs.memory_usage(m, 1) is None and cs.pids_current(m) == 0
     gone = cgroups.Cgroup(2, path=str(tmp_path / "nothing"))
-    from ctrd.cri.stats_sources import stats_metrics
+    from ctrd.cri.stats_sources import cgroup_metrics
 
-    assert stats_metrics(gone) is None  # NotFound: no figures, no error
+    assert cgroup_metrics(gone, cri_only=True) is None  # NotFound: no figures, no error
 
 
 def test_stats_metrics_of_this_process_cgroup():

@@ -67,6 +67,12 @@ def test_metrics_of_rpcs_and_tasks(start_ctrd, registry):
         with pytest.raises(urllib.error.HTTPError) as e:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10)
         assert e.value.code == 404
+        with pytest.raises(urllib.error.HTTPError) as e:  # only GET (and HEAD)
+            urllib.request.urlopen(urllib.request.Request(
+                f"http://127.0.0.1:{port}/v1/metrics", data=b"x" * 100000, method="POST"),
+                timeout=10)
+        assert e.value.code == 405
+        assert ctr(d.address, "version").returncode == 0  # the daemon serves on
     finally:
         ctr(d.address, "tasks", "kill", "-s", "SIGKILL", "m1")
         for _ in range(100):

@@ -200,3 +200,24 @@ def test_ctrd_speaks_v3_to_its_own_shim_started_by_command(start_ctrd, registry)
         wait_until(lambda: "STOPPED" in ctr(d.address, "tasks", "ls").stdout)
         ctr(d.address, "tasks", "rm", "v3")
         ctr(d.address, "containers", "rm", "v3")
+
+
+def test_hostile_bootstrap_json_is_a_clear_error(tmp_path):
+    """A bundle's bootstrap.json that is not what ctrd or containerd wrote: an error naming
+    the file or the problem (the manager then treats the shim as gone), never a crash."""
+    from ctrd import errdefs
+    from ctrd.runtime import bootstrap
+
+    assert bootstrap.read_result(str(tmp_path)) is None  # none: nothing to say
+    f = tmp_path / "bootstrap.json"
+    f.write_bytes(b"x" * (bootstrap.MAX_BOOTSTRAP_FILE + 1))
+    with pytest.raises(errdefs.FailedPrecondition, match="larger than"):
+        bootstrap.read_result(str(tmp_path))
+    f.write_text('{"version": 7, "address": "unix:///x", "protocol": "ttrpc"}')
+    with pytest.raises(errdefs.NotImplemented_, match="unsupported shim version"):
+        bootstrap.read_result(str(tmp_path))
+    f.write_bytes(b"\x08\xff\xff\xff\xff\xff")
+    with pytest.raises(errdefs.FailedPrecondition, match="unreadable"):
+        bootstrap.read_result(str(tmp_path))
+    bootstrap.write_result(str(tmp_path), 3, "unix:///run/x.sock")
+    assert bootstrap.read_result(str(tmp_path)) == ("unix:///run/x.sock", 3)

@@ -91,7 +91,7 @@ class ContainerStatsRPC:
         ts = cs.now_ns()
         metrics = None
         if status.state == st.RUNNING:
-            metrics = src.stats_metrics(cache.container_cgroup(rt, meta.id))
+            metrics = src.cgroup_metrics(cache.container_cgroup(rt, meta.id), cri_only=True)
         layer = cache.layer_usage(rt, meta.id, ts / 1e9)
         if layer is None:
             # containerd reports zeros when its snapshot usage cache has no entry

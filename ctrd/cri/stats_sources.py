@@ -46,12 +46,13 @@ def container_cgroup(rt, cid: str, spec: dict | None = None):
         return None
 
 
-def cgroup_metrics(cg):
-    """``cg.metrics()`` or None when it cannot be read (gone, half removed)."""
+def cgroup_metrics(cg, cri_only: bool = False):
+    """``cg.metrics()`` (``cri_only``: ``cg.stats_metrics()``, the CRI's figures only) or
+    None when it cannot be read (gone, half removed)."""
     if cg is None:
         return None
     try:
-        return cg.metrics()
+        return cg.stats_metrics() if cri_only else cg.metrics()
     except (errdefs.CtrdError, OSError, ValueError):
         return None
 
@@ -141,7 +142,7 @@ class StatsCache:
                 self._pods[key] = cg
         if not cg.exists():
             return None
-        return stats_metrics(cg)
+        return cgroup_metrics(cg, cri_only=True)
 
     def layer_usage(self, rt, cid: str, now: float):
         """The writable layer's FilesystemUsage (:mod:`ctrd.cri.stats`), at most
@@ -171,12 +172,3 @@ class StatsCache:
             for k in [k for k in self._pods if k[0] not in ids]:
                 del self._pods[k]
 
-
-def stats_metrics(cg):
-    """``cg.stats_metrics()`` (the CRI's figures only) or None when it cannot be read."""
-    if cg is None:
-        return None
-    try:
-        return cg.stats_metrics()
-    except (errdefs.CtrdError, OSError, ValueError):
-        return None

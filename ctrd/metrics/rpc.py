@@ -24,7 +24,6 @@ class RpcMetrics:
             "grpc_server_handling_seconds", "Histogram of response latency (seconds) of gRPC "
             "that had been application-level handled by the server.", LABELS,
             registry=registry) if histogram else None
-        self._methods: dict[str, tuple] = {}
 
     def method(self, method: str, kind: str) -> "MethodMetrics":
         service, _, name = method.lstrip("/").rpartition("/")

@@ -43,6 +43,8 @@ def _key(binary: str) -> tuple[str, int, int] | None:
 
 async def speaks_bootstrap(binary: str) -> bool:
     """Whether ``binary`` is a shim of containerd 2.x's generation (it answers ``-info``)."""
+    if os.path.basename(binary) == "containerd-shim-ctrd-v2":
+        return True  # ctrd's own: no probe (an interpreter start) on the task start path
     key = _key(binary)
     if key is None:
         return False
