@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 import time
 from pathlib import Path
 
@@ -16,7 +17,8 @@ import pytest
 
 from ctrd.api.containerd.runtime.v2.task import shim_pb2 as api
 from ctrd.runtime.shim.cli import template_socket
-from shimutil import (SHIM_PATH, direct, rss_pss_kib, shim_pids,  # noqa: F401 (fixture)
+from shimutil import (SHIM_PATH, ShimClient, direct, make_bundle, rss_pss_kib,  # noqa: F401
+                      shim_pids,
                       template_pids, wait_until)
 
 SANDBOX = "io.kubernetes.cri.sandbox-id"
@@ -90,6 +92,55 @@ def test_shims_are_forked_by_one_template_and_share_its_pages(direct, spawned_by
     assert wait_until(lambda: templates_gone(direct), timeout=15)
 
 
+def mapped_files(pid: int) -> set[str]:
+    """The files ``pid`` maps (shared libraries, extension modules, the interpreter)."""
+    out = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        f = line.split(maxsplit=5)
+        if len(f) == 6 and f[5].startswith("/"):
+            out.add(f[5])
+    return out
+
+
+def test_a_forked_shim_imports_nothing_the_template_did_not(direct, spawned_by_shim):
+    """What a shim runs is imported by the template before it forks, whatever the start
+    request carries: BootstrapParams as ctrd and containerd 2.3 send them (the first task, its
+    ``start`` spawning the template) or bare options (the next ones). A module imported after
+    the fork (asyncio through a daemon-side helper once did) costs every shim megabytes of
+    private memory; an extension module it loads shows in its mappings."""
+    from ctrd.runtime import bootstrap
+    from ctrd.runtime.shim.cli import _bootstrap_params
+
+    id = "imp-first"
+    bundle = make_bundle(direct.base / "bundles" / id, ["sleep", "600"], False, None)
+    direct.bundles.append(bundle)
+    opts = direct.create_request(id, bundle).options.SerializeToString()
+    stdin = bootstrap.params(id, direct.ns, direct.fake_daemon, direct.sink.path,
+                             "/nonexistent", True, opts)
+    assert _bootstrap_params(stdin) is not None
+    env = dict(os.environ, TTRPC_ADDRESS=direct.sink.path, **FAST_IDLE)
+    r = subprocess.run([SHIM_PATH, "-namespace", direct.ns, "-address", direct.fake_daemon,
+                        "-publish-binary", "/nonexistent", "-id", id, "-debug", "start"],
+                       cwd=bundle, input=stdin, capture_output=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr.decode()
+    address, version = bootstrap.parse_start_output(r.stdout)
+    assert version == 3
+    first = ShimClient(direct.sink, address, direct.ns)
+    direct.clients.append(first)
+    first("Create", direct.create_request(id, bundle))
+    first("Start", api.StartRequest(id=id))
+    first_pid = first("Connect", api.ConnectRequest(id=id)).shim_pid
+    later, later_pid, _, _ = run_sleep(direct, "imp-later", env=FAST_IDLE)
+    template = my_template(direct)
+    assert template and ppid(first_pid) == template and ppid(later_pid) == template
+    base = mapped_files(template)
+    for pid in (first_pid, later_pid):
+        assert mapped_files(pid) - base == set(), pid
+    stop(first, id)
+    stop(later, "imp-later")
+    assert wait_until(lambda: not shim_pids(direct.fake_daemon))
+
+
 def mergeable_kib(pid: int) -> int:
     """KiB of ``pid``'s mappings marked for kernel same-page merging (VmFlags ``mg``)."""
     total = size = 0
@@ -101,15 +152,21 @@ def mergeable_kib(pid: int) -> int:
     return total
 
 
-def test_shims_and_only_shims_have_mergeable_pages(direct, spawned_by_shim):
-    """The template marks its memory mergeable (madvise) and its shims inherit the marks; the
-    programs a shim runs (runc, the container) start without any: pages are never merged with
-    a container's."""
+def test_shims_mark_what_they_copied_and_nothing_else_is_marked(direct, spawned_by_shim):
+    """A shim marks the pages it holds alone (the ones starting its task copied from the
+    template, and its own) mergeable once the task started (madvise); the template marks
+    nothing (its shared pages are not worth ksmd's scanning), nor do the programs a shim runs
+    (runc, the container): pages are never merged with a container's."""
     if not Path("/sys/kernel/mm/ksm").is_dir():
         pytest.skip("this kernel has no same-page merging (CONFIG_KSM): nothing is marked")
+    from ctrd.runtime.shim.serving import MARK_COPIED_AFTER
+
     a, a_pid, init, _ = run_sleep(direct, "ma", env=FAST_IDLE)
     template = my_template(direct)
-    assert mergeable_kib(template) > 4096 and mergeable_kib(a_pid) > 4096
+    assert wait_until(lambda: mergeable_kib(a_pid) > 256, timeout=MARK_COPIED_AFTER[0] + 10)
+    rss, _ = rss_pss_kib(a_pid)
+    assert mergeable_kib(a_pid) < rss / 2  # what it copied, not what it shares
+    assert mergeable_kib(template) == 0
     assert mergeable_kib(init) == 0
     status = Path(f"/proc/{init}/ksm_stat")
     if status.exists():  # Linux >= 6.4: no process-wide merging either

@@ -337,6 +337,10 @@ class RuntimeConfig:
         default_factory=_default_shims,
         doc="runtime names served by a given shim binary; other names resolve as in "
             "containerd (io.containerd.<x>.<v> -> containerd-shim-<x>-<v>)")
+    ksm_pacing: bool = setting(
+        True, doc="set ksmd's pace (/sys/kernel/mm/ksm/sleep_millisecs) fast while shims "
+                  "start and slow at rest, when ksmd runs at the kernel's default pace "
+                  "(ctrd/runtime/ksmpace.py); false leaves it alone")
 
 
 async def _init_task_manager(ic: InitContext):
@@ -348,9 +352,13 @@ async def _init_task_manager(ic: InitContext):
 
         if cgroup_v1_host():  # as containerd 2.3.4's task manager
             warnings.emit(CGROUP_V1)
+    from ctrd.runtime.ksmpace import KsmPacer
+
+    pacer = KsmPacer(enabled=ic.config.ksm_pacing)
+    pacer.open()
     manager = TaskManager(str(ic.root), str(ic.state), ic.address, ic.ttrpc_address,
                           ic.get(EVENT), shims=ic.config.shims,
-                          debug=ic.properties.get("debug", False))
+                          debug=ic.properties.get("debug", False), pacer=pacer)
     await manager.load()
     return manager
 

@@ -87,9 +87,11 @@ def _ts_now():
 
 class TaskManager:
     def __init__(self, root: str, state: str, address: str, ttrpc_address: str, events,
-                 shims: dict[str, Any] | None = None, debug: bool = False) -> None:
+                 shims: dict[str, Any] | None = None, debug: bool = False,
+                 pacer: Any = None) -> None:
         """``shims`` maps runtime names to objects with ``binary`` and ``options`` (a dict of
-        containerd.runc.v1.Options fields: defaults for containers that do not set them)."""
+        containerd.runc.v1.Options fields: defaults for containers that do not set them);
+        ``pacer`` (a :class:`ctrd.runtime.ksmpace.KsmPacer`) hears of every shim started."""
         self.root = root
         self.state = state
         for d in (root, state):
@@ -104,6 +106,7 @@ class TaskManager:
         for name, spec in (shims or {}).items():
             self.shims[name] = (spec.binary or CTRD_SHIM, dict(spec.options))
         self.debug = debug
+        self.pacer = pacer
         self._tasks: dict[tuple[str, str], ShimTask] = {}
         self._creating: set[tuple[str, str]] = set()
         self._logs: dict[tuple[str, str], shimclient.ShimLog] = {}
@@ -219,6 +222,8 @@ class TaskManager:
         try:
             if endpoint is None:
                 path = await cmd.start(topts.SerializeToString() if topts is not None else None)
+                if self.pacer is not None:
+                    self.pacer.started()
             else:  # the sandbox's shim serves this task too: no shim of its own
                 path = await asyncio.to_thread(cmd.join, *endpoint)
             t1 = time.monotonic()
@@ -431,6 +436,8 @@ class TaskManager:
         """Daemon stop: finish the deletions under way, drop the connections; the shims
         and their tasks keep running."""
         await self._wait_finishing()
+        if self.pacer is not None:
+            self.pacer.close()
         for key, task in list(self._tasks.items()):
             self._closing.add(key)
             await task.client.close()

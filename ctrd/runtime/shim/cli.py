@@ -160,6 +160,19 @@ def _bootstrap_params(data: bytes):
     return None
 
 
+def extension_options(p) -> bytes | None:
+    """The marshalled runtime options Any among BootstrapParams' extensions (the first
+    ``containerd.runc.v1.Options``, else the first extension), None without any.
+
+    Here, not in the daemon's :mod:`ctrd.runtime.bootstrap`: a shim forked from the template
+    must not import that module (asyncio, logging: megabytes of private memory per shim)."""
+    exts = [e.value for e in p.extensions if e.HasField("value")]
+    for a in exts:
+        if a.type_url.rsplit("/", 1)[-1] == "containerd.runc.v1.Options":
+            return a.SerializeToString()
+    return exts[0].SerializeToString() if exts else None
+
+
 def _read_options(data: bytes):
     """The runc Options ``start`` got on stdin, bare or in BootstrapParams' extensions (None
     if absent or another type)."""
@@ -172,8 +185,6 @@ def _read_options(data: bytes):
 
     params = _bootstrap_params(data)
     if params is not None:
-        from ctrd.runtime.bootstrap import extension_options
-
         data = extension_options(params) or b""
     a = any_pb2.Any()
     a.ParseFromString(data)

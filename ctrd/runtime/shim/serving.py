@@ -13,13 +13,17 @@ import signal
 from ctrd.api.containerd.runtime.sandbox.v1 import sandbox_pb2
 from ctrd.api.containerd.runtime.v2.task import shim_pb2
 from ctrd.api.containerd.runtime.v3.task import shim_pb2 as shim_v3_pb2
-from ctrd.runtime.shim import log
+from ctrd.runtime.shim import ksm, log
 from ctrd.runtime.shim.events import Publisher
 from ctrd.runtime.shim.loop import Loop
 from ctrd.runtime.shim.reaper import Reaper, set_subreaper
 from ctrd.runtime.shim.sandbox import SandboxService
 from ctrd.runtime.shim.server import Server
 from ctrd.runtime.shim.service import TaskService
+
+#: Seconds after the server starts at which it marks its copied pages (ksm.mark_copied):
+#: once the task's start is done, and once it has served a while.
+MARK_COPIED_AFTER = (3.0, 30.0)
 
 #: What a shim serves (the template resolves their message classes before forking).
 SERVICES = (shim_pb2.DESCRIPTOR.services_by_name["Task"],
@@ -50,6 +54,10 @@ def serve(id: str, namespace: str, bundle: str, listener, socket_path: str,
     server.register_service(task_v3, service)
     server.register_service(sandbox, sandboxes)
     server.serve(listener)
+    # Offer ksmd the pages starting the task copied from the template, and later the ones
+    # serving it did (ksm.py: why only those).
+    for delay in MARK_COPIED_AFTER:
+        loop.call_later(delay, ksm.mark_copied)
     log.debug("shim serving", id=id, namespace=namespace, address=socket_path, pid=os.getpid())
     try:
         loop.run()

@@ -116,11 +116,13 @@ def group_of(bundle: str, id: str) -> str:
 _PREWARM = (
     "_thread", "signal", "termios", "google.protobuf.any_pb2", "ctrd.typeurl",
     "ctrd.api.containerd.runc.options.oci_pb2", "ctrd.runtime.shim.crilog",
-    "ctrd.runtime.shim.events", "ctrd.runtime.shim.log", "ctrd.runtime.shim.loop",
+    "ctrd.runtime.shim.events", "ctrd.runtime.shim.ksm", "ctrd.runtime.shim.log",
+    "ctrd.runtime.shim.loop",
     "ctrd.runtime.shim.mount", "ctrd.runtime.shim.process", "ctrd.runtime.shim.reaper",
     "ctrd.runtime.shim.runtime", "ctrd.runtime.shim.server", "ctrd.runtime.shim.service",
     "ctrd.runtime.shim.stdio", "ctrd.runtime.cgroups", "re", "ctrd.snapshots.idmap",
     "ctrd.api.cgroups.stats.v1.metrics_pb2", "ctrd.api.cgroups.v2.stats.metrics_pb2",
+    "ctrd.api.containerd.runtime.bootstrap.v1.bootstrap_pb2",  # BootstrapParams, read per shim
 )
 
 
@@ -151,48 +153,6 @@ def _prewarm() -> None:
             GetMessageClass(m.output_type)
         method_classes(service)
     mount._lib()
-
-
-MADV_MERGEABLE = 12
-
-
-def _merge_pages() -> int:
-    """Mark this process's private writable mappings mergeable (``madvise(MADV_MERGEABLE)``:
-    kernel same-page merging); forked shims inherit the marks. Returns the bytes marked.
-
-    Why: a forked CPython shim cannot help writing to the pages it shares with the template
-    (reference counts, the interpreter specialising bytecode), so each page it touches is
-    copied: ~3 MiB per shim. Most of those copies end up byte-identical to the template's or
-    to each other's (a count that went up and down again; the same bytecode specialised the
-    same way in every shim). With ksmd running (``/sys/kernel/mm/ksm/run`` = 1, which
-    ``scripts/setup`` turns on) the kernel merges them back: a shim then costs well under
-    1 MiB of private memory. Without ksmd nothing changes.
-
-    Per mapping, not ``prctl(PR_SET_MEMORY_MERGE)``: that mark survives exec, so runc and the
-    containers' processes would be merged too (and pages merged across containers leak
-    through timing which content other containers hold). Mappings marked here are the
-    template's; an exec'd program starts without any."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        madvise = libc.madvise
-        madvise.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
-        with open("/proc/self/maps", "rb") as f:
-            maps = f.read().splitlines()
-    except (OSError, AttributeError):  # pragma: no cover - no dlopen(NULL), no /proc
-        return 0
-    marked = 0
-    for line in maps:
-        fields = line.split()
-        if len(fields) < 2 or fields[1] != b"rw-p":
-            continue
-        if len(fields) > 5 and fields[5].startswith(b"[") and fields[5] not in (b"[heap]",
-                                                                              b"[stack]"):
-            continue  # [vvar], [vdso]...: not ordinary memory
-        lo, _, hi = fields[0].partition(b"-")
-        start, end = int(lo, 16), int(hi, 16)
-        if madvise(start, end - start, MADV_MERGEABLE) == 0:
-            marked += end - start
-    return marked
 
 
 def _fingerprint() -> dict[str, int]:
@@ -387,7 +347,6 @@ def main(name: str) -> int:
     s.settimeout(0.5)
     t = Template(s, name, idle)
     gc.collect()
-    _merge_pages()
     gc.freeze()  # the imported world stays out of the shims' collections (and CoW-shared)
     try:
         t.run()

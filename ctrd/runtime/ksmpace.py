@@ -1,0 +1,90 @@
+"""ksmd's pace while shims start, and at rest.
+
+ctrd's shims mark the pages they copied from their template mergeable
+(:mod:`ctrd.runtime.shim.ksm`); ksmd merges the identical ones at the pace of
+``/sys/kernel/mm/ksm/sleep_millisecs`` (``pages_to_scan`` pages per wake-up) and never stops
+scanning while anything is marked. At the kernel's default pace (20 ms) the copies of 110
+shims are merged within about two minutes, but ksmd then keeps ~2.5% of a core busy for
+good, more than the daemon costs under the kubelet's polling (bench/README.md, density).
+So the pace follows what is to merge: :meth:`KsmPacer.started` (a shim started) sets the
+fast pace, and ``settle`` seconds after the last start the slow one (1 s: a tenth of a
+percent of a core), at which pages copied later are still merged, only later.
+
+The pacer only touches a knob it owns: ksmd running and ``sleep_millisecs`` at the kernel's
+default or at a value the pacer itself writes. A host whose administrator tuned ksmd, or
+that runs it for others (virtual machines) at another pace, is left alone; so is one without
+KSM or where sysfs is read-only. ``[plugins."io.containerd.runtime.v2.task"] ksm_pacing =
+false`` turns the pacer off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+log = logging.getLogger("ctrd.runtime")
+
+KSM_DIR = "/sys/kernel/mm/ksm"
+FAST_MS = 20      # the kernel's default
+SLOW_MS = 1000
+SETTLE = 150.0    # s after the last shim start: two full passes over 110 shims' copies
+
+
+class KsmPacer:
+    """Sets ksmd's pace: fast while shims start, slow at rest. Lifecycle: built by the task
+    manager's plugin; :meth:`open` once in the daemon's loop; :meth:`started` after each shim
+    start; :meth:`close` at shutdown (leaves the slow pace). Never raises."""
+
+    def __init__(self, ksm_dir: str = KSM_DIR, settle: float = SETTLE, enabled: bool = True,
+                 fast_ms: int = FAST_MS, slow_ms: int = SLOW_MS) -> None:
+        self.dir, self.settle, self.enabled = ksm_dir, settle, enabled
+        self.fast_ms, self.slow_ms = fast_ms, slow_ms
+        self.owned = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def _read(self, name: str) -> str | None:
+        try:
+            with open(os.path.join(self.dir, name)) as f:
+                return f.read().strip()
+        except OSError:
+            return None
+
+    def _write(self, ms: int) -> None:
+        try:
+            with open(os.path.join(self.dir, "sleep_millisecs"), "w") as f:
+                f.write(str(ms))
+        except OSError as e:
+            log.info("ksm pacing off: %s", e)
+            self.owned = False
+
+    def open(self) -> bool:
+        """Decide whether the knob is ours; if so, start at the slow pace (shims of a
+        previous run were merged already). True when pacing."""
+        if not self.enabled or self._read("run") != "1":
+            return False
+        if self._read("sleep_millisecs") not in (str(self.fast_ms), str(self.slow_ms)):
+            return False
+        self.owned = True
+        self._write(self.slow_ms)
+        return self.owned
+
+    def started(self) -> None:
+        """A shim started: merge its copies soon, then slow down again."""
+        if not self.owned:
+            return
+        if self._timer is None:
+            self._write(self.fast_ms)
+        else:
+            self._timer.cancel()
+        self._timer = asyncio.get_running_loop().call_later(self.settle, self._rest)
+
+    def _rest(self) -> None:
+        self._timer = None
+        if self.owned and self._read("sleep_millisecs") == str(self.fast_ms):
+            self._write(self.slow_ms)  # (someone else's value meanwhile: theirs stays)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._rest()
