@@ -191,6 +191,14 @@ class Daemon:
             registry.register(TaskCollector(lambda: [
                 (t.namespace, t.id, t.bundle.path) for t in manager.list()
                 if not isinstance(t, DeadTask)]))
+        from ctrd import __version__
+        from ctrd.metrics.pulls import PluginCollector, PullCollector
+        from ctrd.services.version import revision
+
+        registry.register(PullCollector())
+        registry.register(PluginCollector(lambda: [
+            (p.registration.type, p.registration.id, p.error is None)
+            for p in self.plugins or ()], __version__, revision()))
         self._metrics = MetricsServer(cfg.address, registry)
         self._metrics.start()
         log.info("metrics served", extra={"address": f"{self._metrics.host}:"

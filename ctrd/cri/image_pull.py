@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import time
 
 from ctrd import errdefs
 from ctrd.api.cri.runtime.v1 import api_pb2 as pb
 from ctrd.cri.images import MANAGED_LABEL, NAMESPACE, PINNED_LABEL, repo_names
 from ctrd.cri.registry import CRIRegistry, PullAuth
 from ctrd.images import manifest as m
+from ctrd.metrics.pulls import PULLS
 
 MANAGED_VALUE = "managed"
 # image_pull_progress_timeout = "0" means no limit; the registry client wants a number.
@@ -44,12 +46,24 @@ class ImagePull:
     """Mixed into ImageService."""
 
     def pull(self, image: str, auth: PullAuth | None = None) -> str:
-        """Pull and record ``image``; returns its id (config digest)."""
+        """Pull and record ``image``; returns its id (config digest). Counted in the
+        metrics' pull figures (:data:`ctrd.metrics.pulls.PULLS`)."""
+        r = pull_name(image)
+        PULLS.begin()
+        t0, ok, size = time.monotonic(), False, 0
+        try:
+            image_id, size = self._pull(r, auth)
+            ok = True
+            return image_id
+        finally:
+            PULLS.end(ok, size, time.monotonic() - t0)
+
+    def _pull(self, r, auth: PullAuth | None) -> tuple[str, int]:
+        """(image id, bytes of its platform's content) of a pull of reference ``r``."""
         from ctrd.images.pull import pull
         from ctrd.images.resolve import resolve
         from ctrd.remotes.fetch import RegistryFetcher
 
-        r = pull_name(image)
         ref = str(r)
         try:
             registry = CRIRegistry(self.config.registry, r.host, auth,
@@ -81,7 +95,9 @@ class ImagePull:
         except errdefs.CtrdError as e:
             raise type(e)(f"failed to create image references for {errdefs.quote(ref)}: "
                           f"{e.detail}") from e
-        return image_id
+        size = resolved.manifest.size + resolved.config_desc.size + \
+            sum(d.size for d in resolved.layers)
+        return image_id, size
 
     async def PullImage(self, request, context):
         image = request.image.image
