@@ -90,6 +90,28 @@ def test_shims_are_forked_by_one_template_and_share_its_pages(direct, spawned_by
     assert wait_until(lambda: templates_gone(direct), timeout=15)
 
 
+def test_a_shim_started_by_containerd_2x_loads_no_asyncio(direct, spawned_by_shim):
+    """containerd 2.3 (and ctrd itself, without a template) writes BootstrapParams on
+    ``start``'s stdin: reading the options out of them loads nothing the template did not
+    pre-import, so neither the template nor its shim maps asyncio (~9 MB) or ssl."""
+    from ctrd.api.containerd.runc.options import oci_pb2
+    from ctrd.runtime import bootstrap
+    from ctrd.typeurl import pack
+
+    options = pack(oci_pb2.Options(root=direct.runc_root)).SerializeToString()
+    params = bootstrap.params("tp", direct.ns, direct.fake_daemon, direct.sink.path,
+                              "/nonexistent", True, options)
+    shim, shim_pid, _, _ = run_sleep(direct, "tp", stdin_opts=params, env=FAST_IDLE)
+    try:
+        template = my_template(direct)
+        assert template and ppid(shim_pid) == template
+        for pid in (template, shim_pid):
+            maps = Path(f"/proc/{pid}/maps").read_text()
+            assert "/_asyncio." not in maps and "/_ssl." not in maps, pid
+    finally:
+        stop(shim, "tp")
+
+
 def mergeable_kib(pid: int) -> int:
     """KiB of ``pid``'s mappings marked for kernel same-page merging (VmFlags ``mg``)."""
     total = size = 0

@@ -20,7 +20,6 @@ import asyncio
 import json
 import logging
 import os
-from typing import Any
 
 from ctrd import __version__, errdefs
 
@@ -152,12 +151,3 @@ def read_result(bundle_dir: str) -> tuple[str, int] | None:
         raise errdefs.FailedPrecondition(f"{path}: larger than {MAX_BOOTSTRAP_FILE} bytes")
     return parse_start_output(data)
 
-
-def extension_options(p: Any) -> bytes | None:
-    """The marshalled runtime options Any among BootstrapParams' extensions (the first
-    ``containerd.runc.v1.Options``, else the first extension), None without any."""
-    exts = [e.value for e in p.extensions if e.HasField("value")]
-    for a in exts:
-        if a.type_url.rsplit("/", 1)[-1] == "containerd.runc.v1.Options":
-            return a.SerializeToString()
-    return exts[0].SerializeToString() if exts else None
