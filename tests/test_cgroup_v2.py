@@ -148,6 +148,29 @@ def test_load_on_a_unified_host(tmp_path):
         cgroups.load(4243, version=2, proc=proc, mountinfo=mountinfo)  # gone
 
 
+def test_paths_on_a_unified_host(tmp_path):
+    """A v2-only host (cgroup2 on /sys/fs/cgroup) is read as v2 without being told; the
+    cgroupsPath of a container (systemd driver form) and a pod's cgroup parent map into it."""
+    mountinfo = tmp_path / "mountinfo"
+    mountinfo.write_text("22 1 0:20 / / rw - ext4 /dev/sda1 rw\n"
+                         "30 22 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime "
+                         "shared:4 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot\n")
+    assert cgroups.mode(str(mountinfo)) == "unified"
+    cg = cgroups.load_path("kubepods-besteffort-pod1.slice:cri-containerd:c1",
+                           mountinfo=str(mountinfo))
+    assert cg.version == 2 and cg.path == (
+        "/sys/fs/cgroup/kubepods.slice/kubepods-besteffort.slice/"
+        "kubepods-besteffort-pod1.slice/cri-containerd-c1.scope")
+    pod = cgroups.load_path("/kubepods/besteffort/pod1", mountinfo=str(mountinfo))
+    assert (pod.version, pod.path) == (2, "/sys/fs/cgroup/kubepods/besteffort/pod1")
+    hybrid = tmp_path / "hybrid"
+    hybrid.write_text(mountinfo.read_text().replace("/sys/fs/cgroup ", "/sys/fs/cgroup/unified ")
+                      + "31 22 0:27 / /sys/fs/cgroup/memory rw shared:5 - cgroup cgroup "
+                        "rw,memory\n")
+    assert cgroups.mode(str(hybrid)) == "hybrid"
+    assert cgroups.load_path("/p", mountinfo=str(hybrid)).version == 1  # as containerd
+
+
 # --- the stats readers over what the spec gives -------------------------------------------------
 
 def test_stats_of_a_limited_container_on_v2(tmp_path):
