@@ -37,10 +37,13 @@ LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "fatal", "pa
 
 def setting(default: Any = dataclasses.MISSING, *, key: str | None = None, doc: str = "",
             check: Callable[[Any], str | None] | None = None,
-            default_factory: Any = dataclasses.MISSING) -> Any:
+            default_factory: Any = dataclasses.MISSING, text: bool = False) -> Any:
     """A config field. ``key`` is its TOML name when it differs from the attribute name;
-    ``check`` returns an error text for a value of the right type that is still unusable."""
-    meta = {"key": key, "doc": doc, "check": check}
+    ``check`` returns an error text for a value of the right type that is still unusable.
+    ``text``: a TOML integer or float given for this string field is read as its text, as
+    go-toml hands a number to a Go ``TextUnmarshaler`` (containerd's ``tomlext.Duration``
+    fields: ``0`` is a duration there, ``100`` fails the check for its missing unit)."""
+    meta = {"key": key, "doc": doc, "check": check, "text": text}
     if default_factory is not dataclasses.MISSING:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
@@ -268,6 +271,9 @@ def decode(cls: type, data: Any, where: str, warnings: list[str]) -> Any:
             warnings.append(f"unknown key {join_key(where, key)} ignored")
             continue
         path = join_key(where, key)
+        if f.metadata.get("text") and isinstance(value, (int, float)) and \
+                not isinstance(value, bool):
+            value = str(value)
         value = _convert(hints[f.name], value, path, warnings)
         check = f.metadata.get("check")
         if check is not None and (problem := check(value)):

@@ -32,6 +32,7 @@ from typing import Any
 
 from ctrd import deprecation
 from ctrd.config_keys import ConfigError, join_key
+from ctrd.durations import check_duration
 
 CRI = "io.containerd.grpc.v1.cri"
 CRI_RUNTIME = "io.containerd.cri.v1.runtime"
@@ -318,9 +319,12 @@ def fold_cri(plugins: dict, renames: Renames, deprecations: list[str]) -> dict:
                 deprecations.append(deprecation.CRI_CNI_BIN_DIR)
         elif k in ("stats_collect_period", "stats_retention_period"):
             # Durations here (the images section's stats_collect_period is an integer):
-            # checked, not used (ctrd collects stats on demand).
+            # checked as containerd does (empty, or Go duration text), not used (ctrd
+            # collects stats on demand).
             if not isinstance(v, str):
                 raise ConfigError(f"{where}: expected string, got {type(v).__name__} {v!r}")
+            if v and (problem := check_duration(v)):
+                raise ConfigError(f"{where} = {v!r}: {problem}")
         else:
             put((k,), v, where)
     for k, v in images.items():

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from ctrd.runtime.bootstrap import parse_start_output
+
 SHIM = "containerd-shim-ctrd-v2"
 RUNTIME = "io.containerd.ctrd.v2"
 SOCKET_DIR = Path("/run/ctrd/s")
@@ -236,7 +238,8 @@ class Direct:
                            cwd=bundle, input=stdin_opts, capture_output=True, env=env,
                            timeout=30)
         assert r.returncode == 0, r.stderr.decode()
-        address = r.stdout.decode()
+        # a bare address, or a BootstrapResult when stdin_opts are BootstrapParams (2.3's)
+        address, _ = parse_start_output(r.stdout)
         assert address.startswith("unix:///run/ctrd/s/")
         assert (bundle / "address").read_text() == address
         c = ShimClient(self.sink, address, self.ns)

@@ -1,4 +1,6 @@
-"""Linux resources of CRI containers seen in their real cgroups (cgroup v1 cgroupfs here),
+"""Linux resources of CRI containers seen in their real cgroups (v1 cgroupfs or v2, whichever
+the host has), and the v2 files their specs give a v2 host (through tests/cgroupv2.py, read
+back by ctrd's v2 readers from a fake tree, where the host is v1);
 UpdateContainerResources on running and created containers, the OOM score adjustment
 (clamped without CAP_SYS_RESOURCE), and a container killed by the OOM killer (OOMKilled).
 """
@@ -11,22 +13,30 @@ import os
 import grpc
 import pytest
 
+from cgroupv2 import v2_files, weights, write_tree
 from ctrd.oci import oom
+from ctrd.runtime import cgroups
 from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
 from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 
 CGROUP = "/sys/fs/cgroup"
-needs_v1 = pytest.mark.skipif(not os.path.isdir(f"{CGROUP}/memory"),
-                              reason="these checks read cgroup v1 controller files")
+V2 = os.path.exists(f"{CGROUP}/cgroup.controllers")  # unified: cgroup2 on /sys/fs/cgroup
+needs_memory_controller = pytest.mark.skipif(
+    not (os.path.isdir(f"{CGROUP}/memory") or V2 and "memory" in
+         open(f"{CGROUP}/cgroup.controllers").read().split()),
+    reason="no memory cgroup controller on this host")
 
 
 def cgroup_dir(pid: int, controller: str) -> str:
+    """The process's cgroup directory: of ``controller`` on v1, the unified one on v2."""
     with open(f"/proc/{pid}/cgroup") as f:
         for line in f:
             _, ctrls, path = line.rstrip("\n").split(":", 2)
-            if controller in ctrls.split(","):
+            if V2 and ctrls == "":
+                return os.path.join(CGROUP, path.lstrip("/"))
+            if not V2 and controller in ctrls.split(","):
                 return os.path.join(CGROUP, controller, path.lstrip("/"))
     raise AssertionError(f"no {controller} cgroup for {pid}")
 
@@ -34,6 +44,36 @@ def cgroup_dir(pid: int, controller: str) -> str:
 def read(pid: int, controller: str, name: str) -> str:
     with open(os.path.join(cgroup_dir(pid, controller), name)) as f:
         return f.read().strip()
+
+
+def check_limits(client, cid: str, pid: int, tmp_path, shares: int = 0, quota: int = 0,
+                 period: int = 0, memory: int = 0) -> None:
+    """The container's limits in its real cgroup files, and in the v2 files its spec gives:
+    a v2 host's real ones, or (v1 host) a fake v2 tree read by ctrd's v2 reader."""
+    _, info = client.status(cid, verbose=True)
+    files = v2_files(info["runtimeSpec"]["linux"]["resources"])
+    want = {}
+    if period:
+        want["cpu.max"] = f"{quota or 'max'} {period}"
+    if memory:
+        want["memory.max"] = str(memory)
+    assert {k: files[k] for k in want} == want
+    if shares:
+        assert files["cpu.weight"] in weights(shares)
+    if V2:
+        assert {k: read(pid, "", k) for k in want} == want
+        if shares:
+            assert read(pid, "", "cpu.weight") in weights(shares)
+        return
+    if shares:
+        assert read(pid, "cpu", "cpu.shares") == str(shares)
+    if period:
+        assert read(pid, "cpu", "cpu.cfs_quota_us") == str(quota or -1)
+        assert read(pid, "cpu", "cpu.cfs_period_us") == str(period)
+    if memory:
+        assert read(pid, "memory", "memory.limit_in_bytes") == str(memory)
+        tree = write_tree(tmp_path / f"v2-{cid}", files)
+        assert cgroups.Cgroup(2, path=str(tree)).metrics().memory.usage_limit == memory
 
 
 def resources(pb, **kw):
@@ -45,8 +85,10 @@ def cgroup_parent():
     """A cgroup parent for a pod (cgroupfs driver); its dirs are removed at the end."""
     name = f"/ctrd-cri-test-{os.getpid()}"
     yield name
-    for ctrl in os.listdir(CGROUP):
-        d = os.path.join(CGROUP, ctrl, name.lstrip("/"))
+    dirs = [os.path.join(CGROUP, name.lstrip("/"))]
+    if not V2:
+        dirs = [os.path.join(CGROUP, ctrl, name.lstrip("/")) for ctrl in os.listdir(CGROUP)]
+    for d in dirs:
         if os.path.isdir(d):
             for sub in os.listdir(d):
                 if os.path.isdir(os.path.join(d, sub)):
@@ -54,9 +96,8 @@ def cgroup_parent():
             os.rmdir(d)
 
 
-@needs_v1
 @pytest.mark.parametrize("with_parent", [False, True], ids=["no-parent", "cgroup-parent"])
-def test_resources_in_cgroups_and_update(cri, cgroup_parent, with_parent):  # noqa: F811
+def test_resources_in_cgroups_and_update(cri, cgroup_parent, with_parent, tmp_path):  # noqa: F811
     pb = cri.pb
     linux = pb.LinuxPodSandboxConfig(cgroup_parent=cgroup_parent if with_parent else "")
     sid, pconf = cri.run_pod("res", linux=linux)
@@ -66,12 +107,11 @@ def test_resources_in_cgroups_and_update(cri, cgroup_parent, with_parent):  # no
     pid = cri.pid(cid)
     assert pid > 0
     if with_parent:
-        assert cgroup_dir(pid, "memory") == f"{CGROUP}/memory{cgroup_parent}/{cid}"
+        where = CGROUP if V2 else f"{CGROUP}/memory"
+        assert cgroup_dir(pid, "memory") == f"{where}{cgroup_parent}/{cid}"
     assert cgroup_dir(pid, "memory").endswith("/" + cid)
-    assert read(pid, "cpu", "cpu.shares") == "512"
-    assert read(pid, "cpu", "cpu.cfs_quota_us") == "50000"
-    assert read(pid, "cpu", "cpu.cfs_period_us") == "100000"
-    assert read(pid, "memory", "memory.limit_in_bytes") == str(64 << 20)
+    check_limits(cri, cid, pid, tmp_path, shares=512, quota=50000, period=100000,
+                 memory=64 << 20)
     # -500 is below ctrd's own score: kept if ctrd may lower it, else clamped to ctrd's
     want = -500 if oom.can_lower() else max(-500, oom.current_score())
     with open(f"/proc/{pid}/oom_score_adj") as f:
@@ -82,9 +122,8 @@ def test_resources_in_cgroups_and_update(cri, cgroup_parent, with_parent):  # no
         container_id=cid, linux=pb.LinuxContainerResources(
             cpu_shares=256, cpu_quota=20000, cpu_period=100000,
             memory_limit_in_bytes=32 << 20)))
-    assert read(pid, "cpu", "cpu.shares") == "256"
-    assert read(pid, "cpu", "cpu.cfs_quota_us") == "20000"
-    assert read(pid, "memory", "memory.limit_in_bytes") == str(32 << 20)
+    check_limits(cri, cid, pid, tmp_path, shares=256, quota=20000, period=100000,
+                 memory=32 << 20)
     _, info = cri.status(cid, verbose=True)
     res = info["runtimeSpec"]["linux"]["resources"]
     assert res["cpu"]["shares"] == 256 and res["cpu"]["quota"] == 20000
@@ -97,16 +136,14 @@ def test_resources_in_cgroups_and_update(cri, cgroup_parent, with_parent):  # no
         container_id=later, linux=pb.LinuxContainerResources(
             memory_limit_in_bytes=48 << 20, cpu_shares=300)))
     cri.rt.StartContainer(pb.StartContainerRequest(container_id=later))
-    lpid = cri.pid(later)
-    assert read(lpid, "memory", "memory.limit_in_bytes") == str(48 << 20)
-    assert read(lpid, "cpu", "cpu.shares") == "300"
+    check_limits(cri, later, cri.pid(later), tmp_path, shares=300, memory=48 << 20)
 
     # hostile updates: refused, nothing changed
     with pytest.raises(grpc.RpcError) as e:
         cri.rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
             container_id=cid, linux=pb.LinuxContainerResources(memory_limit_in_bytes=-5)))
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert read(pid, "memory", "memory.limit_in_bytes") == str(32 << 20)
+    check_limits(cri, cid, pid, tmp_path, memory=32 << 20)
     with pytest.raises(grpc.RpcError) as e:
         cri.rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(
             container_id="nosuch", linux=pb.LinuxContainerResources(cpu_shares=2)))
@@ -126,7 +163,7 @@ def test_oom_score_adj_positive_and_out_of_range(cri):  # noqa: F811
     cri.remove_pod(sid)
 
 
-@needs_v1
+@needs_memory_controller
 def test_oom_killed(cri):  # noqa: F811
     pb = cri.pb
     sid, pconf = cri.run_pod("oom")
@@ -147,8 +184,7 @@ def test_oom_killed(cri):  # noqa: F811
     cri.remove_pod(sid)
 
 
-@needs_v1
-def test_update_refused_by_the_runtime_keeps_the_spec(cri):  # noqa: F811
+def test_update_refused_by_the_runtime_keeps_the_spec(cri, tmp_path):  # noqa: F811
     pb = cri.pb
     sid, pconf = cri.run_pod("upd")
     cid = cri.create(sid, pconf, "c", ["sleep", "1000"],
@@ -161,7 +197,7 @@ def test_update_refused_by_the_runtime_keeps_the_spec(cri):  # noqa: F811
                                                               cpu_quota=50)))
     _, info = cri.status(cid, verbose=True)
     assert info["runtimeSpec"]["linux"]["resources"]["cpu"]["period"] == 100000
-    assert read(pid, "cpu", "cpu.cfs_period_us") == "100000"
+    check_limits(cri, cid, pid, tmp_path, quota=50000, period=100000)
     # an exited container: only its spec is updated (containerd 2.3.4 answers OK)
     cri.rt.StopContainer(pb.StopContainerRequest(container_id=cid, timeout=0))
     cri.rt.UpdateContainerResources(pb.UpdateContainerResourcesRequest(

@@ -10,7 +10,8 @@ import pytest
 
 from ctrd import errdefs
 from ctrd.content.local import LocalStore
-from ctrd.gc.scheduler import Scheduler, SchedulerConfig, parse_duration
+from ctrd.durations import parse_seconds
+from ctrd.gc.scheduler import Scheduler, SchedulerConfig
 from ctrd.metadata.db import key, put_json
 from ctrd.metadata.gc import parse_rfc3339
 from ctrd.metadata.leases import Resource
@@ -141,10 +142,10 @@ def test_rfc3339_and_durations():
     assert parse_rfc3339("1970-01-01T01:00:00+01:00") == 0
     assert parse_rfc3339("yesterday") is None
     assert parse_rfc3339("1970-01-01T00:00:00") is None  # no zone: not RFC 3339
-    assert parse_duration("100ms") == pytest.approx(0.1)
-    assert parse_duration("1m30s") == 90
+    assert parse_seconds("100ms") == pytest.approx(0.1)
+    assert parse_seconds("1m30s") == 90
     with pytest.raises(ValueError):
-        parse_duration("10 seconds")
+        parse_seconds("10 seconds")
 
 
 def test_scheduler_collects_after_a_deletion_and_on_demand(md):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,8 +16,7 @@ import pytest
 
 from ctrd.api.containerd.runtime.v2.task import shim_pb2 as api
 from ctrd.runtime.shim.cli import template_socket
-from shimutil import (SHIM_PATH, ShimClient, direct, make_bundle, rss_pss_kib,  # noqa: F401
-                      shim_pids,
+from shimutil import (SHIM_PATH, direct, rss_pss_kib, shim_pids,  # noqa: F401 (fixture)
                       template_pids, wait_until)
 
 SANDBOX = "io.kubernetes.cri.sandbox-id"
@@ -104,41 +102,30 @@ def mapped_files(pid: int) -> set[str]:
 
 def test_a_forked_shim_imports_nothing_the_template_did_not(direct, spawned_by_shim):
     """What a shim runs is imported by the template before it forks, whatever the start
-    request carries: BootstrapParams as ctrd and containerd 2.3 send them (the first task, its
-    ``start`` spawning the template) or bare options (the next ones). A module imported after
-    the fork (asyncio through a daemon-side helper once did) costs every shim megabytes of
-    private memory; an extension module it loads shows in its mappings."""
+    request carries: BootstrapParams as ctrd and containerd 2.3 send them (here the first
+    task, its ``start`` spawning the template) or bare options (the next one). A module
+    imported after the fork (asyncio and ssl through a daemon-side helper once were) costs
+    every shim megabytes of private memory; an extension module it loads shows in its
+    mappings, so neither may map a file the template does not."""
+    from ctrd.api.containerd.runc.options import oci_pb2
     from ctrd.runtime import bootstrap
-    from ctrd.runtime.shim.cli import _bootstrap_params
+    from ctrd.typeurl import pack
 
-    id = "imp-first"
-    bundle = make_bundle(direct.base / "bundles" / id, ["sleep", "600"], False, None)
-    direct.bundles.append(bundle)
-    opts = direct.create_request(id, bundle).options.SerializeToString()
-    stdin = bootstrap.params(id, direct.ns, direct.fake_daemon, direct.sink.path,
-                             "/nonexistent", True, opts)
-    assert _bootstrap_params(stdin) is not None
-    env = dict(os.environ, TTRPC_ADDRESS=direct.sink.path, **FAST_IDLE)
-    r = subprocess.run([SHIM_PATH, "-namespace", direct.ns, "-address", direct.fake_daemon,
-                        "-publish-binary", "/nonexistent", "-id", id, "-debug", "start"],
-                       cwd=bundle, input=stdin, capture_output=True, env=env, timeout=30)
-    assert r.returncode == 0, r.stderr.decode()
-    address, version = bootstrap.parse_start_output(r.stdout)
-    assert version == 3
-    first = ShimClient(direct.sink, address, direct.ns)
-    direct.clients.append(first)
-    first("Create", direct.create_request(id, bundle))
-    first("Start", api.StartRequest(id=id))
-    first_pid = first("Connect", api.ConnectRequest(id=id)).shim_pid
+    options = pack(oci_pb2.Options(root=direct.runc_root)).SerializeToString()
+    params = bootstrap.params("imp-first", direct.ns, direct.fake_daemon, direct.sink.path,
+                              "/nonexistent", True, options)
+    first, first_pid, _, _ = run_sleep(direct, "imp-first", stdin_opts=params, env=FAST_IDLE)
     later, later_pid, _, _ = run_sleep(direct, "imp-later", env=FAST_IDLE)
-    template = my_template(direct)
-    assert template and ppid(first_pid) == template and ppid(later_pid) == template
-    base = mapped_files(template)
-    for pid in (first_pid, later_pid):
-        assert mapped_files(pid) - base == set(), pid
-    stop(first, id)
-    stop(later, "imp-later")
-    assert wait_until(lambda: not shim_pids(direct.fake_daemon))
+    try:
+        template = my_template(direct)
+        assert template and ppid(first_pid) == template and ppid(later_pid) == template
+        base = mapped_files(template)
+        assert not {f for f in base if "/_asyncio." in f or "/_ssl." in f}
+        for pid in (first_pid, later_pid):
+            assert mapped_files(pid) - base == set(), pid
+    finally:
+        stop(first, "imp-first")
+        stop(later, "imp-later")
 
 
 def mergeable_kib(pid: int) -> int:

@@ -127,30 +127,30 @@ def _options(**kw) -> bytes:
 def test_ctrd_shim_reads_either_generations_start_input():
     from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
     from ctrd.runtime import bootstrap
-    from ctrd.runtime.shim import cli
+    from ctrd.runtime.shim import handshake
 
     bare = _options(binary_name="crun", root="/r")
     params = bootstrap.params("c1", "ns", "/run/x.sock", "/run/x.sock.ttrpc", "/bin/ctrd",
                               False, bare)
     for stdin in (bare, params):
-        o = cli._read_options(stdin)
+        o = handshake.read_options(stdin)
         assert (o.binary_name, o.root) == ("crun", "/r")
     # the answer follows the question: a bare address to 1.x/2.0-2.2 daemons, a
     # BootstrapResult of version 3 to 2.3's
-    assert cli.start_answer("unix:///run/ctrd/s/a", bare) == b"unix:///run/ctrd/s/a"
-    assert cli.start_answer("unix:///run/ctrd/s/a", b"") == b"unix:///run/ctrd/s/a"
+    assert handshake.start_answer("unix:///run/ctrd/s/a", bare) == b"unix:///run/ctrd/s/a"
+    assert handshake.start_answer("unix:///run/ctrd/s/a", b"") == b"unix:///run/ctrd/s/a"
     res = bootstrap_pb2.BootstrapResult()
-    res.ParseFromString(cli.start_answer("unix:///run/ctrd/s/a", params))
+    res.ParseFromString(handshake.start_answer("unix:///run/ctrd/s/a", params))
     assert (res.version, res.address, res.protocol) == (3, "unix:///run/ctrd/s/a", "ttrpc")
     assert bootstrap.parse_start_output(res.SerializeToString()) == ("unix:///run/ctrd/s/a", 3)
     # params without options, another options type, an Any of garbage: no options, no error
-    assert cli._read_options(bootstrap.params("c1", "ns", "a", "b", "c", True, None)) is None
+    assert handshake.read_options(bootstrap.params("c1", "ns", "a", "b", "c", True, None)) is None
     other = bootstrap.params("c1", "ns", "a", "b", "c", False,
                              _options().replace(b"containerd.runc.v1.Options",
                                                 b"example.com/other.Optionsx"))
-    assert cli._read_options(other) is None
+    assert handshake.read_options(other) is None
     for garbage in (b"\x0a\x02\xff\xfe", b"\x12\x05hello"):
-        assert cli._bootstrap_params(garbage) is None
+        assert handshake.bootstrap_params(garbage) is None
 
 
 def test_ctrd_sends_bootstrap_params_only_to_2x_shims(tmp_path):

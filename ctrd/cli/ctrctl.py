@@ -58,8 +58,8 @@ are imported only by commands that talk to the daemon.
 
 from __future__ import annotations
 
+import math
 import os
-import re
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -70,6 +70,7 @@ from ctrd import __version__, errdefs
 from ctrd.cli.client import DEFAULT_ADDRESS, DEFAULT_NAMESPACE, DEFAULT_TIMEOUT, Client
 from ctrd.cli.output import (FORMATS, age, human_size, is_tty, print_json, print_json_line,
                              print_table, progress, rfc3339)
+from ctrd.durations import DurationError, parse_seconds
 
 PROG = "ctrctl"
 
@@ -136,28 +137,27 @@ class AliasedGroup(click.Group):
 
 
 class Duration(click.ParamType):
-    """Seconds as a number (``30``, ``1.5``) or a Go duration (``500ms``, ``1m30s``); 0 = none."""
+    """Seconds as a number (``30``, ``1.5``) or a Go duration (``500ms``, ``1m30s``:
+    :mod:`ctrd.durations`); 0 = none; negative is refused."""
 
     name = "duration"
-    _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 
     def convert(self, value: Any, param: Any, ctx: Any) -> float:
         if isinstance(value, (int, float)):
-            return float(value)
-        text = str(value).strip()
-        try:
-            seconds = float(text)
-        except ValueError:
-            pos, seconds = 0, 0.0
-            for m in self._PART.finditer(text):
-                if m.start() != pos:
-                    break
-                seconds += float(m.group(1)) * self._UNITS[m.group(2)]
-                pos = m.end()
-            if pos != len(text) or not text:
-                self.fail(f"{value!r} is not a duration (e.g. 30, 30s, 500ms, 1m30s)",
-                          param, ctx)
+            seconds = float(value)
+        else:
+            text = str(value).strip()
+            try:
+                seconds = float(text)
+            except ValueError:
+                try:
+                    seconds = parse_seconds(text)
+                except DurationError as e:
+                    self.fail(f"{value!r} is not a duration: {e}", param, ctx)
+            else:
+                if not math.isfinite(seconds):
+                    self.fail(f"{value!r} is not a duration (e.g. 30, 30s, 500ms, 1m30s)",
+                              param, ctx)
         if seconds < 0:
             self.fail(f"{value!r} is negative", param, ctx)
         return seconds

@@ -7,10 +7,10 @@ unknown keys and names them). Durations are Go duration strings as in containerd
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from ctrd.config import setting
+from ctrd.durations import check_duration
 
 # Config sections are built at every daemon start: dataclasses without the generated
 # __repr__/__eq__ cost less to create (a few ms for these), and nothing compares or
@@ -18,33 +18,9 @@ from ctrd.config import setting
 _section = dataclass(repr=False, eq=False)
 
 
-def _duration_check(v: str) -> str | None:
-    try:
-        parse_duration(v)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-
-
-def parse_duration(text: str) -> float:
-    """A Go duration string ("4h0m0s", "1.5s", "0") in seconds."""
-    s = text.strip()
-    if s in ("0", ""):
-        return 0.0
-    sign = -1.0 if s.startswith("-") else 1.0
-    s = s.lstrip("+-")
-    pos, total = 0, 0.0
-    while pos < len(s):
-        m = _DURATION.match(s, pos)
-        if not m:
-            raise ValueError(f"invalid duration {text!r}")
-        total += float(m[1]) * _UNITS[m[2]]
-        pos = m.end()
-    return sign * total
+def _duration_or_empty(v: str) -> str | None:
+    """containerd's check of stream_idle_timeout: empty (its default) or a Go duration."""
+    return None if v == "" else check_duration(v)
 
 
 @_section
@@ -168,7 +144,8 @@ class CRIConfig:
     disable_tcp_service: bool = setting(True)
     stream_server_address: str = setting("127.0.0.1")
     stream_server_port: str = setting("0", doc="0: a free port")
-    stream_idle_timeout: str = setting("4h0m0s", check=_duration_check)
+    stream_idle_timeout: str = setting("4h0m0s", check=_duration_or_empty,
+                                       doc="empty: 4h0m0s")
     enable_selinux: bool = setting(False)
     selinux_category_range: int = setting(1024)
     # containerd's default is k8s.gcr.io/pause:3.6; ctrd's is no pause container at all (see
@@ -201,9 +178,11 @@ class CRIConfig:
     ignore_deprecation_warnings: list[str] = setting(
         default_factory=list, doc="deprecation ids the CRI status's "
                                   "ContainerdHasNoDeprecationWarnings condition leaves out")
-    image_pull_progress_timeout: str = setting("1m0s", check=_duration_check,
+    # Empty is refused here: containerd 2.3.4 accepts it at load, then fails every pull
+    # ("failed to parse image_pull_progress_timeout").
+    image_pull_progress_timeout: str = setting("1m0s", check=check_duration,
                                                doc="a pull that makes no progress this long "
-                                                   "fails")
+                                                   "fails; 0: no limit")
 
 
 def deprecated_settings(cfg: CRIConfig) -> list[str]:

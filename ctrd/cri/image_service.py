@@ -25,13 +25,14 @@ import asyncio
 import threading
 
 from ctrd.api.cri.runtime.v1 import api_pb2_grpc as pb_grpc
-from ctrd.cri.config import CRIConfig, parse_duration
+from ctrd.cri.config import CRIConfig
 from ctrd.cri.image_list import ImageList
 from ctrd.cri.image_pull import NO_PROGRESS_TIMEOUT, ImagePull
 from ctrd.cri.image_remove import ImageRemove
 from ctrd.cri.image_status import ImageStatusRPC
 from ctrd.cri.imagefs_info import ImageFsInfoRPC
 from ctrd.cri.images import ImageIndex
+from ctrd.durations import parse_seconds
 from ctrd.images import manifest as m
 
 
@@ -44,7 +45,7 @@ class ImageService(ImagePull, ImageList, ImageStatusRPC, ImageRemove, ImageFsInf
                  platform: m.Platform | None = None) -> None:
         self.md, self.config, self.snapshotter_root, self.gc = md, config, snapshotter_root, gc
         self.index = ImageIndex(md, platform)
-        timeout = parse_duration(config.image_pull_progress_timeout)
+        timeout = parse_seconds(config.image_pull_progress_timeout)
         self.progress_timeout = timeout if timeout > 0 else NO_PROGRESS_TIMEOUT
         self._inflight: dict[tuple[str, str], asyncio.Future] = {}
         self._fs_cache: dict = {}

@@ -115,14 +115,15 @@ def _cgroup2_mounted(root: str = "/sys/fs/cgroup") -> bool:
     return os.path.exists(os.path.join(root, "cgroup.controllers"))
 
 
-def _swap_controller(cgroup2: bool) -> bool:
+def _swap_controller(cgroup2: bool, root: str = "/sys/fs/cgroup",
+                     proc_cgroup: str = "/proc/self/cgroup") -> bool:
     if not cgroup2:
-        return os.path.exists("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes")
+        return os.path.exists(os.path.join(root, "memory", "memory.memsw.limit_in_bytes"))
     own = ""
-    for line in (_read("/proc/self/cgroup") or "").splitlines():
+    for line in (_read(proc_cgroup) or "").splitlines():
         if line.startswith("0::"):
             own = line[3:].strip()
-    return os.path.exists(os.path.join("/sys/fs/cgroup", own.lstrip("/"), "memory.swap.max"))
+    return os.path.exists(os.path.join(root, own.lstrip("/"), "memory.swap.max"))
 
 
 @dataclass(frozen=True)
@@ -141,12 +142,16 @@ class HostFacts:
     hostname: str = ""
 
     @classmethod
-    def probe(cls) -> HostFacts:
-        cg2 = _cgroup2_mounted()
+    def probe(cls, cgroup_root: str = "/sys/fs/cgroup",
+              proc_cgroup: str = "/proc/self/cgroup") -> HostFacts:
+        """This host's facts; the cgroup ones read under ``cgroup_root``, ctrd's own cgroup
+        from ``proc_cgroup`` (tests point both at a fake tree)."""
+        cg2 = _cgroup2_mounted(cgroup_root)
         if cg2:
-            hugetlb = "hugetlb" in (_read("/sys/fs/cgroup/cgroup.controllers") or "").split()
+            hugetlb = "hugetlb" in (_read(os.path.join(cgroup_root, "cgroup.controllers"))
+                                    or "").split()
         else:
-            hugetlb = os.path.isdir("/sys/fs/cgroup/hugetlb")
+            hugetlb = os.path.isdir(os.path.join(cgroup_root, "hugetlb"))
         # containerd's apparmor.hostSupports: securityfs entry plus the module parameter
         aa = (os.path.exists("/sys/kernel/security/apparmor")
               and (_read("/sys/module/apparmor/parameters/enabled") or "").startswith("Y"))
@@ -157,7 +162,8 @@ class HostFacts:
                                  .splitlines() if " (" in line)
         status = _read("/proc/self/status") or ""
         return cls(
-            cgroup2=cg2, hugetlb=hugetlb, swap=_swap_controller(cg2), apparmor=aa,
+            cgroup2=cg2, hugetlb=hugetlb, swap=_swap_controller(cg2, cgroup_root, proc_cgroup),
+            apparmor=aa,
             apparmor_profiles=profiles,
             seccomp=any(line.startswith("Seccomp:") for line in status.splitlines()),
             capabilities=tuple(caps_from_bitmap(oom.effective_caps())),

@@ -6,27 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ctrd.config import setting
-
-
-def _duration_check(value: str) -> str | None:
-    try:
-        parse_duration(value)
-    except ValueError as e:
-        return str(e)
-    return None
-
-
-def parse_duration(value: str) -> float:
-    """Go duration text ("100ms", "1.5s", "1m30s", "0") in seconds."""
-    import re
-
-    units = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
-    if value in ("0", ""):
-        return 0.0
-    parts = re.findall(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)", value)
-    if not parts or "".join(n + u for n, u in parts) != value.lstrip("+"):
-        raise ValueError(f"invalid duration {value!r} (e.g. 100ms, 1s, 1m30s)")
-    return sum(float(n) * units[u] for n, u in parts)
+from ctrd.durations import check_duration
 
 
 def _threshold(v: float) -> str | None:
@@ -45,5 +25,6 @@ class SchedulerConfig:
                                       doc="deletions that trigger a collection (0: any)")
     mutation_threshold: int = setting(100, check=_non_negative,
                                       doc="mutations that trigger a collection")
-    schedule_delay: str = setting("0s", check=_duration_check)
-    startup_delay: str = setting("100ms", check=_duration_check)
+    # containerd's tomlext.Duration: Go duration text, or the TOML integer 0
+    schedule_delay: str = setting("0s", check=check_duration, text=True)
+    startup_delay: str = setting("100ms", check=check_duration, text=True)

@@ -18,7 +18,8 @@ import logging
 import time
 from typing import Callable
 
-from ctrd.gc.config import SchedulerConfig, parse_duration
+from ctrd.durations import parse_seconds
+from ctrd.gc.config import SchedulerConfig
 from ctrd.metadata.gc import Stats
 
 log = logging.getLogger("ctrd.gc")
@@ -28,8 +29,8 @@ class Scheduler:
     def __init__(self, collect: Callable[[], Stats], config: SchedulerConfig) -> None:
         self._collect = collect
         self.config = config
-        self._schedule_delay = parse_duration(config.schedule_delay)
-        self._startup_delay = parse_duration(config.startup_delay)
+        self._schedule_delay = parse_seconds(config.schedule_delay)
+        self._startup_delay = parse_seconds(config.startup_delay)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._waiters: list[asyncio.Future] = []

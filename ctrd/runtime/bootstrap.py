@@ -150,3 +150,4 @@ def read_result(bundle_dir: str) -> tuple[str, int] | None:
     if len(data) > MAX_BOOTSTRAP_FILE:
         raise errdefs.FailedPrecondition(f"{path}: larger than {MAX_BOOTSTRAP_FILE} bytes")
     return parse_start_output(data)
+

@@ -223,15 +223,16 @@ class ShimCommand:
         (or it is retiring): the caller then runs ``start``, which also spawns one."""
         import socket
 
-        from ctrd.runtime.shim import cli
+        from ctrd.runtime.shim import cli, handshake
 
         python = _shebang_python(self.binary)
         if python is None:
             return None
         name = cli.template_socket(self.address, python, self.binary)
         env = {os.fsencode(k): os.fsencode(v) for k, v in self.env().items()}
-        request = cli.encode_request(self.bundle.id, self.bundle.namespace, self.address,
-                                     self.bundle.path, self.debug, os.getpid(), options, env)
+        request = handshake.encode_request(self.bundle.id, self.bundle.namespace,
+                                           self.address, self.bundle.path, self.debug,
+                                           os.getpid(), options, env)
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             try:

@@ -14,6 +14,7 @@ import logging
 import socket
 
 from ctrd import errdefs
+from ctrd.durations import parse_seconds
 
 log = logging.getLogger("ctrd.cri.streaming")
 
@@ -44,7 +45,6 @@ class StreamingMethods:
             self._streaming_lock = asyncio.Lock()
         async with self._streaming_lock:
             if self._streaming is None:
-                from ctrd.cri.config import parse_duration
                 from ctrd.cri.streaming.backend import CRIBackend
                 from ctrd.cri.streaming.server import StreamingServer
 
@@ -56,7 +56,8 @@ class StreamingMethods:
                         f"stream_server_port {cfg.stream_server_port!r} is not a port") from None
                 if cfg.enable_tls_streaming:
                     log.warning("enable_tls_streaming is not supported: serving plain HTTP")
-                idle = parse_duration(cfg.stream_idle_timeout)
+                # empty: containerd's default (the Kubernetes streaming server's 4 hours)
+                idle = parse_seconds(cfg.stream_idle_timeout or "4h")
                 server = StreamingServer(CRIBackend(self.rt),
                                          _stream_address(cfg.stream_server_address), port,
                                          idle_timeout=idle)

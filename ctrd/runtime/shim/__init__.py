@@ -9,5 +9,7 @@ Modules: :mod:`.cli` (argv, ``start``/``delete``), :mod:`.template` (the fork se
 :mod:`.serving` (a shim's main), :mod:`.service` (the Task service), :mod:`.process` (init
 and exec processes), :mod:`.runtime` (OCI runtime CLI),
 :mod:`.stdio` (FIFOs, file URIs, pty copy), :mod:`.reaper`, :mod:`.events` (publisher),
-:mod:`.server` (ttrpc server on the loop), :mod:`.mount` (rootfs), :mod:`.log`.
+:mod:`.server` (ttrpc server on the loop), :mod:`.mount` (rootfs), :mod:`.log`,
+:mod:`.paths` (socket dir and names, the address file), :mod:`.handshake` (what ``start``
+reads and prints, the template's request format).
 """

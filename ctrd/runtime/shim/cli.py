@@ -16,17 +16,20 @@
     Serve in the foreground (debugging).
 
 ``start`` is the hot path: the module imports only built-in modules (``_socket``, not
-``socket``), so ``start`` costs an interpreter start and one request to the template.
+``socket``) and two siblings that do the same (:mod:`.handshake`, :mod:`.paths`), so ``start``
+costs an interpreter start and one request to the template.
 """
 
 from __future__ import annotations
 
-import errno
 import os
 import sys
 import time
 
-SOCKET_DIR = "/run/ctrd/s"
+from ctrd.runtime.shim.handshake import encode_request, read_options, start_answer
+from ctrd.runtime.shim.paths import (SOCKET_DIR, can_connect, listen, socket_address,
+                                     write_address)
+
 RUNTIME_NAME = "io.containerd.ctrd.v2"
 VERSION = "0.1.0"
 _STRING_FLAGS = {"namespace", "id", "address", "publish-binary", "socket", "bundle"}
@@ -78,144 +81,6 @@ def parse_args(argv: list[str]) -> Args:
     return a
 
 
-def socket_address(daemon_address: str, namespace: str, id: str) -> str:
-    """``unix://<SOCKET_DIR>/<sha256(address/ns/id)>``: short enough for sun_path whatever
-    the lengths of the inputs (containerd's ``shim.SocketAddress``)."""
-    try:
-        # The builtin module: hashlib would map OpenSSL's libcrypto (~3.8 MB RSS) into
-        # every shim for this one hash.
-        from _sha256 import sha256
-    except ImportError:  # pragma: no cover - other Pythons
-        from hashlib import sha256
-    d = sha256(os.path.join(daemon_address, namespace, id).encode()).hexdigest()
-    return f"unix://{SOCKET_DIR}/{d}"
-
-
-def can_connect(path: str) -> bool:
-    import socket
-
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(0.1)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
-
-
-def _listen(path: str):
-    """A listening socket at ``path``; None when a live server already owns it."""
-    import socket
-
-    os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
-    for attempt in (1, 2):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            s.bind(path)
-        except OSError as e:
-            s.close()
-            if e.errno != errno.EADDRINUSE or attempt == 2:
-                raise
-            if can_connect(path):
-                return None
-            os.unlink(path)  # stale: its shim is gone
-            continue
-        finally:
-            os.umask(old)
-        os.chmod(path, 0o600)
-        s.listen(64)
-        return s
-    raise AssertionError("unreachable")
-
-
-def _write_address(bundle: str, address: str) -> None:
-    tmp = os.path.join(bundle, ".address.tmp")
-    with open(tmp, "w") as f:
-        f.write(address)
-    os.rename(tmp, os.path.join(bundle, "address"))
-
-
-def _bootstrap_params(data: bytes):
-    """The BootstrapParams containerd 2.3 writes on ``start``'s stdin, None when ``data`` is
-    the bare options Any of older daemons. Both parse as either message (an Any is fields 1
-    and 2, BootstrapParams' id and namespace): containerd's params always carry more
-    (addresses, version, log level), an Any never does."""
-    if not data:
-        return None
-    from google.protobuf.message import DecodeError
-
-    from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
-
-    p = bootstrap_pb2.BootstrapParams()
-    try:
-        p.ParseFromString(data)
-    except DecodeError:
-        return None  # an Any whose value is no UTF-8 text
-    if p.containerd_version or p.containerd_ttrpc_address or p.containerd_grpc_address or \
-            p.containerd_binary or p.extensions or p.log_level or p.HasField("socket_dir"):
-        return p
-    return None
-
-
-def extension_options(p) -> bytes | None:
-    """The marshalled runtime options Any among BootstrapParams' extensions (the first
-    ``containerd.runc.v1.Options``, else the first extension), None without any.
-
-    Here, not in the daemon's :mod:`ctrd.runtime.bootstrap`: a shim forked from the template
-    must not import that module (asyncio, logging: megabytes of private memory per shim)."""
-    exts = [e.value for e in p.extensions if e.HasField("value")]
-    for a in exts:
-        if a.type_url.rsplit("/", 1)[-1] == "containerd.runc.v1.Options":
-            return a.SerializeToString()
-    return exts[0].SerializeToString() if exts else None
-
-
-def _read_options(data: bytes):
-    """The runc Options ``start`` got on stdin, bare or in BootstrapParams' extensions (None
-    if absent or another type)."""
-    if not data:
-        return None
-    from google.protobuf import any_pb2
-
-    from ctrd import typeurl
-    from ctrd.api.containerd.runc.options import oci_pb2
-
-    params = _bootstrap_params(data)
-    if params is not None:
-        data = extension_options(params) or b""
-    a = any_pb2.Any()
-    a.ParseFromString(data)
-    if typeurl.name_of(a) != oci_pb2.Options.DESCRIPTOR.full_name:
-        return None
-    return typeurl.unpack(a, oci_pb2.Options)
-
-
-def start_answer(address: str, stdin: bytes) -> bytes:
-    """What ``start`` prints: to a daemon that sent BootstrapParams (containerd 2.3), a
-    BootstrapResult of shim API version 3 (task API v3 and the sandbox API are served);
-    to older ones, the bare address they parse."""
-    if _bootstrap_params(stdin) is None:
-        return address.encode()
-    from ctrd.api.containerd.runtime.bootstrap.v1 import bootstrap_pb2
-
-    return bootstrap_pb2.BootstrapResult(version=3, address=address,
-                                         protocol="ttrpc").SerializeToString()
-
-
-def _adjust_oom_score(parent: int) -> None:
-    """One more than the daemon's, so the OOM killer picks the shim before the daemon."""
-    try:
-        with open(f"/proc/{parent}/oom_score_adj") as f:
-            score = int(f.read())
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(min(score + 1, 1000)))
-    except (OSError, ValueError):
-        pass
-
-
 # --- start through the template -------------------------------------------------------------
 
 class TemplateUnavailable(Exception):
@@ -224,17 +89,7 @@ class TemplateUnavailable(Exception):
 
 TEMPLATE_WAIT = 10.0      # for a spawned template to accept
 TEMPLATE_ANSWER = 30.0    # for its answer (its first one waits for its imports)
-TEMPLATE_PROTOCOL = b"ctrd-shim-start/1"
 TITLE_ROOM = 512  # bytes of command line reserved for the template's shims (a padding arg)
-
-
-def encode_request(id: str, namespace: str, address: str, bundle: str, debug: bool,
-                   daemon_pid: int, options: bytes, env: dict[bytes, bytes]) -> bytes:
-    """A ``start`` request to the template (format: :mod:`.template`)."""
-    fields = [TEMPLATE_PROTOCOL, *(os.fsencode(s) for s in (id, namespace, address, bundle)),
-              b"1" if debug else b"0", str(daemon_pid).encode(), options.hex().encode()]
-    fields += [k + b"=" + v for k, v in env.items() if b"\0" not in k + v]
-    return b"\0".join(fields)
 
 
 def template_socket(daemon_address: str, python: str | None = None,
@@ -331,25 +186,22 @@ def start(a: Args) -> int:
 
 def start_inprocess(a: Args, options: bytes) -> int:
     """``start`` without a template: import the server here and fork it."""
-    opts = _read_options(options)
+    opts = read_options(options)
     # Import the server now: the forked child needs no imports of its own, and an import
     # failure is reported by `start` instead of by a shim that silently never answers.
-    from ctrd.runtime.shim.service import TaskService
-
-    del TaskService
-
+    from ctrd.runtime.shim.serving import adjust_oom_score, serve
     from ctrd.runtime.shim.template import group_of
 
     bundle = os.getcwd()
     address = socket_address(a.address, a.namespace, group_of(bundle, a.id))
     path = address.removeprefix("unix://")
-    listener = _listen(path)
+    listener = listen(path)
     if listener is None:
-        _write_address(bundle, address)
+        write_address(bundle, address)
         sys.stdout.buffer.write(start_answer(address, options))
         return 0
     try:
-        _write_address(bundle, address)
+        write_address(bundle, address)
         sys.stdout.flush()
         sys.stderr.flush()
         daemon = os.getppid()
@@ -367,9 +219,7 @@ def start_inprocess(a: Args, options: bytes) -> int:
                 os.dup2(null, fd)
             if null > 2:
                 os.close(null)
-            _adjust_oom_score(daemon)
-            from ctrd.runtime.shim.serving import serve
-
+            adjust_oom_score(daemon)
             serve(a.id, a.namespace, bundle, listener, path,
                   os.environ.get("TTRPC_ADDRESS", ""), opts, a.debug)
             code = 0
@@ -452,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.action == "":
             path = a.socket.removeprefix("unix://") or socket_address(
                 a.address, a.namespace, a.id).removeprefix("unix://")
-            listener = _listen(path)
+            listener = listen(path)
             if listener is None:
                 raise UsageError(f"a shim is already serving {path}")
             from ctrd.runtime.shim.serving import serve

@@ -19,6 +19,7 @@ import time
 from ctrd import errdefs
 from ctrd.runtime.shim import log, mount
 from ctrd.runtime.shim.loop import Loop
+from ctrd.runtime.shim.paths import SOCKET_DIR
 from ctrd.runtime.shim.runtime import Runtime, signal_process
 from ctrd.runtime.shim.server import Deferred
 from ctrd.runtime.shim.stdio import ConsoleSocket, ProcessIO, PtyCopy, Stdio
@@ -83,7 +84,7 @@ class Process:
         devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         try:
             if self.stdio.terminal:
-                console = ConsoleSocket(_console_dir())
+                console = ConsoleSocket(SOCKET_DIR)
                 run((devnull, devnull, devnull), console.path)
                 master = console.receive_master()
                 self.pty = PtyCopy(self.loop, master, io)
@@ -106,12 +107,6 @@ class Process:
         if self.io is not None:
             self.io.close()
             self.io = None
-
-
-def _console_dir() -> str:
-    from ctrd.runtime.shim import cli
-
-    return cli.SOCKET_DIR
 
 
 def _read_pid(path: str) -> int:

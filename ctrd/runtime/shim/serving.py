@@ -31,6 +31,18 @@ SERVICES = (shim_pb2.DESCRIPTOR.services_by_name["Task"],
             sandbox_pb2.DESCRIPTOR.services_by_name["Sandbox"])
 
 
+def adjust_oom_score(parent: int) -> None:
+    """Set this process's OOM score one above the daemon's (``parent``), so the OOM killer
+    picks the shim before the daemon. Best effort."""
+    try:
+        with open(f"/proc/{parent}/oom_score_adj") as f:
+            score = int(f.read())
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(min(score + 1, 1000)))
+    except (OSError, ValueError):
+        pass
+
+
 def serve(id: str, namespace: str, bundle: str, listener, socket_path: str,
           ttrpc_address: str, options=None, debug: bool = False) -> None:
     """Run a shim server on ``listener`` until Shutdown (or SIGTERM); then remove

@@ -39,9 +39,9 @@ import struct
 import sys
 import time
 
-from ctrd.runtime.shim import cli
+from ctrd.runtime.shim import handshake, paths
 
-PROTOCOL = cli.TEMPLATE_PROTOCOL
+PROTOCOL = handshake.TEMPLATE_PROTOCOL
 IDLE_EXIT = 3.0  # seconds; CTRD_SHIM_TEMPLATE_IDLE overrides it (read at start)
 GROUP_LABELS = ("io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
 
@@ -117,10 +117,10 @@ _PREWARM = (
     "_thread", "signal", "termios", "google.protobuf.any_pb2", "ctrd.typeurl",
     "ctrd.api.containerd.runc.options.oci_pb2", "ctrd.runtime.shim.crilog",
     "ctrd.runtime.shim.events", "ctrd.runtime.shim.ksm", "ctrd.runtime.shim.log",
-    "ctrd.runtime.shim.loop",
-    "ctrd.runtime.shim.mount", "ctrd.runtime.shim.process", "ctrd.runtime.shim.reaper",
-    "ctrd.runtime.shim.runtime", "ctrd.runtime.shim.server", "ctrd.runtime.shim.service",
-    "ctrd.runtime.shim.stdio", "ctrd.runtime.cgroups", "re", "ctrd.snapshots.idmap",
+    "ctrd.runtime.shim.loop", "ctrd.runtime.shim.mount", "ctrd.runtime.shim.paths",
+    "ctrd.runtime.shim.process", "ctrd.runtime.shim.reaper", "ctrd.runtime.shim.runtime",
+    "ctrd.runtime.shim.server", "ctrd.runtime.shim.service", "ctrd.runtime.shim.stdio",
+    "ctrd.runtime.cgroups", "re", "ctrd.snapshots.idmap",
     "ctrd.api.cgroups.stats.v1.metrics_pb2", "ctrd.api.cgroups.v2.stats.metrics_pb2",
     "ctrd.api.containerd.runtime.bootstrap.v1.bootstrap_pb2",  # BootstrapParams, read per shim
 )
@@ -244,7 +244,7 @@ class Template:
                 set_title(["containerd-shim-ctrd-v2", "template", "@" + self.name, "retired"])
                 return
             r = Request(bytes(data))
-            reply = b"ok\0" + cli.start_answer(self._start(conn, r), r.options)
+            reply = b"ok\0" + handshake.start_answer(self._start(conn, r), r.options)
         except Exception as e:  # noqa: BLE001 - every failure is the client's answer
             reply = b"err\0" + str(e).encode(errors="replace")
         try:
@@ -257,10 +257,12 @@ class Template:
             raise ValueError("shim id cannot be empty")
         if not os.path.isdir(r.bundle):
             raise ValueError(f"bundle {r.bundle}: not a directory")
-        address = cli.socket_address(r.address, r.namespace, group_of(r.bundle, r.id))
+        # Read before the fork: the shim then runs no import of the options' modules.
+        options = handshake.read_options(r.options)
+        address = paths.socket_address(r.address, r.namespace, group_of(r.bundle, r.id))
         path = address.removeprefix("unix://")
-        listener = cli._listen(path)
-        cli._write_address(r.bundle, address)
+        listener = paths.listen(path)
+        paths.write_address(r.bundle, address)
         if listener is None:
             return address  # the group's shim is alive: it serves this task too
         try:
@@ -275,7 +277,7 @@ class Template:
                 conn.close()
                 if self.listener is not None:
                     self.listener.close()
-                _child(r, listener, path)
+                _child(r, listener, path, options)
                 code = 0
             finally:
                 os._exit(code)
@@ -312,7 +314,7 @@ def _libc_fork():
 _fork = os.fork  # _prewarm swaps in _libc_fork()
 
 
-def _child(r: Request, listener: socket.socket, path: str) -> None:
+def _child(r: Request, listener: socket.socket, path: str, options) -> None:
     os.setsid()
     os.chdir(r.bundle)
     _runtime.set_environ(r.env)
@@ -324,10 +326,10 @@ def _child(r: Request, listener: socket.socket, path: str) -> None:
     set_title(["containerd-shim-ctrd-v2", "-namespace", r.namespace, "-id", r.id,
                "-address", r.address])
     if r.daemon_pid:
-        cli._adjust_oom_score(r.daemon_pid)
+        _serving.adjust_oom_score(r.daemon_pid)
     ttrpc_address = r.env.get(b"TTRPC_ADDRESS", b"").decode("utf-8", "surrogateescape")
     _serving.serve(r.id, r.namespace, r.bundle, listener, path, ttrpc_address,
-                  cli._read_options(r.options), r.debug)
+                  options, r.debug)
 
 
 def main(name: str) -> int:
