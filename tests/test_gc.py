@@ -176,6 +176,40 @@ def test_scheduler_collects_after_a_deletion_and_on_demand(md):
     asyncio.run(main())
 
 
+def test_an_idle_scheduler_arms_no_timer_and_paces_collections(md):
+    """After a collection with nothing left to do the scheduler sleeps until a mutation asks
+    (no timer: an idle daemon is not woken); a later deletion is collected, no sooner than
+    one interval after the previous collection (containerd's pace, its 5 ms floor on the
+    average collection time: 245 ms at the default pause threshold)."""
+    async def main():
+        runs = []
+
+        def collect():
+            runs.append(time.monotonic())
+            return md.collect()
+
+        s = Scheduler(collect, SchedulerConfig(startup_delay="0s"))
+        md.db.on_mutation(s.mutation)
+        s.start()
+        await s.schedule_and_wait()
+        assert s._interval >= 0.245 - 1e-9
+        d = put(md, "ns", b"y")  # unreferenced: the next collection removes it
+        md.content.delete("ns", d)
+        while not (len(runs) >= 2 and not on_disk(md, d)):
+            await asyncio.sleep(0.01)
+        assert runs[1] - runs[0] >= s._interval - 0.01
+        loop = asyncio.get_running_loop()
+        for _ in range(100):  # the collection's answer settled: then nothing is armed
+            if s._next is None and not any(not h.cancelled() for h in loop._scheduled):
+                break
+            await asyncio.sleep(0.01)
+        assert s._next is None
+        assert not [h for h in loop._scheduled if not h.cancelled()]
+        await s.close()
+
+    asyncio.run(main())
+
+
 def test_snapshots_follow_gc_roots_and_backing_dirs_go(md, tmp_path):
     from ctrd.snapshots.native import NativeSnapshotter
 

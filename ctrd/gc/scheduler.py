@@ -25,6 +25,9 @@ from ctrd.metadata.gc import Stats
 log = logging.getLogger("ctrd.gc")
 
 
+MINIMUM_GC_TIME = 0.005  # s: containerd's minimumGCTime
+
+
 class Scheduler:
     def __init__(self, collect: Callable[[], Stats], config: SchedulerConfig) -> None:
         self._collect = collect
@@ -76,15 +79,19 @@ class Scheduler:
         if dirty:
             self._deletions += 1
         self._mutations += 1
-        if ((c.deletion_threshold > 0 and self._deletions >= c.deletion_threshold)
-                or (self._next is None and (
-                    (c.deletion_threshold == 0 and self._deletions > 0)
-                    or (c.mutation_threshold > 0
-                        and self._mutations >= c.mutation_threshold)))):
+        if c.deletion_threshold > 0 and self._deletions >= c.deletion_threshold:
             self._schedule(self._schedule_delay)
+        elif self._next is None and (
+                (c.deletion_threshold == 0 and self._deletions > 0)
+                or (c.mutation_threshold > 0 and self._mutations >= c.mutation_threshold)):
+            self._schedule(self._schedule_delay, paced=True)
 
-    def _schedule(self, delay: float) -> None:
+    def _schedule(self, delay: float, paced: bool = False) -> None:
+        """Collect ``delay`` s from now; ``paced``: not before one interval after the last
+        collection (where containerd's scheduler would wait for its next tick)."""
         at = time.monotonic() + delay
+        if paced and self._last is not None:
+            at = max(at, self._last + self._interval)
         if self._next is None or self._next > at:
             self._next = at
             self._wake.set()
@@ -114,7 +121,9 @@ class Scheduler:
             if (not self._triggered and self._last is not None and self._deletions == 0
                     and (c.mutation_threshold == 0
                          or self._mutations < c.mutation_threshold)):
-                self._next = time.monotonic() + self._interval  # nothing to do yet
+                # Nothing to do: sleep until a mutation asks (containerd re-arms a timer
+                # every interval instead: 4 wake-ups a second on an idle daemon).
+                self._next = None
                 continue
             waiters, self._waiters = self._waiters, []
             self._triggered = False
@@ -132,7 +141,9 @@ class Scheduler:
             self._gc_time += stats.elapsed
             self._collections += 1
             if c.pause_threshold > 0:
-                avg = self._gc_time / self._collections
+                # containerd's floor (minimumGCTime): a 0.3 ms collection must not make
+                # the interval 15 ms
+                avg = max(self._gc_time / self._collections, MINIMUM_GC_TIME)
                 self._interval = avg / c.pause_threshold - avg
             self._last = time.monotonic()
             self._next = self._last + self._interval
