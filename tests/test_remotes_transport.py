@@ -440,3 +440,41 @@ def test_daemon_pulls_through_the_environments_proxy(start_ctrd, registry, liste
     assert registry.digest("busybox") in r.stdout
     assert proxy.requests and all(t.startswith(f"http://{name}/v2/")
                                   for _, t, _ in proxy.requests)
+
+
+def test_redirect_loop_stops_at_the_limit_on_pooled_connections():
+    """A registry redirecting forever (over keep-alive connections now) is cut off after
+    MAX_REDIRECTS, with the count of requests it saw to show it."""
+    import http.server
+
+    from ctrd.remotes.registry import MAX_REDIRECTS
+
+    hits = []
+
+    class Loop(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:
+            pass
+
+        def do_HEAD(self) -> None:
+            hits.append(self.path)
+            self.send_response(307)
+            self.send_header("Location", f"/v2/loop/{len(hits)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        do_GET = do_HEAD
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Loop)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        reg = Registry(retries=0, transport=Transport({}))
+        with pytest.raises(Unavailable, match=f"more than {MAX_REDIRECTS} redirects"):
+            reg.resolve(f"127.0.0.1:{srv.server_address[1]}/a/b:c")
+        assert len(hits) == MAX_REDIRECTS + 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
+        t.join(10)
