@@ -200,3 +200,31 @@ def test_pull_uses_the_saved_login(auth_registry, registry, ctrd, docker_config)
     out = ok(run("pull", "--plain-http", dst, address=ctrd.address))
     assert registry.digest("busybox") in out
     assert os.stat(docker_config).st_mode & 0o077 == 0
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")
+def test_pull_uses_a_credential_helper(auth_registry, registry, ctrd, docker_config, tmp_path,
+                                       monkeypatch):
+    """credHelpers in config.json: ctrctl pull runs docker-credential-<name> get for the
+    registry and uses its answer (no auths entry for it)."""
+    src = registry.ref("busybox")
+    dst = f"{auth_registry.address}/helper/busybox:1"
+    ok(run("pull", "--plain-http", src, address=ctrd.address))
+    ok(run("push", "--plain-http", "-u", f"{USER}:{PASSWORD}", dst, src, address=ctrd.address))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    asked = tmp_path / "asked"
+    helper = bindir / "docker-credential-test"
+    helper.write_text("#!/bin/sh\nread -r server || true\n"
+                      f"echo \"$1 $server\" >> {asked}\n"
+                      f"echo '{{\"ServerURL\":\"'$server'\",\"Username\":\"{USER}\","
+                      f"\"Secret\":\"{PASSWORD}\"}}'\n")
+    helper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    doc = json.loads(docker_config.read_text())
+    doc["credHelpers"] = {auth_registry.address: "test"}
+    docker_config.write_text(json.dumps(doc))
+    out = ok(run("pull", "--plain-http", dst, address=ctrd.address))
+    assert registry.digest("busybox") in out
+    assert asked.read_text().split() == ["get", auth_registry.address]

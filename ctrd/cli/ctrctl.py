@@ -1542,7 +1542,7 @@ def images_inspect(g: Globals, ref: str) -> None:
               show_default=True)
 @click.option("--skip-unpack", is_flag=True, help="fetch only")
 @click.option("-u", "--user", default="", metavar="USER[:PASSWORD]",
-              help="registry credentials (default: from ~/.docker/config.json, "
+              help="registry credentials (default: ~/.docker/config.json's helpers or auths, "
                    "$DOCKER_CONFIG)")
 @pass_globals
 def pull_cmd(g: Globals, ref: str, plain_http: bool, platform: str, snapshotter: str,
@@ -1551,11 +1551,11 @@ def pull_cmd(g: Globals, ref: str, plain_http: bool, platform: str, snapshotter:
     from ctrd.api.ctrd.v1 import images_pb2
 
     username, _, secret = user.partition(":")
-    if not username:  # as docker and nerdctl: the user's ~/.docker/config.json
-        from ctrd.remotes.auth import load_docker_config
+    if not username:  # as docker and nerdctl: the user's ~/.docker/config.json (helpers)
+        from ctrd.remotes.credhelpers import docker_credentials
         from ctrd.remotes.reference import parse
 
-        creds = load_docker_config().get(parse(ref).host)
+        creds = docker_credentials(parse(ref).host)
         if creds is not None:
             username, secret = creds.username, creds.secret
     req = images_pb2.PullRequest(ref=ref, plain_http=plain_http, platform=platform,
@@ -1629,10 +1629,10 @@ def push_cmd(g: Globals, ref: str, local_ref: str, plain_http: bool, hosts_dir: 
                            f"{target.digest}")
     username, _, secret = user.partition(":")
     creds = {remote.host: Credentials(username, secret)} if username else None
-    if creds is None:  # as pull: what `ctrctl login` saved for this registry
-        from ctrd.remotes.auth import load_docker_config
+    if creds is None:  # as pull: what `ctrctl login` saved, or a credential helper's
+        from ctrd.remotes.credhelpers import docker_credentials
 
-        saved = load_docker_config().get(remote.host)
+        saved = docker_credentials(remote.host)
         creds = {remote.host: saved} if saved is not None else None
     registry = Registry(hosts_dir=hosts_dir or None, plain_http=plain_http, credentials=creds)
 

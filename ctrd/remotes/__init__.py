@@ -1,5 +1,7 @@
 """OCI distribution (registry) client: references, auth, hosts config, resolve/fetch/push.
 
 Sans-IO parts (reference parsing, ``WWW-Authenticate`` parsing, ``hosts.toml``, URL building)
-are plain functions; :mod:`ctrd.remotes.registry` is the small blocking HTTP layer over them.
+and the proxy rules (:mod:`ctrd.remotes.proxy`) are plain functions; :mod:`ctrd.remotes.registry`
+is the blocking client over them, on :mod:`ctrd.remotes.transport` (urllib3 connection pools);
+:mod:`ctrd.remotes.credhelpers` finds credentials as the docker CLI does.
 """

@@ -170,25 +170,38 @@ def normalize_host(key: str) -> str:
     return "docker.io" if k in _DOCKER_HUB_ALIASES else k
 
 
+def docker_config_path(path: str | os.PathLike | None = None) -> Path:
+    """``path``, or ``$DOCKER_CONFIG/config.json``, or ``~/.docker/config.json``."""
+    if path is not None:
+        return Path(path)
+    base = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    return Path(base) / "config.json"
+
+
+def read_docker_config(path: str | os.PathLike | None = None) -> tuple[Path, dict]:
+    """(file, its JSON object) of a docker ``config.json`` (:func:`docker_config_path`); a
+    missing file is ``{}``; anything but a JSON object is :class:`InvalidArgument`."""
+    p = docker_config_path(path)
+    try:
+        doc = json.loads(p.read_bytes())
+    except FileNotFoundError:
+        return p, {}
+    except (OSError, ValueError) as e:
+        raise InvalidArgument(f"docker config {str(p)!r}: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidArgument(f"docker config {str(p)!r}: expected a JSON object")
+    return p, doc
+
+
 def load_docker_config(path: str | os.PathLike | None = None) -> dict[str, Credentials]:
     """Credentials by registry host from a docker ``config.json`` (``auths`` entries with
     ``auth`` = base64(user:password), or ``username``/``password``, or ``identitytoken``).
 
     ``path`` defaults to ``$DOCKER_CONFIG/config.json`` or ``~/.docker/config.json``; a
-    missing file is no credentials. Credential helpers (``credsStore``) are not run.
+    missing file is no credentials. Credential helpers (``credsStore``, ``credHelpers``) are
+    not run here: :func:`ctrd.remotes.credhelpers.docker_credentials` asks them.
     """
-    if path is None:
-        base = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
-        path = os.path.join(base, "config.json")
-    p = Path(path)
-    try:
-        doc = json.loads(p.read_bytes())
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as e:
-        raise InvalidArgument(f"docker config {str(p)!r}: {e}") from None
-    if not isinstance(doc, dict):
-        raise InvalidArgument(f"docker config {str(p)!r}: expected a JSON object")
+    p, doc = read_docker_config(path)
     auths = doc.get("auths", {})
     if not isinstance(auths, dict):
         raise InvalidArgument(f"docker config {str(p)!r}: 'auths' must be an object")

@@ -32,10 +32,7 @@ MAX_CONFIG = 4 << 20
 
 def config_path(path: str | os.PathLike | None = None) -> Path:
     """``path``, or ``$DOCKER_CONFIG/config.json``, or ``~/.docker/config.json``."""
-    if path is not None:
-        return Path(path)
-    base = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
-    return Path(base) / "config.json"
+    return _auth.docker_config_path(path)
 
 
 def server_key(server: str) -> str:

@@ -7,7 +7,13 @@ pull); :meth:`Registry.resolve` turns a reference into ``(name, Descriptor)``;
 at EOF) and whose ``push_*`` methods upload. Every request tries the host's endpoints
 (:func:`ctrd.remotes.hosts.registry_hosts`) in order, retries connection errors and 5xx with
 backoff, answers one 401 through the :class:`~ctrd.remotes.auth.Authorizer` and fails on a
-second. Redirects are followed; ``Authorization`` never crosses to another host.
+second. Redirects are followed (at most :data:`MAX_REDIRECTS`); ``Authorization`` never
+crosses to another host or scheme, and an endpoint's TLS settings (CA, client certificate,
+skip_verify) never follow a redirect to another host.
+
+Transport: :class:`~ctrd.remotes.transport.Transport` (urllib3): keep-alive connections pooled
+per host and shared by every Registry of the process, proxies from ``HTTPS_PROXY`` /
+``HTTP_PROXY`` / ``NO_PROXY`` by Go's rules (containerd's), TLS contexts per endpoint.
 
 Progress: every socket read times out after ``progress_timeout`` seconds without a byte, and
 a transfer that moves fewer than ``min_bytes`` in any ``progress_timeout`` window fails too
@@ -17,14 +23,15 @@ a transfer that moves fewer than ``min_bytes`` in any ``progress_timeout`` windo
 from __future__ import annotations
 
 import hashlib
-import http.client
+import io
 import json
-import socket
 import ssl
 import time
 import urllib.parse
 from dataclasses import dataclass
 from typing import BinaryIO, Callable, Iterable, Mapping
+
+import urllib3
 
 from ctrd.content.store import validate_digest
 from ctrd.errdefs import (CtrdError, DeadlineExceeded, FailedPrecondition, InvalidArgument,
@@ -32,6 +39,7 @@ from ctrd.errdefs import (CtrdError, DeadlineExceeded, FailedPrecondition, Inval
 from ctrd.metadata.images import Descriptor
 from ctrd.remotes import auth as _auth
 from ctrd.remotes import hosts as _hosts
+from ctrd.remotes import transport as _transport
 from ctrd.remotes.reference import Reference, parse
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -56,32 +64,49 @@ class _Retryable(Exception):
 
 @dataclass
 class Response:
-    """A response whose body is still on the wire (read it through :meth:`read`)."""
+    """A response whose body is still on the wire (read it through ``raw``, then
+    :meth:`close`: a connection whose body was read, or whose small rest can be read within
+    ``drain_budget`` seconds, goes back to the pool)."""
 
     status: int
-    headers: http.client.HTTPMessage
+    headers: urllib3.HTTPHeaderDict
     url: str
-    raw: http.client.HTTPResponse
-    conn: http.client.HTTPConnection
+    raw: urllib3.BaseHTTPResponse
+    drain_budget: float = 0.0
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "") or ""
 
+    def header_values(self, name: str) -> list[str]:
+        """Every value of a header that may come on several lines (``WWW-Authenticate``)."""
+        return self.headers.getlist(name)
+
     def read_bounded(self, limit: int) -> bytes:
-        data = self.raw.read(limit + 1)
+        try:
+            data = self.raw.read(limit + 1)
+        except _transport.TimeoutErrors:
+            self.abort()
+            raise DeadlineExceeded(f"{self.url}: response body stalled") from None
+        except _transport.HTTPErrors as e:
+            self.abort()
+            raise Unavailable(f"{self.url}: {e}") from None
         if len(data) > limit:
-            self.close()
+            self.abort()
             raise FailedPrecondition(f"{self.url}: response body larger than {limit} bytes")
         return data
 
     def close(self) -> None:
-        self.conn.close()
+        _transport.release(self.raw, self.drain_budget)
+
+    def abort(self) -> None:
+        """Close after a failure: the connection is dropped unless the body was all read."""
+        _transport.release(self.raw)
 
 
 def _error_text(resp: Response) -> str:
     try:
         body = resp.raw.read(MAX_ERROR_BODY)
-    except (OSError, http.client.HTTPException):
+    except _transport.HTTPErrors:
         body = b""
     resp.close()
     try:
@@ -113,19 +138,20 @@ class BlobReader:
 
     def _raw_read(self, n: int) -> bytes:
         try:
-            data = self._resp.raw.read(n)
-        except (TimeoutError, socket.timeout):
-            self.close()
+            # read1: what has arrived (up to n), so the stall rule sees every trickle.
+            data = self._resp.raw.read1(n) if n else b""
+        except _transport.TimeoutErrors:
+            self._resp.abort()
             raise DeadlineExceeded(f"fetch {self._resp.url}: no data for "
                                    f"{self._timeout:g}s (transfer stalled)") from None
-        except (OSError, http.client.HTTPException) as e:
-            self.close()
+        except _transport.HTTPErrors as e:
+            self._resp.abort()
             raise Unavailable(f"fetch {self._resp.url}: {e}") from None
         now = time.monotonic()
         self._window_bytes += len(data)
         if now - self._window_start >= self._timeout:
             if self._window_bytes < self._min:
-                self.close()
+                self._resp.abort()
                 raise DeadlineExceeded(
                     f"fetch {self._resp.url}: {self._window_bytes} bytes in "
                     f"{now - self._window_start:.1f}s, below {self._min} bytes per "
@@ -147,7 +173,7 @@ class BlobReader:
         if self._remaining is not None:
             self._remaining -= len(data)
             if self._remaining < 0:
-                self.close()
+                self._resp.abort()
                 raise FailedPrecondition(f"fetch {self._resp.url}: more than the expected "
                                          f"{self.desc.size} bytes")
         if self._hash is not None:
@@ -159,14 +185,14 @@ class BlobReader:
     def _finish(self) -> None:
         self._done = True
         if self._remaining is not None and self._remaining > 0:
-            self.close()
+            self._resp.abort()
             raise FailedPrecondition(f"fetch {self._resp.url}: body ended after "
                                      f"{self.desc.size - self.offset - self._remaining} of "
                                      f"{self.desc.size - self.offset} bytes")
         if self._hash is not None:
             got = f"{self._hash.name}:{self._hash.hexdigest()}"
             if got != self.desc.digest:
-                self.close()
+                self._resp.abort()
                 raise FailedPrecondition(f"fetch {self._resp.url}: digest mismatch: got {got}, "
                                          f"expected {self.desc.digest}")
 
@@ -188,13 +214,15 @@ class Registry:
     function; None: none). ``headers``: sent on every request (a host's hosts.toml headers
     win). ``retries``: extra attempts per endpoint on connection errors and
     5xx, ``backoff`` seconds doubling. ``progress_timeout``/``min_bytes``: the stall rule.
+    ``transport``: connection pools and proxies (default: the process's).
     """
 
     def __init__(self, *, hosts_dir: str | None = None, plain_http: bool = False,
                  credentials: _auth.CredentialsFunc | Mapping[str, _auth.Credentials] | None = None,
                  retries: int = 3, backoff: float = 0.2, connect_timeout: float = 30.0,
                  progress_timeout: float = 30.0, min_bytes: int = 1,
-                 user_agent: str = USER_AGENT, headers: Mapping[str, str] | None = None) -> None:
+                 user_agent: str = USER_AGENT, headers: Mapping[str, str] | None = None,
+                 transport: _transport.Transport | None = None) -> None:
         self.hosts_dir, self.plain_http = hosts_dir, plain_http
         if isinstance(credentials, Mapping):
             table = {_auth.normalize_host(k): v for k, v in credentials.items()}
@@ -206,6 +234,7 @@ class Registry:
         self.connect_timeout, self.progress_timeout = connect_timeout, progress_timeout
         self.min_bytes, self.user_agent = min_bytes, user_agent
         self.headers = dict(headers or {})
+        self.transport = transport or _transport.default_transport()
 
     # --- transport --------------------------------------------------------------------------
 
@@ -218,16 +247,9 @@ class Registry:
         return eps
 
     def _ssl(self, ep: _hosts.Endpoint | None) -> ssl.SSLContext:
-        ctx = ssl.create_default_context()
-        if ep is not None:
-            for ca in ep.ca:
-                ctx.load_verify_locations(cafile=ca)
-            for cert, key in ep.client:
-                ctx.load_cert_chain(cert, key or None)
-            if ep.skip_verify:
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-        return ctx
+        if ep is None:
+            return self.transport.tls_context()
+        return self.transport.tls_context(ep.ca, ep.client, ep.skip_verify)
 
     def _send(self, method: str, url: str, headers: dict[str, str], body=None,
               ep: _hosts.Endpoint | None = None) -> Response:
@@ -235,27 +257,22 @@ class Registry:
         first_host = _auth.host_of(url)
         for _ in range(MAX_REDIRECTS + 1):
             u = urllib.parse.urlsplit(url)
-            if u.scheme == "https":
-                conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                    u.netloc, timeout=self.connect_timeout,
-                    context=self._ssl(ep if _auth.host_of(url) == first_host else None))
-            elif u.scheme == "http":
-                conn = http.client.HTTPConnection(u.netloc, timeout=self.connect_timeout)
-            else:
+            if u.scheme not in ("http", "https"):
                 raise InvalidArgument(f"unsupported URL scheme in {url!r}")
-            target = (u.path or "/") + (f"?{u.query}" if u.query else "")
+            tls = self._ssl(ep if _auth.host_of(url) == first_host else None) \
+                if u.scheme == "https" else None
             try:
-                conn.request(method, target, body=body, headers=headers)
-                conn.sock.settimeout(self.progress_timeout)
-                raw = conn.getresponse()
-            except (OSError, http.client.HTTPException) as e:
-                conn.close()
-                err = _Retryable(f"{method} {url}: {e}")
-                err.timeout = isinstance(e, TimeoutError)
+                raw = self.transport.open(method, url, headers, body, tls=tls,
+                                          connect_timeout=self.connect_timeout,
+                                          read_timeout=self.progress_timeout)
+            except _transport.HTTPErrors as e:
+                err = _Retryable(f"{method} {url}: {_reason(e)}")
+                err.timeout = _transport.is_timeout(e)
                 raise err from None
-            if raw.status in (301, 302, 303, 307, 308) and raw.getheader("Location"):
-                new = urllib.parse.urljoin(url, raw.getheader("Location"))
-                conn.close()
+            location = raw.headers.get("Location")
+            if raw.status in (301, 302, 303, 307, 308) and location:
+                new = urllib.parse.urljoin(url, location)
+                _transport.release(raw, self.progress_timeout)
                 if _auth.host_of(new) != _auth.host_of(url) or \
                         urllib.parse.urlsplit(new).scheme != u.scheme:
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
@@ -263,7 +280,7 @@ class Registry:
                     method, body = "GET", None
                 url = new
                 continue
-            return Response(raw.status, raw.headers, url, raw, conn)
+            return Response(raw.status, raw.headers, url, raw, self.progress_timeout)
         raise Unavailable(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
 
     def _fetch_token(self, req: _auth.TokenRequest) -> tuple[int, bytes]:
@@ -303,7 +320,7 @@ class Registry:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
                 continue
             if resp.status == 401:
-                detail = resp.headers.get_all("WWW-Authenticate") or []
+                detail = resp.header_values("WWW-Authenticate")
                 text = _error_text(resp)
                 if authorized_once:
                     raise _auth.Unauthorized(f"{method} {url}: 401 again after authenticating: "
@@ -471,7 +488,6 @@ class Repository:
             location = urllib.parse.urljoin(resp.url, resp.header("Location"))
             src = data
             if isinstance(src, bytes):
-                import io
                 src = io.BytesIO(src)
             if chunk_size > 0:
                 sent = 0
@@ -537,12 +553,25 @@ class Repository:
 
 
 class _EmptyResponse:
-    """A fetch from offset == size: nothing left to read."""
+    """A fetch from offset == size: nothing left to read (the 416's connection is
+    released at once)."""
 
     def __init__(self, resp: Response) -> None:
-        self.url, self.conn = resp.url, resp.conn
-        import io
+        self.url = resp.url
+        resp.close()
         self.raw = io.BytesIO()
 
     def close(self) -> None:
-        self.conn.close()
+        pass
+
+    abort = close
+
+
+def _reason(e: BaseException) -> str:
+    """The message of a transport error without urllib3's object reprs."""
+    r = getattr(e, "reason", None)  # NewConnectionError, ProxyError, ...
+    if isinstance(e, urllib3.exceptions.NewConnectionError):
+        return str(e).split(": ", 1)[-1]
+    if r is not None and r is not e and not isinstance(r, str):
+        return _reason(r)
+    return str(e)
