@@ -148,17 +148,24 @@ def test_rfc3339_and_durations():
         parse_seconds("10 seconds")
 
 
+def _started_scheduler(md) -> tuple[list[float], Scheduler]:
+    """A scheduler over ``md`` hearing its mutations, started (in the running loop), and the
+    list of monotonic times its collections ran at."""
+    runs: list[float] = []
+
+    def collect():
+        runs.append(time.monotonic())
+        return md.collect()
+
+    s = Scheduler(collect, SchedulerConfig(startup_delay="0s"))
+    md.db.on_mutation(s.mutation)
+    s.start()
+    return runs, s
+
+
 def test_scheduler_collects_after_a_deletion_and_on_demand(md):
     async def main():
-        runs = []
-
-        def collect():
-            runs.append(time.monotonic())
-            return md.collect()
-
-        s = Scheduler(collect, SchedulerConfig(startup_delay="0s"))
-        md.db.on_mutation(s.mutation)
-        s.start()
+        runs, s = _started_scheduler(md)
         d = put(md, "ns", b"x", labels={"containerd.io/gc.root": "1"})
         await asyncio.sleep(0.05)
         assert runs == []  # mutations below the threshold do not collect
@@ -182,15 +189,7 @@ def test_an_idle_scheduler_arms_no_timer_and_paces_collections(md):
     one interval after the previous collection (containerd's pace, its 5 ms floor on the
     average collection time: 245 ms at the default pause threshold)."""
     async def main():
-        runs = []
-
-        def collect():
-            runs.append(time.monotonic())
-            return md.collect()
-
-        s = Scheduler(collect, SchedulerConfig(startup_delay="0s"))
-        md.db.on_mutation(s.mutation)
-        s.start()
+        runs, s = _started_scheduler(md)
         await s.schedule_and_wait()
         assert s._interval >= 0.245 - 1e-9
         d = put(md, "ns", b"y")  # unreferenced: the next collection removes it
