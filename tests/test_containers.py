@@ -378,7 +378,7 @@ def info(daemon, *args: str) -> dict:
 
 @integration
 def test_ctr_containers_commands_match_containerd(ctrd, containerd, registry):
-    from test_ctr_compat import _compare
+    from support.ctr_compat import _compare
 
     for d in (ctrd, containerd):  # pull output has timings: not compared
         ok(ctr(d.address, "images", "pull", "--plain-http", registry.ref("busybox"),
@@ -486,7 +486,7 @@ def test_containers_api_matches_containerd(ctrd, containerd):
 
     with Client(ctrd.address, "g") as ours, Client(containerd.address, "g") as theirs:
         got, want = grpc_steps(ours), grpc_steps(theirs)
-    from test_ctr_compat import _as_16  # the reference is containerd 1.6: its wording
+    from support.ctr_compat import _as_16  # the reference is containerd 1.6: its wording
 
     for i, (o, t) in enumerate(zip(got, want)):
         if isinstance(o, tuple):  # an error: (code, message)
@@ -586,7 +586,7 @@ def test_create_update_delete_publish_events_as_containerd(ctrd, containerd):
 
 @integration
 def test_a_third_party_plugin_adjusts_the_spec_ctr_stores(start_ctrd, registry, tmp_root):
-    from test_third_party_plugins import pip_install
+    from support.plugins import pip_install
 
     site = tmp_root / "site"
     pip_install("spec-plugin", site, tmp_root)

@@ -28,9 +28,9 @@ import grpc
 import pytest
 
 import containerd2
-from test_cri_compare import containerd234, pause_image  # noqa: F401 - fixtures
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import CRI, cri_config, teardown
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import CRI, cri_config, teardown
+from support.cri_compare import containerd234, pause_image  # noqa: F401 - fixtures
 
 needs_containerd = pytest.mark.skipif(not containerd2.available(),
                                       reason=f"containerd 2.3.4 not in {containerd2.BIN_DIR}")

@@ -23,8 +23,8 @@ import pytest
 import containerd2
 from sandboxutil import RUNC_SHIM2, Events, Stubs, ctr2, have_ctr2, shim_wrapper
 from taskutil import mounts_under, processes_under
-from test_cri_compare import containerd234, ctrd_cri, pause_image  # noqa: F401 - fixtures
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri_compare import containerd234, ctrd_cri, pause_image  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not have_ctr2() or not containerd2.available(),
@@ -162,7 +162,7 @@ def _pod_record(address: str, sid: str) -> dict:
 
 @pytest.mark.parametrize("ctrd_cri", ["pause"], indirect=True)
 def test_cri_pod_records_as_containerd2_writes_them(ctrd_cri, containerd234):  # noqa: F811
-    from test_cri_compare import _pod_config
+    from support.cri_compare import _pod_config
 
     got = {}
     for name, c in (("ctrd", ctrd_cri), ("containerd", containerd234)):

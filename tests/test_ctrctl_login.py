@@ -19,7 +19,7 @@ import pytest
 
 import images
 from conftest import CTR
-from test_ctrctl_images import CTRCTL, ok
+from support.cmd import CTRCTL, ok
 
 USER, PASSWORD = "tester", "s3cret-pw"
 

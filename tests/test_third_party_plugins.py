@@ -7,29 +7,16 @@ seen; the real ``ctr`` then looks at the result.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import CTR, ctr
+from support.plugins import pip_install
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")]
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def pip_install(package: str, target: Path, tmp: Path) -> None:
-    src = tmp / package
-    shutil.copytree(FIXTURES / package, src)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(src)],
-                   check=True, capture_output=True, timeout=300)
-
 
 @pytest.fixture
 def site(tmp_root):

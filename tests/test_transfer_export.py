@@ -120,7 +120,7 @@ def test_client_vanishing_mid_export(ctrd, tmp_root):
     import tarfile
 
     import containerd2
-    from test_transfer_import import _big_archive
+    from support.archives import _big_archive
     from transfer_util import eventually
 
     need_ctr2()

@@ -18,6 +18,7 @@ import containerd2
 from transfer_util import (build_archives, ctr2, eventually, image_rows,
                            need_containerd2, need_ctr2, ok, snapshot_keys,
                            start_containerd2)
+from support.archives import _add, _big_archive, _sha
 
 pytestmark = pytest.mark.integration
 
@@ -86,16 +87,8 @@ def test_compress_blobs_gzips_docker_layers(ctrd, archives):
     assert "complete" in ok(ctr2(ctrd.address, "images", "check"))
 
 
-def _add(t: tarfile.TarFile, name: str, data: bytes = b"", size: int | None = None) -> None:
-    import io
-
-    ti = tarfile.TarInfo(name)
-    ti.size = len(data) if size is None else size
-    t.addfile(ti, io.BytesIO(data))
-
-
 def _hostile(path, case: str):
-    from test_ctrctl_images import _layout, _minimal_image
+    from support.archives import _layout, _minimal_image
 
     config, man, index = _minimal_image()
     with tarfile.open(path, "w") as t:
@@ -124,12 +117,6 @@ def _hostile(path, case: str):
     if case == "not-a-tar":
         path.write_bytes(os.urandom(4096))
     return path
-
-
-def _sha(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 HOSTILE = {"traversal": "traversal", "absolute": "not a relative path",
@@ -182,43 +169,6 @@ def test_client_vanishing_mid_import_leaves_nothing(ctrd, archives):
     with open(archives["oci"], "rb") as f:  # and it still serves
         ok(ctr2(ctrd.address, "images", "import", "-", stdin=f))
     assert len(ok(ctr2(ctrd.address, "images", "ls", "-q")).split()) == 1
-
-
-def _big_archive(path, size: int = 96 << 20) -> None:
-    """An OCI archive of one image whose one uncompressed layer holds a ``size``-byte file
-    (written streaming: the test never holds it)."""
-    import hashlib
-    import io
-
-    from images import HOST_ARCH, MT_OCI_CONFIG, MT_OCI_MANIFEST
-
-    layer = path.with_suffix(".layer")
-    with open(layer, "wb") as f, tarfile.open(fileobj=f, mode="w|") as t:
-        ti = tarfile.TarInfo("big")
-        ti.size = size
-        t.addfile(ti, io.BufferedReader(io.BytesIO(b"\0" * size)))
-    h = hashlib.sha256()
-    with open(layer, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    ldig, lsize = "sha256:" + h.hexdigest(), layer.stat().st_size
-    config = json.dumps({"architecture": HOST_ARCH, "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [ldig]}}).encode()
-    man = json.dumps({"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
-                      "config": {"mediaType": MT_OCI_CONFIG, "digest": "sha256:" + _sha(config),
-                                 "size": len(config)},
-                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                                  "digest": ldig, "size": lsize}]}).encode()
-    index = json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": MT_OCI_MANIFEST, "digest": "sha256:" + _sha(man), "size": len(man),
-         "annotations": {"io.containerd.image.name": "example.com/big:1"}}]}).encode()
-    with tarfile.open(path, "w") as t:
-        _add(t, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        t.add(layer, arcname="blobs/sha256/" + ldig[7:])
-        _add(t, "blobs/sha256/" + _sha(config), config)
-        _add(t, "blobs/sha256/" + _sha(man), man)
-        _add(t, "index.json", index)
-    layer.unlink()
 
 
 def test_client_vanishing_while_the_daemon_imports(ctrd, tmp_root):

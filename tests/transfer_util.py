@@ -52,7 +52,7 @@ def tar_layout(layout: Path, out: Path) -> Path:
 def build_archives(out: Path) -> dict[str, Path]:
     """``oci`` (busybox), ``multi`` (an index: host arch + a placeholder), ``docker``
     (moby's ``docker save`` layout, uncompressed layers)."""
-    from test_archive_docker import moby_archive
+    from support.archives import moby_archive
 
     built = images.build_busybox(out / "layouts")
     arch = {"oci": tar_layout(built["busybox"].root, out / "busybox.tar"),
