@@ -20,6 +20,7 @@ from ctrd.metadata.store import Metadata
 from ctrd.plugins import hookspec
 from ctrd.services.containers import _matcher, run_create_hooks
 from ctrd.typeurl import OCI_SPEC
+from support.cmd import ok
 
 SPEC = AnyValue(OCI_SPEC, b'{"ociVersion": "1.0.2-dev",  "process": {"args": ["sh"]}}')
 OPTS = AnyValue("containerd.runc.v1.Options", b"\x12\x04runc")
@@ -318,11 +319,6 @@ def integration_api(fn):
     refusing it, as 1.6 does and as the check intends."""
     fn = pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")(fn)
     return pytest.mark.integration(fn)
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    return r.stdout
 
 
 def ctr_scripts(registry) -> tuple[list[str], list[str]]:

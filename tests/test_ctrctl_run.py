@@ -15,19 +15,19 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import CTR, ctr
+from support import cmd
+from support.cmd import CTRCTL, ok
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)"),
               pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")]
 
-CTRCTL = Path(sys.executable).parent / "ctrctl"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -97,20 +97,12 @@ def cleanup(d) -> list[str]:
 
 
 def ctl_cmd(d, *args: str) -> list[str]:
-    cmd = [str(CTRCTL)] if CTRCTL.exists() else [sys.executable, "-m", "ctrd.cli.ctrctl"]
-    return cmd + ["--address", d.address, *args]
+    return CTRCTL + ["--address", d.address, *args]
 
 
-def ctl(d, *args: str, input: str | None = None, timeout: float = 60,
-        stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
-    return subprocess.run(ctl_cmd(d, *args), capture_output=True, text=True, timeout=timeout,
-                          env=d.env, input=input, **({} if input is not None else
-                                                       {"stdin": stdin}))
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    return r.stdout
+def ctl(d, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """:func:`support.cmd.ctl` with the daemon's FIFO and log dirs in the environment."""
+    return cmd.ctl(d, *args, timeout=timeout, env=d.env, **kw)
 
 
 def ps(d) -> dict[str, dict]:

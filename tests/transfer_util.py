@@ -15,6 +15,7 @@ import pytest
 
 import containerd2
 import images
+from support.cmd import ok
 
 NS = "xfer"
 
@@ -34,11 +35,6 @@ def ctr2(address: str, *args: str, stdin=None, timeout: float = 180,
     return subprocess.run([str(containerd2.CTR), "--address", address, "-n", namespace,
                            *args], capture_output=True, text=True, timeout=timeout,
                           stdin=stdin)
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, (r.args, r.stdout, r.stderr)
-    return r.stdout
 
 
 def tar_layout(layout: Path, out: Path) -> Path:

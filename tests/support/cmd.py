@@ -3,24 +3,33 @@ suite.
 
 ``ok(r)`` fails the test unless the finished command ``r`` exited 0 (the message carries its
 argv, exit status, stdout and stderr) and returns its stdout. ``ctl(daemon, *args)`` runs
-ctrctl (the venv's console script, else ``python -m ctrd.cli.ctrctl``) against ``daemon``
-(anything with an ``address``, or the address itself).
+ctrctl (``CTRCTL``: the venv's console script, else ``python -m ctrd.cli.ctrctl``) against
+``daemon`` (anything with an ``address``, or the address itself), without the ctrctl variables
+of the environment the suite runs in.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 from conftest import ctr
 
-CTRCTL = Path(sys.executable).parent / "ctrctl"
+_BIN = Path(sys.executable).parent
+# argv of ctrctl: the console script beside the interpreter, else the module
+CTRCTL = ([str(_BIN / "ctrctl")] if (_BIN / "ctrctl").exists()
+          else [sys.executable, "-m", "ctrd.cli.ctrctl"])
+# what a developer's shell may export for ctrctl: a test says its daemon and namespace itself
+_OURS = ("CTRD_ADDRESS", "CONTAINERD_NAMESPACE", "CONTAINERD_SNAPSHOTTER")
 
 
-def ctrctl_cmd() -> list[str]:
-    """argv of ctrctl: the console script beside the interpreter, else the module."""
-    return [str(CTRCTL)] if CTRCTL.exists() else [sys.executable, "-m", "ctrd.cli.ctrctl"]
+def clean_env(extra: dict | None = None, **more: str) -> dict[str, str]:
+    """This process's environment less ctrctl's own variables, plus ``extra`` and ``more``."""
+    env = {k: v for k, v in os.environ.items() if k not in _OURS}
+    env.update(extra or {}, **more)
+    return env
 
 
 def ok(r: subprocess.CompletedProcess) -> str:
@@ -29,12 +38,17 @@ def ok(r: subprocess.CompletedProcess) -> str:
     return r.stdout
 
 
-def ctl(daemon, *args: str, timeout: float = 300, **run) -> subprocess.CompletedProcess:
-    """``ctrctl --address <daemon> *args``, its output captured as text; ``run`` goes on to
-    :func:`subprocess.run` (``input``, ``env``, ``stdin``...)."""
+def ctl(daemon, *args: str, timeout: float = 300, env: dict | None = None,
+        input: str | bytes | None = None, **run) -> subprocess.CompletedProcess:
+    """``ctrctl --address <daemon> *args``, its output captured (text unless ``input`` is
+    bytes), in :func:`clean_env` with ``env`` added; stdin is ``input``, else /dev/null
+    (``stdin=`` overrides). ``run`` goes on to :func:`subprocess.run`."""
     address = daemon if isinstance(daemon, str) else daemon.address
-    return subprocess.run(ctrctl_cmd() + ["--address", address, *args], capture_output=True,
-                          text=True, timeout=timeout, **run)
+    if input is None:
+        run.setdefault("stdin", subprocess.DEVNULL)
+    run.setdefault("text", not isinstance(input, bytes))
+    return subprocess.run(CTRCTL + ["--address", address, *args], capture_output=True,
+                          timeout=timeout, env=clean_env(env), input=input, **run)
 
 
 def names(daemon) -> list[str]:
