@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from support.poll import wait_until  # noqa: F401 - for the shim tests that import it from here
+
 SHIM = "containerd-shim-ctrd-v2"
 RUNTIME = "io.containerd.ctrd.v2"
 SOCKET_DIR = Path("/run/ctrd/s")
@@ -76,18 +78,6 @@ def stale_sockets(before: set[str]) -> set[str]:
         finally:
             s.close()
     return out
-
-
-def wait_until(cond, timeout: float = 10.0, interval: float = 0.05):
-    """Poll ``cond`` until it returns something truthy (returned) or ``timeout`` passes (its
-    last value is returned)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    return cond()
 
 
 def rss_pss_kib(pid: int) -> tuple[int, int]:

@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from shimutil import wait_until
+from support.poll import wait_until
 
 from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
 from support.cri import cri, cri_factory  # noqa: F401 - fixtures

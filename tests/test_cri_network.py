@@ -27,6 +27,7 @@ from ctrd.errdefs import AlreadyExists, DeadlineExceeded, InvalidArgument, NotFo
 from ctrd.snapshots import mount as _mount
 from support.cni_net import (CNI_BIN, HAVE_PLUGINS, IP, IPTABLES, PLUGINS, PodNet,  # noqa: F401
                               _iptables_save, _rules_of, _seq, testnet, workdir)
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,14 +50,6 @@ def _ns_inode(path: str) -> int:
 
 def _link_exists(name: str) -> bool:
     return os.path.exists(f"/sys/class/net/{name}")
-
-
-def _eventually(pred, what: str, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"still not true after {timeout}s: {what}")
-        time.sleep(0.05)
 
 
 def _serve_once_in(netns_path: str, port: int, payload: bytes) -> tuple[socket.socket, threading.Thread]:
@@ -242,7 +235,7 @@ def test_bridge_portmap_pod_lifecycle(workdir, testnet):
           f"CNI DEL + unpin {t_down * 1000:.0f} ms")
     assert testnet.leases() == [], "IPAM lease released"
     assert testnet.cache_files() == []
-    _eventually(lambda: not _link_exists(veth), f"veth {veth} gone")
+    wait_until(lambda: not _link_exists(veth), 20.0, what=f"veth {veth} gone")
     assert _rules_of("nat", testnet.name) == [], "no iptables rule of the pod left"
     assert not any(f"--dport {host_port}" in x for x in _iptables_save("nat"))
     client.teardown(sid, pns.net, labels=labels)  # again: fine

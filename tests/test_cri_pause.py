@@ -21,10 +21,10 @@ import grpc
 import pytest
 
 from conftest import ctr
-from shimutil import wait_until
 from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
 from support.cri_pause import (_k8s_objects, broken_pause_ref, pause_factory,  # noqa: F401
                                pause_ref)
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 

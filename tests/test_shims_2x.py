@@ -16,8 +16,8 @@ import pytest
 
 import containerd2
 from conftest import ctr
-from shimutil import wait_until
 from support.cmd import ok
+from support.poll import wait_until
 from taskutil import mounts_under, processes_under
 
 NS = "s2x"

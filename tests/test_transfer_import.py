@@ -15,10 +15,11 @@ import tarfile
 import pytest
 
 import containerd2
-from transfer_util import (build_archives, ctr2, eventually, image_rows,
+from transfer_util import (build_archives, ctr2, image_rows,
                            need_containerd2, need_ctr2, ok, snapshot_keys,
                            start_containerd2)
 from support.archives import _add, _big_archive, _sha
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -127,12 +128,12 @@ HOSTILE = {"traversal": "traversal", "absolute": "not a relative path",
 
 def _nothing_left(d) -> None:
     assert ok(ctr2(d.address, "images", "ls", "-q")).split() == []
-    assert eventually(lambda: len(ok(ctr2(d.address, "content", "active"))
-                                  .splitlines()) <= 1, "ingests") is True
+    assert wait_until(lambda: len(ok(ctr2(d.address, "content", "active"))
+                                  .splitlines()) <= 1, 30, what="ingests") is True
     spool = d.root / "io.containerd.transfer.v1.local"
-    assert eventually(lambda: not spool.exists() or not os.listdir(spool), "spool")
-    assert eventually(lambda: len(ok(ctr2(d.address, "content", "ls")).splitlines()) <= 1,
-                      "content collected")
+    assert wait_until(lambda: not spool.exists() or not os.listdir(spool), 30, what="spool")
+    assert wait_until(lambda: len(ok(ctr2(d.address, "content", "ls")).splitlines()) <= 1,
+                      30, what="content collected")
 
 
 def test_hostile_archives_through_transfer(ctrd, archives, tmp_root):
@@ -159,7 +160,7 @@ def test_client_vanishing_mid_import_leaves_nothing(ctrd, archives):
         proc.stdin.flush()
         spool = ctrd.root / "io.containerd.transfer.v1.local"
         # the daemon is receiving: its spool file exists
-        assert eventually(lambda: spool.exists() and os.listdir(spool), "spooling")
+        assert wait_until(lambda: spool.exists() and os.listdir(spool), 30, what="spooling")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -190,7 +191,7 @@ def test_client_vanishing_while_the_daemon_imports(ctrd, tmp_root):
                              "images", "import", str(path)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        assert eventually(spooled, "the whole archive spooled", timeout=120)
+        assert wait_until(spooled, 120, what="the whole archive spooled")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -202,10 +203,10 @@ def test_client_vanishing_while_the_daemon_imports(ctrd, tmp_root):
 
 def _no_import_left(d) -> None:
     spool = d.root / "io.containerd.transfer.v1.local"
-    assert eventually(lambda: not spool.exists() or not os.listdir(spool), "spool", 120)
+    assert wait_until(lambda: not spool.exists() or not os.listdir(spool), 120, what="spool")
     assert ok(ctr2(d.address, "images", "ls", "-q")).split() == []
-    assert eventually(lambda: len(ok(ctr2(d.address, "content", "active"))
-                                  .splitlines()) <= 1, "ingests") is True
+    assert wait_until(lambda: len(ok(ctr2(d.address, "content", "active"))
+                                  .splitlines()) <= 1, 30, what="ingests") is True
     assert "Active" not in ok(ctr2(d.address, "snapshots", "ls"))
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import re
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -77,17 +76,6 @@ def image_rows(address: str, namespace: str = NS) -> list[str]:
 def snapshot_keys(address: str, namespace: str = NS) -> list[str]:
     out = ok(ctr2(address, "snapshots", "ls", namespace=namespace))
     return sorted(line.split()[0] for line in out.splitlines()[1:] if line.strip())
-
-
-def eventually(check, what: str, timeout: float = 30.0):
-    """Poll ``check()`` until it returns a truthy value (GC and cleanup run after the call
-    returns); the last value is returned, the test asserts on it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def members(path: Path) -> list[tuple]:
