@@ -25,7 +25,6 @@ import re
 import shutil
 import subprocess
 import tempfile
-import time
 
 import pytest
 
@@ -33,6 +32,7 @@ import containerd2
 import fielddiff as fd
 from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
 from support.cri_compare import _pod_config, containerd234, ctrd_cri, pause_image  # noqa: F401
+from support.poll import wait_until
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not containerd2.available(),
@@ -97,12 +97,12 @@ def _container_config(pb, image, name: str, command: list[str], hostdir: str, **
 
 def _wait_exited(c, cid: str, timeout: float = 30.0):
     pb = c.pb
-    deadline = time.monotonic() + timeout
-    while True:
-        st = c.rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
-        if st.state == pb.CONTAINER_EXITED or time.monotonic() > deadline:
-            return st
-        time.sleep(0.05)
+
+    def status():
+        return c.rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
+
+    wait_until(lambda: status().state == pb.CONTAINER_EXITED, timeout)
+    return status()
 
 
 def _scenario(c, image: str, base: str, hostdir: str, pause: str = "") -> dict:

@@ -17,7 +17,6 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -29,6 +28,7 @@ from cri_client import CRIClient, rpc_error
 
 from ctrd.cri.images import user_from_image
 from ctrd.images import manifest as m
+from support.poll import wait_until
 from support.registry_auth import PASSWORD, USER, AuthRegistry
 
 with warnings.catch_warnings():  # deprecated in 3.11, the only bcrypt in the stdlib
@@ -467,10 +467,7 @@ def test_concurrent_pulls_of_one_ref_share_one_pull(cri_daemon, auth_registry):
         got = list(pool.map(one, range(n)))
     assert len(set(got)) == 1 and got[0] == config_of(auth_registry.pushed["fat"])[0]
     # One resolve for all four (the access log is written as requests finish).
-    deadline = time.monotonic() + 5
-    while auth_registry.manifest_hits("test/fat", "latest") == before and \
-            time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: auth_registry.manifest_hits("test/fat", "latest") != before, 5)
     assert auth_registry.manifest_hits("test/fat", "latest") - before == 1
     [img] = cri.list_images()
     assert list(img.repo_tags) == [ref]

@@ -57,12 +57,9 @@ def _ns(cri, cid: str, kind: str) -> str:
 
 
 def _wait_state(cri, sid: str, state, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = cri.pod_status(sid)
-        if st.state == state or time.monotonic() > deadline:
-            return st
-        time.sleep(0.05)
+    """The pod's status once in ``state``, or when ``timeout`` passed (the caller asserts)."""
+    wait_until(lambda: cri.pod_status(sid).state == state, timeout)
+    return cri.pod_status(sid)
 
 
 def _zombies_in_pidns(pidns: str) -> list[str]:

@@ -14,6 +14,7 @@ import pytest
 
 from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
 from support.cri import cri, cri_factory, pod_config  # noqa: F401 - fixtures
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -111,12 +112,8 @@ def test_completed_container_and_errors(cri):
         pod_sandbox_id=sid, config=cconf, sandbox_config=pod_config(pb, "pod2", "u2"))
     ).container_id
     cri.rt.StartContainer(pb.StartContainerRequest(container_id=cid))
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        cs = cri.rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
-        if cs.state == pb.CONTAINER_EXITED:
-            break
-        time.sleep(0.05)
+    wait_until(lambda: cri.status(cid).state == pb.CONTAINER_EXITED, 20)
+    cs = cri.rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status
     assert (cs.state, cs.exit_code, cs.reason) == (pb.CONTAINER_EXITED, 0, "Completed")
     assert cs.finished_at >= cs.started_at > 0
 

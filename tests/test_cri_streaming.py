@@ -30,6 +30,7 @@ from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
 from support.cri import cri, cri_factory  # noqa: F401 - fixtures
 from support.cri_streaming import (Pod, PodServers, channel, exit_status, netns_of,  # noqa: F401
                                    pod, ws_url)
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -478,9 +479,7 @@ def test_get_container_events_in_order(cri):
     cid = cri.create(sid, pconf, "c", ["sh", "-c", "sleep 0.5"])
     cri.wait_exited(cid)
     cri.rt.RemoveContainer(pb.RemoveContainerRequest(container_id=cid))
-    deadline = time.monotonic() + 20
-    while len([e for e in got if e.container_id == cid]) < 4 and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: len([e for e in got if e.container_id == cid]) >= 4, 20)
     call.cancel()
     t.join(10)
     mine = [e for e in got if e.container_id == cid]

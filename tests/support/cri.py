@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import grpc
 import pytest
 
 from conftest import ctr
+from support.poll import wait_until
 from taskutil import mounts_under, processes_under, reap
 
 CNI_BIN = "/usr/lib/cni"
@@ -113,12 +113,9 @@ class CRI:
         return (r.status, json.loads(r.info["info"])) if verbose else r.status
 
     def wait_exited(self, cid: str, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            cs = self.status(cid)
-            if cs.state == self.pb.CONTAINER_EXITED or time.monotonic() > deadline:
-                return cs
-            time.sleep(0.05)
+        """The container's status once exited, or when ``timeout`` passed (callers assert)."""
+        wait_until(lambda: self.status(cid).state == self.pb.CONTAINER_EXITED, timeout)
+        return self.status(cid)
 
     def pid(self, cid: str) -> int:
         """The container's init pid (ContainerStatus verbose info)."""
