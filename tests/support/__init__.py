@@ -3,8 +3,8 @@
 Test modules import shared things from here (or get them from ``conftest.py``), never from
 another test module: a test module holds tests, and importing one runs its module-level code
 and couples two files' tests. The helper modules beside the tests (``cri_client``,
-``taskutil``, ``shimutil``, ``images``, ...) stay where they are: bench/ scripts import them
-with tests/ on ``sys.path``.
+``taskutil``, ``shimutil``, ``images``, ...) stay where they are: bench/ scripts import some
+of them with tests/ on ``sys.path``.
 
 - :mod:`support.cmd`: ``ok()`` (a command's exit status is 0) and ``ctl()`` (run ctrctl).
 - :mod:`support.poll`: ``wait_until()``, the one polling loop.
@@ -13,8 +13,10 @@ with tests/ on ``sys.path``.
 - :mod:`support.cri_pause`, :mod:`support.cri_compare`, :mod:`support.cri_streaming`,
   :mod:`support.cri_stats`: the pause images, containerd 2.3.4 side by side, streaming pods,
   stats pods.
-- :mod:`support.metadata`, :mod:`support.transfer`, :mod:`support.archives`,
-  :mod:`support.ctr_compat`, :mod:`support.plugins`: the rest.
+- :mod:`support.metadata` (a metadata store), :mod:`support.transfer` (containerd 2.3.4 for
+  the Transfer tests), :mod:`support.registry_auth` (a basic-auth registry),
+  :mod:`support.archives` (image archives built by hand), :mod:`support.ctr_compat` (one ctr
+  script against two daemons), :mod:`support.plugins` (``pip install`` of a test package).
 
 Fixtures are imported by name into the test modules that use them (``from support.cri import
 cri, cri_factory  # noqa: F401 - fixtures``), as they were from the test modules before: each
