@@ -18,6 +18,10 @@ from pathlib import Path
 
 import pytest
 
+# support/ holds the fixtures and helpers that were in test modules (whose asserts pytest
+# rewrites): rewritten too, so their failures explain themselves as before.
+pytest.register_assert_rewrite("support")
+
 ROOT = os.geteuid() == 0
 CTR = shutil.which("ctr")
 CONTAINERD = shutil.which("containerd")

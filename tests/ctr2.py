@@ -15,6 +15,7 @@ import re
 import subprocess
 
 import containerd2
+from support.cmd import ok  # noqa: F401 - ctr2.ok(run(...)) reads as one step
 
 CTR = containerd2.CTR
 COLOR = re.compile(r"\x1b\[[0-9;]*m")
@@ -30,11 +31,6 @@ def run(address: str, *args: str, namespace: str = "t", timeout: float = 120,
     return subprocess.run([str(CTR), "--address", address, "-n", namespace, *args],
                           capture_output=True, text=True, timeout=timeout, env=env,
                           input=input)
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"ctr failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
-    return r.stdout
 
 
 def errors(r: subprocess.CompletedProcess) -> str:

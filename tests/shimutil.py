@@ -6,12 +6,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from ctrd.runtime.bootstrap import parse_start_output
+from support.poll import wait_until  # noqa: F401 - for the shim tests that import it from here
 
 SHIM = "containerd-shim-ctrd-v2"
 RUNTIME = "io.containerd.ctrd.v2"
@@ -78,18 +78,6 @@ def stale_sockets(before: set[str]) -> set[str]:
         finally:
             s.close()
     return out
-
-
-def wait_until(cond, timeout: float = 10.0, interval: float = 0.05):
-    """Poll ``cond`` until it returns something truthy (returned) or ``timeout`` passes (its
-    last value is returned)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = cond()
-        if v:
-            return v
-        time.sleep(interval)
-    return cond()
 
 
 def rss_pss_kib(pid: int) -> tuple[int, int]:

@@ -10,7 +10,6 @@ ours. Archives in the Docker format are made by the real skopeo from the OCI lay
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import shutil
@@ -26,13 +25,10 @@ from ctrd.errdefs import InvalidArgument, NotFound
 from ctrd.images import archive
 from ctrd.images import manifest as m
 from ctrd.images.manifest import Descriptor
-from test_ctrctl_images import content_digests, ctl, names, ok
+from support.archives import add, config_for, layer_tar, moby_archive, sha
+from support.cmd import content_digests, ctl, names, ok
 
 SKOPEO = shutil.which("skopeo")
-
-
-def sha(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
 
 
 # -- an in-memory content store (the archive code's Store protocol) ---------------------------
@@ -79,57 +75,6 @@ def load(path: Path, store: MemStore | None = None, **kw) -> tuple[archive.Impor
 
 
 # -- archives built by hand -------------------------------------------------------------------
-
-def layer_tar(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
-        for name, data in files.items():
-            ti = tarfile.TarInfo(name)
-            ti.size, ti.mtime = len(data), images.EPOCH
-            t.addfile(ti, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def config_for(tars: list[bytes], arch: str = images.HOST_ARCH) -> bytes:
-    return json.dumps({"architecture": arch, "os": "linux", "config": {"Cmd": ["sh"]},
-                       "rootfs": {"type": "layers", "diff_ids": [sha(t) for t in tars]}},
-                      sort_keys=True).encode()
-
-
-def add(t: tarfile.TarFile, name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
-        link: str = "") -> None:
-    ti = tarfile.TarInfo(name)
-    ti.type, ti.linkname, ti.mtime = kind, link, images.EPOCH
-    ti.size = len(data) if kind == tarfile.REGTYPE else 0
-    if kind in (tarfile.CHRTYPE,):
-        ti.devmajor, ti.devminor = 1, 3
-    t.addfile(ti, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
-
-
-def moby_archive(path: Path, tags=("example.com/hand/made:1",), gzip_layer: bool = False,
-                 extra=None, manifest=None, swap_diff_ids: bool = False) -> dict:
-    """A ``docker save`` archive as moby (docker < 25) writes it: ``<id>/layer.tar``,
-    ``<id>/json``, ``<id>/VERSION``, ``<config hex>.json``, ``manifest.json``,
-    ``repositories``. Returns what went in."""
-    tar1 = layer_tar({"hello.txt": b"hello\n"})
-    tar2 = layer_tar({"etc/motd": b"motd\n"})
-    layer1 = gzip.compress(tar1, mtime=0) if gzip_layer else tar1
-    config = config_for([tar2, tar1] if swap_diff_ids else [tar1, tar2])
-    cfg_name = sha(config)[7:] + ".json"
-    doc = manifest if manifest is not None else [
-        {"Config": cfg_name, "RepoTags": list(tags), "Layers": ["aaa/layer.tar", "bbb/layer.tar"]}]
-    with tarfile.open(path, "w") as t:
-        for d, data in (("aaa", layer1), ("bbb", tar2)):
-            add(t, d + "/", kind=tarfile.DIRTYPE)
-            add(t, f"{d}/VERSION", b"1.0")
-            add(t, f"{d}/json", b'{"id":"%s"}' % d.encode())
-            add(t, f"{d}/layer.tar", data)
-        add(t, cfg_name, config)
-        for name, data, kind, link in (extra or []):
-            add(t, name, data, kind, link)
-        add(t, "manifest.json", json.dumps(doc).encode())
-        add(t, "repositories", b"{}")
-    return {"tars": [tar1, tar2], "layers": [layer1, tar2], "config": config}
 
 
 # -- import, against an in-memory store -------------------------------------------------------

@@ -20,6 +20,7 @@ from ctrd.metadata.store import Metadata
 from ctrd.plugins import hookspec
 from ctrd.services.containers import _matcher, run_create_hooks
 from ctrd.typeurl import OCI_SPEC
+from support.cmd import ok
 
 SPEC = AnyValue(OCI_SPEC, b'{"ociVersion": "1.0.2-dev",  "process": {"args": ["sh"]}}')
 OPTS = AnyValue("containerd.runc.v1.Options", b"\x12\x04runc")
@@ -320,11 +321,6 @@ def integration_api(fn):
     return pytest.mark.integration(fn)
 
 
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    return r.stdout
-
-
 def ctr_scripts(registry) -> tuple[list[str], list[str]]:
     """Steps before and after the ``ctr c info`` comparison."""
     ref = registry.ref("busybox")
@@ -378,7 +374,7 @@ def info(daemon, *args: str) -> dict:
 
 @integration
 def test_ctr_containers_commands_match_containerd(ctrd, containerd, registry):
-    from test_ctr_compat import _compare
+    from support.ctr_compat import _compare
 
     for d in (ctrd, containerd):  # pull output has timings: not compared
         ok(ctr(d.address, "images", "pull", "--plain-http", registry.ref("busybox"),
@@ -486,7 +482,7 @@ def test_containers_api_matches_containerd(ctrd, containerd):
 
     with Client(ctrd.address, "g") as ours, Client(containerd.address, "g") as theirs:
         got, want = grpc_steps(ours), grpc_steps(theirs)
-    from test_ctr_compat import _as_16  # the reference is containerd 1.6: its wording
+    from support.ctr_compat import _as_16  # the reference is containerd 1.6: its wording
 
     for i, (o, t) in enumerate(zip(got, want)):
         if isinstance(o, tuple):  # an error: (code, message)
@@ -586,7 +582,7 @@ def test_create_update_delete_publish_events_as_containerd(ctrd, containerd):
 
 @integration
 def test_a_third_party_plugin_adjusts_the_spec_ctr_stores(start_ctrd, registry, tmp_root):
-    from test_third_party_plugins import pip_install
+    from support.plugins import pip_install
 
     site = tmp_root / "site"
     pip_install("spec-plugin", site, tmp_root)

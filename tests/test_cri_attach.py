@@ -22,9 +22,9 @@ import time
 
 import pytest
 
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
-from test_cri_streaming import channel, ws_url
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri, cri_factory  # noqa: F401 - fixtures
+from support.cri_streaming import channel, ws_url
 
 pytestmark = pytest.mark.integration
 

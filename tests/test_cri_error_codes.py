@@ -22,15 +22,15 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import grpc
 import pytest
 
 import containerd2
-from test_cri_compare import containerd234, pause_image  # noqa: F401 - fixtures
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import CRI, cri_config, teardown
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import CRI, cri_config, teardown
+from support.cri_compare import containerd234, pause_image  # noqa: F401 - fixtures
+from support.poll import wait_until
 
 needs_containerd = pytest.mark.skipif(not containerd2.available(),
                                       reason=f"containerd 2.3.4 not in {containerd2.BIN_DIR}")
@@ -146,11 +146,8 @@ def _pod_config(pb, name: str, logdir: str):
 
 def _wait_exited(c, cid: str, timeout: float = 30.0) -> None:
     pb = c.pb
-    deadline = time.monotonic() + timeout
-    while c.rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid)).status.state \
-            != pb.CONTAINER_EXITED:
-        assert time.monotonic() < deadline, f"{cid} did not exit"
-        time.sleep(0.05)
+    wait_until(lambda: c.rt.ContainerStatus(pb.ContainerStatusRequest(container_id=cid))
+               .status.state == pb.CONTAINER_EXITED, timeout, what=f"{cid} to exit")
 
 
 def _id_calls(c, bad: str) -> dict:

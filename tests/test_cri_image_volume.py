@@ -17,8 +17,8 @@ import pytest
 from conftest import ctr
 from cri_image_fixtures import volume_image
 from taskutil import mounts_under
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri, cri_factory  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 

@@ -15,10 +15,8 @@ import warnings
 import json
 import shutil
 import socket
-import subprocess
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 import grpc
@@ -30,6 +28,8 @@ from cri_client import CRIClient, rpc_error
 
 from ctrd.cri.images import user_from_image
 from ctrd.images import manifest as m
+from support.poll import wait_until
+from support.registry_auth import PASSWORD, USER, AuthRegistry
 
 with warnings.catch_warnings():  # deprecated in 3.11, the only bcrypt in the stdlib
     warnings.simplefilter("ignore", DeprecationWarning)
@@ -383,49 +383,6 @@ def test_config_path_hosts_toml(cri_daemon, registry, tmp_root):
 
 # --- auth -----------------------------------------------------------------------------------
 
-USER, PASSWORD = "kubelet", "s3cret-pw"
-
-
-class AuthRegistry(images.Registry):
-    """docker-registry with htpasswd (basic) auth and an access log; requests authenticate."""
-
-    CONFIG = images.REGISTRY_CONFIG.replace("    disabled: true", "    disabled: false") + \
-        "auth:\n  htpasswd:\n    realm: ctrd-test\n    path: {root}/htpasswd\n"
-
-    @classmethod
-    def start_auth(cls, root: Path) -> "AuthRegistry":
-        exe = shutil.which("docker-registry")
-        root.mkdir(parents=True)
-        (root / "storage").mkdir()
-        salt = crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16)  # cost 4: a test, not a vault
-        (root / "htpasswd").write_text(f"{USER}:{crypt.crypt(PASSWORD, salt)}\n")
-        last = None
-        for _ in range(3):
-            addr = f"127.0.0.1:{images.free_port()}"
-            (root / "config.yml").write_text(cls.CONFIG.format(root=root, addr=addr))
-            with open(root / "registry.log", "w") as out:
-                proc = subprocess.Popen([exe, "serve", str(root / "config.yml")], stdout=out,
-                                        stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        start_new_session=True)
-            reg = cls(root, proc, addr)
-            try:
-                reg._wait(20)
-                return reg
-            except Exception as e:  # noqa: BLE001 - retried on another port
-                last = e
-                reg.stop(remove=False)
-        raise RuntimeError(f"auth registry did not come up: {last}")
-
-    def request(self, method, url, body=None, headers=None):
-        h = dict(headers or {})
-        h["Authorization"] = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-        return super().request(method, url, body, h)
-
-    def manifest_hits(self, repo_: str, tag: str) -> int:
-        """Authenticated (200) HEAD/GET of a tag's manifest, from the access log."""
-        needle = f"/v2/{repo_}/manifests/{tag} HTTP/1.1\" 200"
-        return sum(1 for line in self.log().splitlines() if needle in line)
-
 
 @pytest.fixture(scope="module")
 def auth_registry(registry):
@@ -510,10 +467,7 @@ def test_concurrent_pulls_of_one_ref_share_one_pull(cri_daemon, auth_registry):
         got = list(pool.map(one, range(n)))
     assert len(set(got)) == 1 and got[0] == config_of(auth_registry.pushed["fat"])[0]
     # One resolve for all four (the access log is written as requests finish).
-    deadline = time.monotonic() + 5
-    while auth_registry.manifest_hits("test/fat", "latest") == before and \
-            time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: auth_registry.manifest_hits("test/fat", "latest") != before, 5)
     assert auth_registry.manifest_hits("test/fat", "latest") - before == 1
     [img] = cri.list_images()
     assert list(img.repo_tags) == [ref]

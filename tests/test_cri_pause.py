@@ -16,112 +16,23 @@ import os
 import signal
 import threading
 import time
-from pathlib import Path
 
 import grpc
 import pytest
 
 from conftest import ctr
-from shimutil import wait_until
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import CRI, cri_config, teardown
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri_pause import (_k8s_objects, broken_pause_ref, pause_factory,  # noqa: F401
+                               pause_ref)
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
-
-CNI_BIN = "/usr/lib/cni"
-PAUSE_REPO = "test/pause"
-PAUSE_CMD = "trap 'exit 0' TERM; while :; do sleep 3600 & wait; done"
 
 
 def _pb():
     from ctrd.api.cri.runtime.v1 import api_pb2
 
     return api_pb2
-
-
-def _push_pause(registry, out: Path, tag: str, entrypoint: list[str]) -> str:
-    """Push busybox with ``entrypoint`` as ``test/pause:<tag>``; its reference."""
-    import images as ti
-
-    layout = ti.Layout("pause", out / tag)
-    ldesc, diff = ti._busybox_layer(layout).close()
-    cfg = ti._config(ti.HOST_ARCH, [diff], ["tests/test_cri_pause.py: pause"])
-    cfg["config"]["Entrypoint"] = entrypoint
-    cfg["config"]["Cmd"] = None
-    cdesc = layout.put_json(cfg, ti.MT_OCI_CONFIG)
-    mdesc = layout.put_json({"schemaVersion": 2, "mediaType": ti.MT_OCI_MANIFEST,
-                             "config": cdesc, "layers": [ldesc]}, ti.MT_OCI_MANIFEST)
-    image = layout.finish(mdesc)
-    for d, mt in sorted(image.blobs.items()):
-        if mt != ti.MT_OCI_MANIFEST:
-            registry._put_blob(PAUSE_REPO, d, image.blob_path(d))
-    got = registry._put_manifest(PAUSE_REPO, tag, image.read_blob(image.digest),
-                                 ti.MT_OCI_MANIFEST)
-    assert got == image.digest
-    return f"{registry.address}/{PAUSE_REPO}:{tag}"
-
-
-@pytest.fixture(scope="module")
-def pause_ref(registry, tmp_path_factory) -> str:
-    """``<registry>/test/pause:latest``: busybox with a sleep loop as its entrypoint."""
-    return _push_pause(registry, tmp_path_factory.mktemp("pause"), "latest",
-                       ["/bin/sh", "-c", PAUSE_CMD])
-
-
-@pytest.fixture(scope="module")
-def broken_pause_ref(registry, tmp_path_factory) -> str:
-    """``<registry>/test/pause:broken``: an entrypoint that does not exist."""
-    return _push_pause(registry, tmp_path_factory.mktemp("pause"), "broken", ["/no/such"])
-
-
-def _k8s_objects(address: str) -> list[str]:
-    """Tasks, containers, snapshots (other than the images' committed layers) and leases
-    ctrd holds in k8s.io."""
-    out = []
-    for kind, args in (("task", ["tasks", "ls", "-q"]), ("container", ["containers", "ls", "-q"]),
-                       ("lease", ["leases", "ls", "-q"])):
-        r = ctr(address, *args, namespace="k8s.io")
-        assert r.returncode == 0, r.stderr
-        out += [f"{kind} {x}" for x in r.stdout.split()]
-    r = ctr(address, "snapshots", "ls", namespace="k8s.io")
-    assert r.returncode == 0, r.stderr
-    for line in r.stdout.splitlines()[1:]:
-        fields = line.split()
-        if fields and fields[-1] != "Committed":
-            out.append(f"snapshot {fields[0]}")
-    return out
-
-
-@pytest.fixture
-def pause_factory(start_ctrd, tmp_root, registry, testnet):  # noqa: F811 - fixture
-    """``pause_factory(sandbox_image="", env=None)``: ctrd with the CRI plugin on a bridge
-    network, the busybox test image in k8s.io, ``sandbox_image`` as given. Teardown: every
-    pod stopped and removed through the API, then the test fails if anything of ctrd's was
-    left (process, mount, CNI lease, pod dir, and task/container/snapshot/lease in k8s.io)."""
-    if not os.path.exists(os.path.join(CNI_BIN, "bridge")):
-        pytest.skip("CNI plugins are not installed (apt-get install containernetworking-plugins)")
-    made: list[CRI] = []
-
-    def make(sandbox_image: str = "", env: dict | None = None) -> CRI:
-        testnet.write([testnet.bridge_conf(ip_masq=False)])
-        config = cri_config(testnet)
-        if sandbox_image:
-            head = '[plugins."io.containerd.grpc.v1.cri"]\n'
-            config = config.replace(head, head + f'  sandbox_image = "{sandbox_image}"\n', 1)
-        d = start_ctrd(config_text=config, env=env)
-        r = ctr(d.address, "-n", "k8s.io", "images", "pull", "--plain-http",
-                registry.ref("busybox"))
-        assert r.returncode == 0, r.stderr
-        c = CRI(d, start_ctrd, config)
-        c.image = registry.ref("busybox")
-        c.net = testnet
-        made.append(c)
-        return c
-
-    try:
-        yield make
-    finally:
-        teardown(made, tmp_root, extra=lambda c: _k8s_objects(c.daemon.address))
 
 
 def _ppid(pid: int) -> int:
@@ -146,12 +57,9 @@ def _ns(cri, cid: str, kind: str) -> str:
 
 
 def _wait_state(cri, sid: str, state, timeout: float = 20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        st = cri.pod_status(sid)
-        if st.state == state or time.monotonic() > deadline:
-            return st
-        time.sleep(0.05)
+    """The pod's status once in ``state``, or when ``timeout`` passed (the caller asserts)."""
+    wait_until(lambda: cri.pod_status(sid).state == state, timeout)
+    return cri.pod_status(sid)
 
 
 def _zombies_in_pidns(pidns: str) -> list[str]:

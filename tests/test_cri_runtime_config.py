@@ -11,8 +11,8 @@ import subprocess
 import grpc
 import pytest
 
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri_factory  # noqa: F401 - fixtures
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri_factory  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from test_cri_network import IPTABLES, _iptables_save, _rules_of, testnet, workdir  # noqa: F401
-from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
+from support.cni_net import IPTABLES, _iptables_save, _rules_of, testnet, workdir  # noqa: F401
+from support.cri import cri, cri_factory  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 

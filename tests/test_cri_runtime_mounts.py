@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import grpc
 import pytest
 
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri, cri_factory  # noqa: F401 - fixtures
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -177,9 +177,7 @@ def test_sysctls(cri):  # noqa: F811
     web = cri.create(sid, pconf, "web", ["busybox", "nc", "-l", "-p", "80"], linux=pb.
                      LinuxContainerConfig(security_context=pb.LinuxContainerSecurityContext(
                          run_as_user=pb.Int64Value(value=65534))))
-    deadline = time.monotonic() + 20
-    while ":80 " not in cri.sh(a, "busybox netstat -ltn") and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: ":80 " in cri.sh(a, "busybox netstat -ltn"), 20, interval=0.1)
     assert ":80 " in cri.sh(a, "busybox netstat -ltn")
     assert cri.status(web).state == pb.CONTAINER_RUNNING
     # a sysctl outside the pod's namespaces is refused by the runtime, naming it

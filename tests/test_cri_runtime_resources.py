@@ -16,8 +16,8 @@ import pytest
 from cgroupv2 import v2_files, weights, write_tree
 from ctrd.oci import oom
 from ctrd.runtime import cgroups
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri, cri_factory  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 

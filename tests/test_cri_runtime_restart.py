@@ -13,8 +13,9 @@ import time
 
 import pytest
 
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri, cri_factory  # noqa: F401 - fixtures
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -73,9 +74,7 @@ def test_kill9_restart_pods_and_containers(cri, tmp_path):  # noqa: F811
         (gate / "open").touch()
         os.kill(shim, signal.SIGKILL)
         os.kill(pids[shimless], signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while os.path.exists(f"/proc/{pids[shimless]}") and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: not os.path.exists(f"/proc/{pids[shimless]}"), 20)
 
     cri.restart(while_down)
 

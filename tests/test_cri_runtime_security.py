@@ -12,8 +12,8 @@ import pytest
 
 from ctrd.cri.spec import CAPABILITIES
 from ctrd.oci.spec import DEFAULT_CAPS
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri, cri_factory  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 

@@ -14,10 +14,10 @@ import time
 
 import pytest
 
-from shimutil import wait_until
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
-from test_cri_stats import _run, cgroup_parent  # noqa: F401 - fixture
+from support.poll import wait_until
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri, cri_factory  # noqa: F401 - fixtures
+from support.cri_stats import _run, cgroup_parent  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 

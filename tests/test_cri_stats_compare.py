@@ -13,9 +13,8 @@ import time
 import pytest
 
 import containerd2
-from test_cri_compare import (_detach_under, containerd234, ctrd_cri,  # noqa: F401
-                              pause_image)
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri_compare import _detach_under, containerd234, ctrd_cri, pause_image  # noqa: F401
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not containerd2.available(),

@@ -20,9 +20,9 @@ import time
 import grpc
 import pytest
 
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri, cri_factory, pod_config  # noqa: F401 - fixtures
-from test_cri_stats import _run, cgroup_parent  # noqa: F401 - fixture
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri, cri_factory, pod_config  # noqa: F401 - fixtures
+from support.cri_stats import _run, cgroup_parent  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
 

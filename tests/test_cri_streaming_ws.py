@@ -22,10 +22,10 @@ import time
 
 import pytest
 
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
-from test_cri_streaming import (PodServers, channel, exit_status, netns_of, pod,  # noqa: F401
-                                ws_url)
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri, cri_factory  # noqa: F401 - fixtures
+from support.cri_streaming import (PodServers, channel, exit_status, netns_of, pod,  # noqa: F401
+                                   ws_url)
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ import grpc
 import pytest
 
 from taskutil import mounts_under
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_pause import _k8s_objects, pause_factory, pause_ref  # noqa: F401 - fixtures
-from test_cri_runtime import cri, cri_factory  # noqa: F401 - fixtures
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri, cri_factory  # noqa: F401 - fixtures
+from support.cri_pause import _k8s_objects, pause_factory, pause_ref  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 

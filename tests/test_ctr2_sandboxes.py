@@ -22,9 +22,10 @@ import pytest
 
 import containerd2
 from sandboxutil import RUNC_SHIM2, Events, Stubs, ctr2, have_ctr2, shim_wrapper
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri_compare import containerd234, ctrd_cri, pause_image  # noqa: F401 - fixtures
+from support.poll import wait_until
 from taskutil import mounts_under, processes_under
-from test_cri_compare import containerd234, ctrd_cri, pause_image  # noqa: F401 - fixtures
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not have_ctr2() or not containerd2.available(),
@@ -162,7 +163,7 @@ def _pod_record(address: str, sid: str) -> dict:
 
 @pytest.mark.parametrize("ctrd_cri", ["pause"], indirect=True)
 def test_cri_pod_records_as_containerd2_writes_them(ctrd_cri, containerd234):  # noqa: F811
-    from test_cri_compare import _pod_config
+    from support.cri_compare import _pod_config
 
     got = {}
     for name, c in (("ctrd", ctrd_cri), ("containerd", containerd234)):
@@ -234,24 +235,17 @@ def _containers_of_a_sandbox(start_ctrd, tmp_root, registry):
     r = ctr2(d.address, "tasks", "exec", "--exec-id", "e", "long", "sh", "-c", "exit 7")
     assert r.returncode == 7, r.stderr
     assert ctr2(d.address, "tasks", "kill", "-s", "SIGKILL", "long").returncode == 0
-    deadline = time.monotonic() + 10
-    while "STOPPED" not in ctr2(d.address, "tasks", "ls").stdout and \
-            time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: "STOPPED" in ctr2(d.address, "tasks", "ls").stdout, 10)
     assert ctr2(d.address, "tasks", "rm", "long").returncode == 0
     # the bundle goes right after the answer (the manager finishes a delete in the background)
-    deadline = time.monotonic() + 10
-    while bundle.exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not bundle.exists(), 10)
     assert not bundle.exists()
     assert os.path.exists(f"/proc/{shim_pid}")  # the sandbox's shim outlives its containers
     for c in ("long",):
         assert ctr2(d.address, "containers", "rm", c).returncode == 0
     r = ctr2(d.address, "sandboxes", "rm", "pod")
     assert r.returncode == 0, r.stderr
-    deadline = time.monotonic() + 10
-    while os.path.exists(f"/proc/{shim_pid}/cmdline") and \
-            open(f"/proc/{shim_pid}/cmdline", "rb").read() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: not (os.path.exists(f"/proc/{shim_pid}/cmdline")
+                            and open(f"/proc/{shim_pid}/cmdline", "rb").read()), 10)
     assert [p for p in processes_under(tmp_root / "ctrd") if p != d.proc.pid] == []
     assert _no_bundles(d) == [] and mounts_under(tmp_root / "ctrd") == []

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import ctr
+from support.poll import wait_until
 from taskutil import SHIM_KINDS, task_daemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ctr_client")]
@@ -57,14 +58,8 @@ def _task_status(d, tid: str) -> str:
 
 
 def _wait_status(d, tid: str, want: str, timeout: float = 15) -> str:
-    deadline = time.monotonic() + timeout
-    st = ""
-    while time.monotonic() < deadline:
-        st = _task_status(d, tid)
-        if st == want:
-            return st
-        time.sleep(0.05)
-    return st
+    wait_until(lambda: _task_status(d, tid) == want, timeout, what=f"task {tid} {want}")
+    return want
 
 
 def test_detached_lifecycle(daemon):

@@ -24,10 +24,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Proc, launch_ctrd
+from support.cmd import CTRCTL, clean_env, ctl, ok
 
-BIN = Path(sys.executable).parent
-CTRCTL = [str(BIN / "ctrctl")] if (BIN / "ctrctl").exists() else [sys.executable, "-m",
-                                                                   "ctrd.cli.ctrctl"]
 IDENTIFIER_RE = r"^[A-Za-z0-9]+(?:[._-](?:[A-Za-z0-9]+))*$"
 
 
@@ -59,20 +57,9 @@ def ctrd_daemon(tmp_base):
 
 
 def run(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items()
-                if k not in ("CTRD_ADDRESS", "CONTAINERD_NAMESPACE")}
-    full_env.update(env or {})
-    return subprocess.run(CTRCTL + list(args), capture_output=True, text=True, env=full_env,
-                          timeout=timeout)
-
-
-def ctl(daemon: Daemon, *args: str, **kw) -> subprocess.CompletedProcess:
-    return run("--address", daemon.address, *args, **kw)
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout={r.stdout}\nstderr={r.stderr}"
-    return r.stdout
+    """ctrctl with no ``--address`` of ours (the tests of how it finds its daemon)."""
+    return subprocess.run(CTRCTL + list(args), capture_output=True, text=True,
+                          env=clean_env(env), timeout=timeout)
 
 
 def unique(prefix: str) -> str:

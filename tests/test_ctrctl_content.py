@@ -33,10 +33,8 @@ from pathlib import Path
 import pytest
 
 from conftest import Proc, launch_ctrd
+from support.cmd import CTRCTL, clean_env, ok
 
-BIN = Path(sys.executable).parent
-CTRCTL = [str(BIN / "ctrctl")] if (BIN / "ctrctl").exists() else [sys.executable, "-m",
-                                                                   "ctrd.cli.ctrctl"]
 CTR = shutil.which("ctr")
 MiB = 1 << 20
 EMPTY_DIGEST = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -76,22 +74,12 @@ def blob_path(daemon, digest: str) -> Path:
             / digest.removeprefix("sha256:"))
 
 
-def _env() -> dict:
-    return {k: v for k, v in os.environ.items() if k not in ("CTRD_ADDRESS",
-                                                              "CONTAINERD_NAMESPACE")}
-
-
 def run(*args: str, input: bytes | str | None = None, text: bool = True, stdin=None,
         timeout: float = 120) -> subprocess.CompletedProcess:
     if isinstance(input, bytes):
         text = False
     return subprocess.run(CTRCTL + list(args), input=input, stdin=stdin, capture_output=True,
-                          text=text, env=_env(), timeout=timeout)
-
-
-def ok(r: subprocess.CompletedProcess):
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout={r.stdout!r}\nstderr={r.stderr!r}"
-    return r.stdout
+                          text=text, env=clean_env(), timeout=timeout)
 
 
 def unique(prefix: str) -> str:
@@ -180,7 +168,7 @@ def procs():
 
 
 def popen(started: list, *args: str, **kw) -> subprocess.Popen:
-    p = subprocess.Popen(CTRCTL + list(args), env=_env(), start_new_session=True, **kw)
+    p = subprocess.Popen(CTRCTL + list(args), env=clean_env(), start_new_session=True, **kw)
     started.append(p)
     return p
 
@@ -686,7 +674,7 @@ def _max_rss_mib(cmd: list[str], **kw) -> int:
               "assert r.returncode == 0, r.returncode\n"
               "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024)\n")
     r = subprocess.run([sys.executable, "-c", script, *cmd], capture_output=True, text=True,
-                       env=_env(), timeout=300, **kw)
+                       env=clean_env(), timeout=300, **kw)
     assert r.returncode == 0, r.stderr
     return int(r.stdout)
 
@@ -709,7 +697,7 @@ def test_large_transfers_stream(ns, tmp_path):
     rss = _max_rss_mib(CTRCTL + ns.args("content", "get", digest))
     assert rss < 150, f"get of {size >> 20} MiB peaked at {rss} MiB"
     r = subprocess.run(CTRCTL + ns.args("content", "get", digest), capture_output=True,
-                       env=_env())
+                       env=clean_env())
     assert hashlib.sha256(r.stdout).hexdigest() == digest.removeprefix("sha256:")
 
 
@@ -724,7 +712,7 @@ def test_progress_bar_on_a_terminal_only(ns, tmp_path):
     try:
         r = subprocess.run(CTRCTL + ns.args("content", "ingest", "tty-ref", "--file",
                                             str(path)),
-                           stdout=subprocess.PIPE, stderr=slave, env=_env(), timeout=60)
+                           stdout=subprocess.PIPE, stderr=slave, env=clean_env(), timeout=60)
         os.close(slave)
         slave = -1
         drawn = b""

@@ -4,42 +4,21 @@ the test registry of :mod:`images` and the real ``ctr`` as the reference."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import images
 from conftest import CTR, ctr
+from support.archives import _layout, _minimal_image, _sha
+from support.cmd import content_digests, ctl, names, ok
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")]
 
-CTRCTL = Path(sys.executable).parent / "ctrctl"
-
-
-def ctl(daemon, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    cmd = [str(CTRCTL)] if CTRCTL.exists() else [sys.executable, "-m", "ctrd.cli.ctrctl"]
-    return subprocess.run(cmd + ["--address", daemon.address, *args], capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    return r.stdout
-
 
 def pull(daemon, ref: str) -> None:
     ok(ctl(daemon, "pull", "--plain-http", ref))
-
-
-def names(daemon) -> list[str]:
-    return ok(ctl(daemon, "images", "ls", "-q")).split()
-
-
-def content_digests(daemon) -> set[str]:
-    return set(ok(ctr(daemon.address, "content", "ls", "-q")).split())
 
 
 # -- images ls / rm / tag / inspect -----------------------------------------------------------
@@ -215,31 +194,6 @@ def _tar(path: Path, entries: list[tuple[str, bytes]], kind: bytes = b"0") -> Pa
                 ti.type, ti.linkname, ti.size = tarfile.SYMTYPE, "/etc/passwd", 0
             tar.addfile(ti, io.BytesIO(data))
     return path
-
-
-def _sha(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
-def _layout(blobs: list[bytes], index: dict) -> list[tuple[str, bytes]]:
-    return ([("oci-layout", b'{"imageLayoutVersion":"1.0.0"}')]
-            + [(f"blobs/sha256/{_sha(b)}", b) for b in blobs]
-            + [("index.json", json.dumps(index).encode())])
-
-
-def _minimal_image(tag: str = "example.com/evil:1"):
-    config = json.dumps({"architecture": images.HOST_ARCH, "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": []}}).encode()
-    man = json.dumps({"schemaVersion": 2, "mediaType": images.MT_OCI_MANIFEST,
-                      "config": {"mediaType": images.MT_OCI_CONFIG,
-                                 "digest": f"sha256:{_sha(config)}", "size": len(config)},
-                      "layers": []}).encode()
-    index = {"schemaVersion": 2, "manifests": [
-        {"mediaType": images.MT_OCI_MANIFEST, "digest": f"sha256:{_sha(man)}",
-         "size": len(man), "annotations": {"io.containerd.image.name": tag}}]}
-    return config, man, index
 
 
 HOSTILE = {

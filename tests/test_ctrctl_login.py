@@ -9,7 +9,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 import warnings
@@ -19,7 +18,7 @@ import pytest
 
 import images
 from conftest import CTR
-from test_ctrctl_images import CTRCTL, ok
+from support.cmd import ctl, ok
 
 USER, PASSWORD = "tester", "s3cret-pw"
 
@@ -104,9 +103,7 @@ def docker_config(tmp_path, monkeypatch):
 
 def run(*args: str, stdin: str | None = None, address: str = "/nonexistent.sock",
         ) -> subprocess.CompletedProcess:
-    cmd = [str(CTRCTL)] if CTRCTL.exists() else [sys.executable, "-m", "ctrd.cli.ctrctl"]
-    return subprocess.run(cmd + ["--address", address, *args], capture_output=True, text=True,
-                          input=stdin if stdin is not None else "", timeout=120)
+    return ctl(address, *args, input=stdin if stdin is not None else "", timeout=120)
 
 
 def login(reg, password: str = PASSWORD, *extra: str) -> subprocess.CompletedProcess:

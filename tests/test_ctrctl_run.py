@@ -15,19 +15,20 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from conftest import CTR, ctr
+from support import cmd
+from support.cmd import CTRCTL, ok
+from support.poll import wait_until
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)"),
               pytest.mark.skipif(shutil.which("runc") is None, reason="runc is not installed")]
 
-CTRCTL = Path(sys.executable).parent / "ctrctl"
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -97,34 +98,16 @@ def cleanup(d) -> list[str]:
 
 
 def ctl_cmd(d, *args: str) -> list[str]:
-    cmd = [str(CTRCTL)] if CTRCTL.exists() else [sys.executable, "-m", "ctrd.cli.ctrctl"]
-    return cmd + ["--address", d.address, *args]
+    return CTRCTL + ["--address", d.address, *args]
 
 
-def ctl(d, *args: str, input: str | None = None, timeout: float = 60,
-        stdin=subprocess.DEVNULL) -> subprocess.CompletedProcess:
-    return subprocess.run(ctl_cmd(d, *args), capture_output=True, text=True, timeout=timeout,
-                          env=d.env, input=input, **({} if input is not None else
-                                                       {"stdin": stdin}))
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    return r.stdout
+def ctl(d, *args: str, timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+    """:func:`support.cmd.ctl` with the daemon's FIFO and log dirs in the environment."""
+    return cmd.ctl(d, *args, timeout=timeout, env=d.env, **kw)
 
 
 def ps(d) -> dict[str, dict]:
     return {r["id"]: r for r in json.loads(ok(ctl(d, "ps", "--format", "json")))}
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = predicate()
-        if got:
-            return got
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 # -- foreground runs --------------------------------------------------------------------------
@@ -282,7 +265,7 @@ def test_detached_lifecycle(daemon):
     r = ctl(daemon, "rm", "bg1")
     assert r.returncode == 1 and "running task" in r.stderr and "rm -f" in r.stderr
     ok(ctl(daemon, "kill", "-s", "KILL", "bg1"))
-    wait_for(lambda: ps(daemon)["bg1"]["status"] == "STOPPED", what="STOPPED")
+    wait_until(lambda: ps(daemon)["bg1"]["status"] == "STOPPED", 20.0, what="STOPPED")
     assert "started\n" in ok(ctl(daemon, "logs", "bg1"))
     assert ok(ctl(daemon, "rm", "bg1")) == "bg1\n"
     assert ps(daemon) == {}
@@ -304,13 +287,13 @@ def test_stop_with_timeout(daemon):
     # ignores SIGTERM: stop must fall back to SIGKILL after the timeout
     ok(ctl(daemon, "run", "-d", daemon.image, "stub1", "sh", "-c",
            "trap '' TERM; echo ready; while true; do sleep 0.1; done"))
-    wait_for(lambda: "ready" in ok(ctl(daemon, "logs", "stub1")), what="trap installed")
+    wait_until(lambda: "ready" in ok(ctl(daemon, "logs", "stub1")), 20.0, what="trap installed")
     assert ok(ctl(daemon, "stop", "-t", "1s", "stub1")) == "stub1\n"
     assert ps(daemon)["stub1"]["status"] == ""  # task deleted
     # honours SIGTERM: stopped by it
     ok(ctl(daemon, "run", "-d", daemon.image, "nice1", "sh", "-c",
            "trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.1; done"))
-    wait_for(lambda: "ready" in ok(ctl(daemon, "logs", "nice1")), what="trap installed")
+    wait_until(lambda: "ready" in ok(ctl(daemon, "logs", "nice1")), 20.0, what="trap installed")
     ok(ctl(daemon, "stop", "-t", "60", "nice1"))
     assert "bye" in ok(ctl(daemon, "logs", "nice1"))
     ok(ctl(daemon, "rm", "stub1", "nice1"))

@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid as uuidlib
 from pathlib import Path
@@ -23,10 +22,8 @@ from types import SimpleNamespace
 import pytest
 
 from conftest import launch_ctrd
+from support.cmd import CTRCTL, clean_env, ok
 
-BIN = Path(sys.executable).parent
-CTRCTL = [str(BIN / "ctrctl")] if (BIN / "ctrctl").exists() else [sys.executable, "-m",
-                                                                   "ctrd.cli.ctrctl"]
 CTR = shutil.which("ctr")
 MANUAL_GC = """version = 2
 [plugins."io.containerd.gc.v1.scheduler"]
@@ -95,18 +92,6 @@ def daemon(base):
     assert d.proc.returncode == 0, d.read_log()
 
 
-def _env(**extra: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CTRD_ADDRESS", "CONTAINERD_NAMESPACE", "CONTAINERD_SNAPSHOTTER")}
-    env.update(extra)
-    return env
-
-
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout={r.stdout!r}\nstderr={r.stderr!r}"
-    return r.stdout
-
-
 def unique(prefix: str) -> str:
     return f"{prefix}-{uuidlib.uuid4().hex[:8]}"
 
@@ -125,7 +110,7 @@ class NS:
         snap = ["--snapshotter", self.snapshotter] if self.snapshotter else []
         cmd = CTRCTL + ["-a", self.daemon.address, "-n", self.name, "snapshots", *snap, *args]
         return subprocess.run(cmd, capture_output=True, text=True, input=input,
-                              env=env or _env(), timeout=120)
+                              env=env or clean_env(), timeout=120)
 
     def ok(self, *args: str, **kw) -> str:
         return ok(self(*args, **kw))
@@ -350,9 +335,9 @@ def test_native_snapshotter(native, mnt, daemon):
     assert default.ls() == []
     # CONTAINERD_SNAPSHOTTER chooses it too, as for ctr
     env_ns = NS(daemon, native.name)
-    out = env_ns.ok("ls", "-q", env=_env(CONTAINERD_SNAPSHOTTER="native"))
+    out = env_ns.ok("ls", "-q", env=clean_env(CONTAINERD_SNAPSHOTTER="native"))
     assert out.split() == ["n1c", "n2"]
-    assert json.loads(env_ns.ok("info", "n2", env=_env(CONTAINERD_SNAPSHOTTER="native"))
+    assert json.loads(env_ns.ok("info", "n2", env=clean_env(CONTAINERD_SNAPSHOTTER="native"))
                       )["Parent"] == "n1c"
 
     native.ok("rm", "n2", "n1c")
@@ -414,7 +399,7 @@ def test_errors(ns, daemon):
     assert r.returncode == 1 and r.stderr.startswith("ctrctl: cannot unmount ")
     # the alias, and help
     r = subprocess.run(CTRCTL + ["-a", daemon.address, "-n", ns.name, "snapshot", "ls"],
-                       capture_output=True, text=True, env=_env(), timeout=60)
+                       capture_output=True, text=True, env=clean_env(), timeout=60)
     assert ok(r).split() == ["KEY", "PARENT", "KIND"]
     assert "mounts, m" in ns.ok("--help")
 

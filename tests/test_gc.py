@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 
 import pytest
@@ -15,25 +14,7 @@ from ctrd.gc.scheduler import Scheduler, SchedulerConfig
 from ctrd.metadata.db import key, put_json
 from ctrd.metadata.gc import parse_rfc3339
 from ctrd.metadata.leases import Resource
-from ctrd.metadata.store import Metadata
-
-
-@pytest.fixture
-def md(tmp_path):
-    m = Metadata(str(tmp_path / "meta"), LocalStore(tmp_path / "content"))
-    yield m
-    m.close()
-
-
-def put(md, ns, data: bytes, labels=None, lease=None, ref=None) -> str:
-    d = "sha256:" + hashlib.sha256(data).hexdigest()
-    w = md.content.writer(ns, ref or d, len(data), d, lease)
-    try:
-        w.write(data)
-        w.commit(len(data), d, labels)
-    finally:
-        w.close()
-    return d
+from support.metadata import md, put  # noqa: F401 - md is a fixture
 
 
 def on_disk(md, d) -> bool:

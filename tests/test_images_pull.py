@@ -20,6 +20,7 @@ import pytest
 import conftest
 import images
 from conftest import ctr
+from support.cmd import content_digests, ctl, ok
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ctr_client")]
 
@@ -44,11 +45,6 @@ def daemon(request):
     return d
 
 
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, f"rc={r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}"
-    return r.stdout
-
-
 def pull(daemon, registry, name: str, *args: str) -> None:
     ok(ctr(daemon.address, "images", "pull", "--plain-http", *args, registry.ref(name),
            timeout=300))
@@ -59,11 +55,6 @@ def image_digests(daemon) -> dict[str, str]:
     out = ok(ctr(daemon.address, "images", "ls"))
     rows = [line.split() for line in out.splitlines()[1:] if line.strip()]
     return {row[0]: row[2] for row in rows}
-
-
-def content_digests(daemon) -> set[str]:
-    out = ok(ctr(daemon.address, "content", "ls", "-q"))
-    return {line.strip() for line in out.splitlines() if line.strip()}
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -269,11 +260,7 @@ def test_rm_sync_of_every_image_leaves_no_content(daemon, registry):
 
 
 def ctrctl_pull(daemon, ref: str, *args: str) -> subprocess.CompletedProcess:
-    import sys
-
-    ctrctl = Path(sys.executable).parent / "ctrctl"
-    return subprocess.run([str(ctrctl), "--address", daemon.address, "pull", "--plain-http",
-                           ref, *args], capture_output=True, text=True, timeout=600)
+    return ctl(daemon, "pull", "--plain-http", ref, *args, timeout=600)
 
 
 @pytest.mark.parametrize("name", ["busybox", "busybox-v2s2", "busybox-multi", "fat",

@@ -16,8 +16,8 @@ import grpc
 import pytest
 
 from conftest import ctr
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_runtime import cri_factory, pod_config  # noqa: F401 - fixtures
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri_factory, pod_config  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 

@@ -349,14 +349,11 @@ def test_oom_clamped_without_cap_sys_resource():
 def test_matches_ctr_spec(containerd, registry, tmp_path):
     """``ctr c create`` through containerd 1.6 and ctrd.oci agree on what matters."""
     from conftest import CTR, ctr
+    from support.cmd import ok
 
     if CTR is None:
         pytest.skip("ctr is not installed (apt containerd)")
     ref = registry.ref("busybox")
-
-    def ok(r):
-        assert r.returncode == 0, r.stderr
-        return r.stdout
 
     ok(ctr(containerd.address, "images", "pull", "--plain-http", ref, timeout=300))
     ok(ctr(containerd.address, "containers", "create", "--env", "FOO=bar", ref, "cmp1",

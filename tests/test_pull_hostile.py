@@ -11,15 +11,14 @@ import io
 import json
 import socketserver
 import subprocess
-import sys
 import tarfile
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import CTR, ctr
+from support.cmd import ctl
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")]
@@ -127,9 +126,7 @@ CONFIG_TOML = ('version = 2\n[plugins."io.containerd.transfer.v1.local"]\n'
 
 
 def ctrctl(address: str, *args: str) -> subprocess.CompletedProcess:
-    exe = Path(sys.executable).parent / "ctrctl"
-    return subprocess.run([str(exe), "--address", address, *args], capture_output=True,
-                          text=True, timeout=120)
+    return ctl(address, *args, timeout=120)
 
 
 @pytest.mark.parametrize("mode, message", [

@@ -17,11 +17,11 @@ from google.protobuf import any_pb2
 
 from conftest import ctr
 from sandboxutil import SPEC_URL, Events, Stubs, ctr2, have_ctr2, shim_wrapper
-from shimutil import wait_until
+from support.cni_net import testnet, workdir  # noqa: F401 - fixtures
+from support.cri import cri_factory, pod_config  # noqa: F401 - fixtures
+from support.cri_pause import pause_factory, pause_ref  # noqa: F401 - fixtures
+from support.poll import wait_until
 from taskutil import mounts_under, processes_under
-from test_cri_network import testnet, workdir  # noqa: F401 - fixtures
-from test_cri_pause import pause_factory, pause_ref  # noqa: F401 - fixtures
-from test_cri_runtime import cri_factory, pod_config  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.integration
 

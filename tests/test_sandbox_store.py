@@ -11,7 +11,7 @@ from ctrd.metadata.containers import AnyValue, Runtime
 from ctrd.metadata.namespaces import NamespaceStore
 from ctrd.metadata.sandboxes import Sandbox, SandboxStore
 from ctrd.services.sandbox_store import matcher, sandbox_from_pb, sandbox_to_pb
-from test_gc import md, put  # noqa: F401 - md is a fixture
+from support.metadata import md, put  # noqa: F401 - md is a fixture
 
 SPEC = AnyValue("types.containerd.io/opencontainers/runtime-spec/1/Spec", b'{"ociVersion":"1"}')
 

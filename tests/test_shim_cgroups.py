@@ -12,7 +12,8 @@ import pytest
 from ctrd import errdefs
 from ctrd.api.containerd.runtime.v2.task import shim_pb2 as api
 from ctrd.runtime import cgroups
-from shimutil import direct, wait_until  # noqa: F401 (fixture)
+from shimutil import direct  # noqa: F401 (fixture)
+from support.poll import wait_until
 
 MiB = 1 << 20
 

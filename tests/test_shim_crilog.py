@@ -17,7 +17,8 @@ import pytest
 from ctrd import errdefs
 from ctrd.api.containerd.runtime.v2.task import shim_pb2 as api
 from ctrd.runtime.shim.crilog import Formatter, parse_file_uri, timestamp
-from shimutil import direct, mounts_under, wait_until  # noqa: F401 (fixture)
+from shimutil import direct, mounts_under  # noqa: F401 (fixture)
+from support.poll import wait_until
 
 TS = b"2024-05-06T07:08:09.5Z"
 LINE = re.compile(r"^(\S+) (stdout|stderr) ([PF]) (.*)$")

@@ -14,7 +14,8 @@ from google.protobuf.message_factory import GetMessageClass
 from ctrd import errdefs
 from ctrd.api.containerd.runtime.sandbox.v1 import sandbox_pb2 as sb
 from ctrd.api.containerd.runtime.v3.task import shim_pb2 as v3
-from shimutil import direct, make_bundle, shim_pids, wait_until  # noqa: F401 (fixture)
+from shimutil import direct, make_bundle, shim_pids  # noqa: F401 (fixture)
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -11,13 +11,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 
 import pytest
 
 import containerd2
 from conftest import ctr
-from shimutil import wait_until
+from support.cmd import ok
+from support.poll import wait_until
 from taskutil import mounts_under, processes_under
 
 NS = "s2x"
@@ -63,30 +63,25 @@ def ctr_shim_binary() -> str:
     return resolve_binary("containerd-shim-ctrd-v2")
 
 
-def _ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
 @pytest.mark.integration
 def test_containerd2_runs_ctrd_shim_through_the_bootstrap_protocol(c2_ctrd_shim, registry,
                                                                     tmp_root):
     d = c2_ctrd_shim[0]
     image = registry.ref("busybox")
-    _ok(d.ctr("images", "pull", "--plain-http", image, namespace=NS))
+    ok(d.ctr("images", "pull", "--plain-http", image, namespace=NS))
     r = d.ctr("run", "--rm", image, "once", "sh", "-c", "echo hi; exit 3", namespace=NS)
     assert (r.returncode, r.stdout) == (3, "hi\n"), r.stderr
 
     # runc options reach the shim inside BootstrapParams (runc's state under --runc-root)
     runc_root = tmp_root / "runc-root"
-    _ok(d.ctr("run", "-d", "--runc-root", str(runc_root), image, "long", "sleep", "1000",
+    ok(d.ctr("run", "-d", "--runc-root", str(runc_root), image, "long", "sleep", "1000",
               namespace=NS))
     bundle = d.base / "state" / "io.containerd.runtime.v2.task" / NS / "long"
     boot = json.loads((bundle / "bootstrap.json").read_text())
     assert boot["version"] == 3 and boot["protocol"] == "ttrpc"
     assert boot["address"].startswith("unix:///run/ctrd/s/")  # ctrd's shim's socket
     assert (runc_root / NS / "long" / "state.json").exists()
-    pid = int(_ok(d.ctr("tasks", "ls", namespace=NS)).split("\n")[1].split()[1])
+    pid = int(ok(d.ctr("tasks", "ls", namespace=NS)).split("\n")[1].split()[1])
     with open(f"/proc/{pid}/stat") as f:
         ppid = int(f.read().rpartition(")")[2].split()[1])
     with open(f"/proc/{ppid}/cmdline", "rb") as f:
@@ -101,13 +96,13 @@ def test_containerd2_runs_ctrd_shim_through_the_bootstrap_protocol(c2_ctrd_shim,
     c2_ctrd_shim[0] = d = containerd2.Containerd2.start(
         d.base, cni_bin_dirs=["/usr/lib/cni"], cni_conf_dir=str(d.base / "net.d"),
         path_first=(str(tmp_root / "path-first"),))
-    assert f"long    {pid}    RUNNING" in _ok(d.ctr("tasks", "ls", namespace=NS))
+    assert f"long    {pid}    RUNNING" in ok(d.ctr("tasks", "ls", namespace=NS))
     r = d.ctr("tasks", "exec", "--exec-id", "e2", "long", "echo", "after", namespace=NS)
     assert (r.returncode, r.stdout) == (0, "after\n"), r.stderr
-    _ok(d.ctr("tasks", "kill", "-s", "SIGKILL", "long", namespace=NS))
+    ok(d.ctr("tasks", "kill", "-s", "SIGKILL", "long", namespace=NS))
     assert wait_until(lambda: "STOPPED" in d.ctr("tasks", "ls", namespace=NS).stdout)
-    _ok(d.ctr("tasks", "rm", "long", namespace=NS))
-    _ok(d.ctr("containers", "rm", "long", namespace=NS))
+    ok(d.ctr("tasks", "rm", "long", namespace=NS))
+    ok(d.ctr("containers", "rm", "long", namespace=NS))
     assert not bundle.exists()
     assert not (runc_root / NS / "long").exists()
     # the shim went with its last task

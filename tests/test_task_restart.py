@@ -10,9 +10,8 @@ import time
 
 import pytest
 
-from shimutil import wait_until
-
 from conftest import ctr
+from support.poll import wait_until
 from taskutil import SHIM_KINDS, mounts_under, task_daemon
 
 pytestmark = pytest.mark.integration

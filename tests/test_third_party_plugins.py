@@ -7,29 +7,16 @@ seen; the real ``ctr`` then looks at the result.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from conftest import CTR, ctr
+from support.plugins import pip_install
+from support.poll import wait_until
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")]
-
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def pip_install(package: str, target: Path, tmp: Path) -> None:
-    src = tmp / package
-    shutil.copytree(FIXTURES / package, src)
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                    "--no-build-isolation", "--target", str(target), str(src)],
-                   check=True, capture_output=True, timeout=300)
-
 
 @pytest.fixture
 def site(tmp_root):
@@ -91,9 +78,7 @@ def test_a_package_that_fails_to_import_does_not_stop_the_daemon(start_ctrd, tmp
     d = start_ctrd(env={"PYTHONPATH": str(target)})
     assert ctr(d.address, "version").returncode == 0
     assert plugin_rows(d.address)[("io.containerd.grpc.v1", "namespaces")] == "ok"
-    deadline = time.monotonic() + 5
-    while "broken on purpose" not in d.read_log() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_until(lambda: "broken on purpose" in d.read_log(), 5)
     assert "could not load a plugin package" in d.read_log()
     assert "broken on purpose" in d.read_log()
 

@@ -120,8 +120,8 @@ def test_client_vanishing_mid_export(ctrd, tmp_root):
     import tarfile
 
     import containerd2
-    from test_transfer_import import _big_archive
-    from transfer_util import eventually
+    from support.archives import _big_archive
+    from support.poll import wait_until
 
     need_ctr2()
     path = tmp_root / "big.tar"
@@ -137,8 +137,8 @@ def test_client_vanishing_mid_export(ctrd, tmp_root):
         proc.wait()
         proc.stdout.close()
     # the export call ends in the daemon (its log says how long it took)
-    assert eventually(lambda: "Transfer/Transfer" in ctrd.read_log()
-                      and ctrd.read_log().count("Transfer/Transfer took") >= 2, "ended")
+    assert wait_until(lambda: "Transfer/Transfer" in ctrd.read_log()
+                      and ctrd.read_log().count("Transfer/Transfer took") >= 2, 30, what="ended")
     assert "never retrieved" not in ctrd.read_log()
     out = tmp_root / "again.tar"
     ok(ctr2(ctrd.address, "images", "export", str(out), "example.com/big:1"))

@@ -15,9 +15,11 @@ import tarfile
 import pytest
 
 import containerd2
-from transfer_util import (build_archives, ctr2, eventually, image_rows,
+from transfer_util import (build_archives, ctr2, image_rows,
                            need_containerd2, need_ctr2, ok, snapshot_keys,
                            start_containerd2)
+from support.archives import _add, _big_archive, _sha
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -86,16 +88,8 @@ def test_compress_blobs_gzips_docker_layers(ctrd, archives):
     assert "complete" in ok(ctr2(ctrd.address, "images", "check"))
 
 
-def _add(t: tarfile.TarFile, name: str, data: bytes = b"", size: int | None = None) -> None:
-    import io
-
-    ti = tarfile.TarInfo(name)
-    ti.size = len(data) if size is None else size
-    t.addfile(ti, io.BytesIO(data))
-
-
 def _hostile(path, case: str):
-    from test_ctrctl_images import _layout, _minimal_image
+    from support.archives import _layout, _minimal_image
 
     config, man, index = _minimal_image()
     with tarfile.open(path, "w") as t:
@@ -126,12 +120,6 @@ def _hostile(path, case: str):
     return path
 
 
-def _sha(data: bytes) -> str:
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
-
-
 HOSTILE = {"traversal": "traversal", "absolute": "not a relative path",
            "big-index": "limit", "bad-json": "not valid JSON", "bomb": "tar bomb",
            "wrong-digest": "digest", "missing-blob": "missing", "huge-entry": "truncated",
@@ -140,12 +128,12 @@ HOSTILE = {"traversal": "traversal", "absolute": "not a relative path",
 
 def _nothing_left(d) -> None:
     assert ok(ctr2(d.address, "images", "ls", "-q")).split() == []
-    assert eventually(lambda: len(ok(ctr2(d.address, "content", "active"))
-                                  .splitlines()) <= 1, "ingests") is True
+    assert wait_until(lambda: len(ok(ctr2(d.address, "content", "active"))
+                                  .splitlines()) <= 1, 30, what="ingests") is True
     spool = d.root / "io.containerd.transfer.v1.local"
-    assert eventually(lambda: not spool.exists() or not os.listdir(spool), "spool")
-    assert eventually(lambda: len(ok(ctr2(d.address, "content", "ls")).splitlines()) <= 1,
-                      "content collected")
+    assert wait_until(lambda: not spool.exists() or not os.listdir(spool), 30, what="spool")
+    assert wait_until(lambda: len(ok(ctr2(d.address, "content", "ls")).splitlines()) <= 1,
+                      30, what="content collected")
 
 
 def test_hostile_archives_through_transfer(ctrd, archives, tmp_root):
@@ -172,7 +160,7 @@ def test_client_vanishing_mid_import_leaves_nothing(ctrd, archives):
         proc.stdin.flush()
         spool = ctrd.root / "io.containerd.transfer.v1.local"
         # the daemon is receiving: its spool file exists
-        assert eventually(lambda: spool.exists() and os.listdir(spool), "spooling")
+        assert wait_until(lambda: spool.exists() and os.listdir(spool), 30, what="spooling")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -182,43 +170,6 @@ def test_client_vanishing_mid_import_leaves_nothing(ctrd, archives):
     with open(archives["oci"], "rb") as f:  # and it still serves
         ok(ctr2(ctrd.address, "images", "import", "-", stdin=f))
     assert len(ok(ctr2(ctrd.address, "images", "ls", "-q")).split()) == 1
-
-
-def _big_archive(path, size: int = 96 << 20) -> None:
-    """An OCI archive of one image whose one uncompressed layer holds a ``size``-byte file
-    (written streaming: the test never holds it)."""
-    import hashlib
-    import io
-
-    from images import HOST_ARCH, MT_OCI_CONFIG, MT_OCI_MANIFEST
-
-    layer = path.with_suffix(".layer")
-    with open(layer, "wb") as f, tarfile.open(fileobj=f, mode="w|") as t:
-        ti = tarfile.TarInfo("big")
-        ti.size = size
-        t.addfile(ti, io.BufferedReader(io.BytesIO(b"\0" * size)))
-    h = hashlib.sha256()
-    with open(layer, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    ldig, lsize = "sha256:" + h.hexdigest(), layer.stat().st_size
-    config = json.dumps({"architecture": HOST_ARCH, "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [ldig]}}).encode()
-    man = json.dumps({"schemaVersion": 2, "mediaType": MT_OCI_MANIFEST,
-                      "config": {"mediaType": MT_OCI_CONFIG, "digest": "sha256:" + _sha(config),
-                                 "size": len(config)},
-                      "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                                  "digest": ldig, "size": lsize}]}).encode()
-    index = json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": MT_OCI_MANIFEST, "digest": "sha256:" + _sha(man), "size": len(man),
-         "annotations": {"io.containerd.image.name": "example.com/big:1"}}]}).encode()
-    with tarfile.open(path, "w") as t:
-        _add(t, "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
-        t.add(layer, arcname="blobs/sha256/" + ldig[7:])
-        _add(t, "blobs/sha256/" + _sha(config), config)
-        _add(t, "blobs/sha256/" + _sha(man), man)
-        _add(t, "index.json", index)
-    layer.unlink()
 
 
 def test_client_vanishing_while_the_daemon_imports(ctrd, tmp_root):
@@ -240,7 +191,7 @@ def test_client_vanishing_while_the_daemon_imports(ctrd, tmp_root):
                              "images", "import", str(path)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
-        assert eventually(spooled, "the whole archive spooled", timeout=120)
+        assert wait_until(spooled, 120, what="the whole archive spooled")
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
@@ -252,10 +203,10 @@ def test_client_vanishing_while_the_daemon_imports(ctrd, tmp_root):
 
 def _no_import_left(d) -> None:
     spool = d.root / "io.containerd.transfer.v1.local"
-    assert eventually(lambda: not spool.exists() or not os.listdir(spool), "spool", 120)
+    assert wait_until(lambda: not spool.exists() or not os.listdir(spool), 120, what="spool")
     assert ok(ctr2(d.address, "images", "ls", "-q")).split() == []
-    assert eventually(lambda: len(ok(ctr2(d.address, "content", "active"))
-                                  .splitlines()) <= 1, "ingests") is True
+    assert wait_until(lambda: len(ok(ctr2(d.address, "content", "active"))
+                                  .splitlines()) <= 1, 30, what="ingests") is True
     assert "Active" not in ok(ctr2(d.address, "snapshots", "ls"))
 
 

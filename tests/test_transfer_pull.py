@@ -9,38 +9,15 @@ docker-registry holding the offline-built test images (tests/images.py).
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
-
 import pytest
 
 import containerd2
 import ctr2
+from support.transfer import auth_registry, c2, pull  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not ctr2.available() or not containerd2.available(),
                                  reason=f"containerd 2.3.4 binaries absent ({ctr2.CTR})")]
-
-
-@pytest.fixture(scope="module")
-def c2():
-    """containerd 2.3.4 on temp paths (namespace "t": its CRI plugin stays out of the way)."""
-    base = Path(tempfile.mkdtemp(prefix="ctrd-c2-", dir="/tmp"))
-    (base / "cni").mkdir()
-    d = None
-    try:
-        d = containerd2.Containerd2.start(base / "c", cni_bin_dirs=[str(base / "cni")],
-                                          cni_conf_dir=str(base / "cni"), debug=False)
-        yield d
-    finally:
-        if d is not None:
-            d.stop()
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def pull(address: str, ref: str, *args: str, namespace: str = "t"):
-    return ctr2.run(address, "images", "pull", "--plain-http", *args, ref, namespace=namespace)
 
 
 def state(address: str, namespace: str = "t") -> tuple[list, str]:
@@ -100,7 +77,7 @@ def test_pull_errors_as_containerd(c2, ctrd, registry):
 
 def test_pull_with_basic_auth(ctrd, auth_registry):
     ref = auth_registry.ref("busybox")
-    from test_cri_images import PASSWORD, USER
+    from support.registry_auth import PASSWORD, USER
 
     r = pull(ctrd.address, ref)
     assert r.returncode == 1
@@ -112,23 +89,3 @@ def test_pull_with_basic_auth(ctrd, auth_registry):
     assert f"Completed pull from OCI Registry ({ref})" in ctr2.last_frame(r.stdout)
     assert ref in ctr2.ok(ctr2.run(ctrd.address, "images", "ls", "-q"))
 
-
-@pytest.fixture(scope="module")
-def auth_registry(registry):
-    """docker-registry with htpasswd basic auth holding busybox (tests/test_cri_images.py)."""
-    import crypt
-
-    from test_cri_images import AuthRegistry
-
-    if not hasattr(crypt, "METHOD_BLOWFISH") or crypt.METHOD_BLOWFISH not in crypt.methods:
-        pytest.skip("no bcrypt in crypt(3) for an htpasswd file")
-    base = Path(tempfile.mkdtemp(prefix="ctrd-authreg-", dir="/tmp"))
-    reg = None
-    try:
-        reg = AuthRegistry.start_auth(base / "registry")
-        reg.push(registry.pushed["busybox"])
-        yield reg
-    finally:
-        if reg is not None:
-            reg.stop()
-        shutil.rmtree(base, ignore_errors=True)

@@ -11,7 +11,7 @@ import pytest
 
 import containerd2
 import ctr2
-from test_transfer_pull import auth_registry, c2, pull  # noqa: F401 - fixtures
+from support.transfer import auth_registry, c2, pull  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not ctr2.available() or not containerd2.available(),
@@ -55,7 +55,7 @@ def test_push_errors(c2, ctrd, registry):  # noqa: F811
 
 
 def test_push_to_a_registry_with_basic_auth(ctrd, registry, auth_registry):  # noqa: F811
-    from test_cri_images import PASSWORD, USER
+    from support.registry_auth import PASSWORD, USER
 
     src = registry.ref("busybox")
     ctr2.ok(pull(ctrd.address, src))

@@ -13,7 +13,7 @@ import pytest
 
 import containerd2
 import ctr2
-from test_transfer_pull import c2, pull  # noqa: F401 - fixtures
+from support.transfer import c2, pull  # noqa: F401 - fixtures
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(not ctr2.available() or not containerd2.available(),

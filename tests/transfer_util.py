@@ -8,13 +8,13 @@ from __future__ import annotations
 import re
 import subprocess
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
 
 import containerd2
 import images
+from support.cmd import ok
 
 NS = "xfer"
 
@@ -36,11 +36,6 @@ def ctr2(address: str, *args: str, stdin=None, timeout: float = 180,
                           stdin=stdin)
 
 
-def ok(r: subprocess.CompletedProcess) -> str:
-    assert r.returncode == 0, (r.args, r.stdout, r.stderr)
-    return r.stdout
-
-
 def tar_layout(layout: Path, out: Path) -> Path:
     """An OCI image layout directory as a tar (what ``ctr export`` writes, name-sorted)."""
     with tarfile.open(out, "w") as t:
@@ -52,7 +47,7 @@ def tar_layout(layout: Path, out: Path) -> Path:
 def build_archives(out: Path) -> dict[str, Path]:
     """``oci`` (busybox), ``multi`` (an index: host arch + a placeholder), ``docker``
     (moby's ``docker save`` layout, uncompressed layers)."""
-    from test_archive_docker import moby_archive
+    from support.archives import moby_archive
 
     built = images.build_busybox(out / "layouts")
     arch = {"oci": tar_layout(built["busybox"].root, out / "busybox.tar"),
@@ -81,17 +76,6 @@ def image_rows(address: str, namespace: str = NS) -> list[str]:
 def snapshot_keys(address: str, namespace: str = NS) -> list[str]:
     out = ok(ctr2(address, "snapshots", "ls", namespace=namespace))
     return sorted(line.split()[0] for line in out.splitlines()[1:] if line.strip())
-
-
-def eventually(check, what: str, timeout: float = 30.0):
-    """Poll ``check()`` until it returns a truthy value (GC and cleanup run after the call
-    returns); the last value is returned, the test asserts on it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
 
 
 def members(path: Path) -> list[tuple]:
