@@ -24,22 +24,43 @@ def pace(d) -> str:
     return (d / "sleep_millisecs").read_text().strip()
 
 
-def test_fast_while_shims_start_slow_at_rest(tmp_path):
+def test_fast_while_shims_start_slow_once_merging_settled(tmp_path):
     d = ksm_dir(tmp_path)
+    sharing = d / "pages_sharing"
+    sharing.write_text("0\n")
 
     async def go():
-        p = KsmPacer(str(d), settle=0.2)
+        p = KsmPacer(str(d), settle=30, min_fast=0.2, check=0.05)
         assert p.open() and pace(d) == "1000"  # nothing started yet
         p.started()
         assert pace(d) == "20"
-        await asyncio.sleep(0.1)
-        p.started()  # a later start keeps it fast for another settle period
-        await asyncio.sleep(0.15)
-        assert pace(d) == "20"
-        while pace(d) != "1000":
+        for n in range(1000, 20000, 1000):  # ksmd merging: fast it stays
+            sharing.write_text(f"{n}\n")
+            await asyncio.sleep(0.05)
+            assert pace(d) == "20"
+        while pace(d) != "1000":  # steady: back to rest
             await asyncio.sleep(0.02)
-        p.started()
+        p.started()  # new shims: fast again
+        assert pace(d) == "20"
         p.close()  # shutdown: back to rest at once
+        assert pace(d) == "1000"
+
+    asyncio.run(go())
+
+
+def test_rest_after_the_settle_bound_even_while_merging(tmp_path):
+    d = ksm_dir(tmp_path)
+    sharing = d / "pages_sharing"
+
+    async def go():
+        p = KsmPacer(str(d), settle=0.3, min_fast=0.1, check=0.05)
+        p.open()
+        p.started()
+        n = 0
+        while pace(d) == "20":
+            n += 1000
+            sharing.write_text(f"{n}\n")
+            await asyncio.sleep(0.02)
         assert pace(d) == "1000"
 
     asyncio.run(go())
@@ -70,7 +91,8 @@ def test_a_value_changed_while_fast_stays(tmp_path):
     d = ksm_dir(tmp_path)
 
     async def go():
-        p = KsmPacer(str(d), settle=0.05)
+        (d / "pages_sharing").write_text("5\n")
+        p = KsmPacer(str(d), settle=0.05, min_fast=0.0, check=0.02)
         p.open()
         p.started()
         (d / "sleep_millisecs").write_text("77")

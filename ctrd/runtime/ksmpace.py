@@ -7,8 +7,10 @@ scanning while anything is marked. At the kernel's default pace (20 ms) the copi
 shims are merged within about two minutes, but ksmd then keeps ~2.5% of a core busy for
 good, more than the daemon costs under the kubelet's polling (bench/README.md, density).
 So the pace follows what is to merge: :meth:`KsmPacer.started` (a shim started) sets the
-fast pace, and ``settle`` seconds after the last start the slow one (1 s: a tenth of a
-percent of a core), at which pages copied later are still merged, only later.
+fast pace, and once ksmd's merging has settled (``pages_sharing`` steady over one check
+period, at least ``min_fast`` s after the last start; at most ``settle`` s after it) the slow
+one (1 s: a tenth of a percent of a core), at which pages copied later are still merged,
+only later.
 
 The pacer only touches a knob it owns: ksmd running and ``sleep_millisecs`` at the kernel's
 default or at a value the pacer itself writes. A host whose administrator tuned ksmd, or
@@ -28,7 +30,9 @@ log = logging.getLogger("ctrd.runtime")
 KSM_DIR = "/sys/kernel/mm/ksm"
 FAST_MS = 20      # the kernel's default
 SLOW_MS = 1000
-SETTLE = 150.0    # s after the last shim start: two full passes over 110 shims' copies
+SETTLE = 300.0    # s after the last shim start at most (110 shims' copies merge in ~120 s)
+MIN_FAST = 30.0   # s after the last shim start at least
+CHECK = 15.0      # s between two looks at pages_sharing
 
 
 class KsmPacer:
@@ -37,11 +41,15 @@ class KsmPacer:
     start; :meth:`close` at shutdown (leaves the slow pace). Never raises."""
 
     def __init__(self, ksm_dir: str = KSM_DIR, settle: float = SETTLE, enabled: bool = True,
-                 fast_ms: int = FAST_MS, slow_ms: int = SLOW_MS) -> None:
+                 fast_ms: int = FAST_MS, slow_ms: int = SLOW_MS, min_fast: float = MIN_FAST,
+                 check: float = CHECK) -> None:
         self.dir, self.settle, self.enabled = ksm_dir, settle, enabled
         self.fast_ms, self.slow_ms = fast_ms, slow_ms
+        self.min_fast, self.check = min_fast, check
         self.owned = False
         self._timer: asyncio.TimerHandle | None = None
+        self._last_start = 0.0
+        self._sharing: int | None = None
 
     def _read(self, name: str) -> str | None:
         try:
@@ -73,11 +81,28 @@ class KsmPacer:
         """A shim started: merge its copies soon, then slow down again."""
         if not self.owned:
             return
+        loop = asyncio.get_running_loop()
+        self._last_start = loop.time()
         if self._timer is None:
             self._write(self.fast_ms)
+            self._sharing = None
+            self._timer = loop.call_later(self.check, self._look)
+
+    def _pages_sharing(self) -> int | None:
+        v = self._read("pages_sharing")
+        return int(v) if v is not None and v.isdigit() else None
+
+    def _look(self) -> None:
+        """Every ``check`` s while fast: slow down once merging settled (or took too long)."""
+        loop = asyncio.get_running_loop()
+        since = loop.time() - self._last_start
+        now, last = self._pages_sharing(), self._sharing
+        self._sharing = now
+        settled = now is not None and last is not None and abs(now - last) <= max(50, last // 100)
+        if since >= self.settle or (since >= self.min_fast and settled):
+            self._rest()
         else:
-            self._timer.cancel()
-        self._timer = asyncio.get_running_loop().call_later(self.settle, self._rest)
+            self._timer = loop.call_later(self.check, self._look)
 
     def _rest(self) -> None:
         self._timer = None
