@@ -1,4 +1,4 @@
-"""Pods with a process of their own (issue 8, item 4): a pause container of ``sandbox_image``
+"""Pods with a process of their own: a pause container of ``sandbox_image``
 (containerd 1.6's sandbox), and -- without a sandbox image -- ctrd's minimal pod init for pods
 that ask for a pod-level PID namespace.
 

@@ -1,5 +1,5 @@
-"""Containers survive ctrd: kill -9 the daemon, restart it, and the tasks are still there
-(issue 7's done-when), and a killed shim's task is reported stopped with everything released.
+"""Containers survive ctrd: kill -9 the daemon, restart it, and the tasks are still there,
+and a killed shim's task is reported stopped with everything released.
 """
 
 from __future__ import annotations
