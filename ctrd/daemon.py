@@ -211,8 +211,9 @@ class Daemon:
         on the loop thread; a call that arrives meanwhile waits at most for one of them.
         The services clients ask first are built at once; the rest after
         :data:`WARM_DELAY`: a client that polled for the socket calls within that time, and
-        builds running then held its first call up by ~70 ms (imports hold the GIL that
-        gRPC's poller thread needs to hand the call over)."""
+        builds running then held its first call up (imports hold the GIL that
+        gRPC's poller thread needs to hand the call over; bench/README.md, "Figures the code
+        cites")."""
         order = ["io.containerd.grpc.v1.version", "io.containerd.grpc.v1.introspection"]
         plugins = sorted(self.plugins or (), key=lambda p: (
             order.index(p.registration.uri) if p.registration.uri in order else len(order)))

@@ -584,7 +584,7 @@ def _unescape(body: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------
-# Unicode tables (built on first use: one pass over all code points, about 0.2 s)
+# Unicode tables (built on first use: one pass over all code points; its cost: bench/README.md)
 
 
 @dataclass(frozen=True)

@@ -871,10 +871,6 @@ def test_ctr_tasks_metrics(daemon):
             "sleep", "1000")
     assert r.returncode == 0, r.stderr
     r = ctr(d.address, "tasks", "metrics", "t-metrics")
-    if r.returncode != 0 and "stats are not supported" in d.read_log():
-        # the daemon logs the shim's NotImplemented and answers no metric (ctr: "no metrics
-        # received"); lifts once ctrd's shim serves Stats from ctrd.runtime.cgroups
-        pytest.skip("this shim does not serve Stats yet (ctrd/runtime/shim/service.py)")
     assert r.returncode == 0, r.stderr
     v2 = cgroups.mode() == "unified"
     if v2:

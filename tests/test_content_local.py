@@ -181,12 +181,26 @@ def test_go_duration():
 
 
 def test_writer_waits_briefly_for_a_closing_holder(tmp_path):
-    s = LocalStore(tmp_path / "c", lock_timeout=2.0)
+    """A second writer of a held ref waits, and is woken by the holder letting go: with an
+    hour's lock timeout it can only return because the holder's close notified it."""
+    s = LocalStore(tmp_path / "c", lock_timeout=3600.0)
     w = s.writer("r")
-    threading.Timer(0.1, w.close).start()
-    t0 = time.monotonic()
-    s.writer("r").close()
-    assert time.monotonic() - t0 < 1.5
+    closing = threading.Event()
+    got: list = []
+
+    def second_writer():
+        try:
+            s.writer("r").close()
+            got.append(closing.is_set())  # acquired only after the holder began to close
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            got.append(e)
+
+    t = threading.Thread(target=second_writer)
+    t.start()
+    threading.Timer(0.1, lambda: (closing.set(), w.close())).start()
+    t.join(60)  # a guard against a lost wake-up hanging the suite, not a measurement
+    assert not t.is_alive(), "the waiting writer was not woken by the holder's close"
+    assert got == [True]
 
 
 def test_lock_is_per_root_and_shared_across_spellings(tmp_path):

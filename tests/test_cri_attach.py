@@ -109,7 +109,7 @@ class Crictl:
 @pytest.mark.parametrize("transport", ["spdy", "websocket"])
 @pytest.mark.parametrize("log", [True, False], ids=["log-file", "no-log-file"])
 def test_crictl_attach_stdin_to_running_sh(cri, transport, log):
-    """The issue's case: ``echo hello`` into an attached ``sh`` prints ``hello``; stdin EOF
+    """``echo hello`` into an attached ``sh`` prints ``hello``; stdin EOF
     detaches (no stdin_once), so the next attach finds the same shell."""
     cid = shell(cri, "sh", log=log)
     for n in range(3):

@@ -1,4 +1,4 @@
-"""ctrd's CRI answers against containerd 2.3.4's, side by side on one machine (issue 14).
+"""ctrd's CRI answers against containerd 2.3.4's, side by side on one machine.
 
 Both daemons run at once: containerd 2.3.4 (``../shared/bin/containerd-2.3.4``, its runc shim
 on PATH, its own temp root/state/socket, ``version = 4`` config, a pause image built offline
@@ -11,8 +11,8 @@ metadata, labels, annotations, mounts, reason, exit code, image spec and ref for
 shape...). ids, times and IPs are compared for presence only. The verbose ``info`` JSONs are
 compared by their top-level keys.
 
-One assertion at the end lists every differing field. Fields that other branches of issue 14
-are changing (ContainerStatus.user, stop_signal, image ids, user_specified_image, runtime
+One assertion at the end lists every differing field. Fields known to be worked on
+elsewhere (ContainerStatus.user, stop_signal, image ids, user_specified_image, runtime
 handler features, stats) are compared all the same; their lines name the owner.
 Skipped only if the containerd 2.3.4 binaries are absent.
 """
@@ -39,7 +39,7 @@ pytestmark = [pytest.mark.integration,
                                  reason=f"containerd 2.3.4 not in {containerd2.BIN_DIR}")]
 
 
-# Paths other branches of issue 14 own: their differences are listed with this note.
+# Paths worked on elsewhere: their differences are listed with this note.
 OWNERS = {
     "*container_filesystems*": "(e) ImageFsInfo.container_filesystems",
     "Stop*(unknown id)": "(lead) idempotent Stop of an unknown id: on main (84e9ad0)",

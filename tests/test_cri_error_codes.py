@@ -1,4 +1,4 @@
-"""Every CRI error code as containerd 2.3.4 answers it (issue 14): a matrix of bad and
+"""Every CRI error code as containerd 2.3.4 answers it: a matrix of bad and
 out-of-order requests, sent to containerd 2.3.4 and to ctrd, which must answer each with the
 same gRPC status code, and where containerd's message is what a user greps for, a message
 with the same key words.

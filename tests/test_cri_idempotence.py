@@ -1,5 +1,5 @@
-"""A kubelet retry of a create still in flight waits for it and gets the same object (issue 8,
-item 7); a create of a name that exists fails with "reserved", as in containerd."""
+"""A kubelet retry of a create still in flight waits for it and gets the same object; a
+create of a name that exists fails with "reserved", as in containerd."""
 
 from __future__ import annotations
 

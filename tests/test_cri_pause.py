@@ -1,4 +1,4 @@
-"""Pods with a process of their own (issue 8, item 4): a pause container of ``sandbox_image``
+"""Pods with a process of their own: a pause container of ``sandbox_image``
 (containerd 1.6's sandbox), and -- without a sandbox image -- ctrd's minimal pod init for pods
 that ask for a pod-level PID namespace.
 
@@ -285,9 +285,27 @@ def test_pod_init_shares_pid_and_reaps_orphans(pause_factory):
     assert "sleep 1001" in ps and "sleep 1000" in ps, ps
     assert cri.sh(a, "cat /proc/1/cmdline | tr '\\0' ' '").startswith("/bin/busybox sh")
     # a container that double-forks: its orphans are reparented to the pod init, which
-    # reaps them when they exit
-    cri.sh(b, "for i in 1 2 3 4 5; do (sleep 0.3 &); done")
-    time.sleep(1.5)
+    # reaps them when they exit (they wait for a file the test creates)
+    cri.sh(b, "for i in 1 2 3 4 5; do (sh -c 'while [ ! -e /tmp/orphans-go ]; do sleep 0.1; "
+              "done' >/dev/null 2>&1 &); done")
+
+    def orphans() -> list[int]:
+        found = []
+        for p in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if _ppid(int(p)) == pid and "orphans-go" in _cmdline(int(p)):
+                    found.append(int(p))
+            except OSError:  # gone meanwhile
+                pass
+        return found
+
+    assert wait_until(lambda: len(orphans()) == 5), \
+        f"the 5 orphans were not reparented to the pod init: {orphans()}"
+    kids = orphans()  # alive until the file appears
+    cri.sh(b, "touch /tmp/orphans-go")
+    # reaped: a zombie would keep its /proc entry until its parent waits for it
+    assert wait_until(lambda: not any(os.path.exists(f"/proc/{k}") for k in kids)), \
+        [(k, _zombies_in_pidns(pidns)) for k in kids if os.path.exists(f"/proc/{k}")]
     assert _zombies_in_pidns(pidns) == []
     # a container of the same pod asking for its own PID namespace still gets one
     c = cri.create(sid, pconf, "own", ["sleep", "1000"], linux=pb.LinuxContainerConfig(

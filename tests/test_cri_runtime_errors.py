@@ -248,7 +248,7 @@ def test_concurrent_pods(cri):  # noqa: F811
     for sid, cid in got:
         assert cri.status(cid).state == pb.CONTAINER_RUNNING
     # the same pod created five times at once (kubelet retries while the first is in
-    # flight): all get the one pod (issue 8: a retry waits instead of hearing "reserved")
+    # flight): all get the one pod (a retry waits instead of hearing "reserved")
     def same(_):
         try:
             return cri.run_pod("dup")[0]

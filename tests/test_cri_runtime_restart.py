@@ -1,4 +1,4 @@
-"""CRI pods and containers survive a kill -9 of ctrd (issue 8, "idempotence and restarts"):
+"""CRI pods and containers survive a kill -9 of ctrd:
 after the restart every sandbox is listed READY with its IP and its namespaces, running
 containers are RUNNING and controllable, containers that exited while ctrd was down are EXITED
 with their real exit code, and stop/remove release everything.

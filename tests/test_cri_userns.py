@@ -1,4 +1,4 @@
-"""User namespaces for pods (issue 14): ``userns_options`` POD with one 65536-long mapping,
+"""User namespaces for pods: ``userns_options`` POD with one 65536-long mapping,
 NODE as before, hostile mappings refused; the rootfs through idmapped lowerdirs, volumes
 through idmapped clones ctrd makes (runc 1.1.5 makes none itself).
 

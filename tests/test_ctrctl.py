@@ -17,7 +17,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 import uuid as uuidlib
 from pathlib import Path
 
@@ -304,15 +303,14 @@ def test_timeout_when_the_daemon_does_not_answer(tmp_base):
     try:
         os.kill(daemon.proc.pid, signal.SIGSTOP)  # the socket accepts, nobody replies
         try:
-            started = time.monotonic()
+            # the frozen daemon never answers: ctrctl returns only through its own deadline
+            # (run()'s subprocess timeout is the suite's guard against a hang)
             r = ctl(daemon, "--timeout", "500ms", "ns", "ls")
-            elapsed = time.monotonic() - started
         finally:
             os.kill(daemon.proc.pid, signal.SIGCONT)
         assert r.returncode == 1
         assert r.stderr == ("ctrctl: no reply from ctrd to namespaces.List within 0.5s "
                             "(see --timeout): context deadline exceeded\n")
-        assert elapsed < 10
         ok(ctl(daemon, "ns", "ls"))  # thawed: answers again
     finally:
         daemon.stop()

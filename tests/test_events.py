@@ -1060,8 +1060,8 @@ def test_many_ctr_events_killed_abruptly_leave_the_daemon_serving(ctrd, watch):
 def test_stopping_the_daemon_ends_ctr_events_promptly(ctrd, watch):
     w = watch(ctrd.address)
     sync(ctrd.address, w, "start")
-    started = time.monotonic()
-    ctrd.stop()
-    assert time.monotonic() - started < 8  # not the 10 s grace period
+    assert ctrd.stop() == 0
     assert w.exit() == 1
+    # The Events service ends its streams with this error as the daemon starts stopping; a
+    # stream left to the 10 s grace period would be cut by the server with another error.
     assert any("the daemon is shutting down" in e for e in w.errors), w.errors

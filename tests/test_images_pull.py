@@ -27,22 +27,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("ctr_client")]
 ALL = list(images.REFS)
 
 
-def require_images_service(daemon) -> None:
-    """Skip (at run time) if the daemon does not serve containerd.services.images.v1."""
-    r = ctr(daemon.address, "images", "ls")
-    if r.returncode != 0:
-        err = r.stderr.lower()
-        if "unknown service" in err or "unimplemented" in err or "not implemented" in err:
-            pytest.skip(f"daemon has no Images service yet: {r.stderr.strip()}")
-        raise AssertionError(f"ctr images ls failed: {r.stderr}")
-
-
 @pytest.fixture(params=["containerd", "ctrd"])
 def daemon(request):
-    d = request.getfixturevalue(request.param)
-    if request.param == "ctrd":
-        require_images_service(d)
-    return d
+    return request.getfixturevalue(request.param)
 
 
 def pull(daemon, registry, name: str, *args: str) -> None:
@@ -167,7 +154,6 @@ def test_mount_trees_equal(containerd, ctrd, registry, tmp_root, mounts, name):
     want, want_groups = tree(mounts(containerd, ref, tmp_root / "mnt-containerd"))
     check_fat_tree(want, want_groups)
 
-    require_images_service(ctrd)
     pull(ctrd, registry, name)
     got, got_groups = tree(mounts(ctrd, ref, tmp_root / "mnt-ctrd"))
     assert sorted(got) == sorted(want)

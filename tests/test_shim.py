@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import CTR, ctr
-from shimutil import (RUNTIME, mounts_under, rss_pss_kib, shim_pids, sockets, stale_sockets,
+from shimutil import (RUNTIME, mounts_under, shim_pids, sockets, stale_sockets,
                       wait_until)
 
 pytestmark = [pytest.mark.integration,
@@ -429,21 +429,6 @@ def test_start_reuses_a_live_shim_and_delete_cleans_up_after_a_dead_one(direct):
                       open(f"/proc/{pid}/stat").read().split(")")[1].split()[0] == "Z")
     assert mounts_under(str(bundle)) == []
     assert not os.path.exists(address.removeprefix("unix://"))
-
-
-def test_idle_shim_memory(direct, capsys):
-    bundle, address, shim = direct.start("idle", ["sleep", "600"])
-    shim("Create", direct.create_request("idle", bundle))
-    shim("Start", api.StartRequest(id="idle"))
-    time.sleep(0.5)
-    shim_pid = shim("Connect", api.ConnectRequest(id="idle")).shim_pid
-    rss, pss = rss_pss_kib(shim_pid)
-    with capsys.disabled():
-        print(f"\nidle ctrd shim with one running task: RSS {rss} KiB, PSS {pss} KiB")
-    shim("Kill", api.KillRequest(id="idle", signal=9))
-    shim("Wait", api.WaitRequest(id="idle"))
-    shim("Delete", api.DeleteRequest(id="idle"))
-    shim("Shutdown", api.ShutdownRequest(id="idle"))
 
 
 def test_events_to_an_absent_daemon_never_block_task_operations(direct, tmp_root):

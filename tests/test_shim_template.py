@@ -241,20 +241,3 @@ def test_a_group_shares_one_shim(direct, spawned_by_shim):
     assert wait_until(lambda: not os.path.exists(f"/proc/{b_pid}") or
                       Path(f"/proc/{b_pid}/stat").read_text().split(")")[1].split()[0] == "Z")
     stop(c, "gc")
-
-
-def test_start_latency_through_the_template(direct, spawned_by_shim, capsys):
-    """Not asserted (times are not): printed for the record."""
-    run_sleep(direct, "warm", env=FAST_IDLE)[0]
-    took = []
-    shims = []
-    for i in range(5):
-        t = time.monotonic()
-        bundle, address, shim = direct.start(f"lat{i}", ["true"], env=FAST_IDLE)
-        took.append((time.monotonic() - t) * 1000)
-        shims.append(shim)
-        shim("Shutdown", api.ShutdownRequest(id=f"lat{i}"))
-    with capsys.disabled():
-        print(f"\nshim start through the template: {sorted(took)[2]:.0f} ms (median of 5)")
-    w = direct.clients[0]
-    stop(w, "warm")

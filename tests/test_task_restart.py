@@ -1,12 +1,11 @@
-"""Containers survive ctrd: kill -9 the daemon, restart it, and the tasks are still there
-(issue 7's done-when), and a killed shim's task is reported stopped with everything released.
+"""Containers survive ctrd: kill -9 the daemon, restart it, and the tasks are still there,
+and a killed shim's task is reported stopped with everything released.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import time
 
 import pytest
 
@@ -101,9 +100,7 @@ def test_hung_shim_does_not_block_others(daemon):
     shim = _shim_pid(d, "hung")
     os.kill(shim, signal.SIGSTOP)
     try:
-        t0 = time.monotonic()
-        t = tasks(d)
-        assert time.monotonic() - t0 < 10
+        t = tasks(d)  # answers: the hung shim's State hit its deadline (hence UNKNOWN)
         assert t["ok1"][1] == "RUNNING" and t["hung"][1] == "UNKNOWN", t
         r = ctr(d.address, "tasks", "exec", "--exec-id", "x", "ok1", "echo", "fine")
         assert r.returncode == 0 and r.stdout == "fine\n", r.stderr

@@ -7,8 +7,9 @@
 
 argparse, not click: this is the daemon's start path, and every import counts there. The
 common daemon command lines (only the value options above, as ``--opt value`` or
-``--opt=value``) are read by :func:`_fast_args` without importing argparse (~5 ms with the
-``shutil`` and ``gettext`` it pulls in); anything else (help, the ``config`` command, a bad
+``--opt=value``) are read by :func:`_fast_args` without importing argparse (and the
+``shutil`` and ``gettext`` it pulls in: bench/README.md, "Figures the code cites");
+anything else (help, the ``config`` command, a bad
 value, an abbreviation) goes through argparse, so errors and help read as before.
 """
 
@@ -189,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     # Everything is closed and flushed by now; skip interpreter and grpc teardown, which
-    # takes ~100 ms and would delay a restart.
+    # would delay a restart (bench/README.md: sigterm_to_exit).
     import logging
     import os
 

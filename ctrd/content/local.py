@@ -47,7 +47,8 @@ if TYPE_CHECKING:
     from concurrent.futures import ThreadPoolExecutor
 
 # hashlib, shutil, calendar, datetime and concurrent.futures are imported where they are used:
-# this module is on the daemon's start path, which needs none of them (~8 ms of imports).
+# this module is on the daemon's start path, which needs none of them (their cost:
+# bench/README.md, "Figures the code cites").
 
 from ctrd.content.store import ALGORITHMS, Info, Status, validate_digest
 from ctrd.errdefs import (AlreadyExists, FailedPrecondition, InvalidArgument, NotFound,
@@ -206,7 +207,7 @@ def _hash_file(path: str, h, limit: int | None = None) -> int:
 # >= 3.15 on ext4/xfs/btrfs/tmpfs). Where it is missing, check-then-rename: the window only
 # lets an identical, verified blob replace another.
 # dlopen(NULL): the process's own libc symbols. (ctypes.util.find_library would run
-# ldconfig in a subprocess at import: ~15 ms of every daemon start.)
+# ldconfig in a subprocess at import, at every daemon start: bench/README.md.)
 _libc = ctypes.CDLL(None, use_errno=True)
 _renameat2 = getattr(_libc, "renameat2", None)
 _AT_FDCWD = -100
@@ -231,8 +232,8 @@ def _rename_noreplace(src: str, dst: str) -> None:
 
 # Writeback: every _WRITEBACK bytes a writer asks the kernel to start writing the range out
 # (sync_file_range(SYNC_FILE_RANGE_WRITE), asynchronous), so the fsync at commit waits for the
-# tail only and a large ingest does not pile up dirty pages. Measured on 1 GiB: commit's fsync
-# goes from ~1.7 s to ~1.2 s and the blob is written ~15-30% faster overall.
+# tail only and a large ingest does not pile up dirty pages (measured on 1 GiB: bench/README.md,
+# "Figures the code cites").
 _WRITEBACK = 8 << 20
 _SYNC_FILE_RANGE_WRITE = 2
 _sync_file_range = getattr(_libc, "sync_file_range", None)

@@ -67,13 +67,14 @@ Sandbox modes
 and UTS namespaces with bind mounts (:mod:`netns`) and the pod's containers join them by
 path. Why it is the default: nothing has to be pulled before the first pod can start (a
 node needs no registry access for a pause image), each pod has one process and one shim
-fewer until its first container runs, and RunPodSandbox takes ~7 ms against ~90 ms for
-containerd 1.6 (which creates, starts and watches a pause container; bench/cri_exec.py).
+fewer until its first container runs, and RunPodSandbox does no task start where
+containerd 1.6 creates, starts and watches a pause container (figures: bench/README.md, "CRI",
+measured by bench/cri_exec.py).
 A pod that asks for a pod-level PID namespace (its NamespaceOption present with ``pid =
 POD``: the kubelet's ``shareProcessNamespace``) gets ctrd's minimal pod init as PID 1 of a
 new PID namespace: the host's statically linked busybox (Debian's ``busybox-static``),
 bound read-only into an empty read-only rootfs, running a ``wait`` loop that reaps the
-pod's orphans (no capabilities, uid 65535, ~1.5 MiB RSS for its shell and one ``sleep``).
+pod's orphans (no capabilities, uid 65535; its memory: bench/README.md, "Figures the code cites").
 It runs in the pod's shim (the one its containers use), and its exit makes the pod
 NOTREADY. Without a static busybox such a pod fails to start with an error naming the
 missing binary and the ``sandbox_image`` alternative. Pods that do not share PIDs (the
@@ -90,5 +91,6 @@ then share. Containers join the pause's IPC/UTS (and, in POD mode, PID) namespac
 the containers, then the pause, then runs CNI DEL and unpins the netns; RemovePodSandbox
 removes its task, record and snapshot. What it is for: existing containerd configs that
 name a pause image, runtimes or tools that expect a sandbox container, and pod-level PID
-sharing on a host without a static busybox. RunPodSandbox costs a task start (~100 ms).
+sharing on a host without a static busybox. RunPodSandbox costs a task start
+(bench/README.md, "CRI").
 """

@@ -17,9 +17,10 @@ IPC and UTS namespaces is allowed in a multi-threaded process. :func:`create_pod
 starts a throwaway thread that unshares them, sets the hostname, brings ``lo`` up and
 bind-mounts ``/proc/thread-self/ns/<kind>`` onto the pin files, then exits; the bind mounts
 keep the namespaces alive. This is containerd's method (a locked OS thread that is never
-reused) and it needs no fork of the interpreter and no exec: ~2.4 ms per pod for all three
-(net alone ~1.3 ms; the kernel's namespace setup is most of it), against ~10 ms for util-linux
-``unshare --net=FILE --ipc=FILE --uts=FILE sh -c 'hostname ...; ip link set lo up'``.
+reused) and it needs no fork of the interpreter and no exec (the kernel's namespace setup is most of
+its cost), unlike util-linux
+``unshare --net=FILE --ipc=FILE --uts=FILE sh -c 'hostname ...; ip link set lo up'``
+(bench/README.md, "Figures the code cites").
 (A Python thread is a fresh OS thread that ends with its target: nothing else runs on it in
 the pod's namespaces, short of a garbage-collector finalizer that happens to open a socket.)
 

@@ -48,6 +48,17 @@ class Scheduler:
         self._task: asyncio.Task | None = None
         self.last_stats: Stats | None = None
 
+    @property
+    def pending_mutations(self) -> int:
+        """Mutations the scheduler has taken in since its last collection."""
+        return self._mutations
+
+    @property
+    def scheduled(self) -> bool:
+        """Whether a collection is due (a time is set for it); False: none runs until a
+        deletion, enough mutations or :meth:`schedule_and_wait` asks for one."""
+        return self._next is not None
+
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         if self._startup_delay > 0:

@@ -8,8 +8,9 @@ small JSON documents. Every mutation is one write transaction (:meth:`DB.update`
 Threads: a write transaction waits for the writer lock and syncs at commit: async code runs
 it in a worker thread. A read transaction never waits (LMDB readers see a snapshot and take no
 lock a writer holds) and a lookup of a record or two is a few microseconds of mapped-memory
-reads, less than the CPU of a worker-thread hop (~0.1-0.2 ms: futures, futex wake-ups, the
-loop's self-pipe): the services call such lookups (Get, Info, Stat) on the event loop. Scans
+reads, less than the CPU of a worker-thread hop (futures, futex wake-ups, the
+loop's self-pipe; bench/README.md, "Figures the code cites"): the services call such lookups
+(Get, Info, Stat) on the event loop. Scans
 of a whole namespace (List, Walk) stay in worker threads.
 """
 

@@ -30,7 +30,7 @@ def _init_exchange(ic: InitContext):
         return Exchange()
 
     # Built when first published to or subscribed: its imports (protobuf, filters) are
-    # ~50 ms that a daemon start does not need.
+    # time a daemon start does not need (bench/README.md, "Figures the code cites").
     return LazyObject(build)
 
 
@@ -419,7 +419,7 @@ async def _init_cri(ic: InitContext):
 
     from ctrd.services.lazy import LazyService
 
-    # Not warmed at idle: ~50 ms of imports (CRI protos, registry client) that would hold up
+    # Not warmed at idle: imports (CRI protos, registry client; bench/README.md) that would hold up
     # the first ctr call after boot; the kubelet's first call pays them once.
     service = LazyService(build, ("runtime.v1.RuntimeService", "runtime.v1.ImageService"),
                           warm=False)
@@ -466,7 +466,7 @@ async def _init_shim_sandboxer(ic: InitContext):
         return ShimController(root, state, manager)
 
     # Shims of an earlier daemon to reconnect to: now. None (the usual start): built on
-    # first use, so a daemon start does not import the controller (~8 ms).
+    # first use, so a daemon start does not import the controller.
     if any(os.listdir(os.path.join(state, ns)) for ns in os.listdir(state)
            if os.path.isdir(os.path.join(state, ns))):
         controller = build()

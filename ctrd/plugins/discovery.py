@@ -1,7 +1,8 @@
 """Entry point discovery for the ``ctrd.plugins`` group, without ``importlib.metadata``.
 
-``importlib.metadata`` (what pluggy's ``load_setuptools_entrypoints`` uses) costs ~75 ms to
-import on this class of machine, more than the rest of the daemon's start-up; this reads the
+``importlib.metadata`` (what pluggy's ``load_setuptools_entrypoints`` uses) costs more to
+import than the rest of the daemon's start-up (bench/README.md, "Figures the code cites");
+this reads the
 same ``entry_points.txt`` files of every ``*.dist-info``/``*.egg-info`` directory on
 ``sys.path`` directly. Same rules as importlib.metadata: the first distribution of a given
 (normalised) name on ``sys.path`` wins; within the group, an entry point name loads once.

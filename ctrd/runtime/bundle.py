@@ -152,8 +152,8 @@ def load_bundles(state: str) -> list[Bundle]:
 
 
 def _rmtree(path: str) -> None:
-    """shutil.rmtree, ignoring errors; shutil imported here: it pulls bz2 and lzma in (~4 ms
-    at every daemon start otherwise)."""
+    """shutil.rmtree, ignoring errors; shutil imported here: it pulls bz2 and lzma in (at every
+    daemon start otherwise; bench/README.md, "Figures the code cites")."""
     import shutil
 
     shutil.rmtree(path, ignore_errors=True)

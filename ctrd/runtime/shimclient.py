@@ -182,7 +182,8 @@ class ShimCommand:
         """Start the shim; its ttrpc socket path.
 
         ctrd's own shim is asked through its template directly when one runs (what its
-        ``start`` command would do, without an interpreter start: ~50 ms less per task);
+        ``start`` command would do, without an interpreter start per task;
+        bench/README.md, "Figures the code cites");
         otherwise, and for every other shim, ``<shim> ... start`` runs."""
         if os.path.basename(self.binary) == "containerd-shim-ctrd-v2":
             path = await asyncio.to_thread(self._start_via_template, options or b"")

@@ -49,7 +49,8 @@ def _uuid4() -> str:
 def server_uuid(root: Path) -> str:
     """The daemon's UUID, made once and kept in ``<root>/uuid`` (a damaged file is replaced).
 
-    Without the uuid module: it imports ``platform`` and more (~5 ms), and this runs for the
+    Without the uuid module: it imports ``platform`` and more (bench/README.md, "Figures the
+    code cites"), and this runs for the
     first ``ctr version`` after every start."""
     path = root / "uuid"
     try:

@@ -1,7 +1,8 @@
 """Services that import and build themselves on their first call.
 
-Start-up cost in Python is import cost: the protobuf runtime alone takes ~30 ms to
-initialise, each service's generated modules and implementation several more. A plugin whose
+Start-up cost in Python is import cost: the protobuf runtime alone takes tens of ms to
+initialise, each service's generated modules and implementation more (bench/README.md,
+"Figures the code cites"). A plugin whose
 init returns a :class:`LazyService` costs nothing until a client calls one of its services;
 the gRPC server asks it for handlers by method name (a generic handler), the ttrpc server
 likewise. What the first call pays, later calls do not.

@@ -76,8 +76,8 @@ def supported(root: str) -> str | None:
         _remove_check_dir(td)
 
 
-# os only: tempfile and shutil (with the random, bz2 and lzma modules they import) cost the
-# daemon's start ~5 ms of imports for this one check.
+# os only: tempfile and shutil (with the random, bz2 and lzma modules they import) would cost the
+# daemon's start their imports for this one check (bench/README.md, "Figures the code cites").
 
 def _mkdtemp(parent: str, prefix: str) -> str:
     """A new directory (mode 0700) under ``parent`` with a name nobody else picked."""

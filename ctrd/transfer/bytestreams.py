@@ -42,8 +42,8 @@ MAX_CHUNK = 32 * 1024       # containerd's maxRead
 WINDOW = 2 * MAX_CHUNK      # containerd's windowSize
 # What the daemon grants when it receives an archive: the grant size is the receiver's
 # choice in this protocol (ctr's sender takes any), and containerd's 64 KiB makes ctr wait
-# for a window update every second chunk: ~4x slower here (256 MiB spooled in ~2 s rather
-# than ~8 s, one run each on a loaded machine). In flight at most this much.
+# for a window update every second chunk, several times slower (bench/README.md, "Figures the
+# code cites"). In flight at most this much.
 RECEIVE_WINDOW = 1 << 20
 MAX_CREDIT = 1 << 30        # credit a client may grant ahead (int32 in containerd)
 MAX_IGNORED = 1024          # non-Data messages in a row a receiver tolerates

@@ -1,7 +1,8 @@
 """ctrd's shim v2 (``containerd-shim-ctrd-v2``): serves ``containerd.task.v2.Task`` over ttrpc
 for the tasks of one container (or a group), driving an OCI runtime CLI (runc, crun, ...).
 
-Deliberately lean: no asyncio (its import costs ~9 MB RSS and ~60 ms), no grpc, no logging,
+Deliberately lean: no asyncio (its import costs memory and start time; bench/README.md,
+"Figures the code cites"), no grpc, no logging,
 no dataclasses. One thread, one epoll loop (:mod:`.loop`); runtime commands run synchronously
 and are waited for by pid, so the SIGCHLD reaper never steals their exit codes.
 
