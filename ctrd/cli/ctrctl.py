@@ -1765,6 +1765,11 @@ class _DaemonStore:
         except errdefs.NotFound:
             return False
 
+    def size(self, digest: str) -> int:
+        from ctrd.api.containerd.services.content.v1 import content_pb2 as cpb
+
+        return self.c.content.Info(cpb.InfoRequest(digest=digest)).info.size
+
     def label(self, digest: str, labels: dict[str, str]) -> None:
         from google.protobuf import field_mask_pb2
 
