@@ -1815,7 +1815,8 @@ def import_cmd(g: Globals, file: str, no_unpack: bool, snapshotter: str, platfor
     schema 2 manifest per image, as containerd converts it. Everything is written under a
     temporary lease; image records are created (or updated) only when every image is
     complete and unpacked for the platform (ctr's default too; --no-unpack skips it), so a
-    bad archive creates no image and leaves no content or snapshot.
+    bad archive, one without a manifest for the platform, or a layer past the daemon's unpack
+    limits creates no image and leaves no content or snapshot.
     """
     import time as _time
 
@@ -1855,8 +1856,10 @@ def import_cmd(g: Globals, file: str, no_unpack: bool, snapshotter: str, platfor
                 try:
                     chain = unpack(leased, root, snapshotter, plat)
                 except errdefs.NotFound as e:
-                    click.echo(f"{name}: not unpacked: {e}", err=True)
-                    continue
+                    # No manifest for the platform: an image that cannot be mounted or run
+                    # is not created (ctr creates it; --no-unpack imports without it).
+                    raise CommandError(f"cannot import {file}: unpacking {name} for {plat}: "
+                                       f"{e.detail}") from None
                 except errdefs.FailedPrecondition as e:
                     raise CommandError(f"cannot import {file}: unpacking {name}: "
                                        f"{e.detail}") from None
