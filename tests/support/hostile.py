@@ -1,7 +1,8 @@
 """Hostile images for the unpack-limit, blob-size and platform tests: decompression bombs
 generated streaming (``bomb_layer``), OCI layout archives whose manifests may lie
 (``oci_archive``), and a static registry serving exactly the bytes it is given, lies
-included (``StaticRegistry``, fixture ``static_registry``).
+included (``StaticRegistry``, fixture ``static_registry``; ``RegistryHandler`` for registries of
+a test's own).
 
 Nothing here holds a bomb's uncompressed bytes: a bomb is a tar of one zero file whose
 header is written by hand and whose data is fed to the compressor in 1 MiB pieces; only the
@@ -187,26 +188,32 @@ class _Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
 
-class _Handler(http.server.BaseHTTPRequestHandler):
+class RegistryHandler(http.server.BaseHTTPRequestHandler):
+    """What a test registry's request handler shares: HTTP/1.1, quiet, ``_send`` (a body
+    with its headers; ``length`` may claim another Content-Length), HEAD as GET."""
+
     protocol_version = "HTTP/1.1"
-    registry: StaticRegistry
 
     def log_message(self, *args) -> None:
         pass
 
-    def _send(self, code: int, body: bytes, ctype: str = "application/octet-stream",
-              digest: str = "") -> None:
+    def _send(self, code: int, body: bytes = b"", ctype: str = "application/octet-stream",
+              headers: dict | None = None, length: int | None = None) -> None:
         self.send_response(code)
         self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        if digest:
-            self.send_header("Docker-Content-Digest", digest)
+        self.send_header("Content-Length", str(len(body) if length is None else length))
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
 
     def do_HEAD(self) -> None:
-        self.do_GET()
+        self.do_GET()  # type: ignore[attr-defined]
+
+
+class _Handler(RegistryHandler):
+    registry: StaticRegistry
 
     def do_GET(self) -> None:
         reg, path = self.registry, self.path.split("?")[0]
@@ -220,11 +227,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             else:
                 mt, data = reg.tags.get(f"{repo}:{ref}", ("", None))
             if data is not None:
-                return self._send(200, data, mt, sha(data))
+                return self._send(200, data, mt, {"Docker-Content-Digest": sha(data)})
         elif "/blobs/" in path:
             data = reg.blobs.get(path.rsplit("/", 1)[1])
             if data is not None:
-                return self._send(200, data, digest=sha(data))
+                return self._send(200, data, headers={"Docker-Content-Digest": sha(data)})
         self._send(404, b'{"errors":[{"code":"NOT_FOUND"}]}', "application/json")
 
 
