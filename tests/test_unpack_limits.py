@@ -291,6 +291,20 @@ def test_configured_limits_through_transfer_import(start_ctrd, tmp_path):
     _nothing_left(d)
 
 
+@pytest.mark.integration
+def test_configured_limits_through_transfer_pull(start_ctrd, static_registry):
+    from transfer_util import ctr2, need_ctr2
+
+    need_ctr2()
+    d = start_ctrd(config_text=SMALL)
+    layer = bomb_layer(16 * MiB, ZSTD)
+    ref = static_registry.add("test/bomb", "xfer", image([layer]))
+    r = ctr2(d.address, "images", "pull", "--plain-http", ref, namespace="default")
+    assert r.returncode != 0, r.stdout
+    assert sha(layer.blob) in r.stderr and "max_unpacked_bytes" in r.stderr, r.stderr
+    _nothing_left(d)
+
+
 # -- the real 2 GiB bombs ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
