@@ -59,6 +59,11 @@ class MemStore:
     def exists(self, desc: Descriptor) -> bool:
         return desc.digest in self.blobs
 
+    def size(self, digest: str) -> int:
+        if digest not in self.blobs:
+            raise NotFound(f"content {digest}")
+        return len(self.blobs[digest])
+
     def label(self, digest: str, labels: dict[str, str]) -> None:
         self.labels.setdefault(digest, {}).update(labels)
 

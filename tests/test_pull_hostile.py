@@ -19,6 +19,7 @@ import pytest
 
 from conftest import CTR, ctr
 from support.cmd import ctl
+from support.hostile import RegistryHandler
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(CTR is None, reason="ctr is not installed (apt containerd)")]
@@ -53,26 +54,8 @@ def _image():
 MANIFEST, CONFIG, LAYER = _image()
 
 
-class FakeRegistry(http.server.BaseHTTPRequestHandler):
+class FakeRegistry(RegistryHandler):
     mode = "ok"
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _send(self, code: int, body: bytes = b"", ctype: str = "application/octet-stream",
-              headers: dict | None = None, length: int | None = None) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body) if length is None else length))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def do_HEAD(self) -> None:
-        self.do_GET()
 
     def do_GET(self) -> None:
         mode = type(self).mode

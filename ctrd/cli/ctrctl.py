@@ -1765,6 +1765,11 @@ class _DaemonStore:
         except errdefs.NotFound:
             return False
 
+    def size(self, digest: str) -> int:
+        from ctrd.api.containerd.services.content.v1 import content_pb2 as cpb
+
+        return self.c.content.Info(cpb.InfoRequest(digest=digest)).info.size
+
     def label(self, digest: str, labels: dict[str, str]) -> None:
         from google.protobuf import field_mask_pb2
 
@@ -1810,7 +1815,8 @@ def import_cmd(g: Globals, file: str, no_unpack: bool, snapshotter: str, platfor
     schema 2 manifest per image, as containerd converts it. Everything is written under a
     temporary lease; image records are created (or updated) only when every image is
     complete and unpacked for the platform (ctr's default too; --no-unpack skips it), so a
-    bad archive creates no image and leaves no content or snapshot.
+    bad archive, one without a manifest for the platform, or a layer past the daemon's unpack
+    limits creates no image and leaves no content or snapshot.
     """
     import time as _time
 
@@ -1850,8 +1856,10 @@ def import_cmd(g: Globals, file: str, no_unpack: bool, snapshotter: str, platfor
                 try:
                     chain = unpack(leased, root, snapshotter, plat)
                 except errdefs.NotFound as e:
-                    click.echo(f"{name}: not unpacked: {e}", err=True)
-                    continue
+                    # No manifest for the platform: an image that cannot be mounted or run
+                    # is not created (ctr creates it; --no-unpack imports without it).
+                    raise CommandError(f"cannot import {file}: unpacking {name} for {plat}: "
+                                       f"{e.detail}") from None
                 except errdefs.FailedPrecondition as e:
                     raise CommandError(f"cannot import {file}: unpacking {name}: "
                                        f"{e.detail}") from None

@@ -12,8 +12,9 @@ component by component with symlinks interpreted relative to the target (contain
 ``fs.RootPath``). The final component is never followed: files are created with
 ``O_EXCL|O_NOFOLLOW``, ownership/xattrs/times use the no-follow calls, symlinks are never
 chmod-ed. Hardlink targets are resolved the same way. A layer that cannot be applied raises
-InvalidArgument naming the entry; what was written to the target by then is the caller's to
-discard, but nothing outside the target is ever touched.
+InvalidArgument naming the entry; the files it created by then are removed again (the bytes
+go at once), its directories are the caller's to discard with the snapshot, and nothing
+outside the target is ever touched.
 
 The tar reader is ctrd's own, lean one (a layer needs only ustar/GNU/PAX headers). What it
 applies at, against containerd 1.6: bench/README.md, "Layer apply", measured by bench/apply.py.
@@ -29,9 +30,10 @@ import posixpath
 import shutil
 import stat
 from dataclasses import dataclass
-from typing import Literal, Protocol, Sequence
+from typing import Callable, Literal, Protocol, Sequence
 
 from ctrd.diff.compression import DEFAULT_MAX_SIZE, open_decompressed
+from ctrd.diff.limits import UnpackRefused
 from ctrd.diff.rootpath import root_path as _root_path
 from ctrd.errdefs import InvalidArgument
 
@@ -466,7 +468,13 @@ class _Applier:
             fd = os.open(path, _O_CREATE, e.mode & 0o777)
         try:
             if e.size:
-                tr.copy_to(fd, e.size)
+                try:
+                    tr.copy_to(fd, e.size)
+                except BaseException:
+                    # A half-written file is garbage whatever stopped it (a bomb refused
+                    # mid-file, ENOSPC): give its blocks back now, not when the snapshot goes.
+                    os.unlink(path)
+                    raise
             os.fchown(fd, e.uid, e.gid)
             if e.xattrs:
                 self.set_xattrs(e, fd)
@@ -561,6 +569,23 @@ class _Applier:
         sweep(parent)
         self.invalidate()
 
+    def discard(self) -> None:
+        """After a failed apply: remove the non-directories this layer created (what holds
+        its bytes; the directories are left to the snapshot's removal). Best effort: the
+        apply's own error is what the caller reports."""
+        for path in self.unpacked:
+            parent = os.path.dirname(path)
+            # Recorded through resolved parents; a later entry may have turned one into a
+            # symlink (out of the target, even): only a parent that still resolves to itself
+            # is the one the entry was created in.
+            if os.path.realpath(parent) != parent:
+                continue
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.unlink(path)
+            except OSError:
+                pass
+
     def finish_dirs(self) -> None:
         # Directory times last, as creating entries inside changed them. Paths are resolved
         # again: a later entry may have replaced a parent with a symlink.
@@ -612,12 +637,25 @@ def apply_layer(target_dir: str | os.PathLike[str], tar_stream: Readable, *,
         raise InvalidArgument(f"layer target {root!r} is not a directory")
     ap = _Applier(root, whiteouts, [os.fspath(p) for p in parents])
     tr = _TarReader(tar_stream)
+    try:
+        _apply_entries(ap, tr)
+    except BaseException:
+        ap.discard()
+        raise
+    ap.finish_dirs()
+    tr.drain()
+    return ApplyResult(diff_id="sha256:" + tr.sha.hexdigest(), size=tr.size)
+
+
+def _apply_entries(ap: _Applier, tr: _TarReader) -> None:
     while True:
         e = tr.next()
         if e is None:
             break
         try:
             ap.apply(e, tr)
+        except UnpackRefused:
+            raise  # about the layer, not this entry
         except InvalidArgument as err:
             raise InvalidArgument(f"layer entry {e.name!r}: {err.detail}") from None
         except ValueError as err:  # e.g. a NUL byte in a PAX name
@@ -628,17 +666,21 @@ def apply_layer(target_dir: str | os.PathLike[str], tar_stream: Readable, *,
             raise InvalidArgument(
                 f"layer entry {e.name!r}: {err.strerror or err}"
                 + (f": {err.filename}" if err.filename else "")) from None
-    ap.finish_dirs()
-    tr.drain()
-    return ApplyResult(diff_id="sha256:" + tr.sha.hexdigest(), size=tr.size)
 
 
 def apply_layer_blob(target_dir: str | os.PathLike[str], blob: Readable, media_type: str, *,
                      whiteouts: Literal["overlay", "delete"] = "delete",
                      parents: Sequence[str | os.PathLike[str]] = (),
-                     max_size: int = DEFAULT_MAX_SIZE) -> ApplyResult:
-    """:func:`apply_layer` of a (compressed) layer blob of ``media_type``."""
-    stream = open_decompressed(blob, media_type, max_size=max_size)
+                     max_size: int = DEFAULT_MAX_SIZE,
+                     refuse: Callable[[], Exception] | None = None,
+                     checkpoint: Callable[[], None] | None = None,
+                     checkpoint_every: int = 0) -> ApplyResult:
+    """:func:`apply_layer` of a (compressed) layer blob of ``media_type``; ``max_size``,
+    ``refuse``, ``checkpoint`` and ``checkpoint_every`` bound the uncompressed stream as
+    :func:`ctrd.diff.compression.open_decompressed` says (a refused layer's files are
+    removed again)."""
+    stream = open_decompressed(blob, media_type, max_size=max_size, refuse=refuse,
+                               checkpoint=checkpoint, checkpoint_every=checkpoint_every)
     try:
         return apply_layer(target_dir, stream, whiteouts=whiteouts, parents=parents)
     finally:

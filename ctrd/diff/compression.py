@@ -11,7 +11,7 @@ amount, and the uncompressed size is capped so a small blob cannot expand withou
 from __future__ import annotations
 
 import struct
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Callable, Protocol
 
 from ctrd.errdefs import InvalidArgument
 
@@ -183,11 +183,19 @@ class DecompressedStream:
     """
 
     def __init__(self, source: _Source, compression: str, max_size: int,
-                 max_ratio: float | None) -> None:
+                 max_ratio: float | None, refuse: Callable[[], Exception] | None = None,
+                 checkpoint: Callable[[], None] | None = None,
+                 checkpoint_every: int = 0) -> None:
         self.compression = compression
         self.max_size = max_size
         self.max_ratio = max_ratio
         self.size = 0  # uncompressed bytes returned so far
+        self._refuse = refuse
+        self._checkpoint = checkpoint
+        self._every = checkpoint_every if checkpoint is not None else 0
+        self._next_checkpoint = self._every or max_size + 1
+        # The one compare per chunk: past it, _slow_check sorts out which bound was reached.
+        self._next = min(max_size, self._next_checkpoint)
         self._source = source
         self._walker: _ZstdFrameWalker | None = None
         if compression == GZIP:
@@ -217,16 +225,28 @@ class DecompressedStream:
                 raise InvalidArgument("truncated zstd layer: input ends inside a frame")
             return data
         self.size += len(data)
-        if self.size > self.max_size:
-            raise InvalidArgument(
-                f"layer expands past the {self.max_size}-byte uncompressed size limit "
-                "(decompression bomb?)")
+        if self.size > self._next:
+            self._slow_check()
         if (self.max_ratio is not None and self.size > (1 << 20)
                 and self.size > self.max_ratio * max(self._source.consumed, 1)):
             raise InvalidArgument(
                 f"layer expands more than {self.max_ratio:g}x its compressed size "
                 "(decompression bomb?)")
         return data
+
+    def _slow_check(self) -> None:
+        """The size passed a bound: refuse past ``max_size`` (before the data is handed
+        on), else run the checkpoint and move on to the next bound."""
+        if self.size > self.max_size:
+            if self._refuse is not None:
+                raise self._refuse()
+            raise InvalidArgument(
+                f"layer expands past the {self.max_size}-byte uncompressed size limit "
+                "(decompression bomb?)")
+        while self._every and self.size >= self._next_checkpoint:
+            self._next_checkpoint += self._every
+            self._checkpoint()  # type: ignore[misc]
+        self._next = min(self.max_size, self._next_checkpoint)
 
     def close(self) -> None:
         close = getattr(self._reader, "close", None)
@@ -236,12 +256,18 @@ class DecompressedStream:
 
 def open_decompressed(stream: Readable | BinaryIO, media_type: str, *,
                       max_size: int = DEFAULT_MAX_SIZE,
-                      max_ratio: float | None = None) -> DecompressedStream:
+                      max_ratio: float | None = None,
+                      refuse: Callable[[], Exception] | None = None,
+                      checkpoint: Callable[[], None] | None = None,
+                      checkpoint_every: int = 0) -> DecompressedStream:
     """The uncompressed tar stream of a layer blob ``stream`` of ``media_type``.
 
-    ``max_size`` caps the uncompressed size; ``max_ratio`` (off by default: gzip cannot pass
-    ~1032x anyway, and legitimate zstd layers of zeros go far beyond) caps uncompressed over
-    compressed size once past 1 MiB. Unknown media types raise InvalidArgument.
+    ``max_size`` caps the uncompressed size: the read that would pass it raises (``refuse()``
+    when given, else InvalidArgument) instead of returning data; ``max_ratio`` (off by
+    default: gzip cannot pass ~1032x anyway, and legitimate zstd layers of zeros go far
+    beyond) caps uncompressed over compressed size once past 1 MiB. ``checkpoint`` is called
+    each time another ``checkpoint_every`` uncompressed bytes have been read (the differ's
+    free-space check). Unknown media types raise InvalidArgument.
     """
     kind = compression_of(media_type)
     prefix = b""
@@ -252,4 +278,5 @@ def open_decompressed(stream: Readable | BinaryIO, media_type: str, *,
                 break
             prefix += chunk
         kind = detect_compression(prefix)
-    return DecompressedStream(_Source(prefix, stream), kind, max_size, max_ratio)
+    return DecompressedStream(_Source(prefix, stream), kind, max_size, max_ratio, refuse,
+                              checkpoint, checkpoint_every)

@@ -6,7 +6,8 @@ upper dir (whiteouts become overlay whiteouts; the lower dirs supply missing par
 single bind mount straight into its source (a bottom layer, or the native snapshotter's copy);
 anything else is mounted on a temporary directory, applied with deleting whiteouts, and
 unmounted. The result is the layer's diff ID and uncompressed size, which the client checks
-against the image config ("wrong diff id").
+against the image config ("wrong diff id"). Every apply is bounded by the differ's unpack
+limits (:mod:`ctrd.diff.limits`).
 """
 
 from __future__ import annotations
@@ -16,10 +17,13 @@ from dataclasses import dataclass
 
 from ctrd.content.store import ReaderAt
 from ctrd.diff.apply import ApplyResult, apply_layer_blob
-from ctrd.errdefs import InvalidArgument
+from ctrd.diff.limits import FREE_CHECK_EVERY, UnpackLimits
+from ctrd.diff.limits import current as current_limits
+from ctrd.errdefs import FailedPrecondition, InvalidArgument
 from ctrd.snapshots.snapshotter import Mount
 
 LAYER_TAR = "application/vnd.oci.image.layer.v1.tar"
+_UNLIMITED = 1 << 62  # max_unpacked_bytes = 0: no limit at all
 
 
 @dataclass
@@ -67,16 +71,32 @@ def syncfs(path: str) -> None:
 
 
 def apply_to_mounts(reader: ReaderAt, media_type: str, mounts: list[Mount],
-                    sync_fs: bool = False) -> ApplyResult:
+                    sync_fs: bool = False, *, layer: str = "",
+                    limits: UnpackLimits | None = None) -> ApplyResult:
     """Apply the layer blob in ``reader`` (of ``media_type``) to what ``mounts`` show;
-    ``sync_fs``: syncfs the filesystem written before answering."""
+    ``sync_fs``: syncfs the filesystem written before answering.
+
+    ``limits`` (default: the daemon's, :func:`ctrd.diff.limits.current`) bound the unpack
+    by the blob's real size; a layer past them raises UnpackRefused (free space: DiskReserve)
+    naming ``layer`` (its digest), with the files it wrote removed."""
     if not mounts:
         raise InvalidArgument("no mounts to apply the layer to")
     stream = _ReaderStream(reader)
+    lim = limits if limits is not None else current_limits()
+    layer = layer or "(unnamed)"
+    allowed = lim.allowed(reader.size)
 
-    def done(result: ApplyResult, path: str) -> ApplyResult:
+    def run(target: str, **kw) -> ApplyResult:
+        lim.check_free(layer, target)  # before the first byte
+        result = apply_layer_blob(
+            target, stream, media_type,
+            max_size=allowed if allowed is not None else _UNLIMITED,
+            refuse=(lambda: lim.refused(layer, reader.size)) if allowed is not None else None,
+            checkpoint=(lambda: lim.check_free(layer, target)) if lim.min_free_bytes > 0
+            else None,
+            checkpoint_every=FREE_CHECK_EVERY, **kw)
         if sync_fs:
-            syncfs(path)
+            syncfs(target)
         return result
 
     if len(mounts) == 1 and mounts[0].type == "overlay":
@@ -84,24 +104,29 @@ def apply_to_mounts(reader: ReaderAt, media_type: str, mounts: list[Mount],
         lower = _option(mounts[0].options, "lowerdir")
         if upper:
             parents = lower.split(":") if lower else []
-            return done(apply_layer_blob(upper, stream, media_type, whiteouts="overlay",
-                                         parents=parents), upper)
+            return run(upper, whiteouts="overlay", parents=parents)
     if len(mounts) == 1 and mounts[0].type == "bind" and os.path.isdir(mounts[0].source):
-        return done(apply_layer_blob(mounts[0].source, stream, media_type,
-                                     whiteouts="delete"), mounts[0].source)
+        return run(mounts[0].source, whiteouts="delete")
     from ctrd.snapshots.mount import mounted
 
     with mounted(mounts) as target:
-        return done(apply_layer_blob(target, stream, media_type, whiteouts="delete"), target)
+        return run(target, whiteouts="delete")
 
 
 def apply(content, ns: str, desc: Descriptor, mounts: list[Mount],
-          sync_fs: bool = False) -> Descriptor:
-    """Diff.Apply: read ``desc`` from ``ns``'s content and apply it; returns the applied
-    (uncompressed) layer's descriptor."""
+          sync_fs: bool = False, limits: UnpackLimits | None = None) -> Descriptor:
+    """Diff.Apply: read ``desc`` from ``ns``'s content and apply it within ``limits``
+    (default: the daemon's); returns the applied (uncompressed) layer's descriptor.
+
+    A descriptor whose size is not the blob's is refused (FailedPrecondition, before
+    anything is written): the size is part of what a manifest promises."""
     reader = content.reader(ns, desc.digest)
     try:
-        result = apply_to_mounts(reader, desc.media_type, mounts, sync_fs)
+        if desc.size and desc.size != reader.size:
+            raise FailedPrecondition(f"layer {desc.digest}: unexpected size {reader.size}, "
+                                     f"expected {desc.size}")
+        result = apply_to_mounts(reader, desc.media_type, mounts, sync_fs,
+                                 layer=desc.digest, limits=limits)
     finally:
         reader.close()
     return Descriptor(LAYER_TAR, result.diff_id, result.size)

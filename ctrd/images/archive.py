@@ -89,6 +89,9 @@ class Store(Protocol):
 
     def exists(self, desc: Descriptor) -> bool: ...
 
+    def size(self, digest: str) -> int:
+        """The stored blob's size (NotFound when absent)."""
+
     def label(self, digest: str, labels: dict[str, str]) -> None: ...
 
     def compressed(self, diff_id: str) -> Descriptor | None:
@@ -820,10 +823,8 @@ def import_archive(open_tar: Callable[[], BinaryIO], store: Store,
             raise InvalidArgument(f"image {label}: {e} (missing from the archive)") from None
         present = {n.desc.digest for n in nodes}
         for node in nodes:
-            if node.data is None and node.desc.digest not in blobs and \
-                    not store.exists(node.desc):
-                raise InvalidArgument(f"image {label}: blob {node.desc.digest} is missing "
-                                      "from the archive")
+            if node.data is None:
+                _check_blob(store, node.desc, label)
             if node.data is not None and is_index(node.desc):
                 idx = m.parse_index(node.data, node.desc.media_type)
                 want = [d for d in idx.manifests if m.matches(platform, d.platform)]
@@ -841,6 +842,20 @@ def import_archive(open_tar: Callable[[], BinaryIO], store: Store,
     if index_desc is not None:
         store.label(index_desc.digest, child_labels(index_desc, index_data))
     return result
+
+
+def _check_blob(store: Store, desc: Descriptor, label: str) -> None:
+    """A config or layer of image ``label`` is in the store with its descriptor's size
+    (indexes and manifests are read back and verified by the walk): a manifest that lies
+    about a layer's size, either way, is refused here, before anything is unpacked."""
+    try:
+        size = store.size(desc.digest)
+    except NotFound:
+        raise InvalidArgument(f"image {label}: blob {desc.digest} is missing from the "
+                              "archive") from None
+    if size != desc.size:
+        raise InvalidArgument(f"image {label}: blob {desc.digest}: unexpected size {size}, "
+                              f"expected {desc.size} (its descriptor's)")
 
 
 def _check_layout(data: bytes) -> None:

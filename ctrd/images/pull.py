@@ -162,20 +162,37 @@ class _Pull:
         m.verify(d, data)
         return data
 
+    def check_size(self, d: Descriptor) -> bool:
+        """Whether ``d`` is in content; FailedPrecondition when it is with another size
+        (the manifest lies about it: the blob must not be used under that descriptor)."""
+        try:
+            size = self.md.content.info(self.ns, d.digest).size
+        except NotFound:
+            return False
+        if size != d.size:
+            raise FailedPrecondition(f"{d.digest}: unexpected size {size}, expected {d.size}")
+        return True
+
     def ingest(self, d: Descriptor) -> None:
-        """Download a blob into content (resuming), verified by the content commit."""
+        """Download a blob into content (resuming), verified by the content commit. A blob
+        that turns out larger or smaller than its descriptor says (or of another digest:
+        FailedPrecondition, from here or from the fetcher) is refused and its ingest aborted,
+        as a resume cannot fix a lie; after a network error the ingest stays for the retry."""
         p = self.progress
         p.total[d.digest] = d.size
-        if self.have(d):
+        ref = f"layer-{d.digest}"
+        if self.check_size(d):
             p.done[d.digest], p.status[d.digest] = d.size, "exists"
             self.tracker.exists(d)
             return
         try:
-            w = self.writer(f"layer-{d.digest}", d)
+            w = self.writer(ref, d)
         except AlreadyExists:
+            self.check_size(d)
             p.done[d.digest], p.status[d.digest] = d.size, "exists"
             self.tracker.exists(d)
             return
+        lied = False
         try:
             offset = w.status().offset
             if offset >= d.size and offset:
@@ -186,21 +203,33 @@ class _Pull:
             try:
                 done = offset
                 while chunk := stream.read(CHUNK):
+                    if done + len(chunk) > d.size:  # refused before it is written
+                        raise FailedPrecondition(
+                            f"{d.digest}: more data than its size {d.size}")
                     w.write(chunk)
                     done += len(chunk)
                     p.done[d.digest] = done
-                    if done > d.size:
-                        raise InvalidArgument(f"{d.digest}: more data than its size {d.size}")
             finally:
                 getattr(stream, "close", lambda: None)()
+            if done < d.size:
+                raise FailedPrecondition(f"{d.digest}: unexpected commit size {done}, "
+                                         f"expected {d.size}")
             try:
                 w.commit(d.size, d.digest)
             except AlreadyExists:
                 pass
             p.status[d.digest] = "downloaded"
             self.tracker.done(d)
+        except FailedPrecondition:
+            lied = True
+            raise
         finally:
             w.close()
+            if lied:
+                try:
+                    self.md.content.abort(self.ns, ref, self.lease)
+                except NotFound:
+                    pass
 
     def unpack(self, layers: list[Descriptor], ids: list[str],
                fetched: list[Future], snapshotter: str = "") -> str:

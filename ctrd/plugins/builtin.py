@@ -13,7 +13,7 @@ from ctrd.config import setting
 from ctrd.cri.config import CRIConfig
 from ctrd.gc.config import SchedulerConfig
 from ctrd.plugins.hookspec import hookimpl
-from ctrd.plugins.registration import (CONTENT, EVENT, GC, GRPC, METADATA, PODSANDBOX,
+from ctrd.plugins.registration import (CONTENT, DIFFER, EVENT, GC, GRPC, METADATA, PODSANDBOX,
                                        RUNTIME_V2, SANDBOX_CONTROLLER, SANDBOX_STORE,
                                        SERVICE, SNAPSHOTTER, STREAMING, TRANSFER, WARNING,
                                        InitContext, Registration)
@@ -287,6 +287,40 @@ class _Both:
     def register_grpc(self, server) -> None:
         for s in self.services:
             s.register_grpc(server)
+
+
+def _non_negative_float(v: float) -> str | None:
+    return None if v >= 0 else "must not be negative"
+
+
+@dataclass
+class DifferConfig:
+    """``[plugins."io.containerd.differ.v1.walking"]``: the layer applier behind Diff.Apply,
+    daemon-side pulls, imports and Transfer. Its unpack limits are ctrd's (containerd has
+    none): see :mod:`ctrd.diff.limits` for the rule."""
+
+    max_unpacked_bytes: int = setting(
+        1 << 30, check=_non_negative_int,
+        doc="a layer may unpack to max(this, max_expansion_ratio x its compressed size) "
+            "bytes of tar; 0: no limit")
+    max_expansion_ratio: float = setting(
+        100.0, check=_non_negative_float,
+        doc="uncompressed over compressed size a layer past max_unpacked_bytes may reach")
+    min_free_bytes: int = setting(
+        128 << 20, check=_non_negative_int,
+        doc="bytes an unpack leaves free on the snapshot's filesystem; 0: no reserve")
+
+
+def _init_walking_differ(ic: InitContext):
+    from ctrd.diff import limits
+
+    c = ic.config
+    lim = limits.UnpackLimits(c.max_unpacked_bytes, float(c.max_expansion_ratio),
+                              c.min_free_bytes)
+    limits.configure(lim)  # every apply in this daemon reads them
+    for k, v in vars(c).items():
+        ic.meta.exports[k] = str(v)
+    return lim
 
 
 def _init_diff_service(ic: InitContext):
@@ -571,7 +605,8 @@ REGISTRATIONS = [
     Registration(SERVICE, "snapshots-service", _init_snapshots_service,
                  requires=(METADATA, EVENT)),
     Registration(SERVICE, "leases-service", _init_leases_service, requires=(METADATA, GC)),
-    Registration(SERVICE, "diff-service", _init_diff_service, requires=(METADATA,)),
+    Registration(DIFFER, "walking", _init_walking_differ, config=DifferConfig),
+    Registration(SERVICE, "diff-service", _init_diff_service, requires=(METADATA, DIFFER)),
     Registration(SERVICE, "images-service", _init_images_service,
                  requires=(METADATA, EVENT, GC)),
     Registration(SERVICE, "containers-service", _init_containers_service,

@@ -86,6 +86,9 @@ class LeasedContent:
         except errdefs.NotFound:
             return False
 
+    def size(self, digest: str) -> int:
+        return self.md.content.info(self.ns, digest).size
+
     def label(self, digest: str, labels: dict[str, str]) -> None:
         if labels:
             self.md.content.update(self.ns, digest, labels, [f"labels.{k}" for k in labels])

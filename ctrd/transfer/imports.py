@@ -12,7 +12,9 @@ Import, in order:
    hostile-archive checks) stores the blobs under a lease (the call's, else one of its own);
    the platforms are the ImageStore's (none: every platform must be complete);
 3. the images are unpacked for the ImageStore's unpack configurations (matched against
-   the transferrer's ``unpack_config``, containerd's ``getSupportedPlatform``);
+   the transferrer's ``unpack_config``, containerd's ``getSupportedPlatform``); an entry
+   with no manifest that unpacks for one of them fails the import ("no match for platform
+   in manifest", NotFound; containerd would create an image that cannot run);
 4. the records are created as containerd's ImageStore names them
    (:mod:`ctrd.transfer.imagestore`): the archive's index, then each of its entries.
 
@@ -178,16 +180,26 @@ def _import(tc: TransferContext, path: str, src: importexport_pb2.ImageImportStr
                for d in result.manifests]
     descriptors = ([result.index] if result.index is not None else []) + entries
     targets = _unpack_targets(tc, dst)
-    if targets:
-        walked = _walked_manifests(store.read, entries, plats)
-        for accept, snapshotter in targets:
-            for d in walked:
+    for accept, snapshotter in targets:
+        unpacked: set[str] = set()
+        for entry in entries:
+            # Every image must unpack for the platform asked: one that cannot would be an
+            # image that cannot be mounted or run (containerd's importer creates it anyway).
+            done = False
+            for d in _walked_manifests(store.read, [entry], plats):
                 if cancel.is_set():
                     raise errdefs.Canceled("import cancelled")
+                if d.digest in unpacked:
+                    done = True
+                    continue
                 try:
-                    unpack(tc.md, tc.ns, lease, d, snapshotter, accept)
+                    if unpack(tc.md, tc.ns, lease, d, snapshotter, accept) is not None:
+                        unpacked.add(d.digest)
+                        done = True
                 except errdefs.NotFound:
                     continue  # not in the archive (another platform's)
+            if not done:
+                raise errdefs.NotFound(f"no match for platform in manifest {entry.digest}")
     records = []
     for d in descriptors:
         records.append((d, dest.records(ImgDesc(d.media_type, d.digest, d.size,

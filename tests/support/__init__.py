@@ -16,7 +16,9 @@ of them with tests/ on ``sys.path``.
 - :mod:`support.metadata` (a metadata store), :mod:`support.transfer` (containerd 2.3.4 for
   the Transfer tests), :mod:`support.registry_auth` (a basic-auth registry),
   :mod:`support.archives` (image archives built by hand), :mod:`support.ctr_compat` (one ctr
-  script against two daemons), :mod:`support.plugins` (``pip install`` of a test package).
+  script against two daemons), :mod:`support.plugins` (``pip install`` of a test package),
+  :mod:`support.hostile` (decompression bombs, OCI archives whose manifests lie, a static
+  registry serving them).
 
 Fixtures are imported by name into the test modules that use them (``from support.cri import
 cri, cri_factory  # noqa: F401 - fixtures``), as they were from the test modules before: each
