@@ -43,28 +43,35 @@ def sha(b: bytes) -> str:
     return "sha256:" + hashlib.sha256(b).hexdigest()
 
 
+LAYERS = 8  # of a "layers-..." repository's image; more than any client's download workers
+
+
 @functools.cache
-def image(repo: str) -> tuple[bytes, bytes, bytes]:
-    """(manifest, config, layer) of ``repo``'s image: its own blobs (a blob an earlier pull
-    left in the content store would not be fetched again)."""
+def image(repo: str) -> tuple[bytes, bytes, list[bytes]]:
+    """(manifest, config, layers) of ``repo``'s image: its own blobs (a blob an earlier pull
+    left in the content store would not be fetched again); one layer, or :data:`LAYERS` for
+    a repository named ``layers-...``."""
     from ctrd.images.manifest import host_platform
 
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tf:
-        data = repo.encode() * 2000
-        ti = tarfile.TarInfo("file")
-        ti.size = len(data)
-        tf.addfile(ti, io.BytesIO(data))
-    layer = buf.getvalue()
+    layers = []
+    for i in range(LAYERS if repo.startswith("layers-") else 1):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            data = f"{repo} {i}".encode() * 2000
+            ti = tarfile.TarInfo(f"file{i}")
+            ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data))
+        layers.append(buf.getvalue())
     config = json.dumps({"architecture": host_platform().architecture, "os": "linux",
-                         "rootfs": {"type": "layers", "diff_ids": [sha(layer)]}}).encode()
+                         "rootfs": {"type": "layers",
+                                    "diff_ids": [sha(x) for x in layers]}}).encode()
     manifest = json.dumps({
         "schemaVersion": 2, "mediaType": MT,
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
                    "digest": sha(config), "size": len(config)},
         "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
-                    "digest": sha(layer), "size": len(layer)}]}).encode()
-    return manifest, config, layer
+                    "digest": sha(x), "size": len(x)} for x in layers]}).encode()
+    return manifest, config, layers
 
 
 # Where a mode misbehaves ("manifest": manifest GETs, and HEADs for "no-headers"; "blob":
@@ -149,14 +156,15 @@ class HostileRegistry:
             return 404, b"{}", "application/json", ""
         repo, kind, obj = parts[2], parts[4], parts[5]
         target, _, how = repo.partition("-")
-        manifest, config, layer = image("/".join(parts[2:4]))
+        manifest, config, layers = image("/".join(parts[2:4]))
+        layer = next((x for x in layers if sha(x) == obj), None)
         if kind == "manifests":
             body, ctype = manifest, MT
             hit = target == "manifest" and (method == "GET" or how == "no-headers")
         elif obj == sha(config):
             body, ctype, hit = config, "application/octet-stream", False
-        elif obj == sha(layer):
-            body, ctype, hit = layer, "application/octet-stream", target == "blob"
+        elif layer is not None:
+            body, ctype, hit = layer, "application/octet-stream", target in ("blob", "layers")
         else:
             return 404, b"{}", "application/json", ""
         if hit:
@@ -255,3 +263,17 @@ def test_stalled_registry_fails_the_pull_in_bounded_time(daemon, registry, clien
     good = registry.ref("ok/fine", f"{client}-{how}")
     done, err = pull(d, cri, good)
     assert done, err
+
+
+@pytest.mark.parametrize("client", sorted(CLIENTS))
+def test_every_layer_stalling_fails_the_pull_once(daemon, registry, client):
+    """Every layer stalls: the downloads under way fail, the queued ones are not started
+    (else a pull waits the stall once per round of its download workers)."""
+    if client == "ctr2" and not ctr2.available():
+        pytest.skip("containerd 2.3.4's ctr is not in ../shared/bin")
+    d, cri = daemon
+    ref = registry.ref("layers/headers-then-nothing", client)
+    done, err = CLIENTS[client](d, cri, ref)
+    assert not done and "stalled" in err, err
+    seen = registry.attempts.get((f"layers-headers-then-nothing/{client}", "blobs"), 0)
+    assert 1 <= seen <= 4 < LAYERS, registry.attempts  # 4: the most workers of any client
