@@ -517,14 +517,72 @@ def test_stalled_transfer_fails_clearly(fake_server):
 def test_trickle_below_min_bytes_fails(fake_server):
     def trickle(conn):
         conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
-        for _ in range(40):
-            conn.sendall(b"x")
-            time.sleep(0.1)
+        try:
+            for _ in range(40):
+                conn.sendall(b"x")
+                time.sleep(0.1)
+        except OSError:
+            pass  # the client gave up: what the test wants
 
     srv = fake_server(lambda m, p, h: trickle)
     reg = Registry(progress_timeout=1.0, min_bytes=50, retries=0)
     with pytest.raises(DeadlineExceeded, match="below 50 bytes per 1s"):
         reg.repository(f"{srv.addr}/a/b:c").fetch(Descriptor("x", sha(b"x" * 100), 100)).read()
+
+
+def test_default_stall_rule_fails_a_byte_per_second(fake_server):
+    """The defaults (no min_bytes given): a byte a second is a stall."""
+    stop = threading.Event()
+
+    def trickle(conn):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n")
+        try:
+            while not stop.wait(0.25):
+                conn.sendall(b"x")
+        except OSError:
+            pass  # the client gave up: what the test wants
+
+    srv = fake_server(lambda m, p, h: trickle)
+    reg = Registry(progress_timeout=1.0, retries=0)
+    try:
+        with pytest.raises(DeadlineExceeded, match="transfer stalled"):
+            reg.repository(f"{srv.addr}/a/b:c").fetch(
+                Descriptor("x", sha(b"x" * 5000), 5000)).read()
+    finally:
+        stop.set()
+
+
+@pytest.mark.parametrize("how", ["no-headers", "header-trickle", "chunk-line-trickle"])
+def test_stalls_the_socket_timeout_misses_are_stalls(fake_server, how):
+    """Headers that never come (retried, but within 2T: at most 2 attempts of T each),
+    headers a byte at a time, a chunk-size line a byte at a time: each restarts a socket
+    timeout on every byte, the stall rule still ends them."""
+    stop = threading.Event()
+    head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nX-Pad: " + b"p" * 200 + b"\r\n\r\n"
+
+    def misbehave(conn):
+        if how == "chunk-line-trickle":
+            conn.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        i = 0
+        try:
+            while not stop.wait(0.2):
+                if how == "header-trickle":
+                    conn.sendall(head[i:i + 1])
+                elif how == "chunk-line-trickle":
+                    conn.sendall(b"0")
+                i += 1
+        except OSError:
+            pass  # the client gave up: what the test wants
+
+    srv = fake_server(lambda m, p, h: misbehave)
+    reg = Registry(progress_timeout=0.6, retries=5, backoff=0.05)
+    try:
+        with pytest.raises(DeadlineExceeded, match="stalled"):
+            reg.repository(f"{srv.addr}/a/b:c").fetch(
+                Descriptor("x", sha(b"x" * 100), 100)).read()
+    finally:
+        stop.set()
+    assert 1 <= len(srv.requests) <= 2, srv.requests
 
 
 def test_401_loop_is_an_error(fake_server):

@@ -478,3 +478,51 @@ def test_redirect_loop_stops_at_the_limit_on_pooled_connections():
         srv.shutdown()
         srv.server_close()
         t.join(10)
+
+
+# --- stalls over TLS --------------------------------------------------------------------------
+
+def test_trickle_over_tls_is_a_stall(tls_registry, tmp_path):
+    """The stall rule shuts a TLS socket down under its blocked reader too: a server that
+    trickles a body a byte every 0.2 s over TLS fails the fetch, naming the stall."""
+    import ssl
+
+    from ctrd.errdefs import DeadlineExceeded
+
+    _, ca = tls_registry
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(ca.parent / "srv.crt", ca.parent / "srv.key")
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    stop = threading.Event()
+
+    def serve() -> None:
+        try:
+            conn, _ = srv.accept()
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(65536)  # the request
+                tls.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5000\r\n\r\n")
+                for _ in range(150):  # then the body ends short: a FailedPrecondition
+                    if stop.wait(0.2):
+                        break
+                    tls.sendall(b"x")
+        except OSError:
+            pass  # the client gave up: what the test wants
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    host = f"127.0.0.1:{srv.getsockname()[1]}"
+    hosts_dir = write_hosts(tmp_path / "certs.d", host,
+                            f'server = "https://{host}"\nca = "{ca}"\n')
+    reg = Registry(hosts_dir=hosts_dir, progress_timeout=1.0, retries=0)
+    blob = b"x" * 5000
+    try:
+        with pytest.raises(DeadlineExceeded, match="transfer stalled"):
+            reg.repository(f"{host}/a/b:c").fetch(
+                Descriptor("application/octet-stream",
+                           "sha256:" + hashlib.sha256(blob).hexdigest(), len(blob))).read()
+    finally:
+        stop.set()
+        srv.close()
+        t.join(10)

@@ -178,9 +178,11 @@ class CRIConfig:
     ignore_deprecation_warnings: list[str] = setting(
         default_factory=list, doc="deprecation ids the CRI status's "
                                   "ContainerdHasNoDeprecationWarnings condition leaves out")
-    # Empty is refused here: containerd 2.3.4 accepts it at load, then fails every pull
-    # ("failed to parse image_pull_progress_timeout").
-    image_pull_progress_timeout: str = setting("1m0s", check=check_duration,
+    # containerd 2.3.4's default (5m0s, raised from kubelet's 1m0s for IO-loaded nodes). Empty
+    # is refused here: containerd accepts it at load, then fails every pull ("failed to parse
+    # image_pull_progress_timeout"). ctrd applies it per registry response (the stall rule of
+    # ctrd.remotes.registry): stricter than containerd's pull-wide check, never looser.
+    image_pull_progress_timeout: str = setting("5m0s", check=check_duration,
                                                doc="a pull that makes no progress this long "
                                                    "fails; 0: no limit")
 

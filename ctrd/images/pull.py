@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import os
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -102,6 +103,9 @@ class _Pull:
         self.snapshotter_name = snapshotter
         self.platform, self.progress, self.lease = platform, progress, lease
         self.tracker = tracker or _NO_TRACKER
+        # Set by the first failed layer download: the queued ones then do not start (a
+        # registry stalling every blob fails the pull once, not once per worker round).
+        self.failed = threading.Event()
 
     def have(self, d: Descriptor) -> bool:
         try:
@@ -174,10 +178,21 @@ class _Pull:
         return True
 
     def ingest(self, d: Descriptor) -> None:
-        """Download a blob into content (resuming), verified by the content commit. A blob
-        that turns out larger or smaller than its descriptor says (or of another digest:
-        FailedPrecondition, from here or from the fetcher) is refused and its ingest aborted,
-        as a resume cannot fix a lie; after a network error the ingest stays for the retry."""
+        """Download a blob into content (resuming), verified by the content commit; not
+        started once another download of this pull failed. A blob that turns out larger or
+        smaller than its descriptor says (or of another digest: FailedPrecondition, from here
+        or from the fetcher) is refused and its ingest aborted, as a resume cannot fix a lie;
+        after a network error the ingest stays for the retry."""
+        if self.failed.is_set():
+            raise Unavailable(f"{d.digest}: not fetched: another download of this pull "
+                              "failed")
+        try:
+            self._ingest(d)
+        except BaseException:
+            self.failed.set()
+            raise
+
+    def _ingest(self, d: Descriptor) -> None:
         p = self.progress
         p.total[d.digest] = d.size
         ref = f"layer-{d.digest}"

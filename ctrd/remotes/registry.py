@@ -15,9 +15,12 @@ Transport: :class:`~ctrd.remotes.transport.Transport` (urllib3): keep-alive conn
 per host and shared by every Registry of the process, proxies from ``HTTPS_PROXY`` /
 ``HTTP_PROXY`` / ``NO_PROXY`` by Go's rules (containerd's), TLS contexts per endpoint.
 
-Progress: every socket read times out after ``progress_timeout`` seconds without a byte, and
-a transfer that moves fewer than ``min_bytes`` in any ``progress_timeout`` window fails too
-(a trickle is a stall). Both raise :class:`~ctrd.errdefs.DeadlineExceeded` naming the URL.
+Progress (``progress_timeout`` T, :mod:`ctrd.remotes.stall`): the response headers must be in
+within T; after them, every T seconds spent waiting on the body must bring at least
+``max(min_bytes, min_rate * T)`` bytes (a trickle is a stall), and an error body or the drain
+of a body must end within T. Retries of a request (connection errors, timeouts, 5xx) stop
+2T after its first attempt began, so a registry that never answers fails a request within
+2T. A stall raises :class:`~ctrd.errdefs.DeadlineExceeded` naming the URL and "stalled".
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from ctrd.remotes import auth as _auth
 from ctrd.remotes import hosts as _hosts
 from ctrd.remotes import transport as _transport
 from ctrd.remotes.reference import Reference, parse
+from ctrd.remotes.stall import Guard
 
 MEDIA_OCI_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -52,6 +56,9 @@ MAX_MANIFEST = 4 << 20
 MAX_ERROR_BODY = 64 << 10
 MAX_REDIRECTS = 5
 USER_AGENT = "ctrd/0.1"
+MIN_BYTES = 1024   # per progress window: fewer is a stall ...
+MIN_RATE = 16      # ... and fewer than this many bytes per second of it (a long window)
+MIN_ATTEMPT = 0.5  # seconds: a retry with less time left than this is not started
 
 
 class _Retryable(Exception):
@@ -64,15 +71,17 @@ class _Retryable(Exception):
 
 @dataclass
 class Response:
-    """A response whose body is still on the wire (read it through ``raw``, then
-    :meth:`close`: a connection whose body was read, or whose small rest can be read within
-    ``drain_budget`` seconds, goes back to the pool)."""
+    """A response whose body is still on the wire (read it through :meth:`read1` or
+    :meth:`read_bounded`, then :meth:`close`: a connection whose body was read, or whose
+    small rest can be read within ``drain_budget`` seconds, goes back to the pool).
+    ``guard``: the stall rule watching its socket (disarmed at close)."""
 
     status: int
     headers: urllib3.HTTPHeaderDict
     url: str
     raw: urllib3.BaseHTTPResponse
     drain_budget: float = 0.0
+    guard: Guard | None = None
 
     def header(self, name: str) -> str:
         return self.headers.get(name, "") or ""
@@ -81,33 +90,75 @@ class Response:
         """Every value of a header that may come on several lines (``WWW-Authenticate``)."""
         return self.headers.getlist(name)
 
-    def read_bounded(self, limit: int) -> bytes:
+    def read1(self, n: int, strict: bool = False) -> bytes:
+        """What has arrived of the body, up to ``n`` bytes (b"" at its end), under the
+        stall rule (``strict``: this read and the ones before it in strict mode must end
+        within the progress timeout). Errors: DeadlineExceeded (a stall), Unavailable."""
+        g, data = self.guard, b""
+        if g is not None:
+            g.enter(strict)
         try:
-            data = self.raw.read(limit + 1)
+            data = self.raw.read1(n) if n else b""
         except _transport.TimeoutErrors:
             self.abort()
-            raise DeadlineExceeded(f"{self.url}: response body stalled") from None
+            raise DeadlineExceeded(f"fetch {self.url}: no data for "
+                                   f"{_backstop(self.drain_budget):g}s (transfer stalled)"
+                                   ) from None
         except _transport.HTTPErrors as e:
             self.abort()
-            raise Unavailable(f"{self.url}: {e}") from None
-        if len(data) > limit:
+            if g is not None and g.fired:
+                raise DeadlineExceeded(f"fetch {self.url}: {g.fired}") from None
+            raise Unavailable(f"fetch {self.url}: {e}") from None
+        finally:
+            if g is not None:
+                g.leave(len(data))
+        if not data and g is not None and g.fired:
             self.abort()
-            raise FailedPrecondition(f"{self.url}: response body larger than {limit} bytes")
+            raise DeadlineExceeded(f"fetch {self.url}: {g.fired}")
         return data
 
+    def read_bounded(self, limit: int, strict: bool = False) -> bytes:
+        """The whole body, refused (FailedPrecondition) past ``limit`` bytes."""
+        chunks, size = [], 0
+        while chunk := self.read1(min(limit + 1 - size, 1 << 16), strict):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                self.abort()
+                raise FailedPrecondition(f"{self.url}: response body larger than {limit} "
+                                         "bytes")
+        return b"".join(chunks)
+
     def close(self) -> None:
-        _transport.release(self.raw, self.drain_budget)
+        g = self.guard
+        if g is not None:
+            g.enter(strict=True)  # the drain, if any, within the progress timeout
+        try:
+            _transport.release(self.raw, self.drain_budget)
+        finally:
+            if g is not None:
+                g.leave(0)
+                g.disarm()
 
     def abort(self) -> None:
         """Close after a failure: the connection is dropped unless the body was all read."""
         _transport.release(self.raw)
+        if self.guard is not None:
+            self.guard.disarm()
 
 
 def _error_text(resp: Response) -> str:
+    """The registry's error message (what of the body arrives within the progress
+    timeout: the text only explains a failure already known)."""
+    chunks: list[bytes] = []
     try:
-        body = resp.raw.read(MAX_ERROR_BODY)
-    except _transport.HTTPErrors:
-        body = b""
+        size = 0
+        while size < MAX_ERROR_BODY and (chunk := resp.read1(MAX_ERROR_BODY - size, True)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except CtrdError:
+        pass
+    body = b"".join(chunks)
     resp.close()
     try:
         errs = json.loads(body).get("errors") or []
@@ -122,14 +173,13 @@ class BlobReader:
     descriptor's size (less ``offset``); read from offset 0 the digest must match too. Any
     mismatch is :class:`FailedPrecondition`; a stall is :class:`DeadlineExceeded`."""
 
-    def __init__(self, resp: Response, desc: Descriptor, offset: int, progress_timeout: float,
-                 min_bytes: int, skip: int = 0) -> None:
+    def __init__(self, resp: Response, desc: Descriptor, offset: int, skip: int = 0) -> None:
         self._resp, self.desc, self.offset = resp, desc, offset
         self._remaining = desc.size - offset if desc.size >= 0 else None
         self._hash = hashlib.new(desc.digest.split(":")[0]) if offset == 0 else None
-        self._timeout, self._min = progress_timeout, min_bytes
-        self._window_start, self._window_bytes = time.monotonic(), 0
         self._done = False
+        if resp.guard is not None and self._remaining is not None:
+            resp.guard.remaining = self._remaining + skip
         while skip:  # the server ignored Range: drop what we already have
             n = len(self._raw_read(min(skip, 1 << 16)))
             if n == 0:
@@ -137,27 +187,8 @@ class BlobReader:
             skip -= n
 
     def _raw_read(self, n: int) -> bytes:
-        try:
-            # read1: what has arrived (up to n), so the stall rule sees every trickle.
-            data = self._resp.raw.read1(n) if n else b""
-        except _transport.TimeoutErrors:
-            self._resp.abort()
-            raise DeadlineExceeded(f"fetch {self._resp.url}: no data for "
-                                   f"{self._timeout:g}s (transfer stalled)") from None
-        except _transport.HTTPErrors as e:
-            self._resp.abort()
-            raise Unavailable(f"fetch {self._resp.url}: {e}") from None
-        now = time.monotonic()
-        self._window_bytes += len(data)
-        if now - self._window_start >= self._timeout:
-            if self._window_bytes < self._min:
-                self._resp.abort()
-                raise DeadlineExceeded(
-                    f"fetch {self._resp.url}: {self._window_bytes} bytes in "
-                    f"{now - self._window_start:.1f}s, below {self._min} bytes per "
-                    f"{self._timeout:g}s (transfer stalled)")
-            self._window_start, self._window_bytes = now, 0
-        return data
+        # read1: what has arrived (up to n); the guard measures the waits and the bytes.
+        return self._resp.read1(n)
 
     def read(self, n: int = -1) -> bytes:
         if self._done:
@@ -213,14 +244,16 @@ class Registry:
     http. ``credentials``: host -> :class:`~ctrd.remotes.auth.Credentials` (mapping or
     function; None: none). ``headers``: sent on every request (a host's hosts.toml headers
     win). ``retries``: extra attempts per endpoint on connection errors and
-    5xx, ``backoff`` seconds doubling. ``progress_timeout``/``min_bytes``: the stall rule.
+    5xx, ``backoff`` seconds doubling.
+    ``progress_timeout``/``min_bytes``/``min_rate``: the stall rule (module doc).
     ``transport``: connection pools and proxies (default: the process's).
     """
 
     def __init__(self, *, hosts_dir: str | None = None, plain_http: bool = False,
                  credentials: _auth.CredentialsFunc | Mapping[str, _auth.Credentials] | None = None,
                  retries: int = 3, backoff: float = 0.2, connect_timeout: float = 30.0,
-                 progress_timeout: float = 30.0, min_bytes: int = 1,
+                 progress_timeout: float = 30.0, min_bytes: int = MIN_BYTES,
+                 min_rate: float = MIN_RATE,
                  user_agent: str = USER_AGENT, headers: Mapping[str, str] | None = None,
                  transport: _transport.Transport | None = None) -> None:
         self.hosts_dir, self.plain_http = hosts_dir, plain_http
@@ -232,7 +265,7 @@ class Registry:
         self.authorizer = _auth.Authorizer(creds, self._fetch_token)
         self.retries, self.backoff = retries, backoff
         self.connect_timeout, self.progress_timeout = connect_timeout, progress_timeout
-        self.min_bytes, self.user_agent = min_bytes, user_agent
+        self.min_bytes, self.min_rate, self.user_agent = min_bytes, min_rate, user_agent
         self.headers = dict(headers or {})
         self.transport = transport or _transport.default_transport()
 
@@ -251,9 +284,14 @@ class Registry:
             return self.transport.tls_context()
         return self.transport.tls_context(ep.ca, ep.client, ep.skip_verify)
 
+    def _guard(self, url: str, timeout: float) -> Guard:
+        return Guard(timeout, max(self.min_bytes, self.min_rate * self.progress_timeout), url)
+
     def _send(self, method: str, url: str, headers: dict[str, str], body=None,
-              ep: _hosts.Endpoint | None = None) -> Response:
-        """One request, following redirects (Authorization dropped across hosts)."""
+              ep: _hosts.Endpoint | None = None, timeout: float | None = None) -> Response:
+        """One request, following redirects (Authorization dropped across hosts); the
+        connect and the headers each within ``timeout`` (default: the progress timeout)."""
+        timeout = self.progress_timeout if timeout is None else timeout
         first_host = _auth.host_of(url)
         for _ in range(MAX_REDIRECTS + 1):
             u = urllib.parse.urlsplit(url)
@@ -261,18 +299,26 @@ class Registry:
                 raise InvalidArgument(f"unsupported URL scheme in {url!r}")
             tls = self._ssl(ep if _auth.host_of(url) == first_host else None) \
                 if u.scheme == "https" else None
+            guard = self._guard(url, timeout)
             try:
                 raw = self.transport.open(method, url, headers, body, tls=tls,
-                                          connect_timeout=self.connect_timeout,
-                                          read_timeout=self.progress_timeout)
+                                          connect_timeout=min(self.connect_timeout, timeout),
+                                          read_timeout=_backstop(timeout), guard=guard)
             except _transport.HTTPErrors as e:
-                err = _Retryable(f"{method} {url}: {_reason(e)}")
-                err.timeout = _transport.is_timeout(e)
+                guard.disarm()
+                if guard.fired:
+                    err = _Retryable(f"{method} {url}: response headers: {guard.fired}")
+                    err.timeout = True
+                else:
+                    err = _Retryable(f"{method} {url}: {_reason(e)}")
+                    err.timeout = _transport.is_timeout(e)
                 raise err from None
+            guard.remaining = raw.length_remaining  # a short body needs no more than itself
+            resp = Response(raw.status, raw.headers, url, raw, self.progress_timeout, guard)
             location = raw.headers.get("Location")
             if raw.status in (301, 302, 303, 307, 308) and location:
                 new = urllib.parse.urljoin(url, location)
-                _transport.release(raw, self.progress_timeout)
+                resp.close()
                 if _auth.host_of(new) != _auth.host_of(url) or \
                         urllib.parse.urlsplit(new).scheme != u.scheme:
                     headers = {k: v for k, v in headers.items() if k.lower() != "authorization"}
@@ -280,7 +326,7 @@ class Registry:
                     method, body = "GET", None
                 url = new
                 continue
-            return Response(raw.status, raw.headers, url, raw, self.progress_timeout)
+            return resp
         raise Unavailable(f"{method} {url}: more than {MAX_REDIRECTS} redirects")
 
     def _fetch_token(self, req: _auth.TokenRequest) -> tuple[int, bytes]:
@@ -303,6 +349,18 @@ class Registry:
         scopes = tuple(scopes)
         authorized_once = False
         attempt = 0
+        # Retries stop 2T after the first attempt: a registry that never answers fails the
+        # request within twice the progress timeout, not (retries + 1) times it.
+        deadline = time.monotonic() + 2 * self.progress_timeout
+
+        def retry_in(delay: float) -> float | None:
+            """The timeout of a retry after ``delay`` seconds (None: no retry)."""
+            left = deadline - time.monotonic() - delay
+            if attempt >= self.retries or left < min(MIN_ATTEMPT, self.progress_timeout):
+                return None
+            return min(self.progress_timeout, left)
+
+        timeout = self.progress_timeout
         while True:
             h = {"User-Agent": self.user_agent, **self.headers}
             for k, vs in ep.header:
@@ -312,12 +370,15 @@ class Registry:
             if a:
                 h["Authorization"] = a
             try:
-                resp = self._send(method, url, h, body, ep)
+                resp = self._send(method, url, h, body, ep, timeout)
             except _Retryable as e:
-                if attempt >= self.retries or (body is not None and not isinstance(body, bytes)):
+                delay = self.backoff * 2 ** attempt
+                nxt = retry_in(delay)
+                if nxt is None or (body is not None and not isinstance(body, bytes)):
                     raise (DeadlineExceeded if e.timeout else Unavailable)(str(e)) from None
                 attempt += 1
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                time.sleep(delay)
+                timeout = nxt
                 continue
             if resp.status == 401:
                 detail = resp.header_values("WWW-Authenticate")
@@ -328,11 +389,13 @@ class Registry:
                 self.authorizer.challenged(ep.host, detail)
                 authorized_once = True
                 continue
-            if resp.status >= 500 and attempt < self.retries and (
-                    body is None or isinstance(body, bytes)):
+            delay = self.backoff * 2 ** attempt
+            if resp.status >= 500 and (body is None or isinstance(body, bytes)) and \
+                    (nxt := retry_in(delay)) is not None:
                 resp.close()
                 attempt += 1
-                time.sleep(self.backoff * 2 ** (attempt - 1))
+                time.sleep(delay)
+                timeout = nxt
                 continue
             return resp
 
@@ -436,11 +499,11 @@ class Repository:
                 raise NotFound(f"{desc.digest}: not found in {ep.host}/{self.ref.repository}")
             if resp.status == 416 and offset == desc.size:
                 resp.close()
-                return BlobReader(_EmptyResponse(resp), desc, offset, reg.progress_timeout, 0)
+                return BlobReader(_EmptyResponse(resp), desc, offset)
             if resp.status not in (200, 206):
                 raise Unavailable(f"GET {resp.url}: HTTP {resp.status}: {_error_text(resp)}")
             skip = offset if resp.status == 200 else 0
-            return BlobReader(resp, desc, offset, reg.progress_timeout, reg.min_bytes, skip)
+            return BlobReader(resp, desc, offset, skip)
 
         return reg._each(self.ref.host, "pull", one)
 
@@ -556,15 +619,25 @@ class _EmptyResponse:
     """A fetch from offset == size: nothing left to read (the 416's connection is
     released at once)."""
 
+    guard = None
+
     def __init__(self, resp: Response) -> None:
         self.url = resp.url
         resp.close()
-        self.raw = io.BytesIO()
+
+    def read1(self, n: int, strict: bool = False) -> bytes:
+        return b""
 
     def close(self) -> None:
         pass
 
     abort = close
+
+
+def _backstop(timeout: float) -> float:
+    """The socket timeout under a guard of ``timeout``: later than the guard fires (its
+    message says more), there for a socket the guard cannot watch."""
+    return timeout * 1.25 + 0.5
 
 
 def _reason(e: BaseException) -> str:

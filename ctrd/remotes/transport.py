@@ -38,10 +38,12 @@ from collections import OrderedDict
 from typing import Mapping
 
 import urllib3
+import urllib3.connection
 from urllib3.exceptions import InsecureRequestWarning
 
 from ctrd.errdefs import InvalidArgument
 from ctrd.remotes.proxy import ProxyConfig
+from ctrd.remotes.stall import Guard
 
 POOL_SIZE = 10      # idle connections kept per host (Go's MaxIdleConns is 10)
 MAX_POOLS = 32
@@ -62,6 +64,45 @@ def is_timeout(e: BaseException) -> bool:
     unresolvable connection, subclasses its ConnectTimeoutError: it is not one)."""
     return isinstance(e, TimeoutErrors) and \
         not isinstance(e, urllib3.exceptions.NewConnectionError)
+
+
+_local = threading.local()  # the Guard of the request this thread is sending
+
+
+class _Guarded:
+    """A connection that arms the sending thread's :class:`~ctrd.remotes.stall.Guard` on
+    its socket while it waits for the response headers (a trickle of header bytes is a
+    stall too: the socket timeout alone restarts on every byte)."""
+
+    def getresponse(self):  # type: ignore[no-untyped-def]
+        guard: Guard | None = getattr(_local, "guard", None)
+        if guard is None or self.sock is None:
+            return super().getresponse()
+        guard.attach(self.sock)
+        guard.enter(strict=True)
+        try:
+            return super().getresponse()
+        finally:
+            guard.leave(0)
+
+
+class _HTTPConnection(_Guarded, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _HTTPSConnection(_Guarded, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _HTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _HTTPConnection
+
+
+class _HTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _HTTPSConnection
+
+
+_POOL_CLASSES = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 def _stat_key(path: str) -> tuple:
@@ -89,6 +130,7 @@ class Transport:
     def __init__(self, environ: Mapping[str, str] | None = None) -> None:
         self.proxies = ProxyConfig.from_environ(os.environ if environ is None else environ)
         self._direct = urllib3.PoolManager(num_pools=MAX_POOLS, maxsize=POOL_SIZE, block=False)
+        self._direct.pool_classes_by_scheme = _POOL_CLASSES
         self._via: dict[str, urllib3.ProxyManager] = {}
         self._contexts: OrderedDict[tuple, ssl.SSLContext] = OrderedDict()
         self._lock = threading.Lock()
@@ -131,17 +173,22 @@ class Transport:
             if m is None:
                 m = urllib3.ProxyManager(proxy, num_pools=MAX_POOLS, maxsize=POOL_SIZE,
                                          block=False, proxy_headers=_proxy_headers(proxy))
+                m.pool_classes_by_scheme = _POOL_CLASSES
                 self._via[proxy] = m
         return m, urllib.parse.urlsplit(url).scheme == "http"
 
     def open(self, method: str, url: str, headers: Mapping[str, str], body=None, *,
              tls: ssl.SSLContext | None = None, connect_timeout: float = 30.0,
-             read_timeout: float = 30.0) -> urllib3.BaseHTTPResponse:
+             read_timeout: float = 30.0, guard: Guard | None = None
+             ) -> urllib3.BaseHTTPResponse:
         """Send ``method url`` and return once the response headers are in.
 
-        ``read_timeout`` bounds the wait for the headers and every later socket read of the
-        body; ``connect_timeout`` the TCP connect and TLS handshake. Raises urllib3's errors
-        (:data:`HTTPErrors`; :data:`TimeoutErrors` for a timeout)."""
+        ``read_timeout`` bounds every socket read, of the headers and later of the body;
+        ``connect_timeout`` the TCP connect and TLS handshake. ``guard``: armed on the
+        connection's socket for the headers (and the body: the caller disarms it when done),
+        so a trickle fails too. Raises urllib3's errors (:data:`HTTPErrors`;
+        :data:`TimeoutErrors` for a timeout; a fired guard shows as a connection error: look
+        at ``guard.fired``)."""
         u = urllib.parse.urlsplit(url)
         if u.scheme not in ("http", "https") or not u.netloc:
             raise InvalidArgument(f"unsupported URL {url!r}")
@@ -149,11 +196,16 @@ class Transport:
         kw = {"ssl_context": tls or self.tls_context()} if u.scheme == "https" else None
         pool = manager.connection_from_url(url, pool_kwargs=kw)
         target = url if absolute else (u.path or "/") + (f"?{u.query}" if u.query else "")
-        return pool.urlopen(method, target, body=body, headers=dict(headers), retries=False,
-                            redirect=False, assert_same_host=False, preload_content=False,
-                            decode_content=False, release_conn=False,
-                            timeout=urllib3.Timeout(connect=connect_timeout,
-                                                    read=read_timeout))
+        _local.guard = guard
+        try:
+            return pool.urlopen(method, target, body=body, headers=dict(headers),
+                                retries=False, redirect=False, assert_same_host=False,
+                                preload_content=False, decode_content=False,
+                                release_conn=False,
+                                timeout=urllib3.Timeout(connect=connect_timeout,
+                                                        read=read_timeout))
+        finally:
+            _local.guard = None
 
     def clear(self) -> None:
         """Close every pooled connection (in-flight responses keep theirs)."""
