@@ -558,28 +558,6 @@ def test_no_whole_blob_buffering(store):
     assert peak < 8 << 20, peak
 
 
-@pytest.mark.skipif(not os.environ.get("CTRD_BENCH"), reason="set CTRD_BENCH=1 to measure")
-def test_bench_write_1gib(store, capsys):
-    """Throughput of a 1 GiB blob in 1 MiB writes through the Python API (hash + write +
-    commit, fsync included)."""
-    chunks = [os.urandom(1 << 20) for _ in range(16)]
-    h = hashlib.sha256()
-    for i in range(1024):
-        h.update(chunks[i % 16])
-    d = "sha256:" + h.hexdigest()
-    t0 = time.perf_counter()
-    w = store.writer("bench", 1 << 30, d)
-    for i in range(1024):
-        w.write(chunks[i % 16])
-    t1 = time.perf_counter()
-    w.commit(1 << 30, d)
-    t2 = time.perf_counter()
-    with capsys.disabled():
-        print(f"\n1 GiB: write+hash {1024 / (t1 - t0):.0f} MB/s, commit {t2 - t1:.2f} s, "
-              f"overall {1024 / (t2 - t0):.0f} MiB/s")
-    store.delete(d)
-
-
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 1 MiB tmpfs (root only), unmounted afterwards."""
