@@ -25,7 +25,7 @@ def pace(d) -> str:
 
 
 def test_fast_while_shims_start_slow_once_merging_settled(tmp_path):
-    d = ksm_dir(tmp_path)
+    d = ksm_dir(tmp_path, sleep="1000")
     sharing = d / "pages_sharing"
     sharing.write_text("0\n")
 
@@ -44,6 +44,36 @@ def test_fast_while_shims_start_slow_once_merging_settled(tmp_path):
         assert pace(d) == "20"
         p.close()  # shutdown: back to rest at once
         assert pace(d) == "1000"
+
+    asyncio.run(go())
+
+
+def test_a_fast_pace_found_at_open_is_left_until_merging_settled(tmp_path):
+    """Another daemon's shims being merged (or a daemon that died fast): a daemon starting
+    does not slow ksmd down under them, and a pacer that slowed down is overruled by the
+    next start."""
+    d = ksm_dir(tmp_path)  # the kernel's default pace: fast
+    sharing = d / "pages_sharing"
+    sharing.write_text("100\n")
+
+    async def go():
+        p = KsmPacer(str(d), settle=30, min_fast=0.1, check=0.05)
+        assert p.open() and pace(d) == "20"
+        for n in range(1000, 10000, 1000):
+            sharing.write_text(f"{n}\n")
+            await asyncio.sleep(0.05)
+            assert pace(d) == "20"
+        while pace(d) != "1000":
+            await asyncio.sleep(0.02)
+        other = KsmPacer(str(d), settle=30, min_fast=0.1, check=0.05)
+        assert other.open() and pace(d) == "1000"
+        p.started()
+        assert pace(d) == "20"
+        (d / "sleep_millisecs").write_text("1000")  # another daemon's pacer at rest
+        p.started()  # a start re-asserts the fast pace
+        assert pace(d) == "20"
+        p.close()
+        other.close()
 
     asyncio.run(go())
 

@@ -67,24 +67,33 @@ class KsmPacer:
             self.owned = False
 
     def open(self) -> bool:
-        """Decide whether the knob is ours; if so, start at the slow pace (shims of a
-        previous run were merged already). True when pacing."""
+        """Decide whether the knob is ours. True when pacing. The pace is left as found: fast
+        means shims are being merged (another daemon's, on a host that runs several) or a
+        daemon died before slowing down; either way it goes slow once merging settled."""
         if not self.enabled or self._read("run") != "1":
             return False
-        if self._read("sleep_millisecs") not in (str(self.fast_ms), str(self.slow_ms)):
+        pace = self._read("sleep_millisecs")
+        if pace not in (str(self.fast_ms), str(self.slow_ms)):
             return False
         self.owned = True
-        self._write(self.slow_ms)
+        if pace == str(self.fast_ms):
+            self._watch(asyncio.get_running_loop())
         return self.owned
 
     def started(self) -> None:
         """A shim started: merge its copies soon, then slow down again."""
         if not self.owned:
             return
-        loop = asyncio.get_running_loop()
+        pace = self._read("sleep_millisecs")
+        if pace == str(self.slow_ms):  # (also when another daemon's pacer slowed it down)
+            self._write(self.fast_ms)
+        elif pace != str(self.fast_ms):
+            return  # someone else's value now: theirs stays
+        self._watch(asyncio.get_running_loop())
+
+    def _watch(self, loop) -> None:
         self._last_start = loop.time()
         if self._timer is None:
-            self._write(self.fast_ms)
             self._sharing = None
             self._timer = loop.call_later(self.check, self._look)
 
