@@ -42,8 +42,13 @@ def test_fast_while_shims_start_slow_once_merging_settled(tmp_path):
             await asyncio.sleep(0.02)
         p.started()  # new shims: fast again
         assert pace(d) == "20"
-        p.close()  # shutdown: back to rest at once
-        assert pace(d) == "1000"
+        p.close()  # shutdown: the shims live on, their copies still to merge: fast stays
+        assert pace(d) == "20"
+        q = KsmPacer(str(d), settle=30, min_fast=0.1, check=0.05)
+        assert q.open()  # the next daemon slows it down once merging settled
+        while pace(d) != "1000":
+            await asyncio.sleep(0.02)
+        q.close()
 
     asyncio.run(go())
 

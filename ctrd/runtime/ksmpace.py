@@ -38,7 +38,7 @@ CHECK = 15.0      # s between two looks at pages_sharing
 class KsmPacer:
     """Sets ksmd's pace: fast while shims start, slow at rest. Lifecycle: built by the task
     manager's plugin; :meth:`open` once in the daemon's loop; :meth:`started` after each shim
-    start; :meth:`close` at shutdown (leaves the slow pace). Never raises."""
+    start; :meth:`close` at shutdown (the pace stays). Never raises."""
 
     def __init__(self, ksm_dir: str = KSM_DIR, settle: float = SETTLE, enabled: bool = True,
                  fast_ms: int = FAST_MS, slow_ms: int = SLOW_MS, min_fast: float = MIN_FAST,
@@ -119,6 +119,10 @@ class KsmPacer:
             self._write(self.slow_ms)  # (someone else's value meanwhile: theirs stays)
 
     def close(self) -> None:
+        """Daemon stop: the pace stays as it is. The shims outlive the daemon and their
+        copies still want merging, and on a host running several daemons another one may be
+        merging; the next daemon's :meth:`open` finds a fast pace and slows it down once
+        merging settled."""
         if self._timer is not None:
             self._timer.cancel()
-            self._rest()
+            self._timer = None
